@@ -1,0 +1,44 @@
+# The README's commands. Everything runs from the project's own virtualenv.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test check bench bench-routing bench-engine clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Run Tesseract: web (HTTP + WebSocket), Celery worker and beat, embedded defaults.
+run: install
+	$(BIN)/python -m tesseract_web.run
+
+## The whole test suite.
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Lint, format, types, architecture, migrations.
+check: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} $(BIN)/mypy .
+	$(BIN)/lint-imports
+	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} $(BIN)/python manage.py makemigrations --check --dry-run
+	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} $(BIN)/python manage.py check
+
+## All benchmarks (each also has its own target).
+bench: bench-engine bench-routing
+
+bench-routing: install
+	$(BIN)/python -m bench.routing
+
+bench-engine: install
+	$(BIN)/python -m bench.engine_speed
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

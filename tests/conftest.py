@@ -1,0 +1,47 @@
+"""The cast: alice owns Acme, bob is her teammate, charlie runs another org (Globex).
+
+Charlie must never see anything of Acme's: where he asks, the answer is 404.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from accounts import services
+from accounts.models import Organization, Role, User
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def alice(db) -> User:
+    return User.objects.create_user("alice@example.com", PASSWORD, name="Alice")
+
+
+@pytest.fixture
+def bob(db) -> User:
+    return User.objects.create_user("bob@example.com", PASSWORD, name="Bob")
+
+
+@pytest.fixture
+def charlie(db) -> User:
+    return User.objects.create_user("charlie@example.com", PASSWORD, name="Charlie")
+
+
+@pytest.fixture
+def acme(alice: User, bob: User) -> Organization:
+    org = services.organization_create(name="Acme", owner=alice)
+    services.membership_add(org=org, user=bob, role=Role.DEVELOPER)
+    return org
+
+
+@pytest.fixture
+def globex(charlie: User) -> Organization:
+    return services.organization_create(name="Globex", owner=charlie)
+
+
+def login(user: User) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
