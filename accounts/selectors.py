@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.http import Http404
 
-from accounts.models import ApiKey, Membership, Organization, User
+from accounts.models import ApiKey, Invitation, Membership, Organization, User
 
 
 def organization_list(*, user: User) -> list[Organization]:
@@ -30,3 +30,13 @@ def access_api_key(*, org: Organization, key_id: int) -> ApiKey:
     if key is None:
         raise Http404("No such key.")
     return key
+
+
+def member_list(*, org: Organization) -> list[Membership]:
+    return list(Membership.objects.for_org(org).select_related("user").order_by("user__email"))
+
+
+def invitation_open_list(*, org: Organization) -> list[Invitation]:
+    return list(
+        Invitation.objects.for_org(org).filter(accepted_at__isnull=True).order_by("-created_at")
+    )

@@ -62,8 +62,13 @@ def _token_digest(token: str) -> str:
 def invitation_create(
     *, org: Organization, email: str, role: str, invited_by: User | None
 ) -> IssuedInvitation:
+    """Invite someone by email. Only owners may invite owners."""
     if role not in Role.values:
         raise AccountsError(f"unknown role {role!r}")
+    if role == Role.OWNER and invited_by is not None:
+        inviter = Membership.objects.filter(org=org, user=invited_by).first()
+        if inviter is None or inviter.role != Role.OWNER:
+            raise AccountsError("Only owners can invite owners.")
     token = secrets.token_urlsafe(32)
     invitation = Invitation.objects.create(
         org=org,
@@ -73,6 +78,18 @@ def invitation_create(
         invited_by=invited_by,
     )
     return IssuedInvitation(invitation=invitation, token=token)
+
+
+def invitation_pending(*, token: str) -> Invitation:
+    """The open invitation behind a link, or AccountsError."""
+    invitation = (
+        Invitation.objects.select_related("org")
+        .filter(token_digest=_token_digest(token), accepted_at__isnull=True)
+        .first()
+    )
+    if invitation is None or invitation.expires_at <= timezone.now():
+        raise AccountsError("This invitation is not valid any more.")
+    return invitation
 
 
 @transaction.atomic

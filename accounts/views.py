@@ -70,3 +70,25 @@ def two_factor_verify(request: HttpRequest) -> HttpResponse:
             messages.success(request, "Signed in with two-factor authentication.")
             return redirect(_next_url(request))
     return render(request, "accounts/2fa_verify.html", {"form": form})
+
+
+@login_required
+def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
+    """The link in an invitation: shows what it offers, joins on POST."""
+    user = request.user
+    assert isinstance(user, User)
+    try:
+        invitation = services.invitation_pending(token=token)
+    except services.AccountsError as exc:
+        return render(request, "accounts/invitation.html", {"error": str(exc)}, status=404)
+    if request.method == "POST":
+        try:
+            membership = services.invitation_accept(token=token, user=user)
+        except services.AccountsError as exc:
+            return render(
+                request, "accounts/invitation.html", {"invitation": invitation, "error": str(exc)},
+                status=400,
+            )  # fmt: skip
+        messages.success(request, f"You joined {membership.org.name}.")
+        return redirect("dashboards:org", org_slug=membership.org.slug)
+    return render(request, "accounts/invitation.html", {"invitation": invitation})

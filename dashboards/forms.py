@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
-from accounts.models import Scope
+from accounts.models import Role, Scope
 
 
 class ApiKeyCreateForm(forms.Form):
@@ -44,3 +44,8 @@ class ApiKeyCreateForm(forms.Form):
         if unknown:
             raise forms.ValidationError(f"Unknown certifications: {', '.join(unknown)}")
         return tags
+
+
+class InvitationForm(forms.Form):
+    email = forms.EmailField()
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.DEVELOPER)

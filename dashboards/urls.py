@@ -7,6 +7,8 @@ app_name = "dashboards"
 urlpatterns = [
     path("", views.home, name="home"),
     path("orgs/<slug:org_slug>/", views.org_dashboard, name="org"),
+    path("orgs/<slug:org_slug>/members/", views.members, name="members"),
+    path("orgs/<slug:org_slug>/members/invite/", views.invitation_create, name="invitation_create"),
     path("orgs/<slug:org_slug>/keys/", views.api_key_create, name="api_key_create"),
     path(
         "orgs/<slug:org_slug>/keys/<int:key_id>/revoke/",

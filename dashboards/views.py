@@ -5,12 +5,13 @@ from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
 from accounts.models import Membership, User
 from backends.models import Deployment, Region, RegionLatency
-from dashboards.forms import ApiKeyCreateForm
+from dashboards.forms import ApiKeyCreateForm, InvitationForm
 
 
 def health(request: HttpRequest) -> JsonResponse:
@@ -108,3 +109,54 @@ def api_key_revoke(request: HttpRequest, org_slug: str, key_id: int) -> HttpResp
     services.api_key_revoke(api_key=key)
     messages.success(request, f"Key {key.display_prefix} revoked.")
     return redirect("dashboards:org", org_slug=org_slug)
+
+
+def _members_page(
+    request: HttpRequest, membership: Membership, form: InvitationForm, status: int = 200
+) -> HttpResponse:
+    context = {
+        "org": membership.org,
+        "membership": membership,
+        "members": selectors.member_list(org=membership.org),
+        "invitations": (
+            selectors.invitation_open_list(org=membership.org)
+            if membership.can("manage_members")
+            else []
+        ),
+        "form": form,
+    }
+    return render(request, "dashboards/members.html", context, status=status)
+
+
+@login_required
+def members(request: HttpRequest, org_slug: str) -> HttpResponse:
+    return _members_page(request, _member(request, org_slug), InvitationForm())
+
+
+@login_required
+@require_POST
+def invitation_create(request: HttpRequest, org_slug: str) -> HttpResponse:
+    membership = _member(request, org_slug, "manage_members")
+    form = InvitationForm(request.POST)
+    if not form.is_valid():
+        return _members_page(request, membership, form, status=400)
+    try:
+        issued = services.invitation_create(
+            org=membership.org,
+            email=form.cleaned_data["email"],
+            role=form.cleaned_data["role"],
+            invited_by=membership.user,
+        )
+    except services.AccountsError as exc:
+        form.add_error(None, str(exc))
+        return _members_page(request, membership, form, status=400)
+    link = request.build_absolute_uri(
+        reverse("accounts:invitation_accept", kwargs={"token": issued.token})
+    )
+    response = render(
+        request,
+        "dashboards/invitation_created.html",
+        {"org": membership.org, "invitation": issued.invitation, "link": link},
+    )
+    response["Cache-Control"] = "no-store"
+    return response

@@ -18,6 +18,8 @@ def test_charlie_gets_404_on_every_page_of_acme(charlie, globex, acme, alices_ke
     client = login(charlie)
     for method, url in [
         ("get", f"/orgs/{acme.slug}/"),
+        ("get", f"/orgs/{acme.slug}/members/"),
+        ("post", f"/orgs/{acme.slug}/members/invite/"),
         ("post", f"/orgs/{acme.slug}/keys/"),
         ("post", f"/orgs/{acme.slug}/keys/{alices_key.pk}/revoke/"),
     ]:

@@ -53,3 +53,37 @@ def test_only_a_hash_of_the_invitation_token_is_stored(acme, alice, charlie):
     )
     issued.invitation.refresh_from_db()
     assert issued.token not in issued.invitation.token_digest
+
+
+def test_an_admin_cannot_invite_an_owner(acme, bob):
+    services.membership_add(org=acme, user=bob, role=Role.ADMIN)
+    with pytest.raises(services.AccountsError):
+        services.invitation_create(org=acme, email="z@example.com", role=Role.OWNER, invited_by=bob)
+
+
+def test_an_owner_invites_through_the_dashboard_and_the_link_works_once(acme, alice, charlie):
+    from tests.conftest import login
+
+    response = login(alice).post(
+        f"/orgs/{acme.slug}/members/invite/", {"email": charlie.email, "role": "viewer"}
+    )
+    assert response.status_code == 200
+    assert response["Cache-Control"] == "no-store"
+    link = response.context["link"]
+    path = link.split("testserver", 1)[1]
+
+    as_charlie = login(charlie)
+    assert as_charlie.get(path).status_code == 200
+    assert as_charlie.post(path).status_code == 302
+    assert Membership.objects.get(org=acme, user=charlie).role == Role.VIEWER
+    assert as_charlie.get(path).status_code == 404
+
+
+def test_a_developer_cannot_invite(acme, bob):
+    from tests.conftest import login
+
+    response = login(bob).post(
+        f"/orgs/{acme.slug}/members/invite/", {"email": "z@example.com", "role": "developer"}
+    )
+    assert response.status_code == 404
+    assert not acme.invitations.exists()
