@@ -12,4 +12,7 @@ app.autodiscover_tasks()
 
 #: Periodic jobs of the control plane (health checks, probes, placement) are added
 #: here as they land; each names one task that takes ids and is safe to run twice.
-app.conf.beat_schedule = {}
+app.conf.beat_schedule = {
+    # Usage reaches the database (and dashboards, budgets, invoices) within a second.
+    "drain-usage": {"task": "billing.tasks.drain_usage", "schedule": 1.0},
+}

@@ -1,0 +1,70 @@
+"""The usage stream: how a finished request becomes exactly one UsageEvent.
+
+The gateway appends one `UsageRecord` per request to a Redis stream before it sends
+the last byte of the response (`publish`). A Celery task drains the stream into
+PostgreSQL (`billing.services.usage_events_drain`) through a consumer group:
+
+* the row is keyed by `request_id` (unique), inserted with ON CONFLICT DO NOTHING,
+  so a replayed message changes nothing;
+* a message is acknowledged only after its row is committed, so a worker killed
+  between reading and committing leaves it pending, and the next drain claims it
+  (XAUTOCLAIM) once it has been idle for `CLAIM_IDLE_MS`.
+
+Together: nothing is lost when a gateway or a worker dies, nothing is counted twice.
+The stream is as durable as the Redis it lives in; production runs Redis with AOF.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+STREAM = "tesseract:usage"
+GROUP = "usage-drain"
+CLAIM_IDLE_MS = 30_000
+
+
+class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
+    request_id: str
+    org_id: int
+    api_key_id: int | None
+    created_at: float  # unix seconds
+    endpoint: str
+    model: str
+    served_model: str
+    deployment: str
+    region: str
+    cluster: str
+    chip: str
+    stream: bool
+    status: str
+    input_tokens: int
+    output_tokens: int
+    usage_source: str
+    cost_usd: str  # a decimal string: money never goes through a float
+    ttft_ms: float | None = None
+    latency_ms: float | None = None
+    network_ms: float | None = None
+    queue_ms: float | None = None
+    compute_ms: float | None = None
+    sla_met: bool | None = None
+    attempts: int = 1
+    constraints: dict[str, object] = {}
+    backend_policy: dict[str, object] = {}
+    trace_id: str = ""
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(UsageRecord)
+
+
+def encode(record: UsageRecord) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode(data: bytes) -> UsageRecord:
+    return _decoder.decode(data)
+
+
+async def publish(redis: object, record: UsageRecord) -> None:
+    """Append the record to the stream (a `redis.asyncio.Redis`)."""
+    await redis.xadd(STREAM, {b"r": encode(record)})  # type: ignore[attr-defined]
