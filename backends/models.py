@@ -12,6 +12,8 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from backends.world import jurisdictions
+
 
 class Owner(models.TextChoices):
     TESSERACT = "tesseract", "Tesseract-owned"
@@ -70,6 +72,10 @@ class Region(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def jurisdictions(self) -> frozenset[str]:
+        return jurisdictions(self.country_code, eu=self.eu_member, eea=self.eea_member)
 
 
 class RegionLatency(models.Model):

@@ -49,6 +49,16 @@ class WorldDataError(ValueError):
 # --------------------------------------------------------------------------- types
 
 
+def jurisdictions(country_code: str, *, eu: bool, eea: bool) -> frozenset[str]:
+    """Legal areas a site belongs to: its country code, plus EU and EEA where they apply."""
+    tags = {country_code.upper()}
+    if eu:
+        tags.add("EU")
+    if eea:
+        tags.add("EEA")
+    return frozenset(tags)
+
+
 @dataclass(frozen=True, slots=True)
 class RegionSpec:
     slug: str
@@ -67,13 +77,7 @@ class RegionSpec:
 
     @property
     def jurisdictions(self) -> frozenset[str]:
-        """Legal areas the site belongs to: its country code, plus EU / EEA."""
-        tags = {self.country_code}
-        if self.eu_member:
-            tags.add("EU")
-        if self.eea_member:
-            tags.add("EEA")
-        return frozenset(tags)
+        return jurisdictions(self.country_code, eu=self.eu_member, eea=self.eea_member)
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,13 +407,16 @@ def load_profiles(
             price = prices[src.price_key]
         except KeyError:
             raise WorldDataError(f"no price for {src.price_key}") from None
+        # TTFT = prefill of the prompt + the first decode step: the step is charged at
+        # the measured decode speed, the rest of the measured TTFT to prefill.
+        first_step_ms = 1000.0 / decode
+        prefill_ms = ttft_ms - first_step_ms if ttft_ms > first_step_ms else ttft_ms
         out[(src.chip, src.model)] = ProfileSpec(
             chip=src.chip,
             model=src.model,
             ttft_ms=round(ttft_ms, 3),
             reference_prompt_tokens=prompt,
-            # All of the measured TTFT is charged to prefill: a conservative speed.
-            prefill_tokens_per_s=round(prompt / (ttft_ms / 1000.0), 1),
+            prefill_tokens_per_s=round(prompt / (prefill_ms / 1000.0), 1),
             decode_tokens_per_s=decode,
             price_input_per_mtok=float(price["input_usd_per_mtok"]),
             price_output_per_mtok=float(price["output_usd_per_mtok"]),

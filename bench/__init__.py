@@ -1,0 +1,1 @@
+"""Benchmarks; see bench/README.md for the commands and what they measure."""

@@ -1,0 +1,131 @@
+"""Who sends what: clients over regions, models, constraints and deadlines.
+
+Everything here is drawn once per trace request from a seeded RNG, so every strategy
+and every load level sees exactly the same requests. The default mix (`Mix()`) is
+our assumption of a realistic tenant base, documented in bench/README.md — it was
+written before any result was seen and is not tuned to flatter a strategy.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from backends.world import WorldSpec
+from routing.engine import Request
+
+from .traces import TraceRequest
+
+MODELS = ("llama-3.1-8b-instruct", "llama-3.3-70b-instruct", "llama-3.1-405b-instruct")
+
+
+@dataclass(frozen=True)
+class Mix:
+    #: Share of clients per geo group of the region table; inside a group every
+    #: region is equally likely. Groups not listed share what is left.
+    geo_share: dict[str, float] = field(
+        default_factory=lambda: {
+            "North America": 0.35,
+            "Europe": 0.30,
+            "Asia": 0.22,
+            "Oceania": 0.04,
+            "Middle East": 0.04,
+            "South America": 0.03,
+            "Africa": 0.02,
+        }
+    )
+    model_share: dict[str, float] = field(
+        default_factory=lambda: {
+            "llama-3.1-8b-instruct": 0.5,
+            "llama-3.3-70b-instruct": 0.4,
+            "llama-3.1-405b-instruct": 0.1,
+        }
+    )
+    #: TTFT deadline (ms) classes; None: no TTFT deadline, only `bulk_latency_ms`.
+    ttft_classes: dict[float | None, float] = field(
+        default_factory=lambda: {50.0: 0.2, 200.0: 0.4, 1000.0: 0.3, None: 0.1}
+    )
+    bulk_latency_ms: float = 60_000.0
+    eu_only_share_of_eu_clients: float = 0.8  # residency {"EU"}, plus gdpr
+    hipaa_share_of_us_clients: float = 0.25
+    prefer_cost_share: float = 0.1
+    #: Share of requests that accept a late answer over a refusal (allow_relaxed_deadline).
+    relaxed_share: float = 1.0
+    priorities: tuple[int, ...] = (1, 2, 3, 4, 5)  # uniform, independent of the deadline
+
+
+@dataclass(slots=True)
+class Job:
+    """One trace request dressed as a tenant's request."""
+
+    i: int
+    trace: TraceRequest
+    client: str
+    request: Request
+    oracle_ok: bool = False
+    physics_ok: bool = False
+
+
+def _weighted(rng: random.Random, table: dict):
+    keys = list(table)
+    return rng.choices(keys, weights=[table[k] for k in keys])[0]
+
+
+def client_weights(world: WorldSpec, mix: Mix) -> dict[str, float]:
+    groups: dict[str, list[str]] = {}
+    for slug, r in world.regions.items():
+        groups.setdefault(r.geo_group or "?", []).append(slug)
+    listed = {g: s for g, s in mix.geo_share.items() if g in groups}
+    rest = [g for g in groups if g not in listed]
+    left = max(1.0 - sum(listed.values()), 0.0)
+    share = dict(listed) | {g: left / len(rest) for g in rest} if rest else dict(listed)
+    weights = {}
+    for g, slugs in groups.items():
+        for s in slugs:
+            weights[s] = share.get(g, 0.0) / len(slugs)
+    if not any(weights.values()):
+        weights = dict.fromkeys(world.regions, 1.0)
+    return weights
+
+
+def make_jobs(trace: list[TraceRequest], world: WorldSpec, mix: Mix, seed: int = 1) -> list[Job]:
+    rng = random.Random(seed)
+    weights = client_weights(world, mix)
+    regions, wts = list(weights), list(weights.values())
+    served = {d.model for d in world.deployments.values()}
+    models = {m: s for m, s in mix.model_share.items() if m in served}
+    models = models or dict.fromkeys(sorted(served), 1.0)
+    jobs = []
+    for i, tr in enumerate(trace):
+        client = rng.choices(regions, weights=wts)[0]
+        reg = world.regions[client]
+        model = _weighted(rng, models)
+        ttft = _weighted(rng, mix.ttft_classes)
+        compliance: set[str] = set()
+        juris = None
+        if (reg.eu_member or reg.eea_member) and rng.random() < mix.eu_only_share_of_eu_clients:
+            juris = frozenset({"EU"})
+            compliance.add("gdpr")
+        if reg.country_code == "US" and rng.random() < mix.hipaa_share_of_us_clients:
+            compliance.add("hipaa")
+        jobs.append(
+            Job(
+                i=i,
+                trace=tr,
+                client=client,
+                request=Request(
+                    model=model,
+                    input_tokens=tr.input_tokens,
+                    max_output_tokens=tr.output_tokens,
+                    max_ttft_ms=ttft,
+                    max_latency_ms=None if ttft is not None else mix.bulk_latency_ms,
+                    compliance=frozenset(compliance),
+                    allowed_jurisdictions=juris,
+                    priority=rng.choice(mix.priorities),
+                    prefer_cost_over_latency=rng.random() < mix.prefer_cost_share,
+                    client_region=client,
+                    allow_relaxed_deadline=rng.random() < mix.relaxed_share,
+                ),
+            )
+        )
+    return jobs

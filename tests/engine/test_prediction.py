@@ -1,0 +1,110 @@
+"""Each term of the prediction: network, queue, prefill, decode, health."""
+
+import pytest
+
+from routing.engine import Health, Profile, Request, Snapshot, route
+from tests.engine.mini_world import PROFILE, make_backend, make_snapshot
+
+
+def predict(backend, **kw):
+    base = {"model": "m-70b", "input_tokens": 1000, "max_output_tokens": 10}
+    base["client_region"] = "paris"
+    plan = route(make_snapshot(backend), Request(**(base | kw)))
+    assert plan.ok, plan.to_dict()
+    return plan.primary.prediction
+
+
+def test_network_is_one_round_trip_from_the_client_region():
+    p = predict(make_backend("a", "virginia"))
+    assert p.rtt_ms == 80.0
+    assert p.ttft_ms == pytest.approx(80 + 105)
+
+
+def test_inside_one_region_the_network_costs_the_intra_region_rtt():
+    assert predict(make_backend("a", "paris")).rtt_ms == 1.0
+
+
+def test_a_client_given_by_coordinates_joins_the_nearest_region_plus_the_physical_floor():
+    # Lyon is nearest to Paris; its floor to Paris is ~3.9 ms (392 km there and back at 200 km/ms).
+    p = predict(
+        make_backend("a", "virginia"), client_region=None, client_lat=45.76, client_lon=4.84
+    )
+    assert p.rtt_ms == pytest.approx(80.0 + 3.93, abs=0.05)
+
+
+def test_a_request_without_a_client_location_counts_no_network():
+    assert predict(make_backend("a", "tokyo"), client_region=None).rtt_ms == 0.0
+
+
+def test_prefill_is_the_fixed_part_plus_input_tokens_over_prefill_speed():
+    assert predict(make_backend("a"), input_tokens=2000).prefill_ms == pytest.approx(5 + 200)
+    assert predict(make_backend("a"), input_tokens=0).prefill_ms == pytest.approx(5)
+
+
+def test_decode_is_output_tokens_over_decode_speed():
+    p = predict(make_backend("a"), max_output_tokens=50)
+    assert p.decode_ms == pytest.approx(500)
+    assert p.total_ms == pytest.approx(p.ttft_ms + 500)
+
+
+def test_an_observed_ttft_scales_the_prefill_model():
+    p = predict(make_backend("a", observed_ttft_ms=210.0), input_tokens=1000)
+    assert p.prefill_ms == pytest.approx(210.0)
+
+
+def test_an_observed_decode_speed_overrides_the_profile():
+    p = predict(make_backend("a", observed_decode_tokens_per_s=50.0), max_output_tokens=10)
+    assert p.decode_ms == pytest.approx(200)
+
+
+def test_no_queue_while_a_slot_is_free():
+    assert predict(make_backend("a", slots=4, in_flight=3)).queue_ms == 0.0
+
+
+def test_queue_wait_is_slot_releases_needed_times_service_time_over_slots():
+    # 4 busy slots + 2 queued: this request needs 3 releases; service 105 + 100 ms.
+    p = predict(make_backend("a", slots=4, in_flight=4, queued=2, max_queue=10))
+    assert p.queue_ms == pytest.approx(3 * 205 / 4)
+    assert p.ttft_ms == pytest.approx(1 + 105 + 3 * 205 / 4)
+
+
+def test_an_observed_mean_service_time_drives_the_queue_estimate():
+    p = predict(make_backend("a", slots=4, in_flight=4, mean_service_ms=400.0))
+    assert p.queue_ms == pytest.approx(1 * 400 / 4)
+
+
+def test_degraded_multiplies_backend_and_network_by_one_and_a_half_not_the_queue():
+    p = predict(make_backend("a", "virginia", health=Health.DEGRADED, slots=1, in_flight=1))
+    queue = 205 / 1
+    assert p.queue_ms == pytest.approx(queue)
+    assert p.ttft_ms == pytest.approx(1.5 * (80 + 105) + queue)
+    assert p.total_ms == pytest.approx(1.5 * (80 + 105 + 100) + queue)
+
+
+def test_the_sla_filter_uses_predicted_ttft_and_total():
+    snap = make_snapshot(make_backend("near"), make_backend("far", "virginia"))
+    base = {"model": "m-70b", "input_tokens": 1000, "max_output_tokens": 10}
+    base["client_region"] = "paris"
+    plan = route(snap, Request(**base, max_ttft_ms=150))
+    assert [c.backend_id for c in plan.choices] == ["near"]
+    assert plan.reason_for("far").detail == "sla: predicted ttft 185 ms > 150 ms"
+    plan = route(snap, Request(**base, max_latency_ms=250))
+    assert plan.reason_for("far").detail == "sla: predicted latency 285 ms > 250 ms"
+
+
+def test_a_profile_ttft_floor_is_what_prefill_does_not_explain():
+    assert PROFILE.ttft_floor_ms == pytest.approx(5.0)
+    fast = Profile(50.0, 480, 9600.0, 58.0, 0.72, 0.72)
+    assert fast.ttft_floor_ms == 0.0
+
+
+def test_with_load_replaces_counters_and_keeps_everything_else():
+    snap = make_snapshot(make_backend("a", slots=2))
+    busy = snap.with_load({"a": (2, 1)}, version=2)
+    assert isinstance(busy, Snapshot)
+    assert busy.version == 2
+    base = {"model": "m-70b", "input_tokens": 1000, "max_output_tokens": 10}
+    base["client_region"] = "paris"
+    assert route(snap, Request(**base)).primary.prediction.queue_ms == 0.0
+    assert route(busy, Request(**base)).primary.prediction.queue_ms == pytest.approx(2 * 205 / 2)
+    assert route(snap, Request(**base)).primary.prediction.queue_ms == 0.0  # old one untouched
