@@ -1,0 +1,370 @@
+"""The OpenAI wire format: request parsing, error bodies, response bodies and SSE chunks.
+
+Pure functions and small classes, no I/O. Chunks are built from pre-encoded byte
+templates (only the token text changes between two chunks of one stream), because the
+simulator is also the upstream of the gateway's overhead benchmark: a `json.dumps` per
+token would cost more than everything else it does at time scale 0.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+SYSTEM_FINGERPRINT = "tesseract-simulator"
+DEFAULT_MAX_TOKENS = 16
+#: Approximate tokenizer: one token per 4 characters of text (rounded up), the usual
+#: rule of thumb for English with a BPE vocabulary. Real token counting is not needed.
+CHARS_PER_TOKEN = 4
+
+#: The filler vocabulary. Every word is one token, with its leading space.
+_FILLER = """
+simulated tokens flow from a modelled chip through the mesh while the router measures
+latency queue depth and cost for every request it places on a backend in some region
+near the user this text is filler and means nothing
+"""
+WORDS = tuple(" " + w for w in _FILLER.split())
+_WORDS_JSON = tuple(json.dumps(w).encode() for w in WORDS)
+
+_ids = itertools.count(1)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ApiError(Exception):
+    """An error rendered as OpenAI's `{"error": {"message", "type", "param", "code"}}`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.retry_after = retry_after
+
+    def body(self) -> bytes:
+        return error_body(self.message, type=self.type, code=self.code, param=self.param)
+
+
+def error_body(
+    message: str, *, type: str, code: str | None = None, param: str | None = None
+) -> bytes:
+    return _dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
+
+
+def invalid(message: str, *, param: str | None = None, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def unavailable(message: str, *, code: str, retry_after: float | None = None) -> ApiError:
+    return ApiError(
+        503, message, type="service_unavailable_error", code=code, retry_after=retry_after
+    )
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    """What the simulator needs from a chat or text completion request."""
+
+    chat: bool
+    model: str
+    prompt_tokens: int
+    max_tokens: int
+    #: True when the client set a limit: the output then ends with finish_reason
+    #: "length"; without one the filler "stops naturally" after the default.
+    limited: bool
+    stream: bool
+    include_usage: bool
+    seed: int
+
+
+def _text_of(content: Any, param: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):  # content parts: only the text parts count
+        parts = []
+        for part in content:
+            if not isinstance(part, dict):
+                raise invalid(f"{param} parts must be objects", param=param, code="invalid_type")
+            if part.get("type") == "text":
+                text = part.get("text")
+                if not isinstance(text, str):
+                    raise invalid(
+                        f"{param} text parts need a string 'text'", param=param, code="invalid_type"
+                    )
+                parts.append(text)
+        return "".join(parts)
+    raise invalid(f"{param} must be a string or a list of parts", param=param, code="invalid_type")
+
+
+def count_tokens(text_chars: int) -> int:
+    return max(1, math.ceil(text_chars / CHARS_PER_TOKEN))
+
+
+def _int_field(body: dict, name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(f"'{name}' must be an integer", param=name, code="invalid_type")
+    if value < 1:
+        raise invalid(f"'{name}' must be at least 1", param=name)
+    return value
+
+
+def parse_request(raw: bytes, *, chat: bool, context_length: int) -> GenerationRequest:
+    """Validate a request body. Model availability is checked by the caller."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(
+            400, "We could not parse the JSON body of your request.", code="invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise invalid("The request body must be a JSON object.", code="invalid_type")
+
+    model = body.get("model")
+    if model is None:
+        raise invalid(
+            "you must provide a model parameter", param="model", code="missing_required_parameter"
+        )
+    if not isinstance(model, str):
+        raise invalid("'model' must be a string", param="model", code="invalid_type")
+
+    if chat:
+        messages = body.get("messages")
+        if messages is None:
+            raise invalid(
+                "'messages' is a required property",
+                param="messages",
+                code="missing_required_parameter",
+            )
+        if not isinstance(messages, list) or not messages:
+            raise invalid(
+                "'messages' must be a non-empty array", param="messages", code="invalid_type"
+            )
+        chars = 0
+        texts = []
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise invalid(
+                    f"messages[{i}] must be an object with a string 'role'",
+                    param=f"messages[{i}]",
+                    code="invalid_type",
+                )
+            text = _text_of(message.get("content"), f"messages[{i}].content")
+            chars += len(text)
+            texts.append(text)
+    else:
+        prompt = body.get("prompt")
+        if prompt is None:
+            raise invalid(
+                "'prompt' is a required property", param="prompt", code="missing_required_parameter"
+            )
+        if isinstance(prompt, str):
+            texts = [prompt]
+        elif isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+            if len(prompt) != 1:
+                raise invalid("the simulator takes exactly one prompt", param="prompt")
+            texts = prompt
+        elif isinstance(prompt, list) and all(
+            isinstance(p, int) and not isinstance(p, bool) for p in prompt
+        ):
+            texts = ["x" * (CHARS_PER_TOKEN * len(prompt))]  # already token ids
+        else:
+            raise invalid(
+                "'prompt' must be a string or a list of strings",
+                param="prompt",
+                code="invalid_type",
+            )
+        chars = sum(len(t) for t in texts)
+
+    max_tokens = _int_field(body, "max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = _int_field(body, "max_tokens")
+    limited = max_tokens is not None
+    if max_tokens is None:
+        max_tokens = DEFAULT_MAX_TOKENS
+
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise invalid("'stream' must be a boolean", param="stream", code="invalid_type")
+    options = body.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if not isinstance(options, dict):
+            raise invalid(
+                "'stream_options' must be an object", param="stream_options", code="invalid_type"
+            )
+        if not stream:
+            raise invalid(
+                "'stream_options' is only allowed when 'stream' is true", param="stream_options"
+            )
+        include_usage = bool(options.get("include_usage", False))
+    n = body.get("n", 1)
+    if n not in (1, None):
+        raise invalid("the simulator only generates n=1 choice", param="n")
+
+    prompt_tokens = count_tokens(chars)
+    if prompt_tokens + max_tokens > context_length:
+        raise invalid(
+            f"This model's maximum context length is {context_length} tokens; the request "
+            f"asks for {prompt_tokens} prompt tokens plus {max_tokens} output tokens.",
+            param="messages" if chat else "prompt",
+            code="context_length_exceeded",
+        )
+    seed = body.get("seed")
+    seed = seed if isinstance(seed, int) else 0
+    seed = zlib.crc32("\x00".join(texts).encode(), seed & 0xFFFFFFFF)
+    return GenerationRequest(
+        chat=chat,
+        model=model,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        limited=limited,
+        stream=stream,
+        include_usage=include_usage,
+        seed=seed,
+    )
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def token_index(seed: int, i: int) -> int:
+    """The i-th filler word of a request: deterministic in the request's text and seed."""
+    return (seed + 7 * i) % len(WORDS)
+
+
+def usage(req: GenerationRequest, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": req.prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": req.prompt_tokens + completion_tokens,
+    }
+
+
+def finish_reason(req: GenerationRequest) -> str:
+    return "length" if req.limited else "stop"
+
+
+def new_id(chat: bool) -> str:
+    return f"{'chatcmpl' if chat else 'cmpl'}-sim{next(_ids):x}"
+
+
+def completion_body(req: GenerationRequest, *, model: str, created: int) -> bytes:
+    """A whole non-streamed `chat.completion` or `text_completion`."""
+    text = "".join(WORDS[token_index(req.seed, i)] for i in range(req.max_tokens))
+    if req.chat:
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": None},
+            "logprobs": None,
+            "finish_reason": finish_reason(req),
+        }
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(req)}
+        obj = "text_completion"
+    return _dumps(
+        {
+            "id": new_id(req.chat),
+            "object": obj,
+            "created": created,
+            "model": model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [choice],
+            "usage": usage(req, req.max_tokens),
+        }
+    )
+
+
+class ChunkWriter:
+    """Encodes the SSE events of one streamed response.
+
+    Every event is `data: {json}\\n\\n`; the stream ends with `data: [DONE]\\n\\n`. With
+    `include_usage`, every chunk carries `"usage": null` and a last chunk with empty
+    `choices` carries the usage, as OpenAI does.
+    """
+
+    __slots__ = ("_head", "_tail", "_tail_usage", "req", "sent")
+
+    def __init__(self, req: GenerationRequest, *, model: str, created: int) -> None:
+        self.req = req
+        self.sent = 0
+        head = {
+            "id": new_id(req.chat),
+            "object": "chat.completion.chunk" if req.chat else "text_completion",
+            "created": created,
+            "model": model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+        # `{"id":...,"system_fingerprint":"..."` then `,"choices":[...]` then the tail.
+        self._head = b"data: " + _dumps(head)[:-1]
+        self._tail = b"}\n\n" if not req.include_usage else b',"usage":null}\n\n'
+
+    def _choice(self, inner: bytes, reason: bytes = b"null") -> bytes:
+        return (
+            self._head
+            + b',"choices":[{"index":0,'
+            + inner
+            + b',"logprobs":null,"finish_reason":'
+            + reason
+            + b"}]"
+            + self._tail
+        )
+
+    def start(self) -> bytes:
+        """The opening chunk: chat streams announce the assistant role first."""
+        if self.req.chat:
+            return self._choice(b'"delta":{"role":"assistant","content":""}')
+        return b""
+
+    def tokens(self, count: int) -> bytes:
+        """The next `count` tokens, one chunk each."""
+        key = b'"delta":{"content":' if self.req.chat else b'"text":'
+        close = b"}" if self.req.chat else b""
+        seed, start = self.req.seed, self.sent
+        self.sent += count
+        return b"".join(
+            self._choice(key + _WORDS_JSON[token_index(seed, i)] + close)
+            for i in range(start, start + count)
+        )
+
+    def finish(self) -> bytes:
+        """The closing chunk(s) and `[DONE]`."""
+        reason = b'"' + finish_reason(self.req).encode() + b'"'
+        inner = b'"delta":{}' if self.req.chat else b'"text":""'
+        out = self._choice(inner, reason)
+        if self.req.include_usage:
+            out += (
+                self._head
+                + b',"choices":[],"usage":'
+                + _dumps(usage(self.req, self.sent))
+                + b"}\n\n"
+            )
+        return out + b"data: [DONE]\n\n"

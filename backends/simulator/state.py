@@ -1,0 +1,248 @@
+"""The run-time state of one simulated deployment: slots and queue, faults, model loading.
+
+Everything here runs on the event loop thread; nothing needs a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from backends.world import DeploymentSpec, WorldSpec
+
+from .metrics import Metrics
+from .protocol import invalid
+
+FAULTS = ("none", "error", "slow", "down", "hang")
+
+#: Cold start: weights in bf16 (2 bytes per parameter) read from storage into
+#: accelerator memory at an aggregate 4 GB/s, plus 10 s of process start, runtime
+#: initialisation and warm-up. 8B -> 14 s, 70B -> 45 s, 405B -> 212.5 s (simulated).
+COLD_START_FIXED_S = 10.0
+WEIGHT_BYTES_PER_PARAM = 2
+LOAD_BYTES_PER_S = 4e9
+
+
+def cold_start_s(parameters_b: float) -> float:
+    """Seconds (before the time scale) to load a model of `parameters_b` billion parameters."""
+    return COLD_START_FIXED_S + parameters_b * 1e9 * WEIGHT_BYTES_PER_PARAM / LOAD_BYTES_PER_S
+
+
+class Slots:
+    """Concurrency slots with a FIFO queue; `running` and `waiting` feed the metrics.
+
+    The capacity can change at run time; when it shrinks below the running count,
+    nobody is admitted until enough requests finish.
+    """
+
+    __slots__ = ("_waiters", "capacity", "running")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.running = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        if self.running < self.capacity and not self._waiters:
+            self.running += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # admitted and cancelled in the same tick: give it back
+            else:
+                self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        self.running -= 1
+        self._wake()
+
+    def resize(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.running < self.capacity:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.running += 1
+                fut.set_result(None)
+
+
+@dataclass(slots=True)
+class Fault:
+    kind: str = "none"
+    error_rate: float = 1.0
+    slow_factor: float = 5.0
+    #: a stream ends abruptly after this many tokens (None: never)
+    error_after_tokens: int | None = None
+
+
+@dataclass
+class SimDeployment:
+    """One deployment of the world as the simulator serves it."""
+
+    spec: DeploymentSpec
+    region: str
+    chip: str
+    parameters_b: float
+    context_length: int
+    rtt_ms: float
+    slots: Slots
+    max_waiting: int
+    fault: Fault = field(default_factory=Fault)
+    loaded: bool = True
+    #: loop time at which a cold start in progress ends
+    loading_until: float | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    @classmethod
+    def build(cls, world: WorldSpec, spec: DeploymentSpec, gateway_region: str) -> SimDeployment:
+        cluster = world.clusters[spec.cluster]
+        model = world.models[spec.model]
+        return cls(
+            spec=spec,
+            region=cluster.region,
+            chip=cluster.chip,
+            parameters_b=model.parameters_b,
+            context_length=model.context_length,
+            rtt_ms=world.rtt_ms(gateway_region, cluster.region),
+            slots=Slots(spec.concurrency_slots),
+            max_waiting=4 * spec.concurrency_slots,
+            rng=random.Random(spec.slug),
+        )
+
+    @property
+    def model(self) -> str:
+        return self.spec.model
+
+    @property
+    def cold_start_s(self) -> float:
+        return cold_start_s(self.parameters_b)
+
+    def availability(self, now: float) -> str:
+        """ "ready", "loading" or "unloaded" (a finished cold start is noticed lazily)."""
+        if self.loading_until is not None:
+            if now < self.loading_until:
+                return "loading"
+            self.loading_until = None
+            self.loaded = True
+        return "ready" if self.loaded else "unloaded"
+
+    def ttft_s(self, prompt_tokens: int) -> float:
+        """Unscaled model time from admission to the first token."""
+        p = self.spec.profile
+        return p.ttft_floor_ms / 1000.0 + prompt_tokens / p.prefill_tokens_per_s
+
+    @property
+    def token_interval_s(self) -> float:
+        return 1.0 / self.spec.profile.decode_tokens_per_s
+
+    # ------------------------------------------------------------------ control
+
+    def apply_control(self, body: Any, *, now: float, time_scale: float) -> None:
+        """Apply a control request: `fault` first (it resets the fault), then the rest."""
+        if not isinstance(body, dict):
+            raise invalid("the control body must be a JSON object")
+        known = {
+            "fault", "error_rate", "slow_factor", "error_after_tokens", "loaded",
+            "concurrency_slots", "max_waiting",
+        }  # fmt: skip
+        unknown = set(body) - known
+        if unknown:
+            raise invalid(f"unknown control fields: {sorted(unknown)}", param=sorted(unknown)[0])
+        new = replace(self.fault)
+        if "fault" in body:
+            if body["fault"] not in FAULTS:
+                raise invalid(f"'fault' must be one of {', '.join(FAULTS)}", param="fault")
+            new = Fault(kind=body["fault"])
+        if "error_rate" in body:
+            new.error_rate = _number(body, "error_rate", low=0.0, high=1.0)
+        if "slow_factor" in body:
+            new.slow_factor = _number(body, "slow_factor", low=0.0, high=math.inf)
+        if "error_after_tokens" in body:
+            value = body["error_after_tokens"]
+            if value is not None:
+                value = int(_number(body, "error_after_tokens", low=0, high=math.inf, integer=True))
+            new.error_after_tokens = value
+        slots = max_waiting = None
+        if "concurrency_slots" in body:
+            slots = int(_number(body, "concurrency_slots", low=1, high=math.inf, integer=True))
+        if "max_waiting" in body:
+            max_waiting = int(_number(body, "max_waiting", low=0, high=math.inf, integer=True))
+        loaded = body.get("loaded")
+        if "loaded" in body and not isinstance(loaded, bool):
+            raise invalid("'loaded' must be a boolean", param="loaded", code="invalid_type")
+
+        # Validated: apply.
+        self.fault = new
+        if slots is not None:
+            self.slots.resize(slots)
+        if max_waiting is not None:
+            self.max_waiting = max_waiting
+        if loaded is False:
+            self.loaded, self.loading_until = False, None
+        elif loaded is True and self.availability(now) == "unloaded":
+            self.loading_until = now + self.cold_start_s * time_scale
+
+    def state(self, *, now: float, time_scale: float, gateway_region: str) -> dict[str, Any]:
+        p = self.spec.profile
+        availability = self.availability(now)
+        return {
+            "simulator": True,
+            "deployment": self.spec.slug,
+            "model": self.model,
+            "cluster": self.spec.cluster,
+            "region": self.region,
+            "chip": self.chip,
+            "gateway_region": gateway_region,
+            "rtt_ms": self.rtt_ms,
+            "profile": {
+                "ttft_ms": p.ttft_ms,
+                "ttft_floor_ms": p.ttft_floor_ms,
+                "reference_prompt_tokens": p.reference_prompt_tokens,
+                "prefill_tokens_per_s": p.prefill_tokens_per_s,
+                "decode_tokens_per_s": p.decode_tokens_per_s,
+            },
+            "concurrency_slots": self.slots.capacity,
+            "running": self.slots.running,
+            "waiting": self.slots.waiting,
+            "max_waiting": self.max_waiting,
+            "fault": {
+                "fault": self.fault.kind,
+                "error_rate": self.fault.error_rate,
+                "slow_factor": self.fault.slow_factor,
+                "error_after_tokens": self.fault.error_after_tokens,
+            },
+            "loaded": availability == "ready",
+            "availability": availability,
+            "loading_remaining_s": (
+                max(self.loading_until - now, 0.0) if self.loading_until is not None else None
+            ),
+            "cold_start_s": self.cold_start_s,
+            "time_scale": time_scale,
+        }
+
+
+def _number(body: dict, name: str, *, low: float, high: float, integer: bool = False) -> float:
+    value = body[name]
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok:
+        kind = "an integer" if integer else "a number"
+        raise invalid(f"'{name}' must be {kind}", param=name, code="invalid_type")
+    if not low <= value <= high:
+        raise invalid(f"'{name}' must be between {low} and {high}", param=name)
+    return float(value)

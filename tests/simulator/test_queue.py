@@ -1,0 +1,130 @@
+"""Concurrency slots, the FIFO queue behind them, overload, and disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from backends.simulator import Simulator
+
+from .helpers import MODEL_8B, WESTEUROPE_8B, asgi_client, chat, run, serve
+
+BASE = f"/d/{WESTEUROPE_8B}"
+CHAT = f"{BASE}/v1/chat/completions"
+
+
+def service_s(world, tokens):
+    """How long one request holds a slot: TTFT then (tokens - 1) decode steps."""
+    p = world.deployments[WESTEUROPE_8B].profile
+    return (
+        p.ttft_floor_ms / 1000 + 2 / p.prefill_tokens_per_s + (tokens - 1) / p.decode_tokens_per_s
+    )
+
+
+def gauge(metrics_text, name):
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in metrics")
+
+
+def test_a_request_beyond_the_slots_waits_in_the_queue(world):
+    app = Simulator(world, time_scale=1.0)
+    service = service_s(world, tokens=30)  # ~0.1 s on the 8B profile
+
+    async def timed(client, start):
+        r = await client.post(CHAT, json=chat(MODEL_8B, max_tokens=30))
+        assert r.status_code == 200
+        return time.perf_counter() - start
+
+    async def go():
+        async with asgi_client(app) as client:
+            await client.post(f"{BASE}/control", json={"concurrency_slots": 1})
+            start = time.perf_counter()
+            first = asyncio.create_task(timed(client, start))
+            await asyncio.sleep(0.01)
+            second = asyncio.create_task(timed(client, start))
+            await asyncio.sleep(0.02)
+            metrics = (await client.get(f"{BASE}/metrics")).text
+            return await first, await second, metrics
+
+    first, second, metrics = run(go())
+    assert gauge(metrics, "vllm:num_requests_running") == 1
+    assert gauge(metrics, "vllm:num_requests_waiting") == 1
+    assert second - first >= 0.9 * service  # it started only when the first one finished
+    assert second >= 2 * service
+
+
+def test_requests_are_admitted_first_come_first_served(world):
+    app = Simulator(world, time_scale=1.0)
+    done = []
+
+    async def one(client, i):
+        await client.post(CHAT, json=chat(MODEL_8B, max_tokens=3))
+        done.append(i)
+
+    async def go():
+        async with asgi_client(app) as client:
+            await client.post(f"{BASE}/control", json={"concurrency_slots": 1})
+            tasks = []
+            for i in range(5):
+                tasks.append(asyncio.create_task(one(client, i)))
+                await asyncio.sleep(0.002)
+            await asyncio.gather(*tasks)
+
+    run(go())
+    assert done == [0, 1, 2, 3, 4]
+
+
+def test_past_max_waiting_a_request_is_turned_away_with_503(world):
+    app = Simulator(world, time_scale=1.0)
+
+    async def go():
+        async with asgi_client(app) as client:
+            await client.post(f"{BASE}/control", json={"concurrency_slots": 1, "max_waiting": 1})
+            running = asyncio.create_task(client.post(CHAT, json=chat(MODEL_8B, max_tokens=20)))
+            await asyncio.sleep(0.01)
+            waiting = asyncio.create_task(client.post(CHAT, json=chat(MODEL_8B, max_tokens=20)))
+            await asyncio.sleep(0.01)
+            refused = await client.post(CHAT, json=chat(MODEL_8B, max_tokens=20))
+            return await running, await waiting, refused
+
+    running, waiting, refused = run(go())
+    assert running.status_code == waiting.status_code == 200
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "overloaded"
+
+
+def wait_for(predicate, timeout=2.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_a_client_that_disconnects_frees_its_slot(world):
+    app = Simulator(world, time_scale=1.0)
+    dep = app.deployments[WESTEUROPE_8B]
+    with serve(app) as base, httpx.Client(base_url=base) as client:
+        client.post(f"{BASE}/control", json={"concurrency_slots": 1})
+        # A stream of 10,000 tokens (35 s) left after its first chunk...
+        with client.stream("POST", CHAT, json=chat(MODEL_8B, max_tokens=10_000, stream=True)) as r:
+            lines = r.iter_lines()  # kept: a dropped iterator closes the connection
+            next(lines)
+            assert dep.slots.running == 1
+        wait_for(lambda: dep.slots.running == 0)
+        # ... and a whole answer the client stops waiting for.
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(CHAT, json=chat(MODEL_8B, max_tokens=10_000), timeout=0.1)
+        wait_for(lambda: dep.slots.running == 0)
+
+        r = client.post(CHAT, json=chat(MODEL_8B, max_tokens=2), timeout=1)
+
+    assert r.status_code == 200
+    assert dep.slots.waiting == 0
+    assert dep.metrics.requests["abort"] == 2
+    assert dep.metrics.generation_tokens >= 3  # what the stream had sent, then the 2 tokens
