@@ -4,7 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test check bench bench-routing bench-engine clean
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+.PHONY: install bench-install run test check bench bench-routing bench-engine bench-gateway clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +15,12 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench-install: $(BENCH_STAMP)
 
 ## Run Tesseract: web (HTTP + WebSocket), Celery worker and beat, embedded defaults.
 run: install
@@ -32,13 +40,18 @@ check: install
 	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} $(BIN)/python manage.py check
 
 ## All benchmarks (each also has its own target).
-bench: bench-engine bench-routing
+bench: bench-engine bench-routing bench-gateway
 
-bench-routing: install
+bench-routing: bench-install
 	$(BIN)/python -m bench.routing
 
-bench-engine: install
+bench-engine: bench-install
 	$(BIN)/python -m bench.engine_speed
+
+## Gateway overhead and throughput against the direct call and the LiteLLM proxy
+## (LiteLLM lives in its own virtualenv, $(VENV)-litellm, used only here; needs wrk).
+bench-gateway: bench-install
+	$(BIN)/python -m bench.gateway
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

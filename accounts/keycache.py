@@ -96,18 +96,32 @@ class KeyCache:
 
     def resolve(self, plaintext: str) -> ResolvedKey:
         """The key's data, or `KeyRejected`. Queries the database only on a cache miss."""
+        key = self.resolve_cached(plaintext)
+        if key is not None:
+            return key
+        lookup = keys.parse_lookup(plaintext)
+        assert lookup is not None  # resolve_cached rejected malformed keys
+        loaded = self._loader(lookup)
+        ttl = self._ttl_s if loaded is not None else min(self._ttl_s, NEGATIVE_TTL_S)
+        with self._lock:
+            self._entries[lookup] = (loaded, self._clock() + ttl)
+        return self._check(plaintext, loaded)
+
+    def resolve_cached(self, plaintext: str) -> ResolvedKey | None:
+        """Like `resolve`, from memory only: None when the database must be asked.
+
+        Safe to call on an event loop: it never does I/O.
+        """
         lookup = keys.parse_lookup(plaintext)
         if lookup is None:
             raise KeyRejected("malformed")
-        now = self._clock()
         cached = self._entries.get(lookup)
-        if cached is None or cached[1] <= now:
-            key = self._loader(lookup)
-            ttl = self._ttl_s if key is not None else min(self._ttl_s, NEGATIVE_TTL_S)
-            with self._lock:
-                self._entries[lookup] = (key, now + ttl)
-        else:
-            key = cached[0]
+        if cached is None or cached[1] <= self._clock():
+            return None
+        return self._check(plaintext, cached[0])
+
+    @staticmethod
+    def _check(plaintext: str, key: ResolvedKey | None) -> ResolvedKey:
         if key is None or not keys.matches(plaintext, key.digest, settings.API_KEY_PEPPER):
             raise KeyRejected("unknown")
         if key.revoked:

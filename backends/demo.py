@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import transaction
 
 from backends import world as w
@@ -29,8 +30,12 @@ class LoadResult:
 
 
 @transaction.atomic
-def demo_world_load(spec: w.WorldSpec | None = None) -> LoadResult:
+def demo_world_load(
+    spec: w.WorldSpec | None = None, *, simulator_url: str | None = None
+) -> LoadResult:
+    """Upsert the world; every deployment points at the backend simulator."""
     spec = spec or w.demo_world()
+    simulator_url = simulator_url or settings.TESSERACT_SIMULATOR_URL
     ours = {c.region for c in spec.clusters.values() if c.owner == Owner.TESSERACT}
 
     regions = {}
@@ -92,6 +97,7 @@ def demo_world_load(spec: w.WorldSpec | None = None) -> LoadResult:
                 "chip": chips[cluster.chip],
                 "model": models[d.model],
                 "adapter": Deployment.Adapter.SIMULATOR,
+                "endpoint_url": f"{simulator_url.rstrip('/')}/d/{d.slug}/v1",
                 "price_input_per_mtok": Decimal(str(p.price_input_per_mtok)),
                 "price_output_per_mtok": Decimal(str(p.price_output_per_mtok)),
                 "concurrency_slots": d.concurrency_slots,

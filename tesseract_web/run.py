@@ -1,8 +1,9 @@
 """`make run`: everything Tesseract needs, in the foreground, stopped by Ctrl-C.
 
-Migrates, loads the demo world and demo accounts, then starts the ASGI server
-(HTTP and WebSocket), a Celery worker and Celery beat as child processes that share
-this process's Redis (the embedded one unless REDIS_URL is set). Ctrl-C or SIGTERM
+Migrates, loads the demo world and demo accounts, then starts the backend simulator
+(every demo deployment, labelled as simulated), the ASGI server (HTTP and WebSocket),
+a Celery worker and Celery beat as child processes that share this process's Redis
+(the embedded one unless REDIS_URL is set). Ctrl-C or SIGTERM
 stops the children, then the embedded Redis.
 """
 
@@ -20,8 +21,24 @@ CHILD_STOP_TIMEOUT_S = 10
 
 
 def _children(host: str, port: int, var_dir: str) -> dict[str, list[str]]:
+    from urllib.parse import urlsplit
+
+    from django.conf import settings
+
     py = sys.executable
+    simulator = urlsplit(settings.TESSERACT_SIMULATOR_URL)
     return {
+        "simulator": [
+            py,
+            "-m",
+            "backends.simulator",
+            "--host",
+            simulator.hostname or "127.0.0.1",
+            "--port",
+            str(simulator.port or 8100),
+            "--gateway-region",
+            settings.TESSERACT_GATEWAY_REGION,
+        ],
         "web": [
             py,
             "-m",
@@ -98,6 +115,8 @@ def main() -> int:
     Operations  {url}/admin/
                 operator  {logins.operator_email} / {logins.password} (2FA set-up at first sign-in)
     Health      {url}/health
+    Inference   {url}/v1  (OpenAI-compatible)
+    Backends    simulated at {settings.TESSERACT_SIMULATOR_URL}
     API key     {logins.api_key}
                 (org "{logins.org.name}"; shown once)
 

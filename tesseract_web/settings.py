@@ -142,6 +142,16 @@ TESSERACT_GATEWAY_REGION = env_str("TESSERACT_GATEWAY_REGION", "westeurope")
 #: Redis (revocations arrive by pub/sub within milliseconds; this is the backstop).
 TESSERACT_KEY_CACHE_TTL_S = env_int("TESSERACT_KEY_CACHE_TTL_S", 30, minimum=1)
 
+#: How often a gateway re-reads the catalog without being told of a change (seconds).
+TESSERACT_WORLD_REFRESH_S = env_int("TESSERACT_WORLD_REFRESH_S", 5, minimum=1)
+#: A request without max_latency_ms must finish within this (seconds).
+TESSERACT_DEADLINE_S = env_int("TESSERACT_DEADLINE_S", 120, minimum=1)
+#: A backend that sends no first token within this is skipped for the next (seconds).
+TESSERACT_FIRST_TOKEN_TIMEOUT_S = env_int("TESSERACT_FIRST_TOKEN_TIMEOUT_S", 15, minimum=1)
+
+#: Where the backend simulator listens (the demo world's deployments point there).
+TESSERACT_SIMULATOR_URL = env_str("TESSERACT_SIMULATOR_URL", "http://127.0.0.1:8100")
+
 STRIPE_SECRET_KEY = env_secret("STRIPE_SECRET_KEY", "")
 STRIPE_WEBHOOK_SECRET = env_secret("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")  # e.g. a local localstripe server

@@ -1,0 +1,357 @@
+"""Gateway overhead: Tesseract vs a direct call vs the LiteLLM proxy, side by side.
+
+    make bench-gateway        (python -m bench.gateway [--quick])
+
+One run starts, on loopback:
+  * the backend simulator with `--time-scale 0` (answers at once: what is measured is
+    the proxies, not the model);
+  * Tesseract: one uvicorn worker (uvloop, httptools) serving `tesseract_web.asgi`,
+    with a fresh SQLite catalog holding the demo world, a real Redis (REDIS_URL, or an
+    embedded one), API-key auth, routing and metering all on;
+  * the LiteLLM proxy (`litellm[proxy]` in its own virtualenv, `.venv-litellm`, made
+    on first use), one worker, fronting the same simulator deployment.
+
+Then, for each target:
+  * latency at concurrency 1 (non-streamed and time to first streamed chunk), from a
+    Python client, N sequential requests: p50 / p99, and the overhead over direct;
+  * throughput at concurrency 32 with wrk (Debian's `wrk`), non-streamed and streamed;
+  * the gateway worker's resident memory after the load.
+
+Results go to bench/results/gateway.md and gateway.csv. The machine is shared and has
+2 cores: the load generator, the proxy and the upstream compete for them, so compare
+the columns of one run, not runs with each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PY = sys.executable
+LITELLM_VENV = ROOT / ".venv-litellm"
+MODEL = "llama-3.1-8b-instruct"
+DEPLOYMENT = f"westeurope-tesseract-nvidia-h100--{MODEL}"
+#: LiteLLM refuses to start without a master key; with it, both proxies authenticate.
+LITELLM_KEY = "sk-bench-0123456789abcdef"
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
+
+
+SHOW_DEMO_KEY = (
+    "from accounts.demo import demo_accounts_ensure; print('KEY', demo_accounts_ensure().api_key)"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60.0, headers: dict[str, str] | None = None) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2)
+            return
+        except Exception:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def ensure_litellm() -> Path:
+    exe = LITELLM_VENV / "bin" / "litellm"
+    if not exe.exists():
+        print("installing litellm[proxy] into .venv-litellm (once) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        subprocess.run(
+            [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True
+        )
+    return exe
+
+
+@dataclass
+class Target:
+    name: str
+    url: str  # chat completions URL
+    headers: dict[str, str]
+    body: dict[str, object]
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+async def latencies(t: Target, n: int, *, stream: bool) -> list[float]:
+    """Sequential requests; ms to the full body, or to the first streamed chunk."""
+    body = {**t.body, "stream": stream}
+    out = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(n + 20):
+            t0 = time.perf_counter()
+            async with session.post(t.url, json=body, headers=t.headers) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"{t.name}: {r.status} {await r.text()}")
+                if stream:
+                    async for line in r.content:
+                        if line.startswith(b"data:"):
+                            break
+                    elapsed = time.perf_counter() - t0
+                    await r.read()
+                else:
+                    await r.read()
+                    elapsed = time.perf_counter() - t0
+            if i >= 20:  # warm-up
+                out.append(elapsed * 1000)
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+WRK_LUA = """
+wrk.method = "POST"
+wrk.body = {body}
+{headers}
+"""
+
+
+def wrk(t: Target, *, stream: bool, seconds: int, connections: int = 32) -> float:
+    body = json.dumps({**t.body, "stream": stream})
+    headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in t.headers.items())
+    headers += '\nwrk.headers["Content-Type"] = "application/json"'
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(WRK_LUA.format(body=json.dumps(body), headers=headers))
+        script = fh.name
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script, t.url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    os.unlink(script)
+    if "Non-2xx" in out:
+        raise RuntimeError(f"{t.name}: wrk saw errors:\n{out}")
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert match, out
+    return float(match.group(1))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (uvicorn forks none with 1 worker)."""
+    total = 0
+    pids = [pid]
+    try:
+        children = subprocess.run(
+            ["pgrep", "-P", str(pid)], capture_output=True, text=True
+        ).stdout.split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        status = Path(f"/proc/{p}/status").read_text()
+        total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    return total / 1024
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests, shorter runs")
+    parser.add_argument("--no-litellm", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    n = 300 if args.quick else 2000
+    seconds = 5 if args.quick else 10
+
+    work = Path(tempfile.mkdtemp(prefix="tesseract-bench-"))
+    sim_port, gw_port, llm_port = free_port(), free_port(), free_port()
+    sim_url = f"http://127.0.0.1:{sim_port}"
+    env = {
+        **os.environ,
+        "DEBUG": "1",
+        "TESSERACT_VAR_DIR": str(work),
+        "DATABASE_URL": f"sqlite:///{work / 'bench.sqlite3'}",
+        "TESSERACT_SIMULATOR_URL": sim_url,
+        "LOG_LEVEL": "WARNING",
+    }
+    if "REDIS_URL" not in env:
+        from tesseract_web import embedded_redis
+
+        env["REDIS_URL"] = embedded_redis.start()
+
+    with ExitStack() as stack:
+        procs: list[subprocess.Popen[bytes]] = []
+        stack.callback(lambda: [p.terminate() for p in procs])
+
+        procs.append(
+            start(
+                [PY, "-m", "backends.simulator", "--port", str(sim_port), "--time-scale", "0"],
+                env,
+                work / "simulator.log",
+            )
+        )
+        manage = [PY, "manage.py"]
+        subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=ROOT)
+        subprocess.run(
+            [*manage, "load_demo_world"], env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL
+        )
+        key = subprocess.run(
+            [*manage, "shell", "-c", SHOW_DEMO_KEY],
+            env=env, check=True, cwd=ROOT, capture_output=True, text=True,
+        ).stdout.split("KEY ")[1].strip()  # fmt: skip
+        gateway = start(
+            [PY, "-m", "uvicorn", "tesseract_web.asgi:application", "--port", str(gw_port),
+             "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+             "--log-level", "warning"],
+            env, work / "gateway.log",
+        )  # fmt: skip
+        procs.append(gateway)
+        wait_http(f"{sim_url}/health")
+        wait_http(
+            f"http://127.0.0.1:{gw_port}/v1/models", headers={"Authorization": f"Bearer {key}"}
+        )
+
+        targets = [
+            Target("direct", f"{sim_url}/d/{DEPLOYMENT}/v1/chat/completions", {}, BODY),
+            Target(
+                "tesseract",
+                f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+                {"Authorization": f"Bearer {key}"},
+                {**BODY, "tesseract": {"regions": ["westeurope"]}},
+            ),
+        ]
+        if not args.no_litellm:
+            exe = ensure_litellm()
+            config = work / "litellm.yaml"
+            config.write_text(
+                "model_list:\n"
+                f"  - model_name: {MODEL}\n"
+                "    litellm_params:\n"
+                f"      model: openai/{MODEL}\n"
+                f"      api_base: {sim_url}/d/{DEPLOYMENT}/v1\n"
+                "      api_key: unused\n"
+            )
+            procs.append(
+                start(
+                    [
+                        str(exe),
+                        "--config",
+                        str(config),
+                        "--port",
+                        str(llm_port),
+                        "--num_workers",
+                        "1",
+                    ],
+                    {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": LITELLM_KEY},
+                    work / "litellm.log",
+                )
+            )
+            wait_http(f"http://127.0.0.1:{llm_port}/health/liveliness", timeout=180)
+            targets.append(
+                Target(
+                    "litellm",
+                    f"http://127.0.0.1:{llm_port}/v1/chat/completions",
+                    {"Authorization": f"Bearer {LITELLM_KEY}"},
+                    BODY,
+                )
+            )
+
+        rows = []
+        for t in targets:
+            print(f"measuring {t.name} ...", flush=True)
+            whole = asyncio.run(latencies(t, n, stream=False))
+            first = asyncio.run(latencies(t, n, stream=True))
+            rps = wrk(t, stream=False, seconds=seconds)
+            rps_stream = wrk(t, stream=True, seconds=seconds)
+            rows.append(
+                {
+                    "target": t.name,
+                    "p50_ms": statistics.median(whole),
+                    "p99_ms": pct(whole, 0.99),
+                    "ttft_p50_ms": statistics.median(first),
+                    "ttft_p99_ms": pct(first, 0.99),
+                    "rps_c32": rps,
+                    "rps_c32_stream": rps_stream,
+                    "rss_mb": rss_mb(gateway.pid) if t.name == "tesseract" else None,
+                }
+            )
+    write(rows, n=n, seconds=seconds)
+
+
+def write(rows: list[dict[str, object]], *, n: int, seconds: int) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / "gateway.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    by = {r["target"]: r for r in rows}
+    d, g = by["direct"], by["tesseract"]
+    lines = [
+        "# Gateway overhead",
+        "",
+        f"`make bench-gateway`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{os.cpu_count()} cores (shared). Upstream: the backend simulator at time scale 0. "
+        f"Latency: {n} sequential requests after 20 warm-up; throughput: wrk, 32 connections, "
+        f"{seconds} s.",
+        "",
+        "| target | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms | req/s c=32 "
+        "| req/s c=32 streamed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['target']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['ttft_p50_ms']:.2f} | "
+            f"{r['ttft_p99_ms']:.2f} | {r['rps_c32']:.0f} | {r['rps_c32_stream']:.0f} |"
+        )
+    lines += [
+        "",
+        "| measure | Tesseract | target |",
+        "|---|---|---|",
+        f"| overhead p50 (Tesseract − direct) | {g['p50_ms'] - d['p50_ms']:.2f} ms | ≤ 1 ms |",
+        f"| overhead p99 | {g['p99_ms'] - d['p99_ms']:.2f} ms | ≤ 5 ms |",
+        f"| TTFT added, p50 | {g['ttft_p50_ms'] - d['ttft_p50_ms']:.2f} ms | ≤ 1 ms |",
+        f"| resident memory of the worker after load | {g['rss_mb']:.0f} MB | ≤ 150 MB |",
+    ]
+    if "litellm" in by:
+        lite = by["litellm"]
+        plain = g["rps_c32"] / lite["rps_c32"]
+        streamed = g["rps_c32_stream"] / lite["rps_c32_stream"]
+        lines += [
+            f"| throughput vs LiteLLM, non-streamed | {plain:.1f}× | ≥ 20× |",
+            f"| throughput vs LiteLLM, streamed | {streamed:.1f}× | ≥ 20× |",
+            f"| LiteLLM overhead p50 | {lite['p50_ms'] - d['p50_ms']:.2f} ms | (for orientation) |",
+        ]
+    (RESULTS / "gateway.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""The inference API over HTTP: a bare ASGI application for `/v1/*`.
+
+Why not a Django view or a DRF view: Django's request handler hops threads for its
+request signals and costs more than the whole overhead budget (1 ms at p50); DRF's
+views are synchronous. This app authenticates from an in-process key cache, routes on
+an in-memory world, and streams bytes straight from the backend. `tesseract_web.asgi`
+sends `/v1/` here and everything else to Django.
+
+    POST /v1/chat/completions   POST /v1/completions     (SSE when "stream": true)
+    GET  /v1/models             POST /v1/route            (the dry run)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from django.conf import settings
+
+from accounts.keycache import KeyCache, KeyRejected, ResolvedKey, default_cache
+from accounts.models import Scope
+from accounts.services import LAST_USED_RESOLUTION, api_key_touch
+from routing.errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    PayloadTooLarge,
+    PermissionDenied,
+    RouteNotFound,
+    TesseractAPIError,
+)
+from routing.gateway.core import Call, Gateway, Head, check_strategy
+from routing.gateway.db import off_loop
+from routing.gateway.live import WorldHolder, listen_for_world_changes
+from routing.gateway.parse import MAX_BODY_BYTES, parse
+from routing.gateway.upstream import Upstream
+
+logger = logging.getLogger(__name__)
+
+Scope_ = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_REJECTIONS = {
+    "malformed": "The API key is malformed; Tesseract keys start with tsk_.",
+    "unknown": "Incorrect API key provided.",
+    "revoked": "This API key has been revoked.",
+    "expired": "This API key has expired.",
+}
+_JSON = b"application/json"
+
+
+async def read_body(receive: Receive) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def send_json(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", _JSON),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def bearer_token(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            break
+    raise AuthenticationFailed(
+        "Missing API key: send it as 'Authorization: Bearer tsk_…'.", code="missing_api_key"
+    )
+
+
+class KeyAuth:
+    """Resolve keys on the event loop; the database is touched only on a cache miss."""
+
+    def __init__(self, cache: KeyCache | None = None) -> None:
+        self._cache = cache
+        self._touched: dict[int, float] = {}
+        self._background: set[asyncio.Future[Any]] = set()
+
+    @property
+    def cache(self) -> KeyCache:
+        if self._cache is None:
+            self._cache = default_cache()
+        return self._cache
+
+    async def authenticate(self, headers: list[tuple[bytes, bytes]], scope: str) -> ResolvedKey:
+        token = bearer_token(headers)
+        try:
+            key = self.cache.resolve_cached(token)
+            if key is None:
+                key = await off_loop(self.cache.resolve)(token)
+        except KeyRejected as exc:
+            raise AuthenticationFailed(_REJECTIONS[exc.reason]) from None
+        if scope not in key.scopes:
+            raise PermissionDenied(
+                f"This API key lacks the '{scope}' scope.", code="insufficient_scope"
+            )
+        self._touch(key)
+        return key
+
+    def _touch(self, key: ResolvedKey) -> None:
+        """Record use at most once a minute per key and process, off the event loop."""
+        now = time.monotonic()
+        if now - self._touched.get(key.id, -1e9) < LAST_USED_RESOLUTION.total_seconds():
+            return
+        self._touched[key.id] = now
+        future = asyncio.ensure_future(off_loop(api_key_touch)(key_id=key.id))
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
+
+
+class GatewayApp:
+    def __init__(self, gateway: Gateway | None = None, auth: KeyAuth | None = None) -> None:
+        self._gateway = gateway
+        self.auth = auth or KeyAuth()
+        self._listener: asyncio.Task[None] | None = None
+        self.routes: dict[str, tuple[str, Callable[..., Awaitable[None]]]] = {
+            "/v1/chat/completions": ("POST", self.completions),
+            "/v1/completions": ("POST", self.completions),
+            "/v1/route": ("POST", self.dry_run),
+            "/v1/models": ("GET", self.models),
+        }
+
+    @property
+    def gateway(self) -> Gateway:
+        if self._gateway is None:
+            import redis.asyncio as aioredis
+
+            self._gateway = Gateway(
+                holder=WorldHolder(),
+                upstream=Upstream(),
+                redis=aioredis.Redis.from_url(settings.REDIS_URL),
+            )
+        if self._listener is None:
+            self._listener = asyncio.ensure_future(
+                listen_for_world_changes(self._gateway.holder, settings.REDIS_URL)
+            )
+        return self._gateway
+
+    def forget_world(self) -> None:
+        """Make the next request load the world first (after a bulk catalog change)."""
+        if self._gateway is not None:
+            self._gateway.holder.forget()
+
+    async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError(f"GatewayApp serves HTTP only, not {scope['type']}")
+        path = scope["path"].rstrip("/")
+        try:
+            route = self.routes.get(path)
+            if route is None:
+                raise RouteNotFound(f"Unknown endpoint {scope['method']} {scope['path']}.")
+            method, handler = route
+            if scope["method"] != method:
+                raise InvalidRequest(
+                    f"{path} accepts {method}, not {scope['method']}.", code="method_not_allowed"
+                )
+            await handler(scope, receive, send)
+        except TesseractAPIError as exc:
+            await send_json(send, exc.http_status, exc.to_json(), exc.headers())
+        except asyncio.CancelledError:
+            pass  # the client went away; nothing to answer
+        except Exception:
+            logger.exception("unhandled error on %s", path)
+            error = TesseractAPIError("Internal error; it has been logged.")
+            await send_json(send, 500, error.to_json())
+
+    # -- endpoints -----------------------------------------------------------------
+
+    async def completions(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        key = await self.auth.authenticate(scope["headers"], Scope.INFERENCE)
+        raw = await read_body(receive)
+        endpoint = "chat.completions" if scope["path"].startswith("/v1/chat") else "completions"
+        parsed = parse(endpoint, raw, scope["headers"], key)
+        check_strategy(parsed.strategy)
+        call = Call(key=key, parsed=parsed, started=started)
+        frames = self.gateway.run(call)
+        # Watch for the client leaving: cancelling the stream cancels the upstream call.
+        stream_task = asyncio.ensure_future(self._relay(frames, send, parsed.stream))
+        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        done, _ = await asyncio.wait({stream_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if stream_task in done:
+            watcher.cancel()
+            stream_task.result()  # re-raise a TesseractAPIError raised before the head
+        else:
+            stream_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stream_task
+
+    async def _relay(self, frames: Any, send: Send, stream: bool) -> None:
+        """Write the gateway's frames as an HTTP response: SSE framing when streaming.
+
+        A whole body goes out with its content-length, in one write after the head.
+        """
+        sse = False
+        head: Head | None = None
+        try:
+            async for frame in frames:
+                if isinstance(frame, Head):
+                    head = frame
+                    sse = stream and frame.status == 200
+                    if sse:
+                        headers = [*frame.headers, (b"cache-control", b"no-cache")]
+                        await send(
+                            {"type": "http.response.start", "status": 200, "headers": headers}
+                        )
+                elif sse:
+                    body = b"data: " + frame + b"\n\n"
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                else:
+                    assert head is not None
+                    length = (b"content-length", str(len(frame)).encode())
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": head.status,
+                            "headers": [*head.headers, length],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": frame})
+            if sse:
+                await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        finally:
+            await frames.aclose()
+
+    async def dry_run(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        key = await self.auth.authenticate(scope["headers"], Scope.ROUTE)
+        parsed = parse("route", await read_body(receive), scope["headers"], key)
+        world, plan = await self.gateway.plan(parsed)
+        body = {
+            "object": "tesseract.route_plan",
+            "request": {
+                "model": parsed.model,
+                "input_tokens": parsed.route.input_tokens,
+                "max_output_tokens": parsed.route.max_output_tokens,
+            },
+            "world_version": world.version,
+            **plan.to_dict(),
+        }
+        await send_json(send, 200, msgspec.json.encode(body))
+
+    async def models(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        key = await self.auth.authenticate(scope["headers"], Scope.READ)
+        world = await self.gateway.holder.get()
+        allowed = set(key.default_regions)
+        required = set(key.default_compliance)
+        data = []
+        for model in sorted(world.models):
+            places = sorted(
+                {
+                    (e.region, e.chip)
+                    for e in world.endpoints.values()
+                    if e.model == model
+                    and (not allowed or e.region in allowed)
+                    and required <= set(e.certifications)
+                }
+            )
+            if not places:
+                continue
+            data.append(
+                {
+                    "id": model,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "tesseract",
+                    "tesseract": {
+                        "regions": sorted({r for r, _ in places}),
+                        "chips": sorted({c for _, c in places}),
+                    },
+                }
+            )
+        await send_json(send, 200, msgspec.json.encode({"object": "list", "data": data}))
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+application = GatewayApp()

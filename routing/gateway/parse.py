@@ -1,0 +1,277 @@
+"""Read an inference request: the OpenAI body, Tesseract's requirements, key defaults.
+
+The body is decoded once into a dict (what is forwarded upstream) and validated by
+converting it to a typed struct (msgspec: microseconds, and an error that names the
+field). Tesseract's requirements ride in a `tesseract` object in the body (the
+OpenAI SDK's `extra_body`) or in `X-Tesseract-*` headers (`extra_headers`); the body
+wins where both speak. A key's defaults apply where the request is silent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+
+from accounts.keycache import ResolvedKey
+from routing.engine import Request as RouteRequest
+from routing.errors import InvalidRequest
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_TOKENS = 256
+#: Prompt tokens are estimated for routing at ~4 characters a token (the usual rule
+#: of thumb for English with BPE tokenizers); billing uses the backend's own count.
+CHARS_PER_TOKEN = 4
+PER_MESSAGE_TOKENS = 4
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Tokens = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class TesseractOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The requirements a request may carry. Unknown names are an error, not ignored."""
+
+    max_ttft_ms: Positive | None = None
+    max_latency_ms: Positive | None = None
+    compliance: list[Tag] | None = None
+    regions: list[Tag] | None = None
+    countries: list[Tag] | None = None
+    jurisdictions: list[Tag] | None = None
+    priority: Annotated[int, msgspec.Meta(ge=1, le=5)] | None = None
+    prefer_cost_over_latency: bool | None = None
+    max_price: NonNegative | None = None
+    session_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    client_region: Tag | None = None
+    client_lat: Annotated[float, msgspec.Meta(ge=-90, le=90)] | None = None
+    client_lon: Annotated[float, msgspec.Meta(ge=-180, le=180)] | None = None
+    fallback_models: list[Tag] | None = None
+    allow_relaxed_deadline: bool | None = None
+    strategy: Tag | None = None
+
+
+class Message(msgspec.Struct):
+    role: Annotated[str, msgspec.Meta(min_length=1)]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+class _Common(msgspec.Struct):
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    stream: bool = False
+    max_tokens: Tokens | None = None
+    max_completion_tokens: Tokens | None = None
+    stream_options: StreamOptions | None = None
+    tesseract: TesseractOptions | None = None
+
+
+class ChatBody(_Common):
+    messages: Annotated[list[Message], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=list
+    )
+
+
+class CompletionBody(_Common):
+    prompt: str | list[str] = ""
+
+
+class RouteBody(_Common):
+    """`/v1/route` takes either shape; `input_tokens` may replace the prompt."""
+
+    messages: list[Message] | None = None
+    prompt: str | list[str] | None = None
+    input_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+_BODY_TYPES: dict[str, type[_Common]] = {
+    "chat.completions": ChatBody,
+    "completions": CompletionBody,
+    "route": RouteBody,
+}
+
+_PATH_RE = re.compile(r"\$\.?([A-Za-z_][\w.]*)")
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    endpoint: str
+    body: dict[str, Any]  # what goes upstream: the client's body less `tesseract`
+    model: str
+    stream: bool
+    include_usage: bool  # the client asked for usage in the stream
+    route: RouteRequest
+    strategy: str | None
+
+
+def decode_json(raw: bytes) -> dict[str, Any]:
+    if len(raw) > MAX_BODY_BYTES:
+        from routing.errors import PayloadTooLarge
+
+        raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"The body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _validation_error(exc: msgspec.ValidationError) -> InvalidRequest:
+    text = str(exc)
+    match = _PATH_RE.search(text)
+    param = match.group(1) if match else None
+    return InvalidRequest(f"Invalid request: {text}", param=param, code="invalid_value")
+
+
+def _header_options(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """`X-Tesseract-Max-Ttft-Ms: 50` → {"max_ttft_ms": "50"}; lists are comma-separated."""
+    options: dict[str, Any] = {}
+    for name, value in headers:
+        if name[:12].lower() != b"x-tesseract-":
+            continue
+        key = name[12:].decode("latin-1").lower().replace("-", "_")
+        text = value.decode("latin-1").strip()
+        field = TesseractOptions.__struct_fields__
+        if key not in field:
+            raise InvalidRequest(
+                f"Unknown header X-Tesseract-{name[12:].decode('latin-1')}.",
+                param=f"x-tesseract-{key}",
+                code="unknown_parameter",
+            )
+        options[key] = text
+    return options
+
+
+def _coerce_header_values(options: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    list_fields = {"compliance", "regions", "countries", "jurisdictions", "fallback_models"}
+    for key, text in options.items():
+        if key in list_fields:
+            out[key] = [item.strip() for item in text.split(",") if item.strip()]
+        elif key in {"prefer_cost_over_latency", "allow_relaxed_deadline"}:
+            lowered = text.lower()
+            if lowered not in {"true", "false", "1", "0"}:
+                raise InvalidRequest(
+                    f"X-Tesseract-{key} must be true or false.", param=key, code="invalid_value"
+                )
+            out[key] = lowered in {"true", "1"}
+        elif key in {"session_id", "client_region", "strategy"}:
+            out[key] = text
+        elif key == "priority":
+            out[key] = _number(key, text, int)
+        else:
+            out[key] = _number(key, text, float)
+    return out
+
+
+def _number(key: str, text: str, kind: type) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise InvalidRequest(
+            f"X-Tesseract-{key} must be a number, not {text!r}.", param=key, code="invalid_value"
+        ) from None
+
+
+def _text_tokens(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        total = 0
+        for part in value:
+            if isinstance(part, str):
+                total += len(part)
+            elif isinstance(part, dict):
+                total += len(str(part.get("text", "")))
+        return total
+    return 0
+
+
+def estimate_input_tokens(body: _Common) -> int:
+    chars, messages = 0, 0
+    if isinstance(body, (ChatBody, RouteBody)) and body.messages:
+        messages = len(body.messages)
+        chars += sum(_text_tokens(m.content) for m in body.messages)
+    if isinstance(body, (CompletionBody, RouteBody)):
+        chars += _text_tokens(body.prompt)
+    return chars // CHARS_PER_TOKEN + PER_MESSAGE_TOKENS * messages
+
+
+def _lowered(items: list[str] | tuple[str, ...] | None) -> frozenset[str] | None:
+    return None if not items else frozenset(i.lower() for i in items)
+
+
+def parse(
+    endpoint: str, raw: bytes, headers: Iterable[tuple[bytes, bytes]], key: ResolvedKey
+) -> Parsed:
+    """Validate a request and turn it into the upstream body and the engine's request."""
+    body = decode_json(raw)
+    header_options = _coerce_header_values(_header_options(headers))
+    if header_options:
+        merged = {**header_options, **(body.get("tesseract") or {})}
+        body["tesseract"] = merged
+    try:
+        typed = msgspec.convert(body, _BODY_TYPES[endpoint])
+    except msgspec.ValidationError as exc:
+        raise _validation_error(exc) from None
+    opts = typed.tesseract or TesseractOptions()
+    if (opts.client_lat is None) != (opts.client_lon is None):
+        raise InvalidRequest(
+            "Give both client_lat and client_lon, or neither.", param="tesseract.client_lat"
+        )
+
+    input_tokens = estimate_input_tokens(typed)
+    if isinstance(typed, RouteBody) and typed.input_tokens is not None:
+        input_tokens = typed.input_tokens
+    max_output = typed.max_completion_tokens or typed.max_tokens or DEFAULT_MAX_TOKENS
+
+    route_request = RouteRequest(
+        model=typed.model,
+        input_tokens=input_tokens,
+        max_output_tokens=max_output,
+        max_ttft_ms=opts.max_ttft_ms if opts.max_ttft_ms is not None else key.default_max_ttft_ms,
+        max_latency_ms=(
+            opts.max_latency_ms if opts.max_latency_ms is not None else key.default_max_latency_ms
+        ),
+        compliance=_lowered(
+            opts.compliance if opts.compliance is not None else key.default_compliance
+        )
+        or frozenset(),
+        allowed_jurisdictions=(
+            None if not opts.jurisdictions else frozenset(j.upper() for j in opts.jurisdictions)
+        ),
+        allowed_countries=None
+        if not opts.countries
+        else frozenset(c.upper() for c in opts.countries),
+        allowed_regions=_lowered(opts.regions if opts.regions is not None else key.default_regions),
+        priority=opts.priority or 3,
+        prefer_cost_over_latency=bool(opts.prefer_cost_over_latency),
+        max_price_per_mtok=opts.max_price,
+        session_id=opts.session_id,
+        client_region=opts.client_region.lower() if opts.client_region else None,
+        client_lat=opts.client_lat,
+        client_lon=opts.client_lon,
+        fallback_models=tuple(opts.fallback_models or ()),
+        allow_relaxed_deadline=bool(opts.allow_relaxed_deadline),
+    )
+    body.pop("tesseract", None)
+    include_usage = bool(typed.stream_options and typed.stream_options.include_usage)
+    return Parsed(
+        endpoint=endpoint,
+        body=body,
+        model=typed.model,
+        stream=typed.stream,
+        include_usage=include_usage,
+        route=route_request,
+        strategy=opts.strategy,
+    )

@@ -1,0 +1,160 @@
+"""Reading requests: OpenAI bodies, Tesseract's requirements, and key defaults."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from accounts.keycache import ResolvedKey
+from routing.errors import InvalidRequest, PayloadTooLarge
+from routing.gateway.parse import MAX_BODY_BYTES, parse
+
+
+def key(**defaults) -> ResolvedKey:
+    fields = {
+        "id": 1,
+        "org_id": 1,
+        "org_slug": "acme",
+        "lookup": "abcdefgh",
+        "digest": "x",
+        "scopes": frozenset({"inference", "route", "read"}),
+        "expires_at": None,
+        "revoked": False,
+        "default_regions": (),
+        "default_compliance": (),
+        "default_max_latency_ms": None,
+        "default_max_ttft_ms": None,
+    }
+    return ResolvedKey(**{**fields, **defaults})
+
+
+def body(**extra) -> bytes:
+    return msgspec.json.encode(
+        {
+            "model": "llama-3.1-8b-instruct",
+            "messages": [{"role": "user", "content": "hi " * 40}],
+            **extra,
+        }
+    )
+
+
+def test_a_plain_openai_body_routes_with_no_constraints():
+    parsed = parse("chat.completions", body(max_tokens=50), [], key())
+    r = parsed.route
+    assert r.model == "llama-3.1-8b-instruct"
+    assert r.max_output_tokens == 50
+    assert r.max_ttft_ms is None
+    assert r.allowed_regions is None
+    assert r.compliance == frozenset()
+    assert r.input_tokens == 120 // 4 + 4
+    assert "tesseract" not in parsed.body
+
+
+def test_requirements_ride_in_the_tesseract_object():
+    parsed = parse(
+        "chat.completions",
+        body(
+            tesseract={
+                "max_ttft_ms": 50,
+                "compliance": ["HIPAA"],
+                "jurisdictions": ["eu"],
+                "priority": 5,
+                "client_region": "FranceCentral",
+                "fallback_models": ["llama-3.1-8b-instruct"],
+            }
+        ),
+        [],
+        key(),
+    )
+    r = parsed.route
+    assert r.max_ttft_ms == 50
+    assert r.compliance == frozenset({"hipaa"})
+    assert r.allowed_jurisdictions == frozenset({"EU"})
+    assert r.priority == 5
+    assert r.client_region == "francecentral"
+    assert r.fallback_models == ("llama-3.1-8b-instruct",)
+    assert "tesseract" not in parsed.body  # never sent upstream
+
+
+def test_requirements_can_ride_in_headers_and_the_body_wins():
+    headers = [
+        (b"x-tesseract-max-ttft-ms", b"200"),
+        (b"x-tesseract-regions", b"westeurope, francecentral"),
+        (b"X-Tesseract-Prefer-Cost-Over-Latency", b"true"),
+    ]
+    parsed = parse("chat.completions", body(tesseract={"max_ttft_ms": 80}), headers, key())
+    assert parsed.route.max_ttft_ms == 80
+    assert parsed.route.allowed_regions == frozenset({"westeurope", "francecentral"})
+    assert parsed.route.prefer_cost_over_latency is True
+
+
+def test_key_defaults_apply_only_where_the_request_is_silent():
+    k = key(default_regions=("westeurope",), default_compliance=("gdpr",), default_max_ttft_ms=300)
+    silent = parse("chat.completions", body(), [], k).route
+    assert silent.allowed_regions == frozenset({"westeurope"})
+    assert silent.compliance == frozenset({"gdpr"})
+    assert silent.max_ttft_ms == 300
+    spoken = parse(
+        "chat.completions", body(tesseract={"regions": ["eastus"], "max_ttft_ms": 90}), [], k
+    ).route
+    assert spoken.allowed_regions == frozenset({"eastus"})
+    assert spoken.max_ttft_ms == 90
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": "ten"}',
+            "max_tokens",
+        ),
+        (b'{"model": "m", "messages": []}', "messages"),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', None),
+        (
+            b'{"model": "m", "messages": [{"role": "user"}], "tesseract": {"priority": 9}}',
+            "tesseract.priority",
+        ),
+        (
+            b'{"model": "m", "messages": [{"role": "user"}], "tesseract": {"speed": "max"}}',
+            "tesseract",
+        ),
+        (b'{"model": "m", "messages": [{"role": "user"}], "stream": "yes"}', "stream"),
+    ],
+)
+def test_a_wrong_field_is_named_in_the_error(raw, param):
+    with pytest.raises(InvalidRequest) as exc:
+        parse("chat.completions", raw, [], key())
+    assert exc.value.http_status == 400
+    if param:
+        assert exc.value.param == param
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"", b'"text"'])
+def test_malformed_json_is_a_clear_400(raw):
+    with pytest.raises(InvalidRequest) as exc:
+        parse("chat.completions", raw, [], key())
+    assert exc.value.code == "invalid_json"
+
+
+def test_an_oversized_body_is_413():
+    with pytest.raises(PayloadTooLarge) as exc:
+        parse("chat.completions", b" " * (MAX_BODY_BYTES + 1), [], key())
+    assert exc.value.http_status == 413
+
+
+def test_an_unknown_tesseract_header_is_refused():
+    with pytest.raises(InvalidRequest) as exc:
+        parse("chat.completions", body(), [(b"x-tesseract-colour", b"blue")], key())
+    assert exc.value.code == "unknown_parameter"
+
+
+def test_coordinates_come_in_pairs():
+    with pytest.raises(InvalidRequest):
+        parse("chat.completions", body(tesseract={"client_lat": 48.8}), [], key())
+
+
+def test_the_route_dry_run_accepts_a_token_count_instead_of_a_prompt():
+    raw = msgspec.json.encode(
+        {"model": "llama-3.3-70b-instruct", "input_tokens": 2000, "max_tokens": 10}
+    )
+    assert parse("route", raw, [], key()).route.input_tokens == 2000
