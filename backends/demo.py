@@ -85,6 +85,7 @@ def demo_world_load(
                 "operator": cl.operator,
                 "owner": cl.owner,
                 "accelerators": cl.accelerators,
+                "certifications": sorted(cl.certifications),
             },
         )
     for d in spec.deployments.values():

@@ -30,7 +30,8 @@ class Certification(models.TextChoices):
 class Region(models.Model):
     """A site where clusters stand, with the legal and physical facts routing needs.
 
-    `certifications` are what the site is certified for (tags from `Certification`);
+    `certifications` are what the place itself gives (tags from `Certification`, such
+    as GDPR in the EEA); what an operator holds (a HIPAA BAA) is on its `Cluster`;
     EU/EEA membership comes from the country; `sovereign` marks sites run under a
     sovereign-cloud arrangement.
     """
@@ -140,6 +141,12 @@ class Cluster(models.Model):
     operator = models.CharField(max_length=60, help_text="Who runs it, e.g. Tesseract, Groq.")
     owner = models.CharField(max_length=16, choices=Owner.choices, default=Owner.TESSERACT)
     accelerators = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    certifications = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="What the operator holds for this cluster (HIPAA BAA, SOC 2, …). "
+        "A backend is certified for its region's tags plus these.",
+    )
     drained = models.BooleanField(default=False, help_text="Kill switch: route nothing here.")
 
     class Meta:

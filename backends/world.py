@@ -127,6 +127,14 @@ class ClusterSpec:
     owner: str  # "tesseract" or "partner"
     chip: str
     accelerators: int
+    #: What the operator holds for this cluster (a HIPAA BAA, a SOC 2 report): it
+    #: follows who runs the machines, so a partner next to our site does not inherit ours.
+    certifications: frozenset[str] = frozenset()
+
+
+def certifications(region: RegionSpec, cluster: ClusterSpec) -> frozenset[str]:
+    """What a backend is certified for: the site's tags plus its operator's."""
+    return region.certifications | cluster.certifications
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,20 +500,22 @@ HUB_ACCELERATORS, EDGE_ACCELERATORS, PARTNER_ACCELERATORS = 32, 8, 16
 SOVEREIGN = frozenset({"francecentral", "germanywestcentral"})
 
 
-def _certify(region: RegionSpec, *, tesseract_site: bool) -> RegionSpec:
-    """Certifications follow who runs the site and where it stands."""
-    certs = set()
-    if tesseract_site:
-        certs.add("soc2")
-        if region.country_code == "US":
-            certs.add("hipaa")  # we sign BAAs only for our own US sites
-    if region.eea_member:
-        certs.add("gdpr")
+def certify_region(region: RegionSpec) -> RegionSpec:
+    """Tags that follow the place: GDPR in the EEA, sovereign-cloud sites."""
+    certs = {"gdpr"} if region.eea_member else set()
     return replace(
         region,
         certifications=region.certifications | frozenset(certs),
         sovereign=region.slug in SOVEREIGN,
     )
+
+
+def operator_certifications(owner: str, region: RegionSpec) -> frozenset[str]:
+    """Our own clusters carry our SOC 2 report, and in the US our HIPAA BAA. Partners
+    publish their own attestations; the demo claims none for them."""
+    if owner != "tesseract":
+        return frozenset()
+    return frozenset({"soc2", "hipaa"} if region.country_code == "US" else {"soc2"})
 
 
 def demo_world(
@@ -543,6 +553,7 @@ def demo_world(
             owner=owner,
             chip=chip,
             accelerators=accelerators,
+            certifications=operator_certifications(owner, regions[region]),
         )
         clusters[cluster.slug] = cluster
         for model in models:
@@ -582,8 +593,7 @@ def demo_world(
             accelerators=PARTNER_ACCELERATORS,
         )
 
-    ours = {c.region for c in clusters.values() if c.owner == "tesseract"}
-    regions = {slug: _certify(r, tesseract_site=slug in ours) for slug, r in regions.items()}
+    regions = {slug: certify_region(r) for slug, r in regions.items()}
     return WorldSpec(
         regions=regions,
         chips=dict(CHIPS),

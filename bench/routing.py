@@ -31,8 +31,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from backends.world import REGIONS_CSV, RTT_CSV, WorldDataError, WorldSpec, demo_world
-from bench.worlds import OPERATOR_CERTIFICATIONS, ROOT, engine_snapshot
+from backends.world import (
+    REGIONS_CSV,
+    RTT_CSV,
+    WorldDataError,
+    WorldSpec,
+    certifications,
+    demo_world,
+)
+from bench.worlds import ROOT, engine_snapshot
 from routing.engine import STRATEGIES, get_strategy, route
 
 from .sim import simulate
@@ -106,6 +113,7 @@ def generic_world(regions_path: Path, rtt_path: Path) -> WorldSpec:
             "tesseract",
             "nvidia-h100",
             w.HUB_ACCELERATORS,
+            w.operator_certifications("tesseract", regions[slug]),
         )
         clusters[c.slug] = c
         for m in models:
@@ -113,7 +121,7 @@ def generic_world(regions_path: Path, rtt_path: Path) -> WorldSpec:
                 f"{c.slug}--{m}", c.slug, m, w.HUB_SLOTS, profiles[("nvidia-h100", m)]
             )
             deployments[d.slug] = d
-    regions = {s: w._certify(r, tesseract_site=True) for s, r in regions.items()}
+    regions = {s: w.certify_region(r) for s, r in regions.items()}
     return w.WorldSpec(regions, dict(w.CHIPS), dict(w.MODELS), clusters, deployments, rtt)
 
 
@@ -125,11 +133,7 @@ def allowed(world: WorldSpec, deployment: str, job: Job) -> bool:
     d = world.deployments[deployment]
     c = world.clusters[d.cluster]
     reg = world.regions[c.region]
-    certs = (
-        reg.certifications
-        if c.owner == "tesseract"
-        else reg.certifications - OPERATOR_CERTIFICATIONS
-    )
+    certs = certifications(reg, c)
     r = job.request
     if d.model not in (r.model, *r.fallback_models):
         return False

@@ -1,11 +1,6 @@
 """A `backends.world.WorldSpec` turned into engine types, for the benchmarks.
 
 This mirrors what `routing/snapshot.py` does from ORM rows, without a database.
-
-Certifications: `demo_world()` certifies *regions*; a partner cluster standing in a
-region where we also run a site would inherit our HIPAA BAA and SOC 2 report. The
-world's own rule is that certifications "follow who runs the site", so here a
-partner-owned backend keeps only the tags that follow the place (gdpr), not ours.
 """
 
 from __future__ import annotations
@@ -17,11 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from backends.world import WorldSpec  # noqa: E402
+from backends.world import WorldSpec, certifications  # noqa: E402
 from routing.engine import Backend, LatencyMap, Profile, Snapshot  # noqa: E402
-
-#: Tags that a site operator earns (audits, BAAs), not the place.
-OPERATOR_CERTIFICATIONS = frozenset({"soc2", "hipaa"})
 
 
 def engine_backends(world: WorldSpec) -> list[Backend]:
@@ -30,9 +22,6 @@ def engine_backends(world: WorldSpec) -> list[Backend]:
         c = world.clusters[d.cluster]
         r = world.regions[c.region]
         p = d.profile
-        certs = r.certifications
-        if c.owner != "tesseract":
-            certs = certs - OPERATOR_CERTIFICATIONS
         out.append(
             Backend(
                 id=d.slug,
@@ -51,7 +40,7 @@ def engine_backends(world: WorldSpec) -> list[Backend]:
                     price_output_per_mtok=p.price_output_per_mtok,
                 ),
                 concurrency_slots=d.concurrency_slots,
-                certifications=certs,
+                certifications=certifications(r, c),
                 jurisdictions=r.jurisdictions,
             )
         )

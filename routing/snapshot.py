@@ -65,7 +65,9 @@ def _backend(d: Deployment) -> Backend:
         cluster=d.cluster.slug,
         chip=d.chip.slug,
         owner=d.cluster.owner,
-        certifications=frozenset(c.lower() for c in region.certifications),
+        certifications=frozenset(
+            c.lower() for c in (*region.certifications, *d.cluster.certifications)
+        ),
         jurisdictions=region.jurisdictions,
         state=LiveState(loaded=d.loaded, drained=d.drained or d.cluster.drained),
     )

@@ -37,10 +37,25 @@ def test_loading_twice_changes_nothing(loaded):
     ]
 
 
-def test_hipaa_sites_are_only_in_the_us(loaded):
-    hipaa = [r for r in Region.objects.all() if "hipaa" in r.certifications]
+def test_hipaa_clusters_are_only_ours_and_only_in_the_us(loaded):
+    hipaa = [c for c in Cluster.objects.select_related("region") if "hipaa" in c.certifications]
     assert hipaa
-    assert {r.country_code for r in hipaa} == {"US"}
+    assert {c.region.country_code for c in hipaa} == {"US"}
+    assert {c.owner for c in hipaa} == {"tesseract"}
+    assert not any("hipaa" in r.certifications for r in Region.objects.all())
+
+
+def test_a_partner_beside_our_us_site_does_not_inherit_our_hipaa_baa(loaded):
+    from routing.snapshot import load_world
+
+    ours = Cluster.objects.filter(owner="tesseract", region__country_code="US")
+    partner = Cluster.objects.filter(owner="partner", region__in=ours.values("region")).first()
+    assert partner is not None, "the demo world should put a partner next to one of our US sites"
+    backends = {b.id: b for b in load_world().snapshot.backends}
+    for d in partner.deployments.all():
+        assert "hipaa" not in backends[d.slug].certifications
+    for d in Deployment.objects.filter(cluster__in=ours):
+        assert "hipaa" in backends[d.slug].certifications
 
 
 def test_sovereign_sites_are_in_the_eu(loaded):

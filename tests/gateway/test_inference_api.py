@@ -120,15 +120,18 @@ def test_the_dry_run_explains_every_candidate(mesh, api_key, usage):
     assert response.status_code == 200
     plan = response.json()
     assert plan["status"] == "ok"
-    assert plan["primary"]["region"] in {
-        "eastus",
-        "westus2",
-        "southcentralus",
-        "canadacentral",
-    } or plan["primary"]["region"].endswith("us")
+    hipaa = {
+        slug
+        for slug, d in mesh.spec.deployments.items()
+        if d.model == SEVENTY_B and "hipaa" in mesh.spec.clusters[d.cluster].certifications
+    }
+    chosen = [plan["primary"], *plan["fallbacks"]]
+    assert {c["backend_id"] for c in chosen} <= hipaa
     excluded = {e["backend_id"]: e["code"] for e in plan["excluded"]}
-    eu = list(mesh.deployments(SEVENTY_B, eu=True))
-    assert all(excluded[d] == "compliance" for d in eu)
+    assert set(excluded) == set(mesh.deployments(SEVENTY_B)) - hipaa - {
+        c["backend_id"] for c in chosen
+    }
+    assert all(excluded[d] == "compliance" for d in mesh.deployments(SEVENTY_B, eu=True))
     assert usage() == []  # a dry run is not billed
 
 
