@@ -20,8 +20,9 @@ import asyncio
 from typing import Any
 
 import msgspec
+from django.conf import settings
 
-STREAM = "tesseract:usage"
+STREAM: str = settings.TESSERACT_USAGE_STREAM
 GROUP = "usage-drain"
 CLAIM_IDLE_MS = 30_000
 

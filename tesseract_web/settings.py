@@ -100,6 +100,9 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not memory, so that a worker process started by a test sees the same data.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "") or embedded_redis.start()
@@ -148,6 +151,9 @@ TESSERACT_WORLD_REFRESH_S = env_int("TESSERACT_WORLD_REFRESH_S", 5, minimum=1)
 TESSERACT_DEADLINE_S = env_int("TESSERACT_DEADLINE_S", 120, minimum=1)
 #: A backend that sends no first token within this is skipped for the next (seconds).
 TESSERACT_FIRST_TOKEN_TIMEOUT_S = env_int("TESSERACT_FIRST_TOKEN_TIMEOUT_S", 15, minimum=1)
+
+#: The Redis stream that carries usage from the gateways to the billing worker.
+TESSERACT_USAGE_STREAM = env_str("TESSERACT_USAGE_STREAM", "tesseract:usage")
 
 #: Where the backend simulator listens (the demo world's deployments point there).
 TESSERACT_SIMULATOR_URL = env_str("TESSERACT_SIMULATOR_URL", "http://127.0.0.1:8100")

@@ -230,7 +230,9 @@ class SimDeployment:
             "loaded": availability == "ready",
             "availability": availability,
             "loading_remaining_s": (
-                max(self.loading_until - now, 0.0) if self.loading_until is not None else None
+                round(max(self.loading_until - now, 0.0), 6)
+                if self.loading_until is not None
+                else None
             ),
             "cold_start_s": self.cold_start_s,
             "time_scale": time_scale,

@@ -159,8 +159,9 @@ def _coerce_header_values(options: dict[str, Any]) -> dict[str, Any]:
         elif key in {"prefer_cost_over_latency", "allow_relaxed_deadline"}:
             lowered = text.lower()
             if lowered not in {"true", "false", "1", "0"}:
+                header = _header_name(key)
                 raise InvalidRequest(
-                    f"X-Tesseract-{key} must be true or false.", param=key, code="invalid_value"
+                    f"{header} must be true or false.", param=header, code="invalid_value"
                 )
             out[key] = lowered in {"true", "1"}
         elif key in {"session_id", "client_region", "strategy"}:
@@ -172,12 +173,18 @@ def _coerce_header_values(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _header_name(key: str) -> str:
+    """`max_ttft_ms` → `X-Tesseract-Max-Ttft-Ms`, as the client wrote it."""
+    return "X-Tesseract-" + "-".join(part.capitalize() for part in key.split("_"))
+
+
 def _number(key: str, text: str, kind: type) -> Any:
     try:
         return kind(text)
     except ValueError:
+        header = _header_name(key)
         raise InvalidRequest(
-            f"X-Tesseract-{key} must be a number, not {text!r}.", param=key, code="invalid_value"
+            f"{header} must be a number, not {text!r}.", param=header, code="invalid_value"
         ) from None
 
 

@@ -6,6 +6,7 @@ database pointing at it, and its own usage stream in Redis.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,6 +76,27 @@ class Mesh:
     def fault(self, slug: str, **state: Any) -> None:
         response = httpx.post(f"{self.simulator_url}/d/{slug}/control", json=state)
         response.raise_for_status()
+
+    def stream(self, key: str, body: dict[str, Any]) -> Any:
+        """A streamed chat completion, as a context manager yielding the response."""
+        return httpx.stream(
+            "POST",
+            f"{self.gateway_url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={**body, "stream": True},
+        )
+
+    def slowed(self, model: str, region: str) -> Any:
+        """The simulated deployment of `model` in `region`, switched to the slow fault."""
+        slug = f"{region}-tesseract-nvidia-h100--{model}"
+        self.fault(slug, fault="slow")
+        return self.simulator.deployments[slug]
+
+    def wait_until_idle(self, backend: Any, timeout_s: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while backend.slots.running and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert backend.slots.running == 0, "the backend call was not cancelled"
 
     def deployments(self, model: str, *, eu: bool | None = None) -> list[str]:
         out = []

@@ -11,6 +11,12 @@ from accounts.models import ApiKey
 
 EIGHT_B = "llama-3.1-8b-instruct"
 SEVENTY_B = "llama-3.3-70b-instruct"
+LONG_ANSWER_IN_WESTEUROPE = {
+    "model": EIGHT_B,
+    "messages": [{"role": "user", "content": "a long answer"}],
+    "max_tokens": 2000,
+    "tesseract": {"regions": ["westeurope"]},
+}
 
 
 def client(mesh, key: str) -> openai.OpenAI:
@@ -175,17 +181,8 @@ def test_an_eu_only_request_fails_closed_when_every_eu_backend_fails(mesh, api_k
 def test_a_backend_failing_midway_ends_the_stream_with_an_error_event(mesh, api_key, usage):
     for slug in mesh.deployments(EIGHT_B):
         mesh.fault(slug, error_after_tokens=3)
-    with httpx.stream(
-        "POST",
-        f"{mesh.gateway_url}/v1/chat/completions",
-        headers={"Authorization": f"Bearer {api_key}"},
-        json={
-            "model": EIGHT_B,
-            "messages": [{"role": "user", "content": "hi"}],
-            "max_tokens": 20,
-            "stream": True,
-        },
-    ) as response:
+    body = {"model": EIGHT_B, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
+    with mesh.stream(api_key, body) as response:
         events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])
@@ -210,3 +207,17 @@ def test_each_request_is_metered_exactly_once(mesh, api_key, usage):
     assert {e.request_id for e in events} == ids
     assert len(events) == 5
     assert usage() == events  # draining again adds nothing
+
+
+def test_a_client_that_hangs_up_cancels_the_backend_call_and_is_billed_for_what_it_got(
+    mesh, api_key, usage
+):
+    backend = mesh.slowed(EIGHT_B, "westeurope")
+    with mesh.stream(api_key, LONG_ANSWER_IN_WESTEUROPE) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if '"content":"' in line.replace(" ", ""))
+        assert backend.slots.running == 1  # a token has arrived; the backend is generating
+    mesh.wait_until_idle(backend)
+    [event] = usage()
+    assert event.status == "cancelled"
+    assert 0 < event.output_tokens < 2000

@@ -1,0 +1,165 @@
+"""Bad input gets a clear OpenAI-style error with the right status, and changes nothing."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from accounts import services
+from accounts.models import ApiKey
+from backends.models import Cluster
+from routing.gateway.parse import MAX_BODY_BYTES
+
+EIGHT_B = "llama-3.1-8b-instruct"
+CHAT = {"model": EIGHT_B, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def post(mesh, key: str | None, body: object = None, *, content: bytes | None = None, **kw):
+    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    return httpx.post(
+        f"{mesh.gateway_url}/v1/chat/completions",
+        headers={**headers, **kw.pop("headers", {})},
+        json=body if content is None else None,
+        content=content,
+        timeout=10,
+    )
+
+
+def assert_openai_error(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert error["code"] == code
+    assert error["message"]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("content", "code", "param"),
+    [
+        (b'{"model": "llama-3.1-8b-instruct", "messages": [', "invalid_json", None),
+        (b"[1, 2, 3]", "invalid_json", None),
+        (b'{"model": 8, "messages": []}', "invalid_value", "model"),
+        (
+            b'{"model": "llama-3.1-8b-instruct", "messages": [{"role": "user"}], '
+            b'"max_tokens": "ten"}',
+            "invalid_value",
+            "max_tokens",
+        ),
+        (
+            b'{"model": "llama-3.1-8b-instruct", "messages": [{"role": "user"}], '
+            b'"tesseract": {"priority": 9}}',
+            "invalid_value",
+            "tesseract.priority",
+        ),
+    ],
+    ids=["truncated JSON", "not an object", "model not a string", "max_tokens a string",
+         "priority out of range"],
+)  # fmt: skip
+def test_a_malformed_body_is_a_400_that_names_the_field(mesh, api_key, usage, content, code, param):
+    error = assert_openai_error(post(mesh, api_key, content=content), 400, code)
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert usage() == []
+
+
+def test_a_bad_header_requirement_is_a_400(mesh, api_key, usage):
+    response = post(mesh, api_key, CHAT, headers={"X-Tesseract-Max-Ttft-Ms": "soon"})
+    error = assert_openai_error(response, 400, "invalid_value")
+    assert error["param"] == "X-Tesseract-Max-Ttft-Ms"
+    assert "'soon'" in error["message"]
+    assert usage() == []
+
+
+def test_an_oversized_body_is_a_413(mesh, api_key, usage):
+    huge = b'{"model": "x", "messages": [{"role": "user", "content": "' + b"a" * MAX_BODY_BYTES
+    assert_openai_error(post(mesh, api_key, content=huge + b'"}]}'), 413, "request_too_large")
+    assert usage() == []
+
+
+def test_an_unknown_model_is_a_404(mesh, api_key, usage):
+    error = assert_openai_error(post(mesh, api_key, {**CHAT, "model": "gpt-9"}), 404,
+                                "model_not_found")  # fmt: skip
+    assert error["param"] == "model"
+    assert "gpt-9" in error["message"]
+    assert usage() == []
+
+
+@pytest.mark.parametrize(
+    ("key", "code"),
+    [
+        (None, "missing_api_key"),
+        ("tsk_notakey", "invalid_api_key"),
+        ("sk-openai-style", "invalid_api_key"),
+        ("tsk_" + "A" * 8 + "_" + "b" * 40, "invalid_api_key"),
+    ],
+    ids=["missing", "malformed", "foreign", "unknown"],
+)
+def test_a_missing_or_wrong_key_is_a_401(mesh, api_key, usage, key, code):
+    error = assert_openai_error(post(mesh, key, CHAT), 401, code)
+    assert error["type"] == "invalid_request_error"
+    assert usage() == []
+
+
+def test_a_revoked_key_stops_working_at_once(mesh, api_key, usage):
+    assert post(mesh, api_key, CHAT).status_code == 200  # cached in the gateway now
+    services.api_key_revoke(api_key=ApiKey.objects.get())
+    error = assert_openai_error(post(mesh, api_key, CHAT), 401, "invalid_api_key")
+    assert "revoked" in error["message"]
+    assert len(usage()) == 1  # only the request made before the revocation
+
+
+def test_a_key_without_the_inference_scope_is_a_403(mesh, alice, usage):
+    org = services.organization_create(name="Readers", owner=alice)
+    reader = services.api_key_create(org=org, name="read only", scopes=["read"]).plaintext
+    assert_openai_error(post(mesh, reader, CHAT), 403, "insufficient_scope")
+    assert usage() == []
+
+
+def test_an_sla_no_backend_can_meet_is_a_422_with_the_best_achievable(mesh, api_key, usage):
+    response = post(mesh, api_key, {**CHAT, "tesseract": {"max_ttft_ms": 1}})
+    error = assert_openai_error(response, 422, "sla_unsatisfiable")
+    assert "best achievable is" in error["message"]
+    assert "ms to first token" in error["message"]
+    assert usage() == []
+
+
+def test_a_policy_nothing_satisfies_is_a_422(mesh, api_key, usage):
+    body = {**CHAT, "tesseract": {"compliance": ["hipaa"], "jurisdictions": ["EU"]}}
+    assert_openai_error(post(mesh, api_key, body), 422, "policy_unsatisfiable")
+    assert usage() == []
+
+
+def test_no_backend_left_to_route_to_is_a_503(mesh, api_key, usage):
+    Cluster.objects.filter(deployments__model__slug=EIGHT_B).update(drained=True)
+    from routing.gateway.app import application
+
+    application.forget_world()
+    error = assert_openai_error(post(mesh, api_key, CHAT), 503, "backend_unavailable")
+    assert error["type"] == "server_error"
+    assert usage() == []
+
+
+def test_unknown_paths_and_wrong_methods_get_json_errors(mesh, api_key):
+    headers = {"Authorization": f"Bearer {api_key}"}
+    assert_openai_error(httpx.get(f"{mesh.gateway_url}/v1/embeddingz", headers=headers), 404,
+                        "unknown_url")  # fmt: skip
+    assert_openai_error(httpx.get(f"{mesh.gateway_url}/v1/chat/completions", headers=headers),
+                        400, "method_not_allowed")  # fmt: skip
+
+
+def test_the_openai_sdk_raises_its_own_exception_classes(mesh, api_key):
+    sdk = openai.OpenAI(base_url=f"{mesh.gateway_url}/v1", api_key=api_key, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        sdk.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.UnprocessableEntityError):
+        sdk.chat.completions.create(
+            model=EIGHT_B,
+            messages=[{"role": "user", "content": "x"}],
+            extra_body={"tesseract": {"max_ttft_ms": 1}},
+        )
+    bad = openai.OpenAI(base_url=f"{mesh.gateway_url}/v1", api_key="tsk_wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
