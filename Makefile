@@ -49,9 +49,9 @@ bench-engine: bench-install
 	$(BIN)/python -m bench.engine_speed
 
 ## Gateway overhead and throughput against the direct call and the LiteLLM proxy
-## (LiteLLM lives in its own virtualenv, $(VENV)-litellm, used only here; needs wrk).
+## (LiteLLM lives in its own virtualenv, .venv-litellm, used only here; needs wrk).
 bench-gateway: bench-install
 	$(BIN)/python -m bench.gateway
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-litellm var .pytest_cache .mypy_cache .ruff_cache

@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 LITELLM_VENV = ROOT / ".venv-litellm"
+LITELLM = "litellm[proxy]==1.108.7"
 MODEL = "llama-3.1-8b-instruct"
 DEPLOYMENT = f"westeurope-tesseract-nvidia-h100--{MODEL}"
 #: LiteLLM refuses to start without a master key; with it, both proxies authenticate.
@@ -84,12 +85,14 @@ def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[by
 
 def ensure_litellm() -> Path:
     exe = LITELLM_VENV / "bin" / "litellm"
+    pip = LITELLM_VENV / "bin" / "pip"
     if not exe.exists():
-        print("installing litellm[proxy] into .venv-litellm (once) ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
-        subprocess.run(
-            [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True
-        )
+    wanted = LITELLM.split("==")[1]
+    have = subprocess.run([str(pip), "show", "litellm"], capture_output=True, text=True).stdout
+    if f"Version: {wanted}" not in have:
+        print(f"installing {LITELLM} into {LITELLM_VENV.name} ...", flush=True)
+        subprocess.run([str(pip), "install", "-q", LITELLM], check=True)
     return exe
 
 
@@ -270,7 +273,14 @@ def main() -> None:
                         "--num_workers",
                         "1",
                     ],
-                    {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": LITELLM_KEY},
+                    {
+                        **os.environ,
+                        "LITELLM_LOG": "ERROR",
+                        "LITELLM_MASTER_KEY": LITELLM_KEY,
+                        # No model hub here: without this, LiteLLM retries downloading a
+                        # Llama 3 tokenizer for ~23 s on every request.
+                        "HF_HUB_OFFLINE": "1",
+                    },
                     work / "litellm.log",
                 )
             )
@@ -320,7 +330,8 @@ def write(rows: list[dict[str, object]], *, n: int, seconds: int) -> None:
         f"`make bench-gateway`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{os.cpu_count()} cores (shared). Upstream: the backend simulator at time scale 0. "
         f"Latency: {n} sequential requests after 20 warm-up; throughput: wrk, 32 connections, "
-        f"{seconds} s.",
+        f"{seconds} s. LiteLLM: `{LITELLM}`, one worker, `HF_HUB_OFFLINE=1` (no model hub "
+        "on this machine).",
         "",
         "| target | p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms | req/s c=32 "
         "| req/s c=32 streamed |",
