@@ -1,0 +1,71 @@
+"""Real Celery workers (and beat) as child processes, sharing the test database and Redis.
+
+Each `Workers` has its own queue (`CELERY_QUEUE`) and usage stream, so nothing else
+on the machine — a `make run` beside the tests — takes its tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def database_url() -> str:
+    """The test database, as a URL a child process can open."""
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    assert connection.vendor == "postgresql"
+    user = db["USER"] or "postgres"
+    return f"postgres://{user}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+class Workers:
+    def __init__(self, **env: str) -> None:
+        self.queue = f"test-{uuid.uuid4().hex}"
+        self.stream = f"test:usage:{uuid.uuid4().hex}"
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "CELERY_QUEUE": self.queue,
+            "TESSERACT_USAGE_STREAM": self.stream,
+            "SECRET_KEY": settings.SECRET_KEY,
+            **env,
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *, beat: bool = False) -> subprocess.Popen[bytes]:
+        """A worker on this queue; with `beat`, it also runs the beat schedule."""
+        command = [
+            sys.executable, "-m", "celery", "-A", "tesseract_web", "worker", "-Q", self.queue,
+            "--pool", "solo", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--loglevel", "WARNING",
+        ]  # fmt: skip
+        if beat:
+            schedule = Path(settings.VAR_DIR) / f"beat-{self.queue}"
+            command += ["--beat", "--schedule", str(schedule)]
+        proc = subprocess.Popen(command, env=self.env, cwd=ROOT)
+        self.procs.append(proc)
+        return proc
+
+    def send(self, task: object, **kwargs: object) -> None:
+        task.apply_async(kwargs=kwargs, queue=self.queue)  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
