@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install bench-install run test check bench bench-routing bench-engine bench-gateway clean
+.PHONY: install bench-install run test check bench bench-routing bench-engine bench-gateway \
+	bench-control clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +41,7 @@ check: install
 	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} $(BIN)/python manage.py check
 
 ## All benchmarks (each also has its own target).
-bench: bench-engine bench-routing bench-gateway
+bench: bench-engine bench-routing bench-gateway bench-control
 
 bench-routing: bench-install
 	$(BIN)/python -m bench.routing
@@ -52,6 +53,10 @@ bench-engine: bench-install
 ## (LiteLLM lives in its own virtualenv, .venv-litellm, used only here; needs wrk).
 bench-gateway: bench-install
 	$(BIN)/python -m bench.gateway
+
+## How fast drains, health changes, load and key revocations reach a running gateway.
+bench-control: bench-install
+	$(BIN)/python -m bench.control_signals
 
 clean:
 	rm -rf $(VENV) .venv-litellm var .pytest_cache .mypy_cache .ruff_cache

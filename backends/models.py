@@ -20,6 +20,12 @@ class Owner(models.TextChoices):
     PARTNER = "partner", "Partner"
 
 
+class Health(models.TextChoices):
+    HEALTHY = "healthy", "Healthy"
+    DEGRADED = "degraded", "Degraded"
+    DOWN = "down", "Down"
+
+
 class Certification(models.TextChoices):
     HIPAA = "hipaa", "HIPAA (BAA signed)"
     GDPR = "gdpr", "GDPR"
@@ -52,6 +58,7 @@ class Region(models.Model):
     )
     certifications = models.JSONField(default=list, blank=True)
     sovereign = models.BooleanField(default=False)
+    drained = models.BooleanField(default=False, help_text="Kill switch: route nothing here.")
     owner = models.CharField(max_length=16, choices=Owner.choices, default=Owner.TESSERACT)
     carbon_intensity_g_per_kwh = models.PositiveIntegerField(
         null=True, blank=True, help_text="Grid carbon intensity; blank when unknown."
@@ -213,6 +220,13 @@ class Deployment(models.Model):
     decode_tokens_per_s = models.FloatField()
     loaded = models.BooleanField(default=True, help_text="The model is in accelerator memory.")
     drained = models.BooleanField(default=False, help_text="Kill switch: route nothing here.")
+    health = models.CharField(
+        max_length=16,
+        choices=Health.choices,
+        default=Health.HEALTHY,
+        help_text="Kept by the health checks (with hysteresis); the live copy is in Redis.",
+    )
+    health_since = models.DateTimeField(null=True, blank=True)
     profile_source = models.TextField(blank=True, help_text="Where the profile numbers come from.")
 
     class Meta:
@@ -239,3 +253,126 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+
+# --------------------------------------------------------------------------- the maps
+# What the control plane observes and decides. Every row is history: the live values the
+# gateways route on are in Redis (`backends.livestate`); these are for the console and
+# the audit trail.
+
+
+class HealthEvent(models.Model):
+    """A deployment's health changed, and why."""
+
+    class Source(models.TextChoices):
+        CHECK = "check", "Active health check"
+        PASSIVE = "passive", "Failures seen by the gateway"
+        OPERATOR = "operator", "Operator"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="+")
+    previous = models.CharField(max_length=16, choices=Health.choices)
+    current = models.CharField(max_length=16, choices=Health.choices)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    reason = models.CharField(max_length=300)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id}: {self.previous} → {self.current}"
+
+
+class LatencyProbe(models.Model):
+    """One RTT measurement from a gateway region to a cluster, checked against physics."""
+
+    class Verdict(models.TextChoices):
+        OK = "ok", "Plausible"
+        BELOW_FLOOR = "below_floor", "Below the speed-of-light floor: a measurement error"
+        DEGRADED_PATH = "degraded_path", "Far above the floor: a degraded path"
+        FAILED = "failed", "No answer"
+
+    src_region = models.ForeignKey(Region, on_delete=models.CASCADE, related_name="+")
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="probes")
+    rtt_ms = models.FloatField(null=True, blank=True)
+    ewma_ms = models.FloatField(null=True, blank=True, help_text="After this sample, if used.")
+    floor_ms = models.FloatField(help_text="Great-circle round trip at 200,000 km/s.")
+    verdict = models.CharField(max_length=16, choices=Verdict.choices)
+    measured_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-measured_at"]
+        indexes = [models.Index(fields=["cluster", "-measured_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.src_region_id}→{self.cluster_id}: {self.rtt_ms} ms ({self.verdict})"
+
+
+class PlacementAction(models.Model):
+    """A proposal to load or unload a model somewhere, and what became of it."""
+
+    class Kind(models.TextChoices):
+        LOAD = "load", "Load"
+        UNLOAD = "unload", "Unload"
+
+    class Status(models.TextChoices):
+        RECOMMENDED = "recommended", "Recommended (not applied)"
+        APPLIED = "applied", "Applied"
+        FAILED = "failed", "Failed"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    reason = models.TextField()
+    #: predicted latency saved (ms per minute of traffic) per accelerator the action uses
+    benefit = models.FloatField(default=0.0)
+    demand = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    applied_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.deployment_id} ({self.status})"
+
+
+class SessionMove(models.Model):
+    """A session left the deployment holding its context: staying would break its deadline."""
+
+    session_id = models.CharField(max_length=200, db_index=True)
+    org_id = models.BigIntegerField(db_index=True)
+    from_deployment = models.CharField(max_length=160)
+    to_deployment = models.CharField(max_length=160)
+    reason = models.CharField(max_length=300)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.session_id}: {self.from_deployment} → {self.to_deployment}"
+
+
+class ControlSettings(models.Model):
+    """Operator switches for the control plane (one row)."""
+
+    class PlacementMode(models.TextChoices):
+        RECOMMEND = "recommend", "Recommend only"
+        APPLY = "apply", "Apply"
+
+    placement_mode = models.CharField(
+        max_length=16, choices=PlacementMode.choices, default=PlacementMode.RECOMMEND
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "control settings"
+
+    def __str__(self) -> str:
+        return f"placement: {self.placement_mode}"
+
+    @classmethod
+    def current(cls) -> ControlSettings:
+        settings, _ = cls.objects.get_or_create(pk=1)
+        return settings

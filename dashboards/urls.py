@@ -1,11 +1,15 @@
 from django.urls import path
 
-from dashboards import views
+from dashboards import console, views
 
 app_name = "dashboards"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("console/", console.maps, name="console"),
+    path("console/maps.json", console.maps_json, name="console_maps"),
+    path("console/deployments/<slug:slug>/fault", console.fault, name="console_fault"),
+    path("console/<str:kind>/<slug:slug>/drain", console.drain, name="console_drain"),
     path("orgs/<slug:org_slug>/", views.org_dashboard, name="org"),
     path("orgs/<slug:org_slug>/members/", views.members, name="members"),
     path("orgs/<slug:org_slug>/members/invite/", views.invitation_create, name="invitation_create"),

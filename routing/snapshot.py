@@ -4,16 +4,21 @@
 chip, the latency map, region coordinates — and returns a `World`: the engine's
 immutable `Snapshot` plus what the gateway needs to reach each backend. The gateway
 builds one per refresh, never per request.
+
+`World.with_live(maps)` lays the live maps from Redis (`backends.livestate`) over the
+catalog: health, load, observed speeds, what is loaded, probe-measured RTTs. It costs
+no query, so a gateway re-applies it whenever the control plane announces a change.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import count
 
+from backends.livestate import LiveMaps
 from backends.models import Deployment, Region, RegionLatency
 from backends.world import INTRA_REGION_RTT_MS
-from routing.engine import Backend, LatencyMap, LiveState, Profile, Snapshot
+from routing.engine import Backend, Health, LatencyMap, LiveState, Profile, Snapshot
 
 _versions = count(1)
 
@@ -40,10 +45,53 @@ class World:
     snapshot: Snapshot
     endpoints: dict[str, Endpoint]
     models: dict[str, list[str]] = field(default_factory=dict)  # model -> regions serving it
+    #: the catalog's own snapshot, before any live maps were laid over it
+    catalog: Snapshot | None = None
+    live: LiveMaps = field(default_factory=LiveMaps.empty)
 
     @property
     def version(self) -> int | str:
         return self.snapshot.version
+
+    def with_live(self, maps: LiveMaps) -> World:
+        """This world's catalog with `maps` laid over it (a new version)."""
+        base = self.catalog or self.snapshot
+        backends = [_overlay(b, maps) for b in base.backends]
+        latency = base.latency
+        if maps.rtt:
+            latency = replace(latency, rtt={**latency.rtt, **maps.rtt})
+        snapshot = Snapshot(
+            backends, latency, version=f"{_catalog_version(base)}.{next(_versions)}"
+        )
+        return replace(self, snapshot=snapshot, catalog=base, live=maps)
+
+
+def _catalog_version(snapshot: Snapshot) -> str:
+    return str(snapshot.version).split(".")[0]
+
+
+_HEALTH = {"healthy": Health.HEALTHY, "degraded": Health.DEGRADED, "down": Health.DOWN}
+
+
+def _overlay(b: Backend, maps: LiveMaps) -> Backend:
+    live = maps.deployments.get(b.id)
+    in_flight = maps.inflight.get(b.id, 0)
+    if live is None and not in_flight:
+        return b
+    state = b.state
+    if live is not None:
+        state = replace(
+            state,
+            health=_HEALTH.get(live.health, state.health),
+            observed_ttft_ms=live.observed_ttft_ms,
+            observed_decode_tokens_per_s=live.observed_decode_tps,
+            loaded=state.loaded if live.loaded is None else live.loaded,
+            queued=live.waiting or 0,
+        )
+    # The backend's own count includes every gateway's requests; between two scrapes
+    # the gateways' counters are fresher. Take the larger.
+    running = live.running if live is not None and live.running is not None else 0
+    return replace(b, state=replace(state, in_flight=max(running, in_flight)))
 
 
 def _backend(d: Deployment) -> Backend:
@@ -69,7 +117,11 @@ def _backend(d: Deployment) -> Backend:
             c.lower() for c in (*region.certifications, *d.cluster.certifications)
         ),
         jurisdictions=region.jurisdictions,
-        state=LiveState(loaded=d.loaded, drained=d.drained or d.cluster.drained),
+        state=LiveState(
+            health=_HEALTH[d.health],
+            loaded=d.loaded,
+            drained=d.drained or d.cluster.drained or region.drained,
+        ),
     )
 
 
@@ -114,4 +166,4 @@ def load_world() -> World:
         models.setdefault(b.model, [])
         if b.region not in models[b.model]:
             models[b.model].append(b.region)
-    return World(snapshot=snapshot, endpoints=endpoints, models=models)
+    return World(snapshot=snapshot, endpoints=endpoints, models=models, catalog=snapshot)

@@ -1,8 +1,8 @@
 """ASGI entry point.
 
-`/v1/*` goes to the inference gateway (a lean ASGI app, no Django request handling on
-the hot path); the WebSocket `/v1/stream` to its Channels consumer; everything else
-to Django (dashboards, console, admin, management API).
+`/v1/*` and `/metrics` go to the inference gateway (a lean ASGI app, no Django request
+handling on the hot path); the WebSocket `/v1/stream` to its Channels consumer;
+everything else to Django (dashboards, console, admin, management API).
 """
 
 import os
@@ -24,7 +24,7 @@ web = ASGIStaticFilesHandler(django_asgi) if settings.SERVE_STATIC else django_a
 
 
 async def http_app(scope, receive, send):
-    if scope["path"].startswith("/v1/"):
+    if scope["path"].startswith("/v1/") or scope["path"] == "/metrics":
         return await gateway(scope, receive, send)
     return await web(scope, receive, send)
 

@@ -3,6 +3,7 @@
 import os
 
 from celery import Celery
+from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tesseract_web.settings")
 
@@ -15,4 +16,33 @@ app.autodiscover_tasks()
 app.conf.beat_schedule = {
     # Usage reaches the database (and dashboards, budgets, invoices) within a second.
     "drain-usage": {"task": "billing.tasks.drain_usage", "schedule": 1.0},
+    "check-health": {
+        "task": "backends.tasks.health.check_health",
+        "schedule": float(settings.TESSERACT_HEALTH_INTERVAL_S),
+        "options": {"expires": float(settings.TESSERACT_HEALTH_INTERVAL_S)},
+    },
+    # The latency map: RTT from this gateway's region to every cluster, against physics.
+    "probe-latency": {
+        "task": "backends.tasks.probes.probe_latency",
+        "schedule": float(settings.TESSERACT_PROBE_INTERVAL_S),
+        "options": {"expires": float(settings.TESSERACT_PROBE_INTERVAL_S)},
+    },
+    # The resource map: running / waiting / loaded from every backend's own metrics ...
+    "scrape-metrics": {
+        "task": "backends.tasks.resources.scrape_metrics",
+        "schedule": float(settings.TESSERACT_SCRAPE_INTERVAL_S),
+        "options": {"expires": float(settings.TESSERACT_SCRAPE_INTERVAL_S)},
+    },
+    # ... and observed TTFT and decode speed from the requests it completed.
+    "fold-observed-speeds": {
+        "task": "backends.tasks.resources.fold_observed_speeds",
+        "schedule": float(settings.TESSERACT_OBSERVED_INTERVAL_S),
+        "options": {"expires": float(settings.TESSERACT_OBSERVED_INTERVAL_S)},
+    },
+    # Load models where the demand is, unload them where it is not (or only recommend).
+    "run-placement": {
+        "task": "backends.tasks.placement.run_placement",
+        "schedule": 60.0,
+        "options": {"expires": 60.0},
+    },
 }

@@ -120,6 +120,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 120, minimum=1)
+#: The queue beat sends to and workers read: separate environments sharing one Redis.
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "celery")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # --------------------------------------------------------------------------- auth
@@ -147,16 +149,50 @@ TESSERACT_KEY_CACHE_TTL_S = env_int("TESSERACT_KEY_CACHE_TTL_S", 30, minimum=1)
 
 #: How often a gateway re-reads the catalog without being told of a change (seconds).
 TESSERACT_WORLD_REFRESH_S = env_int("TESSERACT_WORLD_REFRESH_S", 5, minimum=1)
+#: ... and the live maps in Redis, at the latest (changes are announced at once).
+TESSERACT_LIVE_REFRESH_S = env_int("TESSERACT_LIVE_REFRESH_S", 1, minimum=1)
 #: A request without max_latency_ms must finish within this (seconds).
 TESSERACT_DEADLINE_S = env_int("TESSERACT_DEADLINE_S", 120, minimum=1)
 #: A backend that sends no first token within this is skipped for the next (seconds).
 TESSERACT_FIRST_TOKEN_TIMEOUT_S = env_int("TESSERACT_FIRST_TOKEN_TIMEOUT_S", 15, minimum=1)
+
+#: A session's affinity to the deployment holding its context expires after this
+#: much silence (seconds).
+TESSERACT_AFFINITY_TTL_S = env_int("TESSERACT_AFFINITY_TTL_S", 900, minimum=1)
+
+#: Active health checks: how often, and how long one may take (seconds).
+TESSERACT_HEALTH_INTERVAL_S = env_int("TESSERACT_HEALTH_INTERVAL_S", 2, minimum=1)
+TESSERACT_HEALTH_TIMEOUT_S = env_int("TESSERACT_HEALTH_TIMEOUT_S", 2, minimum=1)
+
+#: Latency probes from this gateway's region to every cluster: how often (seconds),
+#: the weight of a new sample in the smoothed RTT (percent), how long the time series
+#: (`LatencyProbe` rows) is kept (hours).
+TESSERACT_PROBE_INTERVAL_S = env_int("TESSERACT_PROBE_INTERVAL_S", 2, minimum=1)
+TESSERACT_PROBE_EWMA_ALPHA_PCT = env_int("TESSERACT_PROBE_EWMA_ALPHA_PCT", 30, minimum=1)
+TESSERACT_PROBE_RETENTION_H = env_int("TESSERACT_PROBE_RETENTION_H", 24, minimum=1)
+#: The resource map: backends' metrics are scraped this often (seconds); completed
+#: requests are folded into observed TTFT and decode speed this often (seconds), each
+#: weighing this much in the moving averages (percent).
+TESSERACT_SCRAPE_INTERVAL_S = env_int("TESSERACT_SCRAPE_INTERVAL_S", 1, minimum=1)
+TESSERACT_OBSERVED_INTERVAL_S = env_int("TESSERACT_OBSERVED_INTERVAL_S", 2, minimum=1)
+TESSERACT_OBSERVED_EWMA_ALPHA_PCT = env_int("TESSERACT_OBSERVED_EWMA_ALPHA_PCT", 20, minimum=1)
+if TESSERACT_PROBE_EWMA_ALPHA_PCT > 100 or TESSERACT_OBSERVED_EWMA_ALPHA_PCT > 100:
+    raise ImproperlyConfiguredEnv("the *_EWMA_ALPHA_PCT settings are percentages: 1 to 100")
+#: Placement weighs the demand (requests by client region × model) of this many seconds.
+TESSERACT_PLACEMENT_WINDOW_S = env_int("TESSERACT_PLACEMENT_WINDOW_S", 900, minimum=60)
 
 #: The Redis stream that carries usage from the gateways to the billing worker.
 TESSERACT_USAGE_STREAM = env_str("TESSERACT_USAGE_STREAM", "tesseract:usage")
 
 #: Where the backend simulator listens (the demo world's deployments point there).
 TESSERACT_SIMULATOR_URL = env_str("TESSERACT_SIMULATOR_URL", "http://127.0.0.1:8100")
+
+#: `GET /metrics` requires `Authorization: Bearer <this>` when set; empty: open (then
+#: keep it reachable by the scraper only, never from the internet).
+TESSERACT_METRICS_TOKEN = env_secret("TESSERACT_METRICS_TOKEN", "") or ""
+#: An OTLP/HTTP collector (e.g. http://otel-collector:4318): a span per request is
+#: exported there (the `otel` extra); empty: no export, and OpenTelemetry is not imported.
+OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_ENDPOINT", "")
 
 STRIPE_SECRET_KEY = env_secret("STRIPE_SECRET_KEY", "")
 STRIPE_WEBHOOK_SECRET = env_secret("STRIPE_WEBHOOK_SECRET", "")
@@ -195,4 +231,7 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # The control plane polls every backend every second or two: one line per poll
+    # would drown everything else.
+    "loggers": {"httpx": {"level": "WARNING"}},
 }

@@ -31,3 +31,14 @@ def serve(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(5)
+
+
+class Swappable:
+    """An ASGI app that serves whichever app a test puts in `app` (one server, many tests)."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        assert self.app is not None, "no app to serve yet"
+        await self.app(scope, receive, send)

@@ -15,7 +15,9 @@ URL layout (one process, many deployments of `backends.world.demo_world()`):
     POST /d/<slug>/v1/chat/completions     OpenAI shapes, streamed (SSE) or not
     POST /d/<slug>/v1/completions
     GET  /d/<slug>/v1/models
-    GET  /d/<slug>/health                  200, or 503 when down/loading/unloaded
+    GET  /d/<slug>/health                  200 {"status": "ok", "simulator": true,
+                                           "time_scale": x} after one RTT, or 503 at
+                                           once when down/loading/unloaded
     GET  /d/<slug>/metrics                 Prometheus text with vLLM's metric names
     GET|POST /d/<slug>/control             state; faults, slots, model load/unload
 
@@ -42,7 +44,9 @@ Timing model (every duration below is multiplied by the time scale, and by
 1. Network: RTT = `world.rtt_ms(gateway_region, deployment region)`. Half of it is
    slept before the request reaches the deployment, the other half before each byte
    of the answer leaves (so the first byte arrives one full RTT after the compute
-   alone would have produced it). Health probes sleep one RTT.
+   alone would have produced it). Health probes sleep one RTT and report the time
+   scale they slept at, so a prober can divide the wall time it measured by it
+   (`backends.probes` does).
 2. Queue: at most `concurrency_slots` requests compute at once; the rest wait FIFO
    (`vllm:num_requests_waiting`); past `max_waiting` (4 × slots) a request gets 503.
 3. TTFT after admission = `ttft_floor_ms` + prompt_tokens / `prefill_tokens_per_s`.

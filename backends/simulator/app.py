@@ -307,11 +307,16 @@ class Simulator:
             )
             await _respond(send, 503, _json({"status": status, "message": exc.message}))
             return
-        # A probe pays the network round trip, so a poller can measure it.
+        # A probe pays the network round trip, so a poller can measure it. The answer
+        # names the time scale the delay was slept at, so that the prober can turn the
+        # wall time it measured back into real milliseconds (÷ time scale) without a
+        # second request that could race a change of scale. A "slow" fault stretches
+        # the delay but is not reported: a real probe would see a slower path.
+        scale = self.time_scale
         delay = dep.rtt_ms / 1000.0 * self._scale(dep)
         if delay > 0:
             await asyncio.sleep(delay)
-        await _respond(send, 200, _json({"status": "ok", "simulator": True}))
+        await _respond(send, 200, _json({"status": "ok", "simulator": True, "time_scale": scale}))
 
     async def _control(self, dep: SimDeployment, method: str, receive: Receive, send: Send) -> None:
         now = asyncio.get_running_loop().time()

@@ -8,6 +8,7 @@ sends `/v1/` here and everything else to Django.
 
     POST /v1/chat/completions   POST /v1/completions     (SSE when "stream": true)
     GET  /v1/models             POST /v1/route            (the dry run)
+    GET  /metrics               Prometheus (`observability`; no API key, an optional token)
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,9 +36,10 @@ from routing.errors import (
     RouteNotFound,
     TesseractAPIError,
 )
+from routing.gateway import observability
 from routing.gateway.core import Call, Gateway, Head, check_strategy
 from routing.gateway.db import off_loop
-from routing.gateway.live import WorldHolder, listen_for_world_changes
+from routing.gateway.live import WorldHolder, listen_for_world_changes, share_inflight
 from routing.gateway.parse import MAX_BODY_BYTES, parse
 from routing.gateway.upstream import Upstream
 
@@ -142,12 +146,13 @@ class GatewayApp:
     def __init__(self, gateway: Gateway | None = None, auth: KeyAuth | None = None) -> None:
         self._gateway = gateway
         self.auth = auth or KeyAuth()
-        self._listener: asyncio.Task[None] | None = None
+        self._listener: asyncio.Future[Any] | None = None
         self.routes: dict[str, tuple[str, Callable[..., Awaitable[None]]]] = {
             "/v1/chat/completions": ("POST", self.completions),
             "/v1/completions": ("POST", self.completions),
             "/v1/route": ("POST", self.dry_run),
             "/v1/models": ("GET", self.models),
+            "/metrics": ("GET", self.metrics),
         }
 
     @property
@@ -155,14 +160,18 @@ class GatewayApp:
         if self._gateway is None:
             import redis.asyncio as aioredis
 
+            redis = aioredis.Redis.from_url(settings.REDIS_URL)
             self._gateway = Gateway(
-                holder=WorldHolder(),
-                upstream=Upstream(),
-                redis=aioredis.Redis.from_url(settings.REDIS_URL),
+                holder=WorldHolder(redis=redis), upstream=Upstream(), redis=redis
             )
         if self._listener is None:
+            gateway = self._gateway
+            process = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
             self._listener = asyncio.ensure_future(
-                listen_for_world_changes(self._gateway.holder, settings.REDIS_URL)
+                asyncio.gather(
+                    listen_for_world_changes(gateway.holder, settings.REDIS_URL),
+                    share_inflight(gateway.inflight, gateway.redis, process),
+                )
             )
         return self._gateway
 
@@ -186,11 +195,13 @@ class GatewayApp:
                 )
             await handler(scope, receive, send)
         except TesseractAPIError as exc:
+            observability.error_answered(exc.http_status, exc.code or "")
             await send_json(send, exc.http_status, exc.to_json(), exc.headers())
         except asyncio.CancelledError:
             pass  # the client went away; nothing to answer
         except Exception:
             logger.exception("unhandled error on %s", path)
+            observability.error_answered(500, "internal_error")
             error = TesseractAPIError("Internal error; it has been logged.")
             await send_json(send, 500, error.to_json())
 
@@ -203,7 +214,8 @@ class GatewayApp:
         endpoint = "chat.completions" if scope["path"].startswith("/v1/chat") else "completions"
         parsed = parse(endpoint, raw, scope["headers"], key)
         check_strategy(parsed.strategy)
-        call = Call(key=key, parsed=parsed, started=started)
+        trace = observability.Trace.from_headers(scope["headers"])
+        call = Call(key=key, parsed=parsed, started=started, trace=trace)
         frames = self.gateway.run(call)
         # Watch for the client leaving: cancelling the stream cancels the upstream call.
         stream_task = asyncio.ensure_future(self._relay(frames, send, parsed.stream))
@@ -256,7 +268,7 @@ class GatewayApp:
     async def dry_run(self, scope: Scope_, receive: Receive, send: Send) -> None:
         key = await self.auth.authenticate(scope["headers"], Scope.ROUTE)
         parsed = parse("route", await read_body(receive), scope["headers"], key)
-        world, plan = await self.gateway.plan(parsed)
+        world, plan = await self.gateway.plan(parsed, org_id=key.org_id)
         body = {
             "object": "tesseract.route_plan",
             "request": {
@@ -268,6 +280,35 @@ class GatewayApp:
             **plan.to_dict(),
         }
         await send_json(send, 200, msgspec.json.encode(body))
+
+    async def metrics(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        """Prometheus metrics: this process's, and the live maps read now (`observability`)."""
+        if not observability.scrape_authorized(scope["headers"]):
+            raise AuthenticationFailed(
+                "Scraping needs 'Authorization: Bearer <TESSERACT_METRICS_TOKEN>'.",
+                code="invalid_metrics_token",
+            )
+        gateway = self.gateway
+        try:
+            world = await gateway.holder.get()
+        except Exception:  # no catalog: still show the process and the live maps
+            logger.warning("metrics: no world to label deployments with", exc_info=True)
+            world = None
+        accept = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"accept"), "")
+        body, content_type = await observability.scrape(
+            redis=gateway.redis, world=world, accept=accept
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", content_type.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
     async def models(self, scope: Scope_, receive: Receive, send: Send) -> None:
         key = await self.auth.authenticate(scope["headers"], Scope.READ)

@@ -23,7 +23,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -32,6 +32,7 @@ import msgspec
 from django.conf import settings
 
 from accounts.keycache import ResolvedKey
+from backends import health
 from billing import metering
 from routing.engine import DEFAULT_STRATEGY, STRATEGIES, Choice, Plan, route
 from routing.errors import (
@@ -42,6 +43,7 @@ from routing.errors import (
     SlaUnsatisfiable,
     TesseractAPIError,
 )
+from routing.gateway import affinity, observability
 from routing.gateway.live import InFlight, WorldHolder
 from routing.gateway.parse import Parsed
 from routing.gateway.upstream import (
@@ -74,7 +76,20 @@ class Call:
     parsed: Parsed
     started: float = field(default_factory=time.perf_counter)
     request_id: str = field(default_factory=lambda: f"req_{secrets.token_hex(12)}")
-    trace_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    trace: observability.Trace = field(default_factory=observability.Trace.start)
+
+    @property
+    def trace_id(self) -> str:
+        """The W3C trace id (32 hex): the caller's `traceparent`'s, or a new one."""
+        return self.trace.trace_id
+
+
+@dataclass(slots=True)
+class _Session:
+    org_id: int
+    id: str
+    held: affinity.Held | None
+    move_reason: str | None = None
 
 
 class _Usage(msgspec.Struct):
@@ -314,12 +329,59 @@ class Gateway:
         self.redis = redis
         self.usage = metering.Publisher(redis)
         self.inflight = InFlight()
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._suspects: set[str] = set()
 
-    async def plan(self, parsed: Parsed, strategy: str | None = None) -> tuple[World, Plan]:
+    async def plan(
+        self, parsed: Parsed, strategy: str | None = None, *, org_id: int | None = None
+    ) -> tuple[World, Plan]:
+        world, plan, _ = await self._route(parsed, strategy, org_id)
+        return world, plan
+
+    async def _route(
+        self, parsed: Parsed, strategy: str | None, org_id: int | None
+    ) -> tuple[World, Plan, _Session | None]:
         world = await self.holder.get()
         snapshot = self.inflight.apply(world.snapshot, parsed.route.model)
-        return world, route(snapshot, parsed.route, check_strategy(strategy or parsed.strategy))
+        request, session = parsed.route, None
+        session_id = request.session_id
+        if session_id is not None and org_id is not None:
+            held = await affinity.held(self.redis, org_id, session_id)
+            request = affinity.with_affinity(request, held)
+            session = _Session(org_id, session_id, held)
+        name = check_strategy(strategy or parsed.strategy)
+        plan = route(snapshot, request, name)
+        if session is not None and session.held is not None:
+            held = session.held
+
+            def rank_holder() -> Choice | None:
+                try:
+                    region = snapshot.backend(held.backend_id).region
+                except KeyError:
+                    return None
+                alone = route(snapshot, replace(request, allowed_regions=frozenset({region})), name)
+                return next((c for c in alone.choices if c.backend_id == held.backend_id), None)
+
+            session.move_reason = affinity.stay_if_possible(plan, held, rank_holder)
+        return world, plan, session
+
+    def _served(self, session: _Session | None, attempt: _Attempt) -> None:
+        """Remember where the session's context now lives; record a move."""
+        if session is None or attempt.choice is None:
+            return
+        backend = attempt.choice.backend_id
+        tokens = (attempt.input_tokens or 0) + (attempt.output_tokens or 0)
+        jobs = [affinity.remember(self.redis, session.org_id, session.id, backend, tokens)]
+        held = session.held
+        if held is not None and held.backend_id != backend:
+            reason = session.move_reason or f"failover after {attempt.attempts - 1} failure(s)"
+            jobs.append(
+                affinity.record_move(session.org_id, session.id, held.backend_id, backend, reason)
+            )
+        for job in jobs:
+            task = asyncio.get_running_loop().create_task(job)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _upstream_body(self, parsed: Parsed, endpoint: Endpoint) -> bytes:
         body = dict(parsed.body)
@@ -331,18 +393,39 @@ class Gateway:
         return _encode(body)
 
     def _upstream_headers(self, call: Call) -> dict[str, str]:
-        span = secrets.token_hex(8)
         return {
             "content-type": "application/json",
-            "traceparent": f"00-{call.trace_id}-{span}-01",
             "x-request-id": call.request_id,
+            **call.trace.upstream_headers(),  # traceparent: a new span per attempt
         }
 
     async def _publish(self, attempt: _Attempt, end: float) -> None:
         if attempt.published:
             return
         attempt.published = True
-        await self.usage.publish(attempt.record(end))
+        record = attempt.record(end)
+        observability.request_finished(call=attempt.call, plan=attempt.plan, record=record)
+        await self.usage.publish(record)
+
+    def _passive(self, backend_id: str, error: Exception | None) -> None:
+        """Feed the health state machine with what this request saw (passive health).
+
+        A failure always counts; a success only for a backend this process has seen
+        fail, so the common case costs no Redis write.
+        """
+        if error is None:
+            if backend_id not in self._suspects:
+                return
+            self._suspects.discard(backend_id)
+            outcome, reason = health.OK, "served a request"
+        else:
+            self._suspects.add(backend_id)
+            outcome, reason = health.FAIL, f"{type(error).__name__}: {error}"
+        task = asyncio.get_running_loop().create_task(
+            health.observe_async(self.redis, backend_id, outcome, source="passive", reason=reason)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _publish_later(self, attempt: _Attempt) -> None:
         """For a cancelled request: publish from a task of its own (the caller is unwinding)."""
@@ -352,7 +435,8 @@ class Gateway:
 
     async def run(self, call: Call) -> AsyncGenerator[Head | bytes, None]:
         parsed = call.parsed
-        world, plan = await self.plan(parsed)
+        world, plan, session = await self._route(parsed, None, call.key.org_id)
+        observability.plan_made(plan)
         if not plan.ok:
             raise infeasible_error(plan)
         attempt = _Attempt(call=call, plan=plan, routed_at=time.perf_counter())
@@ -384,10 +468,14 @@ class Gateway:
                     else:
                         async for frame in self._whole(call, attempt, remaining):
                             yield frame
+                    self._passive(choice.backend_id, None)
+                    self._served(session, attempt)
                     return
                 except UpstreamError as exc:
+                    self._passive(choice.backend_id, exc)
                     if attempt.first_at is not None:
                         raise  # after the first token there is no going back
+                    observability.failed_over(endpoint, exc)
                     last_error = exc
                     logger.warning(
                         "backend %s failed before the first token (%s); trying the next",

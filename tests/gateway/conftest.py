@@ -24,21 +24,10 @@ from backends.world import WorldSpec, demo_world
 from billing import metering
 from billing.models import UsageEvent
 from billing.services import usage_events_drain
-from tests.servers import serve
+from tests.servers import Swappable, serve
 
 #: Simulated time runs 20× faster than real time: a 70B answer takes milliseconds.
 TIME_SCALE = 0.05
-
-
-class _Swappable:
-    """Serves whichever simulator the current test made."""
-
-    def __init__(self) -> None:
-        self.app: Simulator | None = None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        assert self.app is not None
-        await self.app(scope, receive, send)
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +36,8 @@ def world_spec() -> WorldSpec:
 
 
 @pytest.fixture(scope="session")
-def simulator_server() -> Iterator[tuple[_Swappable, str]]:
-    swappable = _Swappable()
+def simulator_server() -> Iterator[tuple[Swappable, str]]:
+    swappable = Swappable()
     with serve(swappable) as url:
         yield swappable, url
 
@@ -107,10 +96,20 @@ class Mesh:
         return out
 
 
+def live_maps_clear() -> None:
+    """Forget what earlier tests taught the control plane (health, load, affinity)."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for pattern in ("tesseract:live*", "tesseract:health:*", "tesseract:affinity:*"):
+        keys = list(client.scan_iter(match=pattern))
+        if keys:
+            client.delete(*keys)
+
+
 @pytest.fixture
 def mesh(transactional_db, world_spec, simulator_server, gateway_url) -> Mesh:
     swappable, simulator_url = simulator_server
     swappable.app = create_app(world_spec, time_scale=TIME_SCALE, gateway_region="westeurope")
+    live_maps_clear()
     demo_world_load(world_spec, simulator_url=simulator_url)
     from routing.gateway.app import application
 

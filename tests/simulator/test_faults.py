@@ -75,7 +75,7 @@ def test_a_down_deployment_answers_503_everywhere_until_it_recovers(world):
     assert health.json()["status"] == "down"
     assert after.status_code == 200
     assert health_after.status_code == 200
-    assert health_after.json() == {"status": "ok", "simulator": True}
+    assert health_after.json() == {"status": "ok", "simulator": True, "time_scale": 0.0}
 
 
 def test_a_hung_deployment_never_answers_and_holds_no_slot(world):

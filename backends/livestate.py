@@ -1,0 +1,179 @@
+"""The live maps, in Redis: what every gateway process routes on, between catalog reads.
+
+The control plane writes here (health checks, latency probes, metrics scrapes, and the
+gateways themselves with what they observe); each gateway keeps a copy in memory and
+re-reads it when told of a change on `CHANNEL`, or at the latest every
+`TESSERACT_LIVE_REFRESH_S`. Nothing here is history: the console's time series and the
+audit trail are rows in PostgreSQL (`HealthEvent`, `LatencyProbe`, …).
+
+Keys
+  tesseract:live:deployments  hash  deployment slug → DeploymentLive (JSON)
+  tesseract:live:health       hash  deployment slug → healthy | degraded | down
+                              (written only by `backends.health`, atomically)
+  tesseract:live:rtt          hash  "<src region>|<dst region>" → smoothed RTT, ms
+  tesseract:live:inflight:<gateway process>
+                              hash  deployment slug → requests that process has in flight
+                              (rewritten a few times a second, expires if the process dies)
+  tesseract:live              channel: a change happened (the message names what)
+
+Synchronous functions take a `redis.Redis` (Celery tasks, the loader thread); the
+gateway's hot path uses the `a*` variants with a `redis.asyncio.Redis`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+DEPLOYMENTS = "tesseract:live:deployments"
+HEALTH = "tesseract:live:health"
+RTT = "tesseract:live:rtt"
+INFLIGHT_PREFIX = "tesseract:live:inflight:"
+INFLIGHT_TTL_S = 3
+CHANNEL = "tesseract:live"
+
+
+class DeploymentLive(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The resource map's view of one deployment. Absent fields: nothing observed yet."""
+
+    #: backends.models.Health values; kept in its own hash by `backends.health` and
+    #: merged in here by `read()` (do not write it with `deployment_update`)
+    health: str = "healthy"
+    #: EWMA of backend-side time to first token (queue and network excluded), ms
+    observed_ttft_ms: float | None = None
+    #: EWMA of per-request decode speed, tokens/s
+    observed_decode_tps: float | None = None
+    #: from the backend's own metrics (vLLM: num_requests_running / waiting)
+    running: int | None = None
+    waiting: int | None = None
+    #: the model is in accelerator memory (from the backend), None: as the catalog says
+    loaded: bool | None = None
+    updated_at: float = 0.0
+
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.Decoder(DeploymentLive).decode
+
+
+def rtt_field(src: str, dst: str) -> str:
+    return f"{src}|{dst}"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def deployment_get(client: Any, slug: str) -> DeploymentLive:
+    raw = client.hget(DEPLOYMENTS, slug)
+    return DeploymentLive() if raw is None else _decode(raw)
+
+
+# KEYS: the deployments hash. ARGV: slug, JSON of the fields to set, now.
+# Merges inside Redis, so writers of different fields (scrape, fold) never lose each
+# other's updates. Returns 1 when a field changed.
+_MERGE = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+local record = raw and cjson.decode(raw) or {}
+local changed = 0
+for name, value in pairs(cjson.decode(ARGV[2])) do
+  if record[name] ~= value then changed = 1 end
+  record[name] = value
+end
+record['updated_at'] = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
+return changed
+"""
+
+
+def deployment_update(client: Any, slug: str, *, announce: bool = True, **changes: Any) -> bool:
+    """Merge `changes` into a deployment's live record, atomically; True when one changed."""
+    unknown = set(changes) - set(DeploymentLive.__struct_fields__) | {"health"} & set(changes)
+    if unknown:
+        raise ValueError(f"not live deployment fields: {sorted(unknown)}")
+    changed = bool(client.eval(_MERGE, 1, DEPLOYMENTS, slug, _encode(changes), time.time()))
+    if changed and announce:
+        announce_change(client, "deployments", [slug])
+    return changed
+
+
+def rtt_set(client: Any, src: str, dst: str, ms: float, *, announce: bool = True) -> None:
+    client.hset(RTT, rtt_field(src, dst), f"{ms:.3f}")
+    if announce:
+        announce_change(client, "rtt", [rtt_field(src, dst)])
+
+
+async def ainflight_publish(client: Any, process: str, counts: Mapping[str, int]) -> None:
+    """Replace this gateway process's in-flight counts (they expire if it dies)."""
+    key = INFLIGHT_PREFIX + process
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.delete(key)
+        if counts:
+            pipe.hset(key, mapping=dict(counts))
+            pipe.expire(key, INFLIGHT_TTL_S)
+        await pipe.execute()
+
+
+def announce_change(client: Any, what: str, names: Iterable[str]) -> None:
+    client.publish(CHANNEL, _encode({"what": what, "names": list(names)}))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class LiveMaps(msgspec.Struct, frozen=True):
+    deployments: Mapping[str, DeploymentLive]
+    rtt: Mapping[tuple[str, str], float]
+    inflight: Mapping[str, int]
+
+    @classmethod
+    def empty(cls) -> LiveMaps:
+        return cls({}, {}, {})
+
+
+def _maps(deployments: Mapping[bytes, bytes], health: Mapping[bytes, bytes],
+          rtt: Mapping[bytes, bytes],
+          per_process: Iterable[Mapping[bytes, bytes]]) -> LiveMaps:  # fmt: skip
+    out_rtt = {}
+    for pair, value in rtt.items():
+        src, _, dst = pair.decode().partition("|")
+        out_rtt[(src, dst)] = float(value)
+    inflight: dict[str, int] = {}
+    for counts in per_process:
+        for slug, n in counts.items():
+            inflight[slug.decode()] = inflight.get(slug.decode(), 0) + max(int(n), 0)
+    records = {k.decode(): _decode(v) for k, v in deployments.items()}
+    for raw_slug, state in health.items():
+        name = raw_slug.decode()
+        record = records.get(name, DeploymentLive())
+        records[name] = msgspec.structs.replace(record, health=state.decode())
+    return LiveMaps(
+        deployments=records,
+        rtt=out_rtt,
+        inflight=inflight,
+    )
+
+
+def read(client: Any) -> LiveMaps:
+    processes = list(client.scan_iter(match=INFLIGHT_PREFIX + "*", count=100))
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(DEPLOYMENTS)
+        pipe.hgetall(HEALTH)
+        pipe.hgetall(RTT)
+        for key in processes:
+            pipe.hgetall(key)
+        deployments, health, rtt, *per_process = pipe.execute()
+    return _maps(deployments, health, rtt, per_process)
+
+
+async def aread(client: Any) -> LiveMaps:
+    processes = [key async for key in client.scan_iter(match=INFLIGHT_PREFIX + "*", count=100)]
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(DEPLOYMENTS)
+        pipe.hgetall(HEALTH)
+        pipe.hgetall(RTT)
+        for key in processes:
+            pipe.hgetall(key)
+        deployments, health, rtt, *per_process = await pipe.execute()
+    return _maps(deployments, health, rtt, per_process)

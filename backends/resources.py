@@ -1,0 +1,370 @@
+"""The resource map: what each deployment is doing now, by its own account and by ours.
+
+Two periodic jobs write it into the live maps (`backends.livestate`):
+
+* `scrape_metrics` (every `TESSERACT_SCRAPE_INTERVAL_S`): each deployment's Prometheus
+  endpoint beside its OpenAI base URL (`/d/<slug>/v1` → `/d/<slug>/metrics`; vLLM serves
+  `/metrics` beside `/v1`), all at once. `running` and `waiting` are vLLM's
+  `vllm:num_requests_running` and `vllm:num_requests_waiting` (summed over the series);
+  `loaded` is `tesseract_simulator_model_loaded` where the backend exposes it (the
+  simulator: 0 while the model is unloaded or a cold start runs, for a model that is
+  loading is not loaded). A backend exposing no such gauge leaves `loaded` to the
+  catalog (None). A scrape that fails changes nothing: whether a backend is up is the
+  health checks' call (`backends.health`), and stale counts beat invented zeros.
+  prometheus-client is not a dependency; `parse_metrics` reads the text format 0.0.4
+  strictly (a malformed line is an error, not a guess).
+
+* `fold_observed` (every `TESSERACT_OBSERVED_INTERVAL_S`): completed requests
+  (`UsageEvent` rows, across tenants: the control plane aggregates, it shows nobody
+  anything) newer than a watermark kept in Redis become samples of each deployment's
+  backend-side TTFT and decode speed, folded into EWMAs (a request weighs
+  `TESSERACT_OBSERVED_EWMA_ALPHA_PCT` %) seeded with the catalog profile. Only streamed,
+  successful, first-attempt requests measure a backend: a whole answer has no first
+  token, and a failover's TTFT includes the backends that failed. `observation()` has
+  the formulas. The watermark is the event id, not its time: rows reach the database
+  after they were stamped (the usage drain runs every second), so a time watermark
+  would skip late arrivals. It is advanced *before* the EWMAs are written: a crash in
+  between loses a few samples, never counts one twice, and a replay changes nothing.
+
+Both jobs hold a Redis lock for their run (`backends.probes.exclusive`): two at once
+would fold the same events twice, or race each other's writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.utils import timezone
+
+from backends import livestate
+from backends.models import Deployment
+from backends.probes import ewma, exclusive, http_client
+from billing.models import UsageEvent
+from routing.engine import Profile
+
+logger = logging.getLogger(__name__)
+
+SCRAPE_LOCK = "tesseract:control:lock:scrape"
+FOLD_LOCK = "tesseract:control:lock:observed"
+#: the id of the last UsageEvent folded
+WATERMARK = "tesseract:control:observed:watermark"
+
+SCRAPE_TIMEOUT_S = 0.9
+SCRAPE_TIME_LIMIT_S = 10
+FOLD_TIME_LIMIT_S = 30
+
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
+LOADED = "tesseract_simulator_model_loaded"
+
+#: Events read per query, and at most this many queries per run (the rest waits for
+#: the next run, two seconds later).
+BATCH = 5_000
+MAX_BATCHES = 20
+#: With no watermark yet (a fresh Redis), fold only this much history.
+FIRST_LOOKBACK = timedelta(minutes=10)
+#: Decode speed needs at least this many tokens after the first: shorter answers
+#: measure how the backend batches its chunks (the simulator: every 10 ms), not speed.
+MIN_DECODE_TOKENS = 8
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class MetricsFormatError(ValueError):
+    """The body is not Prometheus text exposition format 0.0.4."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_LABEL = r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"'
+_LABELS = rf"{_LABEL}(?:,{_LABEL})*,?"
+_VALUE = r"[+-]?(?:Inf|NaN|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)"
+_SAMPLE = re.compile(
+    rf"(?P<name>{_NAME})(?:\{{(?P<labels>{_LABELS})?\}})?[ \t]+(?P<value>{_VALUE})"
+    r"(?:[ \t]+-?\d+)?[ \t]*"
+)
+_ONE_LABEL = re.compile(_LABEL)
+_UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
+
+
+def parse_metrics(text: str) -> list[Sample]:
+    """Every sample of a Prometheus text exposition; raises MetricsFormatError."""
+    samples = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _SAMPLE.fullmatch(line)
+        if match is None:
+            raise MetricsFormatError(f"line {number}: not a sample: {line[:120]!r}")
+        labels = {}
+        for label in _ONE_LABEL.finditer(match["labels"] or ""):
+            name, value = label[1], re.sub(r"\\.", lambda m: _UNESCAPE[m[0]], label[2])
+            if name in labels:
+                raise MetricsFormatError(f"line {number}: label {name!r} given twice")
+            labels[name] = value
+        samples.append(Sample(match["name"], labels, float(match["value"])))
+    return samples
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What one scrape says; None: the backend does not expose it."""
+
+    running: int | None
+    waiting: int | None
+    loaded: bool | None
+
+    def changes(self) -> dict[str, Any]:
+        return {k: v for k, v in (("running", self.running), ("waiting", self.waiting),
+                                  ("loaded", self.loaded)) if v is not None}  # fmt: skip
+
+
+def reading(samples: Iterable[Sample]) -> Reading:
+    values: dict[str, list[float]] = {}
+    for s in samples:
+        if math.isfinite(s.value):
+            values.setdefault(s.name, []).append(s.value)
+
+    def total(name: str) -> int | None:
+        return round(sum(values[name])) if name in values else None
+
+    loaded = values.get(LOADED)
+    return Reading(
+        running=total(RUNNING),
+        waiting=total(WAITING),
+        loaded=None if loaded is None else all(v >= 1 for v in loaded),
+    )
+
+
+# --------------------------------------------------------------------------- scraping
+
+
+def metrics_url(endpoint_url: str) -> str:
+    """`http://host/d/<slug>/v1` → `http://host/d/<slug>/metrics`."""
+    return endpoint_url.rstrip("/").removesuffix("/v1") + "/metrics"
+
+
+def scrape_metrics(
+    *,
+    client: Any,
+    deployment_ids: Iterable[int] | None = None,
+    timeout_s: float = SCRAPE_TIMEOUT_S,
+) -> dict[str, int]:
+    """Scrape every deployment that is not drained (or those of `deployment_ids`) once.
+
+    Returns how many answered, failed, and changed the live map (announced together).
+    """
+    with exclusive(client, SCRAPE_LOCK, SCRAPE_TIME_LIMIT_S) as mine:
+        if not mine:
+            return {"skipped": 1}
+        deployments = Deployment.objects.filter(
+            drained=False, cluster__drained=False, cluster__region__drained=False
+        ).exclude(endpoint_url="")
+        if deployment_ids is not None:
+            deployments = deployments.filter(pk__in=list(deployment_ids))
+        targets = list(deployments.order_by("slug").values_list("slug", "endpoint_url"))
+        readings = asyncio.run(_scrape_all(targets, timeout_s))
+        changed = []
+        for (slug, _), r in zip(targets, readings, strict=True):
+            if r is not None and livestate.deployment_update(
+                client, slug, announce=False, **r.changes()
+            ):
+                changed.append(slug)
+        if changed:
+            livestate.announce_change(client, "deployments", changed)
+        answered = sum(r is not None for r in readings)
+        return {"scraped": answered, "failed": len(targets) - answered, "changed": len(changed)}
+
+
+async def _scrape_all(targets: list[tuple[str, str]], timeout_s: float) -> list[Reading | None]:
+    async with http_client(timeout_s) as http:
+        return await asyncio.gather(*(_scrape(http, slug, url) for slug, url in targets))
+
+
+async def _scrape(http: httpx.AsyncClient, slug: str, endpoint_url: str) -> Reading | None:
+    try:
+        response = await http.get(metrics_url(endpoint_url))
+        response.raise_for_status()
+        return reading(parse_metrics(response.text))
+    except (httpx.HTTPError, MetricsFormatError) as exc:
+        logger.debug("scrape of %s failed: %s", slug, exc)
+        return None
+
+
+# --------------------------------------------------------------------------- observing
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one completed request says about its backend; None: nothing."""
+
+    ttft_ms: float | None
+    decode_tps: float | None
+
+
+def observation(
+    profile: Profile,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    ttft_ms: float,
+    latency_ms: float | None,
+    network_ms: float | None,
+    queue_ms: float | None,
+) -> Observation:
+    """One streamed request, as the gateway timed it, turned into backend speeds.
+
+    TTFT: the gateway's time to first token less the network round trip and the
+    queue wait it predicted (`routing.engine.LiveState.observed_ttft_ms` is backend-side,
+    "queue and network excluded"; whatever the prediction got wrong lands here, which
+    corrects the next one), then normalised to the profile's reference prompt: the
+    sample × `profile.ttft_ms` / the profile's TTFT for this prompt, since the engine
+    scales its whole prefill model by observed / `profile.ttft_ms`.
+    A first token sooner than the predicted network and queue time says the prediction
+    was wrong, not that the backend is instant: no TTFT sample then.
+    Decode: the tokens after the first over the time between the first and the last
+    (latency − TTFT); None for answers shorter than MIN_DECODE_TOKENS.
+    """
+    backend_ms = ttft_ms - (network_ms or 0.0) - (queue_ms or 0.0)
+    expected_ms = profile.ttft_floor_ms + 1000.0 * input_tokens / profile.prefill_tokens_per_s
+    ttft = None
+    if backend_ms > 0 and expected_ms > 0:
+        ttft = backend_ms * profile.ttft_ms / expected_ms
+    decode = None
+    if latency_ms is not None and output_tokens - 1 >= MIN_DECODE_TOKENS:
+        span_ms = latency_ms - ttft_ms
+        if span_ms > 0:
+            decode = (output_tokens - 1) * 1000.0 / span_ms
+    return Observation(ttft, decode)
+
+
+_FIELDS = ("id", "deployment", "status", "stream", "attempts", "input_tokens",
+           "output_tokens", "ttft_ms", "latency_ms", "network_ms", "queue_ms")  # fmt: skip
+
+
+def fold_observed(*, client: Any, batch: int = BATCH) -> int:
+    """Fold completed requests newer than the watermark into the live map's observed
+    TTFT and decode speed; returns how many events were read (0 on a replay)."""
+    with exclusive(client, FOLD_LOCK, FOLD_TIME_LIMIT_S) as mine:
+        if not mine:
+            return 0
+        return _fold(client, batch)
+
+
+def _fold(client: Any, batch: int) -> int:
+    alpha = settings.TESSERACT_OBSERVED_EWMA_ALPHA_PCT / 100
+    mark = _watermark(client)
+    live = livestate.read(client).deployments
+    profiles: dict[str, Profile | None] = {}
+    ttft: dict[str, float] = {}
+    decode: dict[str, float] = {}
+    read = 0
+    for _ in range(MAX_BATCHES):
+        rows = list(
+            UsageEvent.objects.filter(id__gt=mark).order_by("id").values_list(*_FIELDS)[:batch]
+        )
+        if not rows:
+            break
+        read += len(rows)
+        mark = rows[-1][0]
+        _load_profiles(profiles, {r[1] for r in rows})
+        for _id, slug, status, stream, attempts, n_in, n_out, t, total, net, queue in rows:
+            profile = profiles.get(slug)
+            if (profile is None or t is None or not stream or attempts != 1
+                    or status != UsageEvent.Status.OK):  # fmt: skip
+                continue
+            o = observation(
+                profile, input_tokens=n_in, output_tokens=n_out, ttft_ms=t,
+                latency_ms=total, network_ms=net, queue_ms=queue,
+            )  # fmt: skip
+            # Each average starts from the live map's, or else from the profile: the
+            # engine routed on the profile until now.
+            state = live.get(slug) or livestate.DeploymentLive()
+            if o.ttft_ms is not None:
+                prior = _first(ttft.get(slug), state.observed_ttft_ms, profile.ttft_ms)
+                ttft[slug] = ewma(prior, o.ttft_ms, alpha)
+            if o.decode_tps is not None:
+                prior = _first(
+                    decode.get(slug), state.observed_decode_tps, profile.decode_tokens_per_s
+                )
+                decode[slug] = ewma(prior, o.decode_tps, alpha)
+        if len(rows) < batch:
+            break
+    if not read:
+        _check_not_ahead(client, mark)
+        return 0
+
+    client.set(WATERMARK, mark)  # first: at most once (module docstring)
+    changed = []
+    for slug in sorted(ttft.keys() | decode.keys()):
+        changes = {}
+        if slug in ttft:
+            changes["observed_ttft_ms"] = round(ttft[slug], 3)
+        if slug in decode:
+            changes["observed_decode_tps"] = round(decode[slug], 3)
+        if livestate.deployment_update(client, slug, announce=False, **changes):
+            changed.append(slug)
+    if changed:
+        livestate.announce_change(client, "deployments", changed)
+    return read
+
+
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
+
+
+def _watermark(client: Any) -> int:
+    raw = client.get(WATERMARK)
+    if raw is not None:
+        return int(raw)
+    # A fresh Redis: start FIRST_LOOKBACK ago rather than at the beginning of time.
+    since = timezone.now() - FIRST_LOOKBACK
+    first = (
+        UsageEvent.objects.filter(created_at__gte=since)
+        .order_by("id")
+        .values_list("id", flat=True)
+        .first()
+    )
+    if first is not None:
+        return first - 1
+    return UsageEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def _check_not_ahead(client: Any, mark: int) -> None:
+    """A watermark past the newest event means the database was reset under a Redis
+    that was not: start again from the newest event, or nothing would be folded."""
+    newest = UsageEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    if newest < mark:
+        logger.warning("usage watermark %s is past the newest event %s; resetting", mark, newest)
+        client.set(WATERMARK, newest)
+    elif client.get(WATERMARK) is None:
+        client.set(WATERMARK, mark)
+
+
+def _load_profiles(profiles: dict[str, Profile | None], slugs: set[str]) -> None:
+    missing = slugs - profiles.keys()
+    if not missing:
+        return
+    rows = Deployment.objects.filter(slug__in=missing).values_list(
+        "slug", "ttft_ms", "reference_prompt_tokens", "prefill_tokens_per_s", "decode_tokens_per_s"
+    )
+    for slug, ttft, ref, prefill, decode in rows:
+        profiles[slug] = Profile(ttft, ref, prefill, decode, 0.0, 0.0)
+    for slug in missing - profiles.keys():
+        profiles[slug] = None  # no longer in the catalog (or never: a failed request)

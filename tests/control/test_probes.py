@@ -1,0 +1,317 @@
+"""Latency probes: RTT from the gateway's region to every cluster, judged against physics.
+
+The real simulator serves the demo world on loopback, sometimes a world whose network
+differs from the catalog's (a path that got slower; one faster than light); the
+catalog in the database is the demo world, pointing at that simulator. The live maps
+are in the real Redis, under keys private to each test.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import redis
+from django.conf import settings
+from django.utils import timezone
+
+from backends import livestate, probes
+from backends.models import Cluster, LatencyProbe, Region
+from backends.simulator import Simulator
+from backends.tasks.probes import probe_latency
+from backends.world import WorldSpec
+from routing.engine import LatencyMap
+
+SRC = "westeurope"
+Verdict = LatencyProbe.Verdict
+#: 17 ms from westeurope in the catalog, 7.6 ms of physics; one 8B and one 70B deployment
+NORTHEUROPE = "northeurope-tesseract-nvidia-h100"
+#: 85 ms in the catalog, 64.8 ms of physics
+EASTUS = "eastus-tesseract-nvidia-h100"
+UKSOUTH = "uksouth-tesseract-nvidia-h100"
+
+
+@pytest.fixture
+def live(monkeypatch) -> Iterator[redis.Redis]:
+    """The real Redis, with the live maps and the probes' state under keys of this test."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    prefix = f"test:{uuid.uuid4().hex}:"
+    for module, name in (
+        (livestate, "DEPLOYMENTS"), (livestate, "HEALTH"), (livestate, "RTT"),
+        (livestate, "INFLIGHT_PREFIX"), (livestate, "CHANNEL"),
+        (probes, "EWMA"), (probes, "LOCK"),
+    ):  # fmt: skip
+        monkeypatch.setattr(module, name, prefix + getattr(module, name))
+    yield client
+    keys = client.keys(prefix + "*")
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@dataclass
+class Mesh:
+    simulator: Simulator
+    url: str
+    served: WorldSpec  # what the simulator emulates (the catalog is the demo world)
+
+    def ids(self, *clusters: str) -> list[int]:
+        return list(Cluster.objects.filter(slug__in=clusters).values_list("pk", flat=True))
+
+    def injected_ms(self, cluster: str) -> float:
+        return self.served.rtt_ms(SRC, self.served.clusters[cluster].region)
+
+    def control(self, deployment: str, **state: Any) -> None:
+        httpx.post(f"{self.url}/d/{deployment}/control", json=state).raise_for_status()
+
+
+@pytest.fixture
+def mesh(catalog, db, spec, server) -> Callable[..., Mesh]:
+    """`mesh(time_scale=…, rtt={region: ms})`: a simulator whose paths from westeurope
+    take `rtt` (the rest as the catalog says)."""
+    swappable, url = server
+
+    def make(*, time_scale: float = 1.0, rtt: dict[str, float] | None = None) -> Mesh:
+        served = spec
+        if rtt:
+            changed = {(SRC, dst): (ms, ms) for dst, ms in rtt.items()}
+            served = replace(spec, rtt={**spec.rtt, **changed})
+        swappable.app = Simulator(served, time_scale=time_scale, gateway_region=SRC)
+        return Mesh(swappable.app, url, served)
+
+    return make
+
+
+def rows(cluster: str) -> list[LatencyProbe]:
+    return list(LatencyProbe.objects.filter(cluster__slug=cluster).order_by("measured_at", "pk"))
+
+
+def published(client: redis.Redis, region: str) -> float | None:
+    return livestate.read(client).rtt.get((SRC, region))
+
+
+def announcements(pubsub: Any) -> list[dict[str, Any]]:
+    out = []
+    while (message := pubsub.get_message(timeout=0.01)) is not None:
+        if message["type"] == "message":
+            out.append(msgspec.json.decode(message["data"]))
+    return out
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def test_probes_against_the_simulator_measure_its_injected_delay(mesh, live):
+    m = mesh(time_scale=1.0)
+
+    for _ in range(2):  # the better of two, as a busy 2-core machine may stall one
+        probes.probe_clusters(client=live)
+
+    clusters = list(Cluster.objects.values_list("slug", flat=True))
+    errors = []
+    for cluster in clusters:
+        samples = rows(cluster)
+        assert [p.verdict for p in samples] == [Verdict.OK, Verdict.OK], cluster
+        best = min(p.rtt_ms for p in samples)
+        errors.append(best - m.injected_ms(cluster))
+    assert len(clusters) == 39
+    assert all(-1.0 <= e <= 5.0 for e in errors), errors
+    assert abs(statistics.median(errors)) <= 1.5, errors
+    # the EWMA starts from the catalog, which is what the simulator emulates: no news
+    assert abs(published(live, "eastus") - 85.0) <= 2.0
+
+
+def test_the_probe_reports_real_milliseconds_whatever_the_time_scale(mesh, live):
+    m = mesh(time_scale=4.0)  # the simulator sleeps 4 × 17 ms
+
+    probes.probe_clusters(client=live, cluster_ids=m.ids(NORTHEUROPE))
+
+    (probe,) = rows(NORTHEUROPE)
+    assert probe.verdict == Verdict.OK
+    assert 17.0 - 0.5 <= probe.rtt_ms <= 17.0 + 4.0  # 4 × 17 ms slept, reported as 17
+
+
+def test_a_probe_below_the_physical_floor_is_flagged_and_ignored(mesh, live):
+    # The simulator claims 20 ms across the Atlantic: light in fibre needs 64.8.
+    m = mesh(rtt={"eastus": 20.0})
+    pubsub = live.pubsub()
+    pubsub.subscribe(livestate.CHANNEL)
+    announcements(pubsub)
+
+    counts = probes.probe_clusters(client=live, cluster_ids=m.ids(EASTUS))
+
+    (probe,) = rows(EASTUS)
+    assert probe.verdict == Verdict.BELOW_FLOOR
+    assert 20.0 - 0.5 <= probe.rtt_ms < probe.floor_ms
+    assert probe.floor_ms == pytest.approx(64.8, abs=0.1)
+    assert probe.ewma_ms is None
+    assert counts == {**counts, "below_floor": 1, "published": 0}
+    assert published(live, "eastus") is None  # the gateways keep the catalog's 85 ms
+    assert live.hlen(probes.EWMA) == 0
+    assert announcements(pubsub) == []
+
+
+def test_a_degraded_path_is_flagged_and_used(mesh, live):
+    # 80 ms where the catalog says 17 and physics 7.6: past 3 × 7.6 + 20 and 2 × 17.
+    m = mesh(rtt={"northeurope": 80.0})
+    pubsub = live.pubsub()
+    pubsub.subscribe(livestate.CHANNEL)
+    announcements(pubsub)
+
+    probes.probe_clusters(client=live, cluster_ids=m.ids(NORTHEUROPE))
+
+    (probe,) = rows(NORTHEUROPE)
+    assert probe.verdict == Verdict.DEGRADED_PATH
+    assert 80.0 - 0.5 <= probe.rtt_ms <= 80.0 + 10.0
+    assert probe.ewma_ms == pytest.approx(17.0 + 0.3 * (probe.rtt_ms - 17.0))
+    assert published(live, "northeurope") == pytest.approx(probe.ewma_ms, abs=0.001)
+    assert announcements(pubsub) == [{"what": "rtt", "names": ["westeurope|northeurope"]}]
+
+
+def test_the_ewma_converges_and_a_steady_path_stops_waking_the_gateways(mesh, live, monkeypatch):
+    # The path to northeurope now measures 40 ms (the catalog says 17), exactly: the
+    # arithmetic, not the loopback's jitter, is under test here.
+    async def measure_all(targets, timeout_s):
+        return [probes.Measurement(40.0, time.time()) for _ in targets]
+
+    monkeypatch.setattr(probes, "_measure_all", measure_all)
+    m = mesh()
+    pubsub = live.pubsub()
+    pubsub.subscribe(livestate.CHANNEL)
+    announcements(pubsub)
+
+    woken = []
+    for _ in range(16):
+        probes.probe_clusters(client=live, cluster_ids=m.ids(NORTHEUROPE))
+        woken.append(len(announcements(pubsub)))
+
+    smoothed = [p.ewma_ms for p in rows(NORTHEUROPE)]
+    expected = [40.0 - 23.0 * 0.7**k for k in range(1, 17)]
+    assert smoothed == pytest.approx(expected)  # from the catalog's 17 to 40, 30 % a step
+    assert 40.0 - smoothed[-1] < 0.1  # 0.7^16 of the gap is left
+    # Announced only when 1 ms (or 2 %) from what the gateways have: every step at
+    # first, then rarely, then never.
+    assert woken == [1, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0]
+    assert abs(published(live, "northeurope") - smoothed[-1]) <= 1.0
+
+
+def test_a_backend_that_does_not_answer_is_a_failed_probe(mesh, live):
+    m = mesh()
+    for deployment in m.simulator.deployments:
+        if deployment.startswith(NORTHEUROPE):
+            m.control(deployment, fault="down")  # 503 at once: no path measured
+        elif deployment.startswith(UKSOUTH):
+            m.control(deployment, fault="hang")
+
+    counts = probes.probe_clusters(
+        client=live, cluster_ids=m.ids(NORTHEUROPE, UKSOUTH), timeout_s=0.2
+    )
+
+    assert counts == {**counts, "failed": 2, "published": 0}
+    for cluster in (NORTHEUROPE, UKSOUTH):
+        (probe,) = rows(cluster)
+        assert (probe.verdict, probe.rtt_ms, probe.ewma_ms) == (Verdict.FAILED, None, None)
+    assert livestate.read(live).rtt == {}
+
+
+def test_a_cluster_is_probed_through_a_deployment_that_can_answer(mesh, live):
+    m = mesh()
+    slug_8b = f"{NORTHEUROPE}--llama-3.1-8b-instruct"
+    m.control(slug_8b, loaded=False)  # unloaded: its health check answers 503
+    livestate.deployment_update(live, slug_8b, loaded=False)
+
+    probes.probe_clusters(client=live, cluster_ids=m.ids(NORTHEUROPE))
+
+    (probe,) = rows(NORTHEUROPE)
+    assert probe.verdict == Verdict.OK  # through the 70B deployment beside it
+
+
+def test_drained_clusters_and_regions_are_not_probed(mesh, live):
+    m = mesh()
+    Cluster.objects.filter(slug=EASTUS).update(drained=True)
+    Region.objects.filter(slug="uksouth").update(drained=True)
+
+    probes.probe_clusters(client=live, cluster_ids=m.ids(EASTUS, UKSOUTH, NORTHEUROPE))
+
+    assert set(LatencyProbe.objects.values_list("cluster__slug", flat=True)) == {NORTHEUROPE}
+
+
+def test_rounds_never_overlap(mesh, live):
+    m = mesh()
+    with probes.exclusive(live, probes.LOCK, 5):
+        counts = probes.probe_clusters(client=live, cluster_ids=m.ids(NORTHEUROPE))
+
+    assert counts == {"skipped": 1}
+    assert not LatencyProbe.objects.exists()
+
+
+def test_the_task_probes_and_prunes_the_time_series_past_its_retention(mesh, live):
+    m = mesh()
+    gateway = Region.objects.get(slug=SRC)
+    old = LatencyProbe.objects.create(
+        src_region=gateway, cluster_id=m.ids(EASTUS)[0], rtt_ms=85.0, floor_ms=64.8,
+        verdict=Verdict.OK, measured_at=timezone.now() - timedelta(hours=25),
+    )  # fmt: skip
+
+    probe_latency(cluster_ids=m.ids(NORTHEUROPE))
+
+    assert not LatencyProbe.objects.filter(pk=old.pk).exists()
+    assert [p.verdict for p in rows(NORTHEUROPE)] == [Verdict.OK]
+
+
+def test_a_gateway_region_missing_from_the_catalog_is_an_error(mesh, live, settings):
+    mesh()
+    settings.TESSERACT_GATEWAY_REGION = "atlantis"
+
+    with pytest.raises(Exception, match="atlantis"):
+        probes.probe_clusters(client=live)
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def test_the_floor_is_the_engines_great_circle_round_trip(spec):
+    coords = {slug: (r.latitude, r.longitude) for slug, r in spec.regions.items()}
+    floor = LatencyMap(rtt={}, coords=coords).floor_ms(SRC, "eastus")
+
+    assert floor == pytest.approx(spec.floor_ms(SRC, "eastus"))
+    assert floor == pytest.approx(64.8, abs=0.1)
+
+
+@pytest.mark.parametrize(
+    ("rtt_ms", "floor_ms", "catalog_ms", "verdict"),
+    [
+        (None, 64.8, 85.0, Verdict.FAILED),
+        (64.7, 64.8, 85.0, Verdict.BELOW_FLOOR),
+        (64.8, 64.8, 85.0, Verdict.OK),  # light itself is not an error
+        (214.3, 64.8, 85.0, Verdict.OK),  # just under 3 × floor + 20 ...
+        (214.5, 64.8, 85.0, Verdict.DEGRADED_PATH),  # ... and just over
+        (109.0, 18.7, 109.0, Verdict.OK),  # Israel–Qatar: far above physics, as usual
+        (218.5, 18.7, 109.0, Verdict.DEGRADED_PATH),  # twice what is usual
+        (40.0, 6.0, float("inf"), Verdict.DEGRADED_PATH),  # no catalog: physics alone
+        (0.4, 0.0, 1.0, Verdict.OK),  # inside one region
+    ],
+)
+def test_a_sample_is_judged_against_physics_and_the_catalog(rtt_ms, floor_ms, catalog_ms, verdict):
+    assert probes.judge(rtt_ms, floor_ms=floor_ms, catalog_ms=catalog_ms) == verdict
+
+
+def test_only_a_move_past_the_threshold_is_worth_announcing():
+    assert probes.moved(None, 17.0)
+    assert not probes.moved(17.0, 17.9)  # 1 ms at least ...
+    assert probes.moved(17.0, 18.1)
+    assert not probes.moved(200.0, 203.9)  # ... or 2 %
+    assert probes.moved(200.0, 204.1)
+
+
+def test_the_health_url_is_beside_the_openai_base_url():
+    assert probes.probe_url("http://sim:8100/d/x/v1") == "http://sim:8100/d/x/health"
+    assert probes.probe_url("http://vllm:8000/v1/") == "http://vllm:8000/health"

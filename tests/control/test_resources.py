@@ -1,0 +1,377 @@
+"""The resource map: running / waiting / loaded scraped from each backend's metrics, and
+observed TTFT and decode speed folded from the requests it completed.
+
+The real simulator serves the demo world on loopback; the catalog in the database
+points at it; the live maps are in the real Redis, under keys private to each test.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import redis
+from django.conf import settings
+from django.utils import timezone
+
+from accounts.models import Organization
+from backends import livestate, resources
+from backends.models import Deployment
+from backends.simulator import Simulator
+from backends.tasks.resources import fold_observed_speeds, scrape_metrics
+from billing.models import UsageEvent
+from routing.engine import Profile
+
+#: 1 ms from the gateway (westeurope); 8B: 128 slots, 288 tokens/s, 14 s cold start;
+#: 70B: 17 ms TTFT floor (50 ms at the 480-token reference prompt), 58.6 tokens/s.
+WESTEUROPE_8B = "westeurope-tesseract-nvidia-h100--llama-3.1-8b-instruct"
+WESTEUROPE_70B = "westeurope-tesseract-nvidia-h100--llama-3.3-70b-instruct"
+
+
+@pytest.fixture
+def live(monkeypatch) -> Iterator[redis.Redis]:
+    """The real Redis, with the live maps and the jobs' state under keys of this test."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    prefix = f"test:{uuid.uuid4().hex}:"
+    for module, name in (
+        (livestate, "DEPLOYMENTS"), (livestate, "HEALTH"), (livestate, "RTT"),
+        (livestate, "INFLIGHT_PREFIX"), (livestate, "CHANNEL"),
+        (resources, "SCRAPE_LOCK"), (resources, "FOLD_LOCK"), (resources, "WATERMARK"),
+    ):  # fmt: skip
+        monkeypatch.setattr(module, name, prefix + getattr(module, name))
+    yield client
+    keys = client.keys(prefix + "*")
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@dataclass
+class Mesh:
+    simulator: Simulator
+    url: str
+    #: one pooled client, as the gateway has (a new one costs ~25 ms of TLS set-up)
+    http: httpx.Client
+
+    def ids(self, *slugs: str) -> list[int]:
+        return list(Deployment.objects.filter(slug__in=slugs).values_list("pk", flat=True))
+
+    def control(self, slug: str, **state: Any) -> dict[str, Any]:
+        response = self.http.post(f"{self.url}/d/{slug}/control", json=state)
+        response.raise_for_status()
+        return response.json()
+
+    def chat(self, slug: str, *, max_tokens: int) -> tuple[float, float]:
+        """A streamed chat completion, timed as the gateway times it: (TTFT, total) ms."""
+        model = slug.partition("--")[2]
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": "hello"}],  # 2 prompt tokens
+            "max_tokens": max_tokens,
+            "stream": True,
+        }
+        url = f"{self.url}/d/{slug}/v1/chat/completions"
+        start = time.perf_counter()
+        first = None
+        with self.http.stream("POST", url, json=body) as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if first is None and '"content":" ' in line:
+                    first = time.perf_counter()
+        end = time.perf_counter()
+        assert first is not None
+        return (first - start) * 1000, (end - start) * 1000
+
+
+@pytest.fixture
+def mesh(catalog, db, spec, server) -> Iterator[Callable[..., Mesh]]:
+    swappable, url = server
+
+    with httpx.Client(limits=httpx.Limits(max_connections=None)) as http:
+
+        def make(*, time_scale: float = 1.0) -> Mesh:
+            swappable.app = Simulator(spec, time_scale=time_scale, gateway_region="westeurope")
+            return Mesh(swappable.app, url, http)
+
+        yield make
+
+
+@pytest.fixture
+def acme(db) -> Organization:
+    return Organization.objects.create(name="Acme", slug="acme")
+
+
+def usage(org: Organization, deployment: str, **fields: Any) -> UsageEvent:
+    """A completed request as the usage drain records it (streamed, one attempt, ok)."""
+    values: dict[str, Any] = {
+        "stream": True, "status": UsageEvent.Status.OK, "attempts": 1,
+        "input_tokens": 2, "output_tokens": 10, "ttft_ms": 20.0, "latency_ms": 180.0,
+        "network_ms": 1.0, "queue_ms": 0.0, **fields,
+    }  # fmt: skip
+    return UsageEvent.objects.create(
+        request_id=uuid.uuid4().hex, org=org, endpoint="chat.completions",
+        model=deployment.partition("--")[2], served_model=deployment.partition("--")[2],
+        deployment=deployment, region="westeurope", cluster=deployment.partition("--")[0],
+        chip="nvidia-h100", usage_source="upstream", cost_usd=Decimal(0), **values,
+    )  # fmt: skip
+
+
+def record(client: redis.Redis, slug: str) -> livestate.DeploymentLive:
+    return msgspec.structs.replace(livestate.deployment_get(client, slug), updated_at=0.0)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+# --------------------------------------------------------------------------- scraping
+
+
+def test_scraping_reports_running_and_waiting_of_a_busy_deployment(mesh, live):
+    m = mesh(time_scale=1.0)
+    m.control(WESTEUROPE_8B, concurrency_slots=2)
+    slots = m.simulator.deployments[WESTEUROPE_8B].slots
+
+    with ThreadPoolExecutor(5) as pool:
+        calls = [pool.submit(m.chat, WESTEUROPE_8B, max_tokens=100) for _ in range(5)]
+        wait_until(lambda: (slots.running, slots.waiting) == (2, 3))
+        busy = resources.scrape_metrics(client=live, deployment_ids=m.ids(WESTEUROPE_8B))
+        busy_record = record(live, WESTEUROPE_8B)
+        m.control(WESTEUROPE_8B, concurrency_slots=8)  # let the queue through
+        for call in calls:
+            call.result()
+    idle = resources.scrape_metrics(client=live, deployment_ids=m.ids(WESTEUROPE_8B))
+
+    assert busy == {"scraped": 1, "failed": 0, "changed": 1}
+    assert (busy_record.running, busy_record.waiting, busy_record.loaded) == (2, 3, True)
+    assert idle == {"scraped": 1, "failed": 0, "changed": 1}
+    assert (record(live, WESTEUROPE_8B).running, record(live, WESTEUROPE_8B).waiting) == (0, 0)
+
+
+def test_a_model_in_its_cold_start_is_not_loaded(mesh, live):
+    m = mesh(time_scale=0.02)  # the 8B's 14 s cold start takes 0.28 s
+    ids = m.ids(WESTEUROPE_8B)
+
+    m.control(WESTEUROPE_8B, loaded=False)
+    resources.scrape_metrics(client=live, deployment_ids=ids)
+    unloaded = record(live, WESTEUROPE_8B).loaded
+    state = m.control(WESTEUROPE_8B, loaded=True)
+    resources.scrape_metrics(client=live, deployment_ids=ids)
+    loading = record(live, WESTEUROPE_8B).loaded
+    wait_until(lambda: m.control(WESTEUROPE_8B)["availability"] == "ready")
+    resources.scrape_metrics(client=live, deployment_ids=ids)
+
+    assert state["availability"] == "loading"
+    assert (unloaded, loading, record(live, WESTEUROPE_8B).loaded) == (False, False, True)
+
+
+def test_scraping_twice_changes_nothing(mesh, live):
+    mesh()
+    pubsub = live.pubsub()
+    pubsub.subscribe(livestate.CHANNEL)
+    pubsub.get_message(timeout=0.1)  # the subscription itself
+
+    first = scrape_metrics()
+    before = {
+        slug: record(live, slug) for slug in Deployment.objects.values_list("slug", flat=True)
+    }
+    announced = pubsub.get_message(timeout=0.1)
+    second = scrape_metrics()
+    after = {slug: record(live, slug) for slug in before}
+
+    assert first == {"scraped": 67, "failed": 0, "changed": 67}
+    assert announced is not None  # one announcement for all of them
+    assert second == {"scraped": 67, "failed": 0, "changed": 0}
+    assert after == before
+    assert pubsub.get_message(timeout=0.05) is None
+
+
+def test_a_failed_scrape_leaves_the_live_map_alone(mesh, live):
+    m = mesh()
+    livestate.deployment_update(live, WESTEUROPE_8B, running=5, waiting=1, loaded=True)
+    before = record(live, WESTEUROPE_8B)
+    # Port 9 (discard) is closed on loopback: the connection is refused at once.
+    Deployment.objects.filter(slug=WESTEUROPE_8B).update(endpoint_url="http://127.0.0.1:9/v1")
+
+    counts = resources.scrape_metrics(client=live, deployment_ids=m.ids(WESTEUROPE_8B))
+
+    assert counts == {"scraped": 0, "failed": 1, "changed": 0}
+    assert record(live, WESTEUROPE_8B) == before
+
+
+def test_drained_deployments_are_not_scraped(mesh, live):
+    m = mesh()
+    Deployment.objects.filter(slug=WESTEUROPE_8B).update(drained=True)
+
+    counts = resources.scrape_metrics(client=live, deployment_ids=m.ids(WESTEUROPE_8B))
+
+    assert counts == {"scraped": 0, "failed": 0, "changed": 0}
+
+
+def test_the_metrics_parser_reads_the_text_format():
+    text = "\n".join(
+        [
+            "# HELP vllm:num_requests_running Number of requests.",
+            "# TYPE vllm:num_requests_running gauge",
+            'vllm:num_requests_running{model_name="a"} 2.0',
+            'vllm:num_requests_running{model_name="b",} 1',  # a trailing comma is allowed
+            'vllm:num_requests_waiting{model_name="a"} 3 1700000000000',  # a timestamp
+            'odd{path="C:\\\\x",quote="say \\"hi\\"",nl="a\\nb"} +Inf',
+            "no_labels NaN",
+            "",
+        ]
+    )
+
+    samples = resources.parse_metrics(text)
+
+    assert [(s.name, s.value) for s in samples[:3]] == [
+        ("vllm:num_requests_running", 2.0),
+        ("vllm:num_requests_running", 1.0),
+        ("vllm:num_requests_waiting", 3.0),
+    ]
+    assert samples[3].labels == {"path": "C:\\x", "quote": 'say "hi"', "nl": "a\nb"}
+    assert samples[3].value == math.inf
+    assert math.isnan(samples[4].value)
+    assert resources.reading(samples) == resources.Reading(running=3, waiting=3, loaded=None)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'vllm:num_requests_running{model_name="a" 2',  # unclosed
+        "vllm:num_requests_running 2 3 4",
+        "vllm:num_requests_running two",
+        "vllm:num_requests_running 1_000",  # Python would read it; Prometheus does not
+        '{model_name="a"} 1',
+        "vllm:num_requests_running{model_name=a} 1",
+        'm{a="1",a="2"} 1',
+        'm{a="bad \\q escape"} 1',
+    ],
+)
+def test_the_metrics_parser_refuses_what_is_not_the_text_format(line):
+    with pytest.raises(resources.MetricsFormatError):
+        resources.parse_metrics(f"ok 1\n{line}\n")
+
+
+# --------------------------------------------------------------------------- observing
+
+
+def test_observed_ttft_rises_after_the_slow_fault(mesh, live, acme):
+    m = mesh(time_scale=1.0)
+    profile = Deployment.objects.get(slug=WESTEUROPE_70B)
+
+    def serve_five() -> None:
+        with ThreadPoolExecutor(5) as pool:
+            for ttft, total in pool.map(lambda _: m.chat(WESTEUROPE_70B, max_tokens=10), range(5)):
+                usage(acme, WESTEUROPE_70B, ttft_ms=ttft, latency_ms=total, output_tokens=10)
+        resources.fold_observed(client=live)
+
+    serve_five()
+    healthy = record(live, WESTEUROPE_70B)
+    m.control(WESTEUROPE_70B, fault="slow", slow_factor=3)
+    serve_five()
+    slow = record(live, WESTEUROPE_70B)
+
+    # As the profile says (normalised to its 480-token reference prompt) ...
+    assert healthy.observed_ttft_ms == pytest.approx(profile.ttft_ms, rel=0.25)
+    assert healthy.observed_decode_tps == pytest.approx(profile.decode_tokens_per_s, rel=0.15)
+    # ... then three times slower, of which five requests carry the average 2/3 of the way.
+    assert slow.observed_ttft_ms > 1.8 * healthy.observed_ttft_ms
+    assert slow.observed_decode_tps < healthy.observed_decode_tps / 1.5
+
+
+def test_folding_twice_changes_nothing(mesh, live, acme):
+    mesh()
+    for ttft in (40.0, 60.0, 80.0):
+        usage(acme, WESTEUROPE_70B, ttft_ms=ttft, latency_ms=ttft + 180.0)
+
+    first = fold_observed_speeds()
+    once = record(live, WESTEUROPE_70B)
+    mark = live.get(resources.WATERMARK)
+    second = fold_observed_speeds()
+
+    assert (first, second) == (3, 0)
+    assert record(live, WESTEUROPE_70B) == once
+    assert live.get(resources.WATERMARK) == mark
+    assert once.observed_ttft_ms is not None
+    assert once.observed_decode_tps is not None
+
+
+def test_only_requests_that_timed_their_backend_are_folded(mesh, live, acme):
+    mesh()
+    skipped = [
+        usage(acme, WESTEUROPE_70B, stream=False),  # a whole answer: no first token
+        usage(acme, WESTEUROPE_70B, attempts=2),  # the TTFT includes a failed backend
+        usage(acme, WESTEUROPE_70B, status=UsageEvent.Status.ERROR),
+        usage(acme, WESTEUROPE_70B, status=UsageEvent.Status.CANCELLED),
+        usage(acme, WESTEUROPE_70B, ttft_ms=None),
+        usage(acme, "gone-from-the-catalog--llama-3.3-70b-instruct"),
+    ]
+    short = usage(acme, WESTEUROPE_8B, output_tokens=5)  # a TTFT, but too short for speed
+
+    read = resources.fold_observed(client=live)
+
+    assert read == 7
+    assert livestate.deployment_get(live, WESTEUROPE_70B) == livestate.DeploymentLive()
+    folded = record(live, WESTEUROPE_8B)
+    assert folded.observed_ttft_ms is not None
+    assert folded.observed_decode_tps is None
+    assert int(live.get(resources.WATERMARK)) == short.pk > skipped[-1].pk
+
+
+def test_the_first_fold_starts_ten_minutes_back_not_at_the_beginning(mesh, live, acme):
+    mesh()
+    usage(acme, WESTEUROPE_70B, created_at=timezone.now() - timedelta(hours=1))
+    usage(acme, WESTEUROPE_70B)
+
+    assert resources.fold_observed(client=live) == 1
+
+
+def test_a_watermark_past_the_newest_event_starts_again_from_the_newest(mesh, live, acme):
+    mesh()
+    newest = usage(acme, WESTEUROPE_70B)
+    live.set(resources.WATERMARK, newest.pk + 1000)  # the database was reset, Redis was not
+
+    assert resources.fold_observed(client=live) == 0
+    assert int(live.get(resources.WATERMARK)) == newest.pk
+    usage(acme, WESTEUROPE_70B)
+    assert resources.fold_observed(client=live) == 1
+
+
+def test_an_observation_is_backend_side_and_normalised_to_the_reference_prompt():
+    # 50 ms of fixed cost + 1,000 tokens at 20,000 tokens/s = 100 ms at the reference.
+    profile = Profile(100.0, 1000, 20_000.0, 50.0, 0.0, 0.0)
+
+    o = resources.observation(
+        profile, input_tokens=3000, output_tokens=101, ttft_ms=450.0,
+        latency_ms=1450.0, network_ms=40.0, queue_ms=10.0,
+    )  # fmt: skip
+
+    # 400 ms at the backend, where the profile expects 50 + 150 = 200 for 3,000 tokens:
+    # twice as slow, i.e. 200 ms at the reference prompt.
+    assert o.ttft_ms == pytest.approx(200.0)
+    assert o.decode_tps == pytest.approx(100 / 1.0)  # 100 tokens after the first, in 1 s
+
+
+def test_a_first_token_sooner_than_the_predicted_network_is_no_ttft_sample():
+    profile = Profile(100.0, 1000, 20_000.0, 50.0, 0.0, 0.0)
+
+    o = resources.observation(
+        profile, input_tokens=10, output_tokens=2, ttft_ms=30.0,
+        latency_ms=40.0, network_ms=35.0, queue_ms=0.0,
+    )  # fmt: skip
+
+    assert o == resources.Observation(ttft_ms=None, decode_tps=None)

@@ -1,0 +1,284 @@
+"""The control plane steering live gateways: health with hysteresis, passive health,
+the kill switch and session affinity, against the real simulator and a real Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+import redis
+from django.conf import settings
+
+from backends import health
+from backends.models import Deployment, HealthEvent
+
+EIGHT_B = "llama-3.1-8b-instruct"
+ASK = {"model": EIGHT_B, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+
+
+@pytest.fixture
+def client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def plan(mesh, key: str, body: dict | None = None) -> dict:
+    response = httpx.post(
+        f"{mesh.gateway_url}/v1/route",
+        headers={"Authorization": f"Bearer {key}"},
+        json=body or ASK,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def chat(mesh, key: str, body: dict | None = None) -> httpx.Response:
+    return httpx.post(
+        f"{mesh.gateway_url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json=body or ASK,
+    )
+
+
+def eventually(predicate, timeout_s: float = 2.0) -> float:
+    """Seconds until `predicate()` held (fails after `timeout_s`)."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError("did not happen in time")
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+# --------------------------------------------------------------------------- hysteresis
+
+
+def test_three_failures_take_a_backend_down_and_two_answers_bring_it_back(client, mesh):
+    slug = mesh.deployments(EIGHT_B)[0]
+
+    def see(outcome: str) -> str:
+        return health.observe(client, slug, outcome, source="check", reason="test")[1]
+
+    assert [see(health.FAIL), see(health.FAIL)] == ["healthy", "healthy"]
+    assert see(health.FAIL) == "down"
+    assert see(health.OK) == "down"
+    assert see(health.OK) == "healthy"
+
+
+def test_slowness_degrades_after_two_slow_answers_and_one_good_one_does_not_recover(client, mesh):
+    slug = mesh.deployments(EIGHT_B)[0]
+
+    def see(outcome: str) -> str:
+        return health.observe(client, slug, outcome, source="check", reason="test")[1]
+
+    assert see(health.SLOW) == "healthy"
+    assert see(health.SLOW) == "degraded"
+    assert see(health.OK) == "degraded"
+    assert see(health.OK) == "healthy"
+
+
+def test_a_failure_in_between_resets_the_count_of_answers(client, mesh):
+    slug = mesh.deployments(EIGHT_B)[0]
+    for _ in range(3):
+        health.observe(client, slug, health.FAIL, source="check", reason="test")
+    health.observe(client, slug, health.OK, source="check", reason="test")
+    health.observe(client, slug, health.FAIL, source="check", reason="test")
+    assert health.observe(client, slug, health.OK, source="check", reason="test")[1] == "down"
+
+
+# --------------------------------------------------------------------------- the gateways
+
+
+def test_a_backend_that_goes_down_is_avoided_and_comes_back_after_recovering(client, mesh, api_key):
+    primary = plan(mesh, api_key)["primary"]["backend_id"]
+    mesh.fault(primary, fault="down")
+
+    states = [health.check_all(client=client)[primary] for _ in range(3)]
+    assert states[:2] == ["healthy", "healthy"]  # hysteresis: not on one failed check
+    assert states[2] == "down"
+    moved = eventually(lambda: plan(mesh, api_key)["primary"]["backend_id"] != primary)
+    assert moved < 1.0  # every gateway hears of it at once, not at the next refresh
+    excluded = {e["backend_id"]: e["code"] for e in plan(mesh, api_key)["excluded"]}
+    assert excluded[primary] == "down"
+    event = HealthEvent.objects.get(deployment__slug=primary)
+    assert (event.previous, event.current, event.source) == ("healthy", "down", "check")
+    assert Deployment.objects.get(slug=primary).health == "down"
+
+    mesh.fault(primary, fault="none")
+    assert [health.check_all(client=client)[primary] for _ in range(2)] == ["down", "healthy"]
+    eventually(lambda: plan(mesh, api_key)["primary"]["backend_id"] == primary)
+    assert Deployment.objects.get(slug=primary).health == "healthy"
+
+
+def test_the_gateways_own_failures_take_a_backend_out_without_any_check(mesh, api_key, usage):
+    primary = plan(mesh, api_key)["primary"]["backend_id"]
+    mesh.fault(primary, fault="error")
+    attempts = [chat(mesh, api_key).json()["tesseract"]["attempts"] for _ in range(3)]
+    assert attempts == [2, 2, 2]  # each failed over, and taught the gateway
+    eventually(lambda: plan(mesh, api_key)["primary"]["backend_id"] != primary)
+    assert chat(mesh, api_key).json()["tesseract"]["attempts"] == 1  # straight to a good one
+    assert len(usage()) == 4
+
+
+# --------------------------------------------------------------------------- kill switch
+
+
+def test_a_drained_region_receives_nothing_and_in_flight_requests_finish(mesh, api_key, usage):
+    from backends.models import Region
+    from backends.services import drain_by_slug
+
+    near = {**ASK, "tesseract": {"client_region": "westeurope"}}
+    assert plan(mesh, api_key, near)["primary"]["region"] == "westeurope"
+    backend = mesh.slowed(EIGHT_B, "westeurope")
+    with mesh.stream(api_key, {**near, "max_tokens": 40}) as in_flight:
+        lines = in_flight.iter_lines()
+        assert next(line for line in lines if '"content":"' in line.replace(" ", ""))
+        drain_by_slug("region", "westeurope", drained=True)
+        took = eventually(lambda: plan(mesh, api_key, near)["primary"]["region"] != "westeurope")
+        assert took < 1.0
+        rest = list(lines)  # the request that was already running is not cut off
+    assert [line for line in rest if line][-1] == "data: [DONE]"
+    assert backend.slots.running == 0
+
+    served = {chat(mesh, api_key, near).json()["tesseract"]["route"]["region"] for _ in range(5)}
+    assert "westeurope" not in served
+    excluded = plan(mesh, api_key, near)["excluded"]
+    assert {e["code"] for e in excluded if e["backend_id"].startswith("westeurope-")} == {"drained"}
+
+    drain_by_slug("region", "westeurope", drained=False)
+    eventually(lambda: plan(mesh, api_key, near)["primary"]["region"] == "westeurope")
+    assert not Region.objects.get(slug="westeurope").drained
+    assert [e.status for e in usage()].count("ok") == 6
+
+
+def test_draining_is_a_command_too(mesh):
+    from django.core.management import call_command
+
+    from backends.models import Cluster
+
+    cluster = Cluster.objects.filter(region__slug="eastus").first()
+    call_command("drain", "cluster", cluster.slug)
+    assert Cluster.objects.get(pk=cluster.pk).drained
+    call_command("drain", "cluster", cluster.slug, "--undo")
+    assert not Cluster.objects.get(pk=cluster.pk).drained
+
+
+# --------------------------------------------------------------------------- affinity
+
+
+def test_affinity_keeps_a_session_on_its_deployment_until_its_deadline_would_break(
+    client, mesh, api_key, usage
+):
+    from backends import livestate
+    from backends.models import SessionMove
+
+    session = {
+        **ASK,
+        "tesseract": {"session_id": "conv-1", "client_region": "westeurope", "max_ttft_ms": 400},
+    }
+    first = chat(mesh, api_key, session).json()["tesseract"]["route"]["backend"]
+    assert chat(mesh, api_key, session).json()["tesseract"]["route"]["backend"] == first
+    prefill_ms = plan(mesh, api_key, session)["primary"]["predicted"]["prefill_ms"]
+    profile_ms = Deployment.objects.get(slug=first).ttft_ms
+
+    def slow_to(ms: float) -> None:  # observed TTFT scales the predicted prefill
+        livestate.deployment_update(client, first, observed_ttft_ms=profile_ms * ms / prefill_ms)
+
+    # It slows down: a fresh request would now go elsewhere; the session stays.
+    slow_to(200)
+    stateless = {**session, "tesseract": {**session["tesseract"], "session_id": None}}
+    eventually(lambda: plan(mesh, api_key, stateless)["primary"]["backend_id"] != first)
+    stay = plan(mesh, api_key, session)
+    assert stay["primary"]["backend_id"] == first
+    assert stay["primary"]["meets_sla"]
+    assert chat(mesh, api_key, session).json()["tesseract"]["route"]["backend"] == first
+    assert not SessionMove.objects.exists()
+
+    # Now staying would break the 400 ms deadline: the session moves, and it is recorded.
+    slow_to(1000)
+    eventually(lambda: plan(mesh, api_key, session)["primary"]["backend_id"] != first)
+    moved_to = chat(mesh, api_key, session).json()["tesseract"]["route"]["backend"]
+    assert moved_to != first
+    move = eventually_one(SessionMove)
+    assert (move.session_id, move.from_deployment, move.to_deployment) == (
+        "conv-1", first, moved_to,
+    )  # fmt: skip
+    assert "deadline" in move.reason or "sla" in move.reason
+    assert chat(mesh, api_key, session).json()["tesseract"]["route"]["backend"] == moved_to
+    assert len(usage()) == 5
+
+
+def eventually_one(model):
+    eventually(lambda: model.objects.exists())
+    return model.objects.get()
+
+
+# --------------------------------------------------------------------------- real worker
+
+
+@pytest.fixture
+def control_plane(mesh):
+    """A real Celery worker running the real beat schedule, health checks every second."""
+    from tests.workers import Workers
+
+    workers = Workers(TESSERACT_HEALTH_INTERVAL_S="1", TESSERACT_GATEWAY_REGION="westeurope")
+    workers.start(beat=True)
+    yield workers
+    workers.stop()
+
+
+def test_with_a_real_worker_and_beat_a_dead_backend_is_avoided_and_comes_back(
+    control_plane, mesh, api_key
+):
+    primary = plan(mesh, api_key)["primary"]["backend_id"]
+    mesh.fault(primary, fault="down")
+    went = eventually(lambda: plan(mesh, api_key)["primary"]["backend_id"] != primary, 20)
+    excluded = plan(mesh, api_key)["excluded"]
+    assert {e["code"] for e in excluded if e["backend_id"] == primary} == {"down"}
+    mesh.fault(primary, fault="none")
+    came = eventually(lambda: plan(mesh, api_key)["primary"]["backend_id"] == primary, 20)
+    # three failed checks a second apart to go, two good ones to come back (plus start-up)
+    assert went < 15
+    assert came < 10
+    assert HealthEvent.objects.filter(deployment__slug=primary, current="down").exists()
+
+
+# --------------------------------------------------------------------------- resource map
+
+
+def test_a_slowed_backend_loses_traffic_before_it_fails(client, mesh, api_key, usage):
+    from backends import resources
+
+    mesh.simulator.time_scale = 1.0  # real time: observed speeds are comparable to profiles
+    ask = {
+        **ASK,
+        "max_tokens": 12,
+        "stream": True,
+        "tesseract": {"client_region": "westeurope", "max_ttft_ms": 300},
+    }
+
+    def served() -> str:
+        with mesh.stream(api_key, ask) as response:
+            lines = [line for line in response.iter_lines() if line.startswith("data: {")]
+        usage()  # the billing worker's drain
+        resources.fold_observed(client=client)  # the resource map's fold
+        return json.loads(lines[-1][6:])["tesseract"]["route"]["backend"]
+
+    first = served()
+    mesh.fault(first, fault="slow", slow_factor=5)
+    after = []
+    while len(after) < 12 and (not after or after[-1] == first):
+        after.append(served())
+    assert after[-1] != first  # it lost the traffic ...
+    assert [served() for _ in range(2)] == [after[-1]] * 2  # ... and stays away
+    states = health.check_all(client=client)
+    assert states[first] == "healthy"  # ... while it still answers: it never failed
+    live = livestate_of(client, first)
+    assert live.observed_ttft_ms > Deployment.objects.get(slug=first).ttft_ms * 2
+
+
+def livestate_of(client, slug):
+    from backends import livestate
+
+    return livestate.read(client).deployments[slug]
