@@ -73,6 +73,9 @@ def start() -> str:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Its own session: Ctrl-C on `make run` reaches the workers, which finish
+            # their tasks against this Redis; it is stopped last, at exit.
+            start_new_session=True,
         )  # fmt: skip
         atexit.register(_stop, _process, workdir)
         _wait_until_listening(port, _process)
