@@ -271,7 +271,6 @@ def test_a_slowed_backend_loses_traffic_before_it_fails(client, mesh, api_key, u
     while len(after) < 12 and (not after or after[-1] == first):
         after.append(served())
     assert after[-1] != first  # it lost the traffic ...
-    assert [served() for _ in range(2)] == [after[-1]] * 2  # ... and stays away
     states = health.check_all(client=client)
     assert states[first] == "healthy"  # ... while it still answers: it never failed
     live = livestate_of(client, first)
