@@ -281,3 +281,58 @@ def livestate_of(client, slug):
     from backends import livestate
 
     return livestate.read(client).deployments[slug]
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def test_placement_loads_a_model_where_demand_grew_and_the_next_requests_route_there(
+    client, mesh, api_key, usage
+):
+    import uuid
+
+    from backends import placement, resources
+    from backends.models import ControlSettings, PlacementAction
+    from billing.models import UsageEvent
+
+    seventy_b = "llama-3.3-70b-instruct"
+    target = f"koreacentral-tesseract-nvidia-h100--{seventy_b}"
+    mesh.simulator.time_scale = 0.01  # the 70B's 45 s cold start takes 0.45 s
+    mesh.fault(target, loaded=False)
+    deployment = Deployment.objects.get(slug=target)
+    deployment.loaded = False
+    deployment.save(update_fields=["loaded"])
+    korean = {**ASK, "model": seventy_b, "tesseract": {"client_region": "koreacentral"}}
+    eventually(lambda: plan(mesh, api_key, korean)["primary"]["backend_id"] != target)
+    elsewhere = chat(mesh, api_key, korean).json()["tesseract"]
+    [served] = usage()
+
+    # Demand from Korea grows: the last minutes hold 600 such requests, all served far away.
+    UsageEvent.objects.bulk_create(
+        UsageEvent(
+            **{
+                **{f.name: getattr(served, f.name) for f in UsageEvent._meta.concrete_fields},
+                "id": None,
+                "request_id": uuid.uuid4().hex,
+            }
+        )
+        for _ in range(600)
+    )
+    settings_row = ControlSettings.current()
+    settings_row.placement_mode = ControlSettings.PlacementMode.APPLY
+    settings_row.save()
+
+    placement.placement_run(client=client)
+    action = PlacementAction.objects.get(deployment__slug=target)
+    assert (action.kind, action.status) == ("load", "applied")
+    assert "koreacentral" in action.reason
+    resources.scrape_metrics(client=client)  # the resource map sees the cold start
+    assert livestate_of(client, target).loaded is False
+    assert chat(mesh, api_key, korean).json()["tesseract"]["route"]["backend"] != target
+
+    time.sleep(0.5)  # the cold start ends
+    resources.scrape_metrics(client=client)
+    eventually(lambda: plan(mesh, api_key, korean)["primary"]["backend_id"] == target)
+    now = chat(mesh, api_key, korean).json()["tesseract"]
+    assert now["route"]["backend"] == target
+    assert elsewhere["route"]["backend"] != target
