@@ -184,6 +184,8 @@ class GatewayApp:
         if scope["type"] != "http":
             raise RuntimeError(f"GatewayApp serves HTTP only, not {scope['type']}")
         path = scope["path"].rstrip("/")
+        # Every answer, errors included, names its trace: support can find any request.
+        trace = scope["tesseract.trace"] = observability.Trace.from_headers(scope["headers"])
         try:
             route = self.routes.get(path)
             if route is None:
@@ -196,14 +198,19 @@ class GatewayApp:
             await handler(scope, receive, send)
         except TesseractAPIError as exc:
             observability.error_answered(exc.http_status, exc.code or "")
-            await send_json(send, exc.http_status, exc.to_json(), exc.headers())
+            headers = [*exc.headers(), (b"x-tesseract-trace-id", trace.trace_id.encode())]
+            await send_json(send, exc.http_status, exc.to_json(), headers)
         except asyncio.CancelledError:
             pass  # the client went away; nothing to answer
         except Exception:
             logger.exception("unhandled error on %s", path)
             observability.error_answered(500, "internal_error")
-            error = TesseractAPIError("Internal error; it has been logged.")
-            await send_json(send, 500, error.to_json())
+            error = TesseractAPIError(
+                f"Internal error; it has been logged (trace {trace.trace_id})."
+            )
+            await send_json(
+                send, 500, error.to_json(), [(b"x-tesseract-trace-id", trace.trace_id.encode())]
+            )
 
     # -- endpoints -----------------------------------------------------------------
 
@@ -214,8 +221,7 @@ class GatewayApp:
         endpoint = "chat.completions" if scope["path"].startswith("/v1/chat") else "completions"
         parsed = parse(endpoint, raw, scope["headers"], key)
         check_strategy(parsed.strategy)
-        trace = observability.Trace.from_headers(scope["headers"])
-        call = Call(key=key, parsed=parsed, started=started, trace=trace)
+        call = Call(key=key, parsed=parsed, started=started, trace=scope["tesseract.trace"])
         frames = self.gateway.run(call)
         # Watch for the client leaving: cancelling the stream cancels the upstream call.
         stream_task = asyncio.ensure_future(self._relay(frames, send, parsed.stream))

@@ -24,6 +24,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from accounts.models import Scope
 from routing.errors import AuthenticationFailed, InvalidRequest, TesseractAPIError
+from routing.gateway import observability
 from routing.gateway.app import application as http_gateway
 from routing.gateway.core import Call, Head
 from routing.gateway.parse import parse
@@ -77,7 +78,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
             )
         key = await http_gateway.auth.authenticate(headers, Scope.INFERENCE)
         parsed = parse(endpoint, msgspec.json.encode(body), self.scope.get("headers", []), key)
-        frames = http_gateway.gateway.run(Call(key=key, parsed=parsed))
+        # Each request is its own span; a `traceparent` on the handshake is their parent.
+        trace = observability.Trace.from_headers(self.scope.get("headers", []))
+        frames = http_gateway.gateway.run(Call(key=key, parsed=parsed, trace=trace))
         streamed = parsed.stream
         try:
             async for frame in frames:

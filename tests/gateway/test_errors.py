@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import openai
 import pytest
@@ -33,6 +35,7 @@ def assert_openai_error(response: httpx.Response, status: int, code: str) -> dic
     assert set(error) >= {"message", "type", "param", "code"}
     assert error["code"] == code
     assert error["message"]
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-tesseract-trace-id"])
     return error
 
 
@@ -163,3 +166,13 @@ def test_the_openai_sdk_raises_its_own_exception_classes(mesh, api_key):
     bad = openai.OpenAI(base_url=f"{mesh.gateway_url}/v1", api_key="tsk_wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
+
+
+def test_an_error_keeps_the_callers_trace(mesh, api_key):
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    response = post(
+        mesh, api_key, {**CHAT, "model": "gpt-9"},
+        headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+    )  # fmt: skip
+    assert response.status_code == 404
+    assert response.headers["x-tesseract-trace-id"] == trace_id

@@ -113,3 +113,18 @@ def test_closing_the_socket_cancels_the_backend_call(mesh, api_key, usage):
     [event] = usage()
     assert event.status == "cancelled"
     assert 0 < event.output_tokens < 2000
+
+
+def test_requests_on_a_socket_continue_the_handshakes_trace(mesh, api_key, usage):
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    headers = {
+        "Authorization": f"Bearer {api_key}",
+        "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01",
+    }
+    with connect(ws_url(mesh), additional_headers=headers) as ws:
+        ws.send(json.dumps({"model": EIGHT_B, "prompt": "x", "endpoint": "completions",
+                            "max_tokens": 2}))  # fmt: skip
+        body = json.loads(ws.recv(timeout=10))
+    assert body["tesseract"]["trace_id"] == trace_id
+    [event] = usage()
+    assert event.trace_id == trace_id
