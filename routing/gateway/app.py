@@ -37,7 +37,8 @@ from routing.errors import (
     TesseractAPIError,
 )
 from routing.gateway import observability
-from routing.gateway.core import Call, Gateway, Head, check_strategy
+from routing.gateway.attempt import Call, Head
+from routing.gateway.core import Gateway, check_strategy
 from routing.gateway.db import off_loop
 from routing.gateway.live import WorldHolder, listen_for_world_changes, share_inflight
 from routing.gateway.parse import MAX_BODY_BYTES, parse

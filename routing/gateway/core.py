@@ -20,18 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field, replace
-from decimal import Decimal
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
 import msgspec
 from django.conf import settings
 
-from accounts.keycache import ResolvedKey
 from backends import health
 from billing import metering
 from routing.engine import DEFAULT_STRATEGY, STRATEGIES, Choice, Plan, route
@@ -44,6 +41,7 @@ from routing.errors import (
     TesseractAPIError,
 )
 from routing.gateway import affinity, observability
+from routing.gateway.attempt import Attempt, Call, Head
 from routing.gateway.live import InFlight, WorldHolder
 from routing.gateway.parse import Parsed
 from routing.gateway.upstream import (
@@ -59,29 +57,6 @@ from routing.snapshot import Endpoint, World
 logger = logging.getLogger(__name__)
 
 UPSTREAM_PATHS = {"chat.completions": "/chat/completions", "completions": "/completions"}
-_MTOK = Decimal(1_000_000)
-
-
-@dataclass(frozen=True, slots=True)
-class Head:
-    status: int
-    headers: list[tuple[bytes, bytes]]
-
-
-@dataclass
-class Call:
-    """One request as the transport hands it over."""
-
-    key: ResolvedKey
-    parsed: Parsed
-    started: float = field(default_factory=time.perf_counter)
-    request_id: str = field(default_factory=lambda: f"req_{secrets.token_hex(12)}")
-    trace: observability.Trace = field(default_factory=observability.Trace.start)
-
-    @property
-    def trace_id(self) -> str:
-        """The W3C trace id (32 hex): the caller's `traceparent`'s, or a new one."""
-        return self.trace.trace_id
 
 
 @dataclass(slots=True)
@@ -157,169 +132,6 @@ def infeasible_error(plan: Plan) -> TesseractAPIError:
     )
 
 
-def _cost(endpoint: Endpoint, input_tokens: int, output_tokens: int) -> Decimal:
-    return (
-        Decimal(input_tokens) * Decimal(str(endpoint.price_input_per_mtok))
-        + Decimal(output_tokens) * Decimal(str(endpoint.price_output_per_mtok))
-    ) / _MTOK
-
-
-@dataclass
-class _Attempt:
-    """Book-keeping of the request as it goes; becomes the usage record and the headers."""
-
-    call: Call
-    plan: Plan
-    choice: Choice | None = None
-    endpoint: Endpoint | None = None
-    attempts: int = 0
-    routed_at: float = 0.0
-    sent_at: float = 0.0
-    first_at: float | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    counted_chunks: int = 0
-    status: str = "ok"
-    published: bool = False
-
-    # -- timing --------------------------------------------------------------------
-
-    def ttft_ms(self) -> float | None:
-        return None if self.first_at is None else (self.first_at - self.call.started) * 1000
-
-    def timings(self, end: float) -> dict[str, float]:
-        p = self.choice.prediction if self.choice else None
-        upstream_ms = (end - self.sent_at) * 1000 if self.sent_at else 0.0
-        net = p.rtt_ms if p else 0.0
-        queue = p.queue_ms if p else 0.0
-        return {
-            "route": (self.routed_at - self.call.started) * 1000,
-            "net": net,
-            "queue": queue,
-            "compute": max(upstream_ms - net - queue, 0.0),
-            "upstream": upstream_ms,
-            "total": (end - self.call.started) * 1000,
-        }
-
-    def sla_met(self, total_ms: float) -> bool:
-        r = self.call.parsed.route
-        ttft = self.ttft_ms()
-        ok = r.max_latency_ms is None or total_ms <= r.max_latency_ms
-        if r.max_ttft_ms is not None:
-            ok = ok and ttft is not None and ttft <= r.max_ttft_ms
-        return ok and self.status == "ok"
-
-    # -- output ----------------------------------------------------------------------
-
-    def route_header(self) -> str:
-        e = self.endpoint
-        assert e is not None
-        return f"{e.region}/{e.cluster}/{e.chip}/{e.model}"
-
-    def headers(self, content_type: bytes, end: float) -> list[tuple[bytes, bytes]]:
-        t = self.timings(end)
-        timing = ", ".join(f"{k};dur={v:.2f}" for k, v in t.items())
-        headers = [
-            (b"content-type", content_type),
-            (b"x-request-id", self.call.request_id.encode()),
-            (b"x-tesseract-trace-id", self.call.trace_id.encode()),
-            (b"x-tesseract-route", self.route_header().encode()),
-            (b"server-timing", timing.encode()),
-        ]
-        if self.plan.degraded is not None:
-            headers.append((b"x-tesseract-degraded", self.plan.degraded.kind.encode()))
-        return headers
-
-    def info(self, end: float) -> dict[str, Any]:
-        """The `tesseract` object of a response body or final chunk."""
-        t = self.timings(end)
-        e = self.endpoint
-        assert e is not None
-        return {
-            "request_id": self.call.request_id,
-            "trace_id": self.call.trace_id,
-            "route": {
-                "backend": e.backend_id,
-                "region": e.region,
-                "cluster": e.cluster,
-                "chip": e.chip,
-                "model": e.model,
-            },
-            "strategy": self.plan.strategy,
-            "degraded": None if self.plan.degraded is None else self.plan.degraded.to_dict(),
-            "attempts": self.attempts,
-            "timing_ms": {k: round(v, 2) for k, v in t.items()},
-            "ttft_ms": None if self.first_at is None else round(self.ttft_ms() or 0.0, 2),
-            "predicted": self.choice.to_dict()["predicted"] if self.choice else None,
-            "sla_met": self.sla_met(t["total"]),
-        }
-
-    def record(self, end: float) -> metering.UsageRecord:
-        call, r = self.call, self.call.parsed.route
-        e = self.endpoint
-        t = self.timings(end)
-        input_tokens = self.input_tokens
-        output_tokens = self.output_tokens
-        source = "upstream"
-        if input_tokens is None or output_tokens is None:
-            source = "estimated"
-            input_tokens = r.input_tokens if input_tokens is None else input_tokens
-            output_tokens = self.counted_chunks if output_tokens is None else output_tokens
-        if self.status == "error" and self.first_at is None:
-            input_tokens = output_tokens = 0  # nothing was served: nothing is billed
-        return metering.UsageRecord(
-            request_id=call.request_id,
-            org_id=call.key.org_id,
-            api_key_id=call.key.id,
-            created_at=time.time(),
-            endpoint=call.parsed.endpoint,
-            model=call.parsed.model,
-            served_model=e.model if e else "",
-            deployment=e.backend_id if e else "",
-            region=e.region if e else "",
-            cluster=e.cluster if e else "",
-            chip=e.chip if e else "",
-            stream=call.parsed.stream,
-            status=self.status,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            usage_source=source,
-            cost_usd=str(_cost(e, input_tokens, output_tokens) if e else Decimal(0)),
-            ttft_ms=self.ttft_ms(),
-            latency_ms=t["total"],
-            network_ms=t["net"],
-            queue_ms=t["queue"],
-            compute_ms=t["compute"],
-            sla_met=self.sla_met(t["total"]),
-            attempts=self.attempts,
-            constraints=_constraints(call.parsed),
-            backend_policy=(
-                {"certifications": list(e.certifications), "jurisdictions": list(e.jurisdictions)}
-                if e
-                else {}
-            ),
-            trace_id=call.trace_id,
-        )
-
-
-def _constraints(parsed: Parsed) -> dict[str, Any]:
-    r = parsed.route
-    return {
-        k: (sorted(v) if isinstance(v, frozenset) else v)
-        for k, v in {
-            "compliance": r.compliance or None,
-            "jurisdictions": r.allowed_jurisdictions,
-            "countries": r.allowed_countries,
-            "regions": r.allowed_regions,
-            "max_ttft_ms": r.max_ttft_ms,
-            "max_latency_ms": r.max_latency_ms,
-            "priority": r.priority,
-            "client_region": r.client_region,
-        }.items()
-        if v is not None
-    }
-
-
 class Gateway:
     """Everything a gateway process shares across requests."""
 
@@ -365,7 +177,7 @@ class Gateway:
             session.move_reason = affinity.stay_if_possible(plan, held, rank_holder)
         return world, plan, session
 
-    def _served(self, session: _Session | None, attempt: _Attempt) -> None:
+    def _served(self, session: _Session | None, attempt: Attempt) -> None:
         """Remember where the session's context now lives; record a move."""
         if session is None or attempt.choice is None:
             return
@@ -399,7 +211,7 @@ class Gateway:
             **call.trace.upstream_headers(),  # traceparent: a new span per attempt
         }
 
-    async def _publish(self, attempt: _Attempt, end: float) -> None:
+    async def _publish(self, attempt: Attempt, end: float) -> None:
         if attempt.published:
             return
         attempt.published = True
@@ -427,7 +239,7 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _publish_later(self, attempt: _Attempt) -> None:
+    def _publish_later(self, attempt: Attempt) -> None:
         """For a cancelled request: publish from a task of its own (the caller is unwinding)."""
         task = asyncio.get_running_loop().create_task(self._publish(attempt, time.perf_counter()))
         self._background.add(task)
@@ -439,7 +251,7 @@ class Gateway:
         observability.plan_made(plan)
         if not plan.ok:
             raise infeasible_error(plan)
-        attempt = _Attempt(call=call, plan=plan, routed_at=time.perf_counter())
+        attempt = Attempt(call=call, plan=plan, routed_at=time.perf_counter())
         r = parsed.route
         deadline_s = (
             r.max_latency_ms / 1000
@@ -503,9 +315,7 @@ class Gateway:
             self._publish_later(attempt)
             raise
 
-    async def _send(
-        self, call: Call, attempt: _Attempt, timeout_s: float
-    ) -> aiohttp.ClientResponse:
+    async def _send(self, call: Call, attempt: Attempt, timeout_s: float) -> aiohttp.ClientResponse:
         endpoint = attempt.endpoint
         assert endpoint is not None
         return await self.upstream.open(
@@ -515,14 +325,14 @@ class Gateway:
             timeout_s=timeout_s,
         )
 
-    async def _rejected(self, attempt: _Attempt, exc: UpstreamRejected) -> list[Head | bytes]:
+    async def _rejected(self, attempt: Attempt, exc: UpstreamRejected) -> list[Head | bytes]:
         """The backend refused the request itself (a 4xx): relay its answer, no failover."""
         attempt.status = "error"
         await self._publish(attempt, time.perf_counter())
         return [Head(exc.status, [(b"content-type", b"application/json")]), exc.body]
 
     async def _whole(
-        self, call: Call, attempt: _Attempt, remaining: float
+        self, call: Call, attempt: Attempt, remaining: float
     ) -> AsyncIterator[Head | bytes]:
         try:
             response = await self._send(call, attempt, remaining)
@@ -549,7 +359,7 @@ class Gateway:
         yield _splice(payload, attempt.info(end))
 
     async def _stream(
-        self, call: Call, attempt: _Attempt, remaining: float, first_token_limit: float
+        self, call: Call, attempt: Attempt, remaining: float, first_token_limit: float
     ) -> AsyncIterator[Head | bytes]:
         try:
             response = await self._send(call, attempt, min(remaining, first_token_limit))

@@ -26,7 +26,7 @@ from accounts.models import Scope
 from routing.errors import AuthenticationFailed, InvalidRequest, TesseractAPIError
 from routing.gateway import observability
 from routing.gateway.app import application as http_gateway
-from routing.gateway.core import Call, Head
+from routing.gateway.attempt import Call, Head
 from routing.gateway.parse import parse
 
 

@@ -1,0 +1,205 @@
+"""A request as the gateway carries it: what the transport hands over (`Call`), the
+head of the answer (`Head`), and the book-keeping of the attempt that becomes the
+response headers, the `tesseract` field and the one usage record (`Attempt`)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from accounts.keycache import ResolvedKey
+from billing import metering
+from routing.engine import Choice, Plan
+from routing.gateway import observability
+from routing.gateway.parse import Parsed
+from routing.snapshot import Endpoint
+
+_MTOK = Decimal(1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+
+@dataclass
+class Call:
+    """One request as the transport hands it over."""
+
+    key: ResolvedKey
+    parsed: Parsed
+    started: float = field(default_factory=time.perf_counter)
+    request_id: str = field(default_factory=lambda: f"req_{secrets.token_hex(12)}")
+    trace: observability.Trace = field(default_factory=observability.Trace.start)
+
+    @property
+    def trace_id(self) -> str:
+        """The W3C trace id (32 hex): the caller's `traceparent`'s, or a new one."""
+        return self.trace.trace_id
+
+
+def _cost(endpoint: Endpoint, input_tokens: int, output_tokens: int) -> Decimal:
+    return (
+        Decimal(input_tokens) * Decimal(str(endpoint.price_input_per_mtok))
+        + Decimal(output_tokens) * Decimal(str(endpoint.price_output_per_mtok))
+    ) / _MTOK
+
+
+@dataclass
+class Attempt:
+    """Book-keeping of the request as it goes; becomes the usage record and the headers."""
+
+    call: Call
+    plan: Plan
+    choice: Choice | None = None
+    endpoint: Endpoint | None = None
+    attempts: int = 0
+    routed_at: float = 0.0
+    sent_at: float = 0.0
+    first_at: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    counted_chunks: int = 0
+    status: str = "ok"
+    published: bool = False
+
+    # -- timing --------------------------------------------------------------------
+
+    def ttft_ms(self) -> float | None:
+        return None if self.first_at is None else (self.first_at - self.call.started) * 1000
+
+    def timings(self, end: float) -> dict[str, float]:
+        p = self.choice.prediction if self.choice else None
+        upstream_ms = (end - self.sent_at) * 1000 if self.sent_at else 0.0
+        net = p.rtt_ms if p else 0.0
+        queue = p.queue_ms if p else 0.0
+        return {
+            "route": (self.routed_at - self.call.started) * 1000,
+            "net": net,
+            "queue": queue,
+            "compute": max(upstream_ms - net - queue, 0.0),
+            "upstream": upstream_ms,
+            "total": (end - self.call.started) * 1000,
+        }
+
+    def sla_met(self, total_ms: float) -> bool:
+        r = self.call.parsed.route
+        ttft = self.ttft_ms()
+        ok = r.max_latency_ms is None or total_ms <= r.max_latency_ms
+        if r.max_ttft_ms is not None:
+            ok = ok and ttft is not None and ttft <= r.max_ttft_ms
+        return ok and self.status == "ok"
+
+    # -- output ----------------------------------------------------------------------
+
+    def route_header(self) -> str:
+        e = self.endpoint
+        assert e is not None
+        return f"{e.region}/{e.cluster}/{e.chip}/{e.model}"
+
+    def headers(self, content_type: bytes, end: float) -> list[tuple[bytes, bytes]]:
+        t = self.timings(end)
+        timing = ", ".join(f"{k};dur={v:.2f}" for k, v in t.items())
+        headers = [
+            (b"content-type", content_type),
+            (b"x-request-id", self.call.request_id.encode()),
+            (b"x-tesseract-trace-id", self.call.trace_id.encode()),
+            (b"x-tesseract-route", self.route_header().encode()),
+            (b"server-timing", timing.encode()),
+        ]
+        if self.plan.degraded is not None:
+            headers.append((b"x-tesseract-degraded", self.plan.degraded.kind.encode()))
+        return headers
+
+    def info(self, end: float) -> dict[str, Any]:
+        """The `tesseract` object of a response body or final chunk."""
+        t = self.timings(end)
+        e = self.endpoint
+        assert e is not None
+        return {
+            "request_id": self.call.request_id,
+            "trace_id": self.call.trace_id,
+            "route": {
+                "backend": e.backend_id,
+                "region": e.region,
+                "cluster": e.cluster,
+                "chip": e.chip,
+                "model": e.model,
+            },
+            "strategy": self.plan.strategy,
+            "degraded": None if self.plan.degraded is None else self.plan.degraded.to_dict(),
+            "attempts": self.attempts,
+            "timing_ms": {k: round(v, 2) for k, v in t.items()},
+            "ttft_ms": None if self.first_at is None else round(self.ttft_ms() or 0.0, 2),
+            "predicted": self.choice.to_dict()["predicted"] if self.choice else None,
+            "sla_met": self.sla_met(t["total"]),
+        }
+
+    def record(self, end: float) -> metering.UsageRecord:
+        call, r = self.call, self.call.parsed.route
+        e = self.endpoint
+        t = self.timings(end)
+        input_tokens = self.input_tokens
+        output_tokens = self.output_tokens
+        source = "upstream"
+        if input_tokens is None or output_tokens is None:
+            source = "estimated"
+            input_tokens = r.input_tokens if input_tokens is None else input_tokens
+            output_tokens = self.counted_chunks if output_tokens is None else output_tokens
+        if self.status == "error" and self.first_at is None:
+            input_tokens = output_tokens = 0  # nothing was served: nothing is billed
+        return metering.UsageRecord(
+            request_id=call.request_id,
+            org_id=call.key.org_id,
+            api_key_id=call.key.id,
+            created_at=time.time(),
+            endpoint=call.parsed.endpoint,
+            model=call.parsed.model,
+            served_model=e.model if e else "",
+            deployment=e.backend_id if e else "",
+            region=e.region if e else "",
+            cluster=e.cluster if e else "",
+            chip=e.chip if e else "",
+            stream=call.parsed.stream,
+            status=self.status,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            usage_source=source,
+            cost_usd=str(_cost(e, input_tokens, output_tokens) if e else Decimal(0)),
+            ttft_ms=self.ttft_ms(),
+            latency_ms=t["total"],
+            network_ms=t["net"],
+            queue_ms=t["queue"],
+            compute_ms=t["compute"],
+            sla_met=self.sla_met(t["total"]),
+            attempts=self.attempts,
+            constraints=_constraints(call.parsed),
+            backend_policy=(
+                {"certifications": list(e.certifications), "jurisdictions": list(e.jurisdictions)}
+                if e
+                else {}
+            ),
+            trace_id=call.trace_id,
+        )
+
+
+def _constraints(parsed: Parsed) -> dict[str, Any]:
+    r = parsed.route
+    return {
+        k: (sorted(v) if isinstance(v, frozenset) else v)
+        for k, v in {
+            "compliance": r.compliance or None,
+            "jurisdictions": r.allowed_jurisdictions,
+            "countries": r.allowed_countries,
+            "regions": r.allowed_regions,
+            "max_ttft_ms": r.max_ttft_ms,
+            "max_latency_ms": r.max_latency_ms,
+            "priority": r.priority,
+            "client_region": r.client_region,
+        }.items()
+        if v is not None
+    }
