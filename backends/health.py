@@ -162,7 +162,7 @@ def _status(response: httpx.Response) -> str:
 
 
 def _targets() -> list[Target]:
-    from routing.snapshot import load_world  # the expected RTT, as the gateway sees it
+    from backends.snapshot import load_world  # the expected RTT, as the gateway sees it
 
     world = load_world()
     region = settings.TESSERACT_GATEWAY_REGION

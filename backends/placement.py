@@ -81,8 +81,8 @@ from backends import livestate
 from backends.models import Cluster, ControlSettings, Deployment, Health, PlacementAction
 from backends.simulator import cold_start_s
 from backends.simulator.state import WEIGHT_BYTES_PER_PARAM
+from backends.snapshot import load_world
 from billing.models import UsageEvent
-from routing.snapshot import load_world
 
 logger = logging.getLogger(__name__)
 
