@@ -24,7 +24,7 @@ its client region: `constraints["client_region"]`, or the gateway's own region
 that region (by RTT; ties go to more slots, then the slug).
 
 **Capacity** is counted in accelerators (`Cluster.accelerators`). A loaded model keeps
-its weights in bf16 (2 bytes per parameter, as the simulator's cold start assumes) on
+its weights in bf16 (2 bytes per parameter, as the world's cold start assumes) on
 half of each accelerator's memory, the other half being left to the KV cache of its
 concurrent requests: `ceil(2 × parameters_b / (memory_gb / 2))` accelerators, with 80 GB
 (an H100) where the chip's memory is not recorded — 8B: 1, 70B: 4, 405B: 21. Every
@@ -79,9 +79,8 @@ from redis.exceptions import LockError
 
 from backends import livestate
 from backends.models import Cluster, ControlSettings, Deployment, Health, PlacementAction
-from backends.simulator import cold_start_s
-from backends.simulator.state import WEIGHT_BYTES_PER_PARAM
 from backends.snapshot import load_world
+from backends.world import WEIGHT_BYTES_PER_PARAM, cold_start_s
 from billing.models import UsageEvent
 
 logger = logging.getLogger(__name__)
