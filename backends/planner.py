@@ -249,10 +249,7 @@ def placement_plan(
         else:
             unloads.append(s)
 
-    before = dict(capacity)  # free accelerators per cluster, before this plan
-    for s in sites:
-        if s.loaded:
-            before[s.cluster] = before.get(s.cluster, 0) - s.accelerators
+    before = Room.of(sites, capacity).free()  # free accelerators per cluster, before this plan
     free = dict(before)
     for s in unloads:
         free[s.cluster] = free.get(s.cluster, 0) + s.accelerators
@@ -432,6 +429,12 @@ class Room:
             if s.loaded:
                 used[s.cluster] = used.get(s.cluster, 0) + s.accelerators
         return cls(capacity=capacity, used=used)
+
+    def free(self) -> dict[str, int]:
+        """Free accelerators per cluster (negative where a cluster is over capacity)."""
+        return {
+            c: self.capacity.get(c, 0) - self.used.get(c, 0) for c in {*self.capacity, *self.used}
+        }
 
     def fits(self, site: Site) -> bool:
         free = self.capacity.get(site.cluster, 0) - self.used.get(site.cluster, 0)
