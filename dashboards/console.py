@@ -156,9 +156,9 @@ def _drained_from_body(body: bytes) -> bool:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        raise ValueError("the body must be JSON, e.g. {\"drained\": true}") from None
+        raise ValueError('the body must be JSON, e.g. {"drained": true}') from None
     if not isinstance(data, dict):
-        raise ValueError("the body must be a JSON object, e.g. {\"drained\": true}")
+        raise ValueError('the body must be a JSON object, e.g. {"drained": true}')
     drained = data.get("drained", True)
     if not isinstance(drained, bool):
         raise ValueError("drained must be true or false")

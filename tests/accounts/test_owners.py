@@ -102,8 +102,8 @@ def _admin_formset(org: Organization, changes: dict[int, dict[str, object]]):
         f"{prefix}-MAX_NUM_FORMS": "1000",
     }
     for i, m in enumerate(rows):
-        data.update({f"{prefix}-{i}-id": str(m.pk), f"{prefix}-{i}-org": str(org.pk),
-                     f"{prefix}-{i}-user": str(m.user_id), f"{prefix}-{i}-role": m.role})  # fmt: skip
+        row = {"id": m.pk, "org": org.pk, "user": m.user_id, "role": m.role}
+        data.update({f"{prefix}-{i}-{name}": str(value) for name, value in row.items()})
         for field, value in changes.get(m.user_id, {}).items():
             data[f"{prefix}-{i}-{field}"] = value
     return FormSet(data, instance=org, queryset=Membership.objects.filter(org=org).order_by("pk"))
