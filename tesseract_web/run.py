@@ -246,7 +246,7 @@ def main() -> int:
                 developer {logins.developer_email} / {logins.password}
     Operations  {web_url}/admin/  and the console at {web_url}/console/
                 operator  {logins.operator_email} / {logins.password} (2FA set-up at first sign-in)
-    Inference   {gateway_url}/v1  (OpenAI-compatible; WebSocket {gateway_url}/v1/stream)
+    Inference   {gateway_url}/v1  (OpenAI-compatible; WebSocket ws://{host}:{port}/v1/stream)
     Metrics     {gateway_url}/metrics
     Health      {gateway_url}/health
     Backends    simulated at {settings.TESSERACT_SIMULATOR_URL}

@@ -308,12 +308,20 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
         # django-axes logs every sign-in at INFO; lockouts and failures stay visible.
         "axes": {"level": "WARNING"},
-        # The worker and beat run a dozen tasks a second: "received", "succeeded" and
-        # "sending due task" lines at INFO would bury everything else (and the demo
-        # key `make run` prints). TESSERACT_LOG_LEVEL=INFO brings them back.
+        # The worker and beat run a dozen tasks a second: "received", "succeeded",
+        # "sending due task" and "discarding expired task" lines, and a line per
+        # flagged probe (also kept in the database and shown on the console), at INFO
+        # would bury everything else (and the demo key `make run` prints).
+        # TESSERACT_LOG_LEVEL=INFO brings them back.
         **{
             name: {"level": env_str("TESSERACT_LOG_LEVEL", "WARNING").upper()}
-            for name in ("celery.app.trace", "celery.worker.strategy", "celery.beat")
+            for name in (
+                "celery.app.trace",
+                "celery.worker.strategy",
+                "celery.worker.request",
+                "celery.beat",
+                "backends.probes",
+            )
         },
     },
 }
