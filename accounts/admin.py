@@ -1,9 +1,11 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.forms.models import BaseInlineFormSet
 
 from accounts.keycache import publish_change
-from accounts.models import ApiKey, Invitation, Membership, Organization, User
+from accounts.models import ApiKey, Invitation, Membership, Organization, Role, User
 from accounts.services import api_key_revoke
 
 
@@ -20,8 +22,30 @@ class UserAdmin(BaseUserAdmin):
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
 
 
+class MembershipFormSet(BaseInlineFormSet):
+    """The admin edits memberships in bulk: it must still leave every org an owner."""
+
+    def clean(self) -> None:
+        super().clean()
+        if self.instance.pk is None:
+            return
+        owners_before = Membership.objects.filter(org=self.instance, role=Role.OWNER).exists()
+        owners_after = any(
+            form.cleaned_data.get("role") == Role.OWNER
+            and not form.cleaned_data.get("DELETE", False)
+            for form in self.forms
+            if hasattr(form, "cleaned_data") and form.cleaned_data
+        )
+        if owners_before and not owners_after:
+            raise ValidationError(
+                f"{self.instance.name} must keep at least one owner: make someone else an "
+                "owner before demoting or removing the last one."
+            )
+
+
 class MembershipInline(admin.TabularInline):
     model = Membership
+    formset = MembershipFormSet
     extra = 0
     raw_id_fields = ("user",)
 

@@ -1,4 +1,4 @@
-"""Demo tenants for the default local run (`make run`). Debug only."""
+"""Demo tenants for the default local run (`make run`). Never in production."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from django.conf import settings
 from django.db import transaction
 
 from accounts import services
-from accounts.models import Organization, Role, User
+from accounts.models import ApiKey, Organization, Role, User
 
-DEMO_PASSWORD = "tesseract-demo"  # noqa: S105 - a local demo, refused outside DEBUG
+DEMO_PASSWORD = "tesseract-demo"  # noqa: S105 - a local demo, refused in production
 DEVELOPER_EMAIL = "alice@example.com"
 OPERATOR_EMAIL = "ops@example.com"
 ORG_NAME = "Demo Org"
+KEY_NAME = "make run"
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,13 @@ class DemoLogins:
 
 @transaction.atomic
 def demo_accounts_ensure() -> DemoLogins:
-    """Create (once) a developer and an operator, and issue a fresh API key every call."""
-    if not settings.DEBUG:
-        raise RuntimeError("demo accounts are for the local debug run only")
+    """Create (once) a developer and an operator, and issue a fresh API key every call.
+
+    The demo keys of earlier runs are revoked: each run leaves exactly one all-scope
+    demo key active, the one it printed.
+    """
+    if settings.PRODUCTION:
+        raise RuntimeError("demo accounts are for local runs only, never in production")
     alice = User.objects.filter(email=DEVELOPER_EMAIL).first()
     if alice is None:
         alice = User.objects.create_user(DEVELOPER_EMAIL, DEMO_PASSWORD, name="Alice Developer")
@@ -40,5 +45,7 @@ def demo_accounts_ensure() -> DemoLogins:
     org = Organization.objects.filter(memberships__user=alice, memberships__role=Role.OWNER).first()
     if org is None:
         org = services.organization_create(name=ORG_NAME, owner=alice)
-    issued = services.api_key_create(org=org, name="make run", created_by=alice)
+    for previous in ApiKey.objects.usable().filter(org=org, name=KEY_NAME):
+        services.api_key_revoke(api_key=previous)
+    issued = services.api_key_create(org=org, name=KEY_NAME, created_by=alice)
     return DemoLogins(DEVELOPER_EMAIL, OPERATOR_EMAIL, DEMO_PASSWORD, org, issued.plaintext)

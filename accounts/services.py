@@ -41,9 +41,50 @@ def organization_create(*, name: str, owner: User, require_2fa: bool = False) ->
     return org
 
 
+class LastOwnerError(AccountsError):
+    """The change would leave an organization without an owner."""
+
+
+def _check_owner_remains(*, org: Organization, user: User, new_role: str | None) -> None:
+    """Refuse a change that would leave `org` without an owner (`new_role` None: removal).
+
+    Call inside a transaction: it locks the organization's row first, so two owners
+    demoting each other at the same moment are serialized and the second is refused.
+    """
+    Organization.objects.select_for_update().filter(pk=org.pk).first()
+    current = Membership.objects.filter(org=org, user=user).first()
+    if current is None or current.role != Role.OWNER or new_role == Role.OWNER:
+        return
+    if not Membership.objects.filter(org=org, role=Role.OWNER).exclude(pk=current.pk).exists():
+        raise LastOwnerError(
+            f"{user.email} is the last owner of {org.name}: make someone else an owner "
+            "first. An organization always keeps at least one owner."
+        )
+
+
+@transaction.atomic
 def membership_add(*, org: Organization, user: User, role: str = Role.DEVELOPER) -> Membership:
+    """Add the user to the org with this role, or set the role of a member.
+
+    The last owner is never demoted (`LastOwnerError`).
+    """
+    if role not in Role.values:
+        raise AccountsError(f"unknown role {role!r}")
+    _check_owner_remains(org=org, user=user, new_role=role)
     membership, _ = Membership.objects.update_or_create(org=org, user=user, defaults={"role": role})
     return membership
+
+
+def membership_role_set(*, membership: Membership, role: str) -> Membership:
+    """Change a member's role. The last owner is never demoted (`LastOwnerError`)."""
+    return membership_add(org=membership.org, user=membership.user, role=role)
+
+
+@transaction.atomic
+def membership_remove(*, membership: Membership) -> None:
+    """Take a member out of the org. The last owner is never removed (`LastOwnerError`)."""
+    _check_owner_remains(org=membership.org, user=membership.user, new_role=None)
+    Membership.objects.filter(pk=membership.pk).delete()
 
 
 # --------------------------------------------------------------------------- invitations
@@ -104,6 +145,19 @@ def invitation_accept(*, token: str, user: User) -> Membership:
         raise AccountsError("This invitation is not valid any more.")
     if invitation.email != user.email.lower():
         raise AccountsError("This invitation was sent to another email address.")
+    current = Membership.objects.filter(org=invitation.org, user=user).first()
+    if (
+        current is not None
+        and current.role == Role.OWNER
+        and invitation.role != Role.OWNER
+        and not Membership.objects.filter(
+            org=invitation.org, user=invitation.invited_by, role=Role.OWNER
+        ).exists()
+    ):
+        # Owners alone manage owners: an admin's invitation cannot demote one.
+        raise AccountsError(
+            f"You are an owner of {invitation.org.name}; only another owner can change that."
+        )
     invitation.accepted_at = timezone.now()
     invitation.save(update_fields=["accepted_at"])
     return membership_add(org=invitation.org, user=user, role=invitation.role)

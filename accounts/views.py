@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import segno
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import AuthenticationForm
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -22,6 +24,33 @@ class LoginView(auth_views.LoginView):
 
 class LogoutView(auth_views.LogoutView):
     pass
+
+
+def login_username(request: HttpRequest, credentials: dict | None) -> str | None:
+    """The account a sign-in names, as django-axes counts its failures."""
+    raw = (credentials or {}).get("username") or request.POST.get("username")
+    return raw.strip().lower() if isinstance(raw, str) and raw.strip() else None
+
+
+def login_locked_out(
+    request: HttpRequest, original_response: HttpResponse | None, credentials: dict | None
+) -> HttpResponse:
+    """What django-axes answers once an account or an address has failed too often.
+
+    The sign-in page again, with a message that says to wait; 429, as for any rate
+    limit. The password is not checked while the lock holds, right or wrong.
+    """
+    minutes = max(1, round(settings.AXES_COOLOFF_TIME.total_seconds() / 60))
+    lockout = (
+        "Too many failed sign-ins for this account or from this address. "
+        f"Wait {minutes} minutes, then try again."
+    )
+    username = (credentials or {}).get("username") or request.POST.get("username", "")
+    form = AuthenticationForm(request, initial={"username": username})
+    response = render(request, "accounts/login.html", {"form": form, "lockout": lockout},
+                      status=429)  # fmt: skip
+    response["Retry-After"] = str(minutes * 60)
+    return response
 
 
 def _next_url(request: HttpRequest, default: str = "dashboards:home") -> str:

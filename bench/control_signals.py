@@ -103,7 +103,7 @@ def main() -> None:
             )
         )
         gateway = [
-            PY, "-m", "uvicorn", "tesseract_web.asgi:application", "--port", str(gw_port),
+            PY, "-m", "uvicorn", "tesseract_web.asgi:gateway", "--port", str(gw_port),
             "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
         ]  # fmt: skip
         procs.append(start(gateway, env, work / "gateway.log"))

@@ -231,7 +231,7 @@ def main() -> None:
             env=env, check=True, cwd=ROOT, capture_output=True, text=True,
         ).stdout.split("KEY ")[1].strip()  # fmt: skip
         gateway = start(
-            [PY, "-m", "uvicorn", "tesseract_web.asgi:application", "--port", str(gw_port),
+            [PY, "-m", "uvicorn", "tesseract_web.asgi:gateway", "--port", str(gw_port),
              "--loop", "uvloop", "--http", "httptools", "--no-access-log",
              "--log-level", "warning"],
             env, work / "gateway.log",

@@ -139,8 +139,30 @@ def fault(request: HttpRequest, slug: str) -> JsonResponse:
     kind = request.POST.get("fault", "")
     if kind not in FAULTS:
         return JsonResponse({"error": f"fault must be one of {', '.join(FAULTS)}"}, status=400)
-    response = httpx.post(_control_url(d), json={"fault": kind}, timeout=5)
-    return JsonResponse(response.json(), status=response.status_code)
+    try:
+        response = httpx.post(_control_url(d), json={"fault": kind}, timeout=5)
+        return JsonResponse(response.json(), status=response.status_code)
+    except (httpx.HTTPError, ValueError) as exc:
+        return JsonResponse(
+            {"error": f"the simulator did not take the switch ({exc.__class__.__name__})"},
+            status=502,
+        )
+
+
+def _drained_from_body(body: bytes) -> bool:
+    """`{"drained": true|false}`; an empty body drains. ValueError on anything else."""
+    if not body.strip():
+        return True
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError('the body must be JSON, e.g. {"drained": true}') from None
+    if not isinstance(data, dict):
+        raise ValueError('the body must be a JSON object, e.g. {"drained": true}')
+    drained = data.get("drained", True)
+    if not isinstance(drained, bool):
+        raise ValueError("drained must be true or false")
+    return drained
 
 
 @staff_only
@@ -148,6 +170,12 @@ def fault(request: HttpRequest, slug: str) -> JsonResponse:
 def drain(request: HttpRequest, kind: str, slug: str) -> JsonResponse:
     if kind not in KINDS:
         return JsonResponse({"error": f"kind must be one of {', '.join(KINDS)}"}, status=400)
-    drained = json.loads(request.body or b"{}").get("drained", True) is not False
-    target = drain_by_slug(kind, slug, drained=drained, by=str(request.user))
+    try:
+        drained = _drained_from_body(request.body)
+    except ValueError as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    try:
+        target = drain_by_slug(kind, slug, drained=drained, by=str(request.user))
+    except KINDS[kind].DoesNotExist:
+        return JsonResponse({"error": f"no {kind} named {slug!r}"}, status=404)
     return JsonResponse({"kind": kind, "slug": slug, "drained": target.drained})

@@ -8,8 +8,10 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("console/", console.maps, name="console"),
     path("console/maps.json", console.maps_json, name="console_maps"),
-    path("console/deployments/<slug:slug>/fault", console.fault, name="console_fault"),
-    path("console/<str:kind>/<slug:slug>/drain", console.drain, name="console_drain"),
+    # Deployment slugs carry the model's version ("...--llama-3.1-8b-instruct"): a
+    # `slug` converter refuses the dot, so these take any single path segment.
+    path("console/deployments/<str:slug>/fault", console.fault, name="console_fault"),
+    path("console/<str:kind>/<str:slug>/drain", console.drain, name="console_drain"),
     path("orgs/<slug:org_slug>/", views.org_dashboard, name="org"),
     path("orgs/<slug:org_slug>/members/", views.members, name="members"),
     path("orgs/<slug:org_slug>/members/invite/", views.invitation_create, name="invitation_create"),

@@ -1,10 +1,18 @@
-"""ASGI entry point.
+"""ASGI entry points: the gateway and the web run in separate processes.
 
-`/v1/*` and `/metrics` go to the inference gateway (a lean ASGI app, no Django request
-handling on the hot path); the WebSocket `/v1/stream` to its Channels consumer;
-everything else to Django (dashboards, console, admin, management API).
+* `tesseract_web.asgi:gateway` — the inference gateway: `/v1/*` and `/metrics` (a lean
+  ASGI app, no Django request handling on the hot path), the WebSocket `/v1/stream`
+  (its Channels consumer), and `/health` for the load balancer. A browser that asks
+  it for anything else is redirected to the web (`TESSERACT_WEB_URL`).
+* `tesseract_web.asgi:web` — Django: dashboards, console, admin, management API,
+  static files (WhiteNoise). Password hashing and page rendering happen here, so a
+  storm of sign-ins cannot slow inference down.
+* `tesseract_web.asgi:application` — both in one process, for the test suite and the
+  benchmarks that start one server. Never deployed: it would put the two back
+  together.
 """
 
+import json
 import os
 
 from django.core.asgi import get_asgi_application
@@ -14,25 +22,74 @@ django_asgi = get_asgi_application()  # sets up Django before anything imports m
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import path  # noqa: E402
 
-from routing.gateway.app import application as gateway  # noqa: E402
+from routing.gateway.app import application as gateway_http  # noqa: E402
 from routing.gateway.ws import StreamConsumer  # noqa: E402
 
-web = ASGIStaticFilesHandler(django_asgi) if settings.SERVE_STATIC else django_asgi
+
+def is_gateway_path(path: str) -> bool:
+    return path.startswith("/v1/") or path == "/metrics"
 
 
-async def http_app(scope, receive, send):
-    if scope["path"].startswith("/v1/") or scope["path"] == "/metrics":
-        return await gateway(scope, receive, send)
-    return await web(scope, receive, send)
+async def _answer(send, status: int, body: dict, headers: list[tuple[bytes, bytes]]) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
 
 
-application = ProtocolTypeRouter(
-    {
-        "http": http_app,
-        # API keys authenticate the socket, not cookies, so no origin check applies.
-        "websocket": URLRouter([path("v1/stream", StreamConsumer.as_asgi())]),
-    }
-)
+def _not_here(message: str) -> dict:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                      "code": "not_found"}}  # fmt: skip
+
+
+async def gateway_only_http(scope, receive, send):
+    """HTTP of the gateway process: the inference API, metrics and health, nothing else."""
+    if is_gateway_path(scope["path"]):
+        return await gateway_http(scope, receive, send)
+    if scope["path"] == "/health":
+        return await django_asgi(scope, receive, send)
+    web_url = settings.TESSERACT_WEB_URL.rstrip("/")
+    if web_url and scope["method"] in ("GET", "HEAD"):
+        target = web_url + scope["path"]
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        body = {"location": target}
+        return await _answer(send, 307, body, [(b"location", target.encode("latin-1"))])
+    where = f" (the web UI is at {web_url}/)" if web_url else ""
+    return await _answer(send, 404, _not_here(f"This is the inference gateway{where}."), [])
+
+
+async def web_only_http(scope, receive, send):
+    """HTTP of the web process: everything Django serves, never the inference API."""
+    if is_gateway_path(scope["path"]):
+        gateway_url = settings.TESSERACT_GATEWAY_URL.rstrip("/")
+        where = f": call {gateway_url}{scope['path']}" if gateway_url else ""
+        message = f"The inference API is served by the gateway, not the web UI{where}."
+        return await _answer(send, 404, _not_here(message), [])
+    return await django_asgi(scope, receive, send)
+
+
+async def combined_http(scope, receive, send):
+    if is_gateway_path(scope["path"]):
+        return await gateway_http(scope, receive, send)
+    return await django_asgi(scope, receive, send)
+
+
+# API keys authenticate the socket, not cookies, so no origin check applies.
+_websocket = URLRouter([path("v1/stream", StreamConsumer.as_asgi())])
+
+gateway = ProtocolTypeRouter({"http": gateway_only_http, "websocket": _websocket})
+web = ProtocolTypeRouter({"http": web_only_http})
+#: Tests and benchmarks only (see the module docstring).
+application = ProtocolTypeRouter({"http": combined_http, "websocket": _websocket})

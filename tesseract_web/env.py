@@ -72,3 +72,10 @@ def env_secret(name: str, default: str | None = None) -> str | None:
         except OSError as exc:
             raise ImproperlyConfiguredEnv(f"{name}_FILE={path!r}: {exc}") from exc
     return os.environ.get(name, default)
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env_str(name, default).strip().lower()
+    if value not in choices:
+        raise ImproperlyConfiguredEnv(f"{name}={value!r} must be one of {', '.join(choices)}")
+    return value

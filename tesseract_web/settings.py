@@ -1,20 +1,30 @@
 """Tesseract settings, read from the environment (see `.env.example`).
 
-Defaults give a working local run: SQLite, an embedded Redis, debug on. Production
-sets `DEBUG=0`, and then `SECRET_KEY` (and the HMAC pepper for API keys) must be
-given: they have no defaults outside debug.
+Two environments, told apart by `TESSERACT_ENV`:
+
+* `local` (the default: `make run`, the tests, `manage.py` on a laptop) runs like
+  production — DEBUG off, static files served by WhiteNoise, styled error pages —
+  but needs no configuration: SQLite, an embedded Redis, and `SECRET_KEY` and
+  `API_KEY_PEPPER` generated once and kept in `var/secrets.json` (mode 0600) when
+  the environment does not give them.
+* `production` requires `SECRET_KEY` and `API_KEY_PEPPER` from the environment (or
+  `*_FILE`), and refuses `DEBUG=1`.
+
+`DEBUG=1` (local only) turns Django's debug pages on for those who ask.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 
-from tesseract_web import embedded_redis
+from tesseract_web import embedded_redis, local_secrets
 from tesseract_web.env import (
     ImproperlyConfiguredEnv,
     env_bool,
+    env_choice,
     env_int,
     env_list,
     env_secret,
@@ -23,19 +33,29 @@ from tesseract_web.env import (
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("TESSERACT_VAR_DIR", str(BASE_DIR / "var")))
-VAR_DIR.mkdir(parents=True, exist_ok=True)  # SQLite file, collected static
+VAR_DIR.mkdir(parents=True, exist_ok=True)  # SQLite file, collected static, local secrets
 
-DEBUG = env_bool("DEBUG", True)
+TESSERACT_ENV = env_choice("TESSERACT_ENV", "local", ("local", "production"))
+PRODUCTION = TESSERACT_ENV == "production"
+DEBUG = env_bool("DEBUG", False)
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfiguredEnv("DEBUG=1 is refused when TESSERACT_ENV=production")
 
-_DEV_SECRET = "dev-only-insecure-secret-key-never-use-in-production"  # noqa: S105
-SECRET_KEY = env_secret("SECRET_KEY", _DEV_SECRET if DEBUG else None) or ""
-if not SECRET_KEY:
-    raise ImproperlyConfiguredEnv("SECRET_KEY must be set when DEBUG is off")
+
+def _secret(name: str) -> str:
+    """From the environment; outside production, else from `var/secrets.json`."""
+    value = env_secret(name, "") or ""
+    if not value and not PRODUCTION:
+        value = local_secrets.load_or_create(VAR_DIR)[name]
+    if not value:
+        raise ImproperlyConfiguredEnv(f"{name} must be set when TESSERACT_ENV=production")
+    return value
+
+
+SECRET_KEY = _secret("SECRET_KEY")
 #: Pepper of the API-key HMAC. Separate from SECRET_KEY so rotating sessions does not
-#: invalidate every key; it falls back to SECRET_KEY in debug only.
-API_KEY_PEPPER = env_secret("API_KEY_PEPPER", SECRET_KEY if DEBUG else None) or ""
-if not API_KEY_PEPPER:
-    raise ImproperlyConfiguredEnv("API_KEY_PEPPER must be set when DEBUG is off")
+#: invalidate every key.
+API_KEY_PEPPER = _secret("API_KEY_PEPPER")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
@@ -53,6 +73,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "channels",
+    "axes",
     "accounts",
     "backends",
     "routing",
@@ -62,6 +83,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -70,9 +92,14 @@ MIDDLEWARE = [
     "accounts.middleware.RequireTwoFactorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out sign-in into our lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "tesseract_web.urls"
+#: Two processes serve two audiences (see `tesseract_web/asgi.py`): `asgi:gateway` is
+#: `/v1` and `/metrics`, `asgi:web` the dashboard, console and admin.
+#: `asgi:application` (both in one) is for tests and benchmarks only.
 ASGI_APPLICATION = "tesseract_web.asgi.application"
 WSGI_APPLICATION = "tesseract_web.wsgi.application"
 
@@ -103,6 +130,15 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory, so that a worker process started by a test sees the same data.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    # `make run` writes from the web, the gateway, the worker and beat at once. WAL
+    # lets readers and one writer proceed together; IMMEDIATE transactions take the
+    # write lock when they begin, so a writer waits (up to the busy timeout) instead
+    # of failing with "database is locked" when it upgrades a read lock mid-way.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": env_int("SQLITE_BUSY_TIMEOUT_S", 30, minimum=1),
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "") or embedded_redis.start()
@@ -127,6 +163,24 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # --------------------------------------------------------------------------- auth
 
 AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = [
+    # First, as django-axes asks: it refuses a locked-out account or address before
+    # the password is even hashed.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+#: Sign-in throttle (django-axes): this many failures for one account, or from one
+#: address, lock it out for the cool-off; a success resets the count.
+AXES_FAILURE_LIMIT = env_int("TESSERACT_LOGIN_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("TESSERACT_LOGIN_COOLOFF_MIN", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own: account OR address
+AXES_RESET_ON_SUCCESS = True
+#: The sign-in form's field, normalized (case, spaces) so "Alice@X" counts as "alice@x".
+AXES_USERNAME_CALLABLE = "accounts.views.login_username"
+#: Tries during the lock are refused unchecked and do not extend it, so "wait N
+#: minutes" stays true; a guesser still gets only AXES_FAILURE_LIMIT tries per cool-off.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "accounts.views.login_locked_out"
 LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "dashboards:home"
 LOGOUT_REDIRECT_URL = "accounts:login"
@@ -184,6 +238,12 @@ TESSERACT_PLACEMENT_WINDOW_S = env_int("TESSERACT_PLACEMENT_WINDOW_S", 900, mini
 #: The Redis stream that carries usage from the gateways to the billing worker.
 TESSERACT_USAGE_STREAM = env_str("TESSERACT_USAGE_STREAM", "tesseract:usage")
 
+#: Public base URLs of the two processes (`make run` sets both): the gateway redirects
+#: a browser that lands on it to the web; the web tells an API client that calls it
+#: where the gateway is. Empty: each answers 404 without the pointer.
+TESSERACT_WEB_URL = env_str("TESSERACT_WEB_URL", "")
+TESSERACT_GATEWAY_URL = env_str("TESSERACT_GATEWAY_URL", "")
+
 #: Where the backend simulator listens (the demo world's deployments point there).
 TESSERACT_SIMULATOR_URL = env_str("TESSERACT_SIMULATOR_URL", "http://127.0.0.1:8100")
 
@@ -218,11 +278,22 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns at start-up if it is missing
 STATICFILES_DIRS = [BASE_DIR / "static"]
-#: Serve /static/ from the ASGI app itself (no nginx in the default run).
-SERVE_STATIC = env_bool("SERVE_STATIC", DEBUG)
+#: WhiteNoise serves /static/ from the web process (no nginx needed). Production
+#: serves what `collectstatic` wrote, with hashed names cached forever; locally the
+#: files are found where they are, so the tests need no collectstatic.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = not PRODUCTION
 
-SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", PRODUCTION)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
 LOGGING = {
@@ -233,5 +304,24 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     # The control plane polls every backend every second or two: one line per poll
     # would drown everything else.
-    "loggers": {"httpx": {"level": "WARNING"}},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        # django-axes logs every sign-in at INFO; lockouts and failures stay visible.
+        "axes": {"level": "WARNING"},
+        # The worker and beat run a dozen tasks a second: "received", "succeeded",
+        # "sending due task" and "discarding expired task" lines, and a line per
+        # flagged probe (also kept in the database and shown on the console), at INFO
+        # would bury everything else (and the demo key `make run` prints).
+        # TESSERACT_LOG_LEVEL=INFO brings them back.
+        **{
+            name: {"level": env_str("TESSERACT_LOG_LEVEL", "WARNING").upper()}
+            for name in (
+                "celery.app.trace",
+                "celery.worker.strategy",
+                "celery.worker.request",
+                "celery.beat",
+                "backends.probes",
+            )
+        },
+    },
 }

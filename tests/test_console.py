@@ -60,3 +60,85 @@ def test_an_operator_drains_a_region_from_the_console(world, oscar, settings):
     )  # fmt: skip
     assert response.json()["drained"] is True
     assert Region.objects.get(slug="westeurope").drained
+
+
+# A real demo slug: the model's version puts a dot in every deployment's name.
+DOTTED = "westeurope-tesseract-nvidia-h100--llama-3.1-8b-instruct"
+
+
+@pytest.fixture
+def simulated_world(db):
+    """The demo world pointing at a real simulator served on loopback."""
+    from backends.simulator import create_app
+    from backends.world import demo_world
+    from tests.servers import serve
+
+    simulator = create_app(demo_world(), time_scale=0.05, gateway_region="westeurope")
+    with serve(simulator) as url:
+        demo_world_load(simulator_url=url)
+        yield simulator
+
+
+def test_an_operator_switches_the_fault_of_a_deployment_whose_slug_has_a_dot(
+    simulated_world, oscar, settings
+):
+    settings.TESSERACT_STAFF_REQUIRE_2FA = False
+    response = login(oscar).post(f"/console/deployments/{DOTTED}/fault", {"fault": "slow"})
+    assert response.status_code == 200, response.content
+    assert response.json()["fault"]["fault"] == "slow"
+    assert simulated_world.deployments[DOTTED].fault.kind == "slow"
+
+
+def test_a_fault_switch_for_an_unknown_deployment_is_a_404(world, oscar, settings):
+    settings.TESSERACT_STAFF_REQUIRE_2FA = False
+    response = login(oscar).post("/console/deployments/nowhere-1.0/fault", {"fault": "slow"})
+    assert response.status_code == 404
+
+
+def test_an_operator_drains_one_deployment_by_its_dotted_slug(world, oscar, settings):
+    from backends.models import Deployment
+
+    settings.TESSERACT_STAFF_REQUIRE_2FA = False
+    client = login(oscar)
+    response = client.post(
+        f"/console/deployment/{DOTTED}/drain", data=b'{"drained": true}',
+        content_type="application/json",
+    )  # fmt: skip
+    assert response.status_code == 200, response.content
+    assert Deployment.objects.get(slug=DOTTED).drained
+    response = client.post(
+        f"/console/deployment/{DOTTED}/drain", data=b'{"drained": false}',
+        content_type="application/json",
+    )  # fmt: skip
+    assert response.json()["drained"] is False
+    assert not Deployment.objects.get(slug=DOTTED).drained
+
+
+@pytest.mark.parametrize(
+    "body", [b"{not json", b"\xff\xfe", b"[1, 2]", b'"drained"', b'{"drained": "yes"}']
+)
+def test_a_malformed_drain_body_is_a_400_and_drains_nothing(world, oscar, settings, body):
+    settings.TESSERACT_STAFF_REQUIRE_2FA = False
+    response = login(oscar).post(
+        "/console/region/westeurope/drain", data=body, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert "error" in response.json()
+    assert not Region.objects.get(slug="westeurope").drained
+
+
+@pytest.mark.parametrize("kind", ["region", "cluster", "deployment"])
+def test_draining_an_unknown_name_is_a_404(world, oscar, settings, kind):
+    settings.TESSERACT_STAFF_REQUIRE_2FA = False
+    response = login(oscar).post(
+        f"/console/{kind}/atlantis-9.9/drain", data=b'{"drained": true}',
+        content_type="application/json",
+    )  # fmt: skip
+    assert response.status_code == 404
+    assert "atlantis-9.9" in response.json()["error"]
+
+
+def test_draining_an_unknown_kind_is_a_400(world, oscar, settings):
+    settings.TESSERACT_STAFF_REQUIRE_2FA = False
+    response = login(oscar).post("/console/planet/earth/drain")
+    assert response.status_code == 400

@@ -1,5 +1,12 @@
 from __future__ import annotations
 
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from tesseract_web import env
@@ -51,3 +58,82 @@ def test_a_secret_given_twice_is_ambiguous(monkeypatch, tmp_path):
 def test_a_list_is_split_on_commas(monkeypatch):
     monkeypatch.setenv("HOSTS", "a.example, b.example,,")
     assert env.env_list("HOSTS", []) == ["a.example", "b.example"]
+
+
+# --------------------------------------------------------------------------- environments
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOW = (
+    "import json, django; django.setup(); from django.conf import settings as s; "
+    "print(json.dumps({'debug': s.DEBUG, 'secret': s.SECRET_KEY, 'pepper': s.API_KEY_PEPPER, "
+    "'secure_cookies': s.SESSION_COOKIE_SECURE}))"
+)
+CONFIG = ("DEBUG", "SECRET_KEY", "API_KEY_PEPPER", "TESSERACT_ENV", "SECRET_KEY_FILE",
+          "API_KEY_PEPPER_FILE", "SESSION_COOKIE_SECURE")  # fmt: skip
+
+
+def settings_in_a_fresh_process(var_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Load the settings as a new process would, from this environment only."""
+    clean = {k: v for k, v in os.environ.items() if k not in CONFIG}
+    clean.update(
+        DJANGO_SETTINGS_MODULE="tesseract_web.settings",
+        TESSERACT_VAR_DIR=str(var_dir),
+        DATABASE_URL=f"sqlite:///{var_dir / 'db.sqlite3'}",
+        REDIS_URL="redis://127.0.0.1:1/0",  # read, never used
+        **env,
+    )
+    return subprocess.run(
+        [sys.executable, "-c", SHOW], env=clean, cwd=ROOT, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+def test_a_local_run_is_not_in_debug_unless_asked(tmp_path):
+    shown = json.loads(settings_in_a_fresh_process(tmp_path).stdout)
+    assert shown["debug"] is False
+    assert shown["secure_cookies"] is False  # plain http on localhost must still sign in
+    asked = json.loads(settings_in_a_fresh_process(tmp_path, DEBUG="1").stdout)
+    assert asked["debug"] is True
+
+
+def test_local_secrets_are_generated_once_and_kept_private(tmp_path):
+    first = json.loads(settings_in_a_fresh_process(tmp_path).stdout)
+    again = json.loads(settings_in_a_fresh_process(tmp_path).stdout)
+    assert len(first["secret"]) >= 50
+    assert len(first["pepper"]) >= 50
+    assert first["secret"] != first["pepper"]
+    assert (first["secret"], first["pepper"]) == (again["secret"], again["pepper"])
+    secrets_file = tmp_path / "secrets.json"
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    given = json.loads(settings_in_a_fresh_process(tmp_path, SECRET_KEY="from-env").stdout)
+    assert given["secret"] == "from-env"
+
+
+def test_production_refuses_to_start_without_its_secrets(tmp_path):
+    run = settings_in_a_fresh_process(tmp_path, TESSERACT_ENV="production")
+    assert run.returncode != 0
+    assert "SECRET_KEY must be set when TESSERACT_ENV=production" in run.stderr
+    run = settings_in_a_fresh_process(tmp_path, TESSERACT_ENV="production", SECRET_KEY="s")
+    assert "API_KEY_PEPPER must be set" in run.stderr
+    assert not (tmp_path / "secrets.json").exists()
+
+
+def test_production_refuses_debug_and_a_misspelt_environment(tmp_path):
+    run = settings_in_a_fresh_process(
+        tmp_path, TESSERACT_ENV="production", SECRET_KEY="s", API_KEY_PEPPER="p", DEBUG="1"
+    )
+    assert "DEBUG=1 is refused" in run.stderr
+    misspelt = settings_in_a_fresh_process(tmp_path, TESSERACT_ENV="prod")
+    assert "TESSERACT_ENV='prod'" in misspelt.stderr
+
+
+def test_production_starts_with_its_secrets_and_secure_cookies(tmp_path):
+    run = settings_in_a_fresh_process(
+        tmp_path, TESSERACT_ENV="production", SECRET_KEY="s" * 50, API_KEY_PEPPER="p" * 50
+    )
+    assert run.returncode == 0, run.stderr
+    shown = json.loads(run.stdout)
+    assert shown["debug"] is False
+    assert shown["secure_cookies"] is True
+    assert shown["pepper"] == "p" * 50

@@ -228,3 +228,77 @@ def test_a_teammate_can_revoke_a_key_from_the_dashboard(acme, bob):
     assert response.status_code == 302
     key.refresh_from_db()
     assert key.revoked_at is not None
+
+
+def _rejected_within(cache: KeyCache, plaintext: str, seconds: float) -> str | None:
+    """The reason the cache rejects the key, once it does within `seconds`; else None."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        try:
+            cache.resolve(plaintext)
+        except KeyRejected as exc:
+            return exc.reason
+        time.sleep(0.01)
+    return None
+
+
+@pytest.fixture
+def other_process():
+    """A key cache listening to Redis exactly as another gateway process would."""
+    cache = KeyCache(ttl_s=3600)
+    listener = Listener(cache, settings.REDIS_URL)
+    listener.start()
+    assert listener.subscribed.wait(5)
+    yield cache
+    listener.stop()
+    listener.join(2)
+
+
+def test_a_deleted_key_stops_working_in_another_process_within_a_second(
+    acme, other_process, django_capture_on_commit_callbacks
+):
+    issued = services.api_key_create(org=acme, name="ci")
+    other_process.resolve(issued.plaintext)
+    with django_capture_on_commit_callbacks(execute=True):
+        ApiKey.objects.get(pk=issued.api_key.pk).delete()
+    reason = _rejected_within(other_process, issued.plaintext, 1.0)
+    assert reason == "unknown", "the deleted key was still accepted after one second"
+
+
+def verified_operator():
+    """A test client signed in as a superuser who passed the second factor."""
+    from accounts.models import User
+
+    oscar = User.objects.create_user(
+        "oscar@example.com", "pw-oscar-123", is_staff=True, is_superuser=True
+    )
+    code = services.backup_codes_regenerate(user=oscar)[0]
+    client = login(oscar)
+    assert client.post("/account/2fa/verify/", {"token": code}).status_code == 302
+    return client
+
+
+def test_a_key_deleted_in_the_admin_stops_working_within_a_second(
+    acme, other_process, django_capture_on_commit_callbacks
+):
+    issued = services.api_key_create(org=acme, name="ci")
+    other_process.resolve(issued.plaintext)
+    operator = verified_operator()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = operator.post(
+            "/admin/accounts/apikey/",
+            {"action": "delete_selected", "_selected_action": [issued.api_key.pk], "post": "yes"},
+        )
+    assert response.status_code == 302
+    assert not ApiKey.objects.filter(pk=issued.api_key.pk).exists()
+    assert _rejected_within(other_process, issued.plaintext, 1.0) == "unknown"
+
+
+def test_deleting_an_organization_drops_its_keys_everywhere(
+    acme, other_process, django_capture_on_commit_callbacks
+):
+    issued = services.api_key_create(org=acme, name="ci")
+    other_process.resolve(issued.plaintext)
+    with django_capture_on_commit_callbacks(execute=True):
+        acme.delete()
+    assert _rejected_within(other_process, issued.plaintext, 1.0) == "unknown"
