@@ -69,6 +69,41 @@ def decode(data: bytes) -> UsageRecord:
     return _decoder.decode(data)
 
 
+def _id(entry_id: bytes | str) -> tuple[int, int]:
+    ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def trim(client: Any) -> int:
+    """Delete from the stream the entries every consumer group has stored; return how many.
+
+    An entry may go once its group has read it (its id is at most the group's
+    last-delivered id) and acknowledged it (it is older than the group's oldest
+    pending entry, whichever consumer holds that). The groups are read before their
+    pending lists: an entry delivered in between has an id above the last-delivered
+    id read, so it is kept whether or not it then shows as pending. A stream with no
+    group yet keeps everything (nobody has stored anything).
+    """
+    import redis
+
+    try:
+        groups = client.xinfo_groups(STREAM)
+    except redis.ResponseError:  # no stream yet
+        return 0
+    keep: tuple[int, int] | None = None
+    for group in groups:
+        ms, seq = _id(group["last-delivered-id"])
+        first_kept = (ms, seq + 1)
+        if group["pending"]:
+            oldest = client.xpending(STREAM, group["name"])["min"]
+            if oldest is not None:
+                first_kept = min(first_kept, _id(oldest))
+        keep = first_kept if keep is None else min(keep, first_kept)
+    if keep is None:
+        return 0
+    return int(client.xtrim(STREAM, minid=f"{keep[0]}-{keep[1]}", approximate=False))
+
+
 async def publish(redis: Any, record: UsageRecord) -> None:
     """Append one record to the stream (`redis` is a `redis.asyncio.Redis`)."""
     await redis.xadd(STREAM, {b"r": encode(record)})
