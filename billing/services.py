@@ -130,7 +130,9 @@ def _insert(messages: list[_Message]) -> None:
     """
     try:
         with transaction.atomic():
-            UsageEvent.objects.bulk_create([m.row for m in messages], ignore_conflicts=True)
+            UsageEvent.objects.bulk_create(
+                [m.row for m in messages if m.row is not None], ignore_conflicts=True
+            )
     except _RECORD_REJECTED as exc:
         if len(messages) == 1:
             messages[0].reason = f"rejected by the database: {type(exc).__name__}: {exc}"

@@ -133,6 +133,16 @@ def infeasible_error(plan: Plan) -> TesseractAPIError:
     )
 
 
+def metering_unavailable() -> TesseractAPIError:
+    """Refuse new work while usage cannot be recorded: nothing is served unbilled."""
+    return BackendUnavailable(
+        "Usage metering is temporarily unavailable, so Tesseract is not accepting new "
+        "requests (none was sent to a backend). Retry in a few seconds.",
+        code="metering_unavailable",
+        retry_after_s=2,
+    )
+
+
 class Gateway:
     """Everything a gateway process shares across requests."""
 
@@ -248,6 +258,8 @@ class Gateway:
         task.add_done_callback(self._background.discard)
 
     async def run(self, call: Call) -> AsyncGenerator[Head | bytes, None]:
+        if not self.usage.available:  # an attribute read: no round trip on the happy path
+            raise metering_unavailable()
         parsed = call.parsed
         world, plan, session = await self._route(parsed, None, call.key.org_id)
         observability.plan_made(plan)
