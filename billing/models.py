@@ -84,7 +84,7 @@ class UsageDeadLetter(models.Model):
     """
 
     stream = models.CharField(max_length=200)
-    message_id = models.CharField(max_length=40, help_text="The Redis stream entry id.")
+    message_id = models.CharField(max_length=48, help_text="The Redis stream entry id.")
     raw = models.BinaryField(help_text="The record exactly as it was in the stream.")
     reason = models.TextField()
     org_id = models.BigIntegerField(null=True, blank=True)

@@ -65,11 +65,11 @@ def _ensure_group(client: redis.Redis) -> None:
             raise
 
 
-#: What the database says when a record itself cannot be stored (a string longer than
-#: its column, a NUL character, an organization that does not exist, a negative
-#: count), as opposed to the database being unreachable (`OperationalError`), which
-#: must leave the records pending for the next drain.
-_RECORD_REJECTED = (DataError, IntegrityError)
+#: What says a record itself cannot be stored: the database (a string longer than its
+#: column, a NUL character, an organization that does not exist, a negative count) or
+#: the driver adapting a value, as opposed to the database being unreachable
+#: (`OperationalError`), which must leave the records pending for the next drain.
+_RECORD_REJECTED = (DataError, IntegrityError, ValueError, TypeError, ArithmeticError)
 
 
 @dataclass

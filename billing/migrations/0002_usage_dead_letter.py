@@ -16,7 +16,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('stream', models.CharField(max_length=200)),
-                ('message_id', models.CharField(help_text='The Redis stream entry id.', max_length=40)),
+                ('message_id', models.CharField(help_text='The Redis stream entry id.', max_length=48)),
                 ('raw', models.BinaryField(help_text='The record exactly as it was in the stream.')),
                 ('reason', models.TextField()),
                 ('org_id', models.BigIntegerField(blank=True, null=True)),
