@@ -10,6 +10,7 @@ usage record, status `cancelled`, counting at least the tokens the client read
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -136,3 +137,54 @@ def test_sse_streams_cut_off_mid_way_are_each_metered_once(site):
         reads = list(pool.map(lambda _: sse_read_and_leave(site, key), range(STREAMS)))
     assert reads == [READ] * STREAMS
     assert_each_cut_stream_metered_once(site)
+
+
+class BrokenUsageBackend:
+    """Westeurope's 8B as a backend that streams five tokens, then a usage chunk that is
+    not JSON: the gateway fails mid-stream on something other than the network. The
+    other deployments are the simulator's."""
+
+    def __init__(self, simulator: object) -> None:
+        self.simulator = simulator
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "")
+        if not (
+            path.startswith("/d/westeurope-") and path.endswith("8b-instruct/v1/chat/completions")
+        ):
+            await self.simulator(scope, receive, send)  # type: ignore[operator]
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})  # fmt: skip
+        for n in range(5):
+            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                     "choices": [{"index": 0, "delta": {"content": f"w{n} "}}]}  # fmt: skip
+            body = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b'data: {"usage": {"prompt_tok\n\n'})
+
+
+def test_a_stream_that_fails_mid_way_is_metered_once_as_an_error(site, simulator_server):  # noqa: F811
+    swappable, _ = simulator_server
+    swappable.app = BrokenUsageBackend(swappable.app)
+    key = api_key_for_acme()
+    read = 0
+    with (
+        contextlib.suppress(httpx.HTTPError),
+        httpx.stream(
+            "POST",
+            f"{site.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={**LONG, "stream": True},
+            timeout=30,
+        ) as response,
+    ):
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            read += line.startswith("data: ") and has_text(line[6:])
+    assert read == 5
+    assert wait_for_records(1) == 1
+    [event] = site.drain()
+    assert (event.status, event.output_tokens, event.usage_source) == ("error", 5, "estimated")

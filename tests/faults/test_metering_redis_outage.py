@@ -173,7 +173,8 @@ def test_a_redis_crash_loses_no_usage_doubles_none_and_refuses_new_work_with_a_5
     site, redis_server, spool_dir, served
 ):
     app, _ = served
-    publisher = app.gateway.usage
+    assert app._gateway is not None  # (`app.gateway` would start its listener here)
+    publisher = app._gateway.usage
     key = api_key_for_acme()
     tally = Tally()
 
