@@ -237,6 +237,7 @@ class Publisher:
         self._spool_lock: asyncio.Lock | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._adopted = False
+        self._spooled = False  # records in our spool that no replay has taken yet
 
     async def publish(self, record: UsageRecord) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -295,6 +296,7 @@ class Publisher:
     async def _to_spool(self, datas: list[bytes]) -> None:
         async with self._lock():
             await asyncio.to_thread(self.spool.append, datas)
+            self._spooled = True
         self._watch()  # whatever is in the spool, a watcher will replay it
 
     def _down(self, exc: BaseException) -> None:
@@ -322,6 +324,7 @@ class Publisher:
                 async with self._lock():
                     await self._replay(await asyncio.to_thread(self.spool.read))
                     await asyncio.to_thread(self.spool.clear)
+                    self._spooled = False
                     if not self.available:
                         logger.warning("usage stream reachable again; spool replayed")
                     self.available, self.down_since = True, None
@@ -330,7 +333,8 @@ class Publisher:
                     await asyncio.to_thread(path.unlink, missing_ok=True)
                     logger.warning("replayed %d usage records a dead process left in %s",
                                    len(lines), path)  # fmt: skip
-                return
+                if not self._spooled:  # (a write that failed meanwhile spooled again)
+                    return
             except Exception as exc:
                 self._down(exc)
                 await asyncio.sleep(RETRY_INTERVAL_S)
