@@ -67,3 +67,42 @@ class UsageEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model} {self.input_tokens}+{self.output_tokens}"
+
+
+class UsageDeadLetter(models.Model):
+    """A usage record the drain could not store, kept verbatim for an operator.
+
+    The drain moves a record here when it cannot be decoded, or when the database
+    rejects it on its own (a string longer than its column, a NUL character, an
+    organization that does not exist): one bad record must never stop everyone's
+    billing. Its stream message is acknowledged once this row is committed, so it is
+    trimmed from Redis like any stored record; `raw` is all there is of it then.
+    `org_id` and `request_id` are read from the record when it can be decoded, without
+    trusting them (no foreign key: the organization may be the very thing that was
+    wrong). Unique by stream message: a drain that dies before acknowledging and runs
+    again changes nothing.
+    """
+
+    stream = models.CharField(max_length=200)
+    message_id = models.CharField(max_length=48, help_text="The Redis stream entry id.")
+    raw = models.BinaryField(help_text="The record exactly as it was in the stream.")
+    reason = models.TextField()
+    org_id = models.BigIntegerField(null=True, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["stream", "message_id"], name="usagedeadletter_one_per_message"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.message_id} {self.request_id or '?'}: {self.reason[:60]}"
+
+    @property
+    def raw_text(self) -> str:
+        """The raw record as readable text: invalid UTF-8 and NULs shown escaped."""
+        text = bytes(self.raw).decode("utf-8", errors="backslashreplace")
+        return text.replace("\x00", "\\x00")

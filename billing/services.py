@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import socket
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import redis
-from django.db import transaction
+from django.core.mail import mail_admins
+from django.db import DataError, IntegrityError, transaction
 
 from billing import metering
-from billing.models import UsageEvent
+from billing.models import UsageDeadLetter, UsageEvent
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,120 @@ def _ensure_group(client: redis.Redis) -> None:
             raise
 
 
+#: What says a record itself cannot be stored: the database (a string longer than its
+#: column, a NUL character, an organization that does not exist, a negative count) or
+#: the driver adapting a value, as opposed to the database being unreachable
+#: (`OperationalError`), which must leave the records pending for the next drain.
+_RECORD_REJECTED = (DataError, IntegrityError, ValueError, TypeError, ArithmeticError)
+
+
+@dataclass
+class _Message:
+    """One stream entry on its way to the database, or to the dead-letter table."""
+
+    id: str
+    raw: bytes
+    record: metering.UsageRecord | None = None
+    row: UsageEvent | None = None
+    reason: str = ""
+
+
+def _message(entry_id: bytes | str, fields: dict[bytes, bytes] | None) -> _Message:
+    """Decode a stream entry; what cannot become a row says why in `reason`."""
+    message_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    if fields is None:  # deleted from the stream while pending (Redis 6.2 shows it so)
+        return _Message(message_id, b"", reason="the entry was deleted from the stream")
+    raw = fields.get(b"r")
+    if raw is None:
+        return _Message(message_id, repr(fields).encode(), reason="no 'r' field in the entry")
+    message = _Message(message_id, raw)
+    try:
+        message.record = metering.decode(raw)
+    except Exception as exc:  # msgspec's DecodeError and ValidationError
+        message.reason = f"undecodable: {exc}"
+        return message
+    try:
+        _check(message.record)
+        message.row = _row(message.record)
+    except Exception as exc:  # a pure function of the record: the record is at fault
+        message.reason = f"cannot become a row: {type(exc).__name__}: {exc}"
+    return message
+
+
+def _check(record: metering.UsageRecord) -> None:
+    """What the table's CHECK constraints say, checked before inserting.
+
+    The database checks them too, but SQLite's INSERT OR IGNORE (what `bulk_create(...,
+    ignore_conflicts=True)` becomes there) silently skips a row that fails a CHECK, as
+    it does a duplicate: such a record would vanish instead of being dead-lettered.
+    """
+    for name in ("input_tokens", "output_tokens", "attempts"):
+        if getattr(record, name) < 0:
+            raise ValueError(f"{name} is negative")
+    if Decimal(record.cost_usd) < 0:
+        raise ValueError("cost_usd is negative")
+
+
+def _insert(messages: list[_Message]) -> None:
+    """Insert the rows in one transaction; if the database rejects it, bisect.
+
+    A batch that fails is split in halves, each tried on its own, down to single
+    records: one poisoned record costs about 2·log2(batch) extra transactions and is
+    marked with the database's reason, and every other record lands. Anything else
+    the database raises (it is down, a deadlock) propagates: nothing is acknowledged
+    and the next drain tries again.
+    """
+    try:
+        with transaction.atomic():
+            UsageEvent.objects.bulk_create(
+                [m.row for m in messages if m.row is not None], ignore_conflicts=True
+            )
+    except _RECORD_REJECTED as exc:
+        if len(messages) == 1:
+            messages[0].reason = f"rejected by the database: {type(exc).__name__}: {exc}"
+            return
+        half = len(messages) // 2
+        _insert(messages[:half])
+        _insert(messages[half:])
+
+
+def _clean(text: str, limit: int) -> str:
+    return text.replace("\x00", "\\x00")[:limit]
+
+
+def _dead_letter(messages: list[_Message]) -> None:
+    """Keep what could not be stored, say so loudly; idempotent by stream message."""
+    rows = []
+    for m in messages:
+        org_id = m.record.org_id if m.record is not None else None
+        if org_id is not None and not -(2**63) <= org_id < 2**63:
+            org_id = None
+        rows.append(
+            UsageDeadLetter(
+                stream=metering.STREAM,
+                message_id=m.id,
+                raw=m.raw,
+                reason=_clean(m.reason, 2000),
+                org_id=org_id,
+                request_id=_clean(m.record.request_id, 64) if m.record is not None else "",
+            )
+        )
+        logger.error(
+            "usage record %s (request %s) dead-lettered: %s",
+            m.id,
+            rows[-1].request_id or "?",
+            m.reason,
+        )
+    UsageDeadLetter.objects.bulk_create(rows, ignore_conflicts=True)
+    mail_admins(
+        f"{len(rows)} usage record(s) could not be stored",
+        "The usage drain moved these records to the dead-letter table (admin: Billing ›"
+        " Usage dead letters); every other record was stored.\n\n"
+        + "\n".join(f"{r.message_id} request {r.request_id or '?'}: {r.reason}" for r in rows),
+        fail_silently=True,
+    )
+
+
 def usage_events_drain(
     *,
     client: redis.Redis,
@@ -74,8 +190,11 @@ def usage_events_drain(
     """Move usage records from the Redis stream into the database; safe to run twice.
 
     First claims records another consumer read but never acknowledged (it died),
-    then reads new ones. Each batch is committed, then acknowledged.
-    Returns the number of records processed.
+    then reads new ones. Each batch is committed, then acknowledged. A record that
+    cannot be stored — undecodable, or rejected by the database — goes to the
+    dead-letter table and is acknowledged, so it cannot stop the drain for anyone
+    else. Finally trims from the stream what has been stored (`metering.trim`).
+    Returns the number of records stored.
     """
     consumer = consumer or f"{socket.gethostname()}-{id(client)}"
     _ensure_group(client)
@@ -86,7 +205,7 @@ def usage_events_drain(
         claim_from, claimed, *_ = client.xautoclaim(
             metering.STREAM, metering.GROUP, consumer, claim_idle_ms, claim_from, count=batch
         )
-        entries: list[Any] = list(claimed)
+        entries: list[Any] = [e for e in claimed if e and e[0] is not None]
         if not entries:
             fresh: Any = client.xreadgroup(
                 metering.GROUP, consumer, {metering.STREAM: ">"}, count=batch
@@ -94,17 +213,14 @@ def usage_events_drain(
             entries = fresh[0][1] if fresh else []
         if not entries:
             break
-        records, bad = [], []
-        for entry_id, fields in entries:
-            try:
-                records.append(metering.decode(fields[b"r"]))
-            except (KeyError, ValueError):  # msgspec errors are ValueErrors
-                logger.error("unreadable usage record %s left in the stream", entry_id)
-                bad.append(entry_id)
-        with transaction.atomic():
-            usage_events_record(records)
-        ids = [entry_id for entry_id, _ in entries if entry_id not in bad]
-        if ids:
-            client.xack(metering.STREAM, metering.GROUP, *ids)
-        done += len(records)
+        messages = [_message(entry_id, fields) for entry_id, fields in entries]
+        storable = [m for m in messages if not m.reason]
+        if storable:
+            _insert(storable)
+        dead = [m for m in messages if m.reason]
+        if dead:
+            _dead_letter(dead)
+        client.xack(metering.STREAM, metering.GROUP, *(m.id for m in messages))
+        done += len(messages) - len(dead)
+    metering.trim(client)
     return done

@@ -18,6 +18,7 @@ before the last frame is yielded, whatever happened.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -132,6 +133,16 @@ def infeasible_error(plan: Plan) -> TesseractAPIError:
     )
 
 
+def metering_unavailable() -> TesseractAPIError:
+    """Refuse new work while usage cannot be recorded: nothing is served unbilled."""
+    return BackendUnavailable(
+        "Usage metering is temporarily unavailable, so Tesseract is not accepting new "
+        "requests (none was sent to a backend). Retry in a few seconds.",
+        code="metering_unavailable",
+        retry_after_s=2,
+    )
+
+
 class Gateway:
     """Everything a gateway process shares across requests."""
 
@@ -240,12 +251,15 @@ class Gateway:
         task.add_done_callback(self._background.discard)
 
     def _publish_later(self, attempt: Attempt) -> None:
-        """For a cancelled request: publish from a task of its own (the caller is unwinding)."""
+        """For a request that ended abnormally: publish from a task of its own (the caller
+        is unwinding, and may be cancelled again or closed before an await returns)."""
         task = asyncio.get_running_loop().create_task(self._publish(attempt, time.perf_counter()))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def run(self, call: Call) -> AsyncGenerator[Head | bytes, None]:
+        if not self.usage.available:  # an attribute read: no round trip on the happy path
+            raise metering_unavailable()
         parsed = call.parsed
         world, plan, session = await self._route(parsed, None, call.key.org_id)
         observability.plan_made(plan)
@@ -272,13 +286,15 @@ class Gateway:
                 attempt.sent_at = time.perf_counter()
                 self.inflight.start(choice.backend_id, endpoint.model)
                 try:
-                    if parsed.stream:
-                        async for frame in self._stream(
-                            call, attempt, remaining, first_token_limit
-                        ):
-                            yield frame
-                    else:
-                        async for frame in self._whole(call, attempt, remaining):
+                    body = (
+                        self._stream(call, attempt, remaining, first_token_limit)
+                        if parsed.stream
+                        else self._whole(call, attempt, remaining)
+                    )
+                    # Closed with us when the client leaves at a yield, so the backend
+                    # call ends now, not whenever the collector finalizes it.
+                    async with contextlib.aclosing(body) as frames:
+                        async for frame in frames:
                             yield frame
                     self._passive(choice.backend_id, None)
                     self._served(session, attempt)
@@ -310,10 +326,17 @@ class Gateway:
                 )
             await self._publish(attempt, time.perf_counter())
             raise error
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client left: the transport cancelled us mid-await, or closed this
+            # generator at a yield. What was produced up to now is billed.
             attempt.status = "cancelled"
-            self._publish_later(attempt)
             raise
+        except BaseException:
+            attempt.status = "error"  # a record already published keeps its status
+            raise
+        finally:
+            if not attempt.published:  # however the request ended: exactly one record
+                self._publish_later(attempt)
 
     async def _send(self, call: Call, attempt: Attempt, timeout_s: float) -> aiohttp.ClientResponse:
         endpoint = attempt.endpoint
@@ -333,7 +356,7 @@ class Gateway:
 
     async def _whole(
         self, call: Call, attempt: Attempt, remaining: float
-    ) -> AsyncIterator[Head | bytes]:
+    ) -> AsyncGenerator[Head | bytes, None]:
         try:
             response = await self._send(call, attempt, remaining)
             payload = await read_body(
@@ -360,7 +383,7 @@ class Gateway:
 
     async def _stream(
         self, call: Call, attempt: Attempt, remaining: float, first_token_limit: float
-    ) -> AsyncIterator[Head | bytes]:
+    ) -> AsyncGenerator[Head | bytes, None]:
         try:
             response = await self._send(call, attempt, min(remaining, first_token_limit))
         except UpstreamRejected as exc:

@@ -13,7 +13,7 @@ import redis.asyncio
 from django.conf import settings
 
 from billing import metering
-from billing.models import UsageEvent
+from billing.models import UsageDeadLetter, UsageEvent
 from billing.services import usage_events_drain
 
 
@@ -107,12 +107,17 @@ def test_a_worker_that_died_after_committing_but_before_acknowledging_counts_onc
     assert stream.xpending(metering.STREAM, metering.GROUP)["pending"] == 0
 
 
-def test_an_unreadable_record_is_left_for_inspection_and_does_not_block_the_rest(acme, stream):
-    stream.xadd(metering.STREAM, {b"r": b"{not json"})
+def test_an_unreadable_record_goes_to_the_dead_letter_table_and_does_not_block_the_rest(
+    acme, stream
+):
+    message_id = stream.xadd(metering.STREAM, {b"r": b"{not json"}).decode()
     publish(record(acme, "req-good"))
     assert usage_events_drain(client=stream) == 1
     assert UsageEvent.objects.filter(request_id="req-good").exists()
-    assert stream.xpending(metering.STREAM, metering.GROUP)["pending"] == 1
+    dead = UsageDeadLetter.objects.get()
+    assert (dead.message_id, bytes(dead.raw)) == (message_id, b"{not json")
+    assert dead.reason.startswith("undecodable")
+    assert stream.xpending(metering.STREAM, metering.GROUP)["pending"] == 0
 
 
 def test_usage_is_scoped_to_its_tenant(acme, globex, stream):
@@ -120,3 +125,46 @@ def test_usage_is_scoped_to_its_tenant(acme, globex, stream):
     usage_events_drain(client=stream)
     assert UsageEvent.objects.for_org(acme).count() == 1
     assert UsageEvent.objects.for_org(globex).count() == 2
+
+
+# -- trimming: Redis keeps only what is not yet stored ---------------------------------
+
+
+def test_stored_records_are_trimmed_from_the_stream(acme, stream):
+    publish(*(record(acme) for _ in range(30)))
+    assert stream.xlen(metering.STREAM) == 30
+    assert usage_events_drain(client=stream, batch=7) == 30
+    assert stream.xlen(metering.STREAM) == 0
+    assert UsageEvent.objects.count() == 30
+
+
+def test_records_another_consumer_holds_unstored_are_not_trimmed(acme, stream):
+    publish(*(record(acme) for _ in range(5)))
+    usage_events_drain(client=stream)
+    held = [record(acme) for _ in range(3)]
+    publish(*held)
+    # Another worker reads these and has not stored them yet (or died doing so).
+    stream.xreadgroup(metering.GROUP, "busy", {metering.STREAM: ">"}, count=3)
+    publish(*(record(acme) for _ in range(4)))
+
+    assert usage_events_drain(client=stream, consumer="other", claim_idle_ms=60_000) == 4
+    remaining = stream.xrange(metering.STREAM)
+    assert [metering.decode(f[b"r"]).request_id for _, f in remaining[:3]] == [
+        r.request_id for r in held
+    ]
+    assert stream.xpending(metering.STREAM, metering.GROUP)["pending"] == 3
+
+    assert usage_events_drain(client=stream, consumer="other", claim_idle_ms=0) == 3
+    assert stream.xlen(metering.STREAM) == 0
+    assert UsageEvent.objects.count() == 12
+
+
+def test_records_not_yet_read_by_every_group_are_not_trimmed(acme, stream):
+    publish(*(record(acme) for _ in range(4)))
+    stream.xgroup_create(metering.STREAM, "audit", id="0")  # another reader, behind
+    usage_events_drain(client=stream)
+    assert stream.xlen(metering.STREAM) == 4
+    stream.xreadgroup("audit", "a", {metering.STREAM: ">"}, count=4)
+    assert metering.trim(stream) == 0  # read, but not acknowledged by the audit group
+    stream.xack(metering.STREAM, "audit", *(i for i, _ in stream.xrange(metering.STREAM)))
+    assert metering.trim(stream) == 4

@@ -1,0 +1,237 @@
+"""Redis goes away and comes back: no usage is lost, none is doubled, and while usage
+cannot be recorded new requests get a 503 that says why, before any backend is called.
+
+A real `redis-server` (AOF, fsync always, as the README asks of production) that the
+test starts on a free port, kills with SIGKILL mid-traffic and restarts on the same
+data; the real simulator; a real gateway whose usage stream is on that Redis. Requests
+run before the crash, across it (streams and whole answers in flight when Redis dies),
+during the outage and after the restart. Every request answered 200 must be in the
+database exactly once after draining; every other answer must be a 503
+`metering_unavailable` with Retry-After, and must not have reached a backend.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from billing.models import UsageEvent
+from routing.gateway.app import GatewayApp
+from tests.faults.metering_gateway import (
+    Site,
+    api_key_for_acme,
+    chat,
+    gateway_app,
+    serve_gateway,
+    simulator_server,  # noqa: F401 (a fixture)
+    site_for,
+)
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="needs redis-server on PATH"
+)
+
+
+class RedisServer:
+    """A private redis-server with an append-only file that fsyncs every write."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "always",
+            "--save", "", "--protected-mode", "no", "--loglevel", "warning",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.RedisError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+
+    def crash(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def spool_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("spool")
+
+
+@pytest.fixture(scope="module")
+def served(redis_server, spool_dir) -> Iterator[tuple[GatewayApp, str]]:
+    app = gateway_app(redis_server.url, spool_dir)
+    with serve_gateway(app) as url:
+        yield app, url
+
+
+@pytest.fixture
+def site(transactional_db, simulator_server, served, redis_server) -> Site:  # noqa: F811
+    app, url = served
+    return site_for(app, url, simulator_server, time_scale=1.0, redis_url=redis_server.url)
+
+
+class Tally:
+    """What the clients saw: request ids answered 200, and refusals."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.served: list[str] = []
+        self.refused = 0
+
+    def call(self, site: Site, key: str, *, stream: bool, max_tokens: int = 8,
+             started: threading.Event | None = None) -> int:  # fmt: skip
+        body = chat(f"count me {time.monotonic_ns()}", max_tokens=max_tokens, stream=stream)
+        with httpx.stream(
+            "POST",
+            f"{site.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json=body,
+            timeout=60,
+        ) as response:
+            if response.status_code == 200:
+                request_id = response.headers["x-request-id"]
+                text = ""
+                for chunk in response.iter_text():
+                    if started is not None:
+                        started.set()
+                    text += chunk
+                if stream:
+                    assert text.rstrip().endswith("data: [DONE]"), text[-300:]
+                    assert '"error"' not in text
+                else:
+                    assert json.loads(text)["usage"]["completion_tokens"] == max_tokens
+                with self.lock:
+                    self.served.append(request_id)
+                return 200
+            response.read()
+            assert response.status_code == 503, response.text
+            error = response.json()["error"]
+            assert error["code"] == "metering_unavailable"
+            assert "metering" in error["message"]
+            assert "127.0.0.1" not in error["message"]  # no internal address
+            assert response.headers["retry-after"]
+            with self.lock:
+                self.refused += 1
+            return 503
+
+
+def backend_prompt_tokens(site: Site) -> int:
+    return sum(d.metrics.prompt_tokens for d in site.simulator.deployments.values())
+
+
+def wait_for(predicate, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_redis_crash_loses_no_usage_doubles_none_and_refuses_new_work_with_a_503(
+    site, redis_server, spool_dir, served
+):
+    app, _ = served
+    assert app._gateway is not None  # (`app.gateway` would start its listener here)
+    publisher = app._gateway.usage
+    key = api_key_for_acme()
+    tally = Tally()
+
+    # Before: Redis is up, everything is served.
+    with ThreadPoolExecutor(10) as pool:
+        before = list(pool.map(lambda i: tally.call(site, key, stream=i % 2 == 0), range(20)))
+    assert before == [200] * 20
+
+    # Across the crash: long answers, streamed and whole, are being generated when
+    # Redis dies; they finish during the outage and must still be billed.
+    in_flight = 10
+    started = [threading.Event() for _ in range(in_flight)]
+    with ThreadPoolExecutor(in_flight) as pool:
+        across = [
+            pool.submit(
+                tally.call,
+                site,
+                key,
+                stream=i % 2 == 0,
+                max_tokens=300,
+                started=started[i] if i % 2 == 0 else None,
+            )
+            for i in range(in_flight)
+        ]
+        for event in started[::2]:
+            assert event.wait(30), "a stream did not start"
+        redis_server.crash()
+        assert [f.result() for f in across] == [200] * in_flight
+
+    # During: usage cannot be recorded; new requests are refused before any backend.
+    wait_for(lambda: not publisher.available)
+    tokens_before = backend_prompt_tokens(site)
+    during = [tally.call(site, key, stream=i % 2 == 0) for i in range(20)]
+    assert during == [503] * 20
+    assert backend_prompt_tokens(site) == tokens_before  # no backend was called
+    assert any(p.stat().st_size for p in spool_dir.iterdir())  # the spool holds the served
+
+    # After: Redis restarts on its data; the spool is replayed; service resumes.
+    redis_server.start()
+    wait_for(lambda: publisher.available)
+    assert all(p.stat().st_size == 0 for p in spool_dir.iterdir())
+    with ThreadPoolExecutor(10) as pool:
+        after = list(pool.map(lambda i: tally.call(site, key, stream=i % 2 == 0), range(20)))
+    assert after == [200] * 20
+
+    events = site.drain()
+    recorded = [e.request_id for e in events]
+    lost = set(tally.served) - set(recorded)
+    doubled = len(recorded) - len(set(recorded))
+    extra = set(recorded) - set(tally.served)
+    print(  # the numbers for the record (pytest -s)
+        f"served {len(tally.served)}, refused with 503 {tally.refused}, "
+        f"usage rows {len(recorded)}, lost {len(lost)}, doubled {doubled}, unexpected {len(extra)}"
+    )
+    assert len(tally.served) == 20 + in_flight + 20
+    assert tally.refused == 20
+    assert not lost
+    assert not doubled
+    assert not extra
+    assert UsageEvent.objects.filter(status="ok").count() == len(tally.served)
