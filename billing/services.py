@@ -11,13 +11,13 @@ from typing import Any
 import redis
 from django.db import transaction
 
-from billing import metering
+from billing import metering, pricebook, rating
 from billing.models import UsageEvent
 
 logger = logging.getLogger(__name__)
 
 
-def _row(record: metering.UsageRecord) -> UsageEvent:
+def _row(record: metering.UsageRecord, charge: rating.Charge) -> UsageEvent:
     return UsageEvent(
         request_id=record.request_id,
         org_id=record.org_id,
@@ -46,12 +46,15 @@ def _row(record: metering.UsageRecord) -> UsageEvent:
         constraints=record.constraints,
         backend_policy=record.backend_policy,
         trace_id=record.trace_id,
+        **pricebook.charge_fields(charge),  # our price, fixed now (billing.rating)
     )
 
 
 def usage_events_record(records: list[metering.UsageRecord]) -> int:
     """Insert usage events; a request id already recorded is skipped. Returns rows sent."""
-    UsageEvent.objects.bulk_create([_row(r) for r in records], ignore_conflicts=True)
+    book = pricebook.for_records(records)  # rating: three queries per batch
+    rows = [_row(r, pricebook.rate_record(book, r)) for r in records]
+    UsageEvent.objects.bulk_create(rows, ignore_conflicts=True)
     return len(records)
 
 
