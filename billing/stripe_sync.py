@@ -95,7 +95,9 @@ def invoice_push(*, invoice: Invoice, attempt: int = 0) -> StripeSyncRecord:
     customer, period = account.stripe_customer_id, _period(invoice)
     if attempt:
         period = f"{period}-r{attempt}"
-    found = sc.invoice_find(customer_id=customer, number=invoice.number)
+    found = sc.invoice_retrieve(invoice.stripe_invoice_id) if invoice.stripe_invoice_id else None
+    if found is None:  # also finds one created by a push that died before saving its id
+        found = sc.invoice_find(customer_id=customer, number=invoice.number)
     created_lines = []
     if found is None:
         waiting = sc.pending_item_positions(customer_id=customer, number=invoice.number)
