@@ -104,7 +104,15 @@ class InvoiceLineInline(admin.TabularInline):
 
 @admin.register(Invoice)
 class InvoiceAdmin(admin.ModelAdmin):
-    list_display = ("number", "org", "period_start", "tier", "total_usd", "status", "stripe_invoice_id")
+    list_display = (
+        "number",
+        "org",
+        "period_start",
+        "tier",
+        "total_usd",
+        "status",
+        "stripe_invoice_id",
+    )
     list_filter = ("status", "tier")
     search_fields = ("number", "org__name", "stripe_invoice_id")
     inlines = [InvoiceLineInline]

@@ -37,7 +37,12 @@ logger = logging.getLogger(__name__)
 def _keys_changed(org_id: int) -> None:
     """After commit: every gateway drops the org's keys and reloads them (with the flag)."""
     lookups = list(ApiKey.objects.filter(org_id=org_id).values_list("lookup", flat=True))
-    transaction.on_commit(lambda: [keycache.publish_change(lookup) for lookup in lookups])
+
+    def publish() -> None:
+        for lookup in lookups:
+            keycache.publish_change(lookup)
+
+    transaction.on_commit(publish)
 
 
 def _owners(org: Organization) -> list[str]:
@@ -155,10 +160,13 @@ def _handle(event: dict[str, Any]) -> tuple[str, Organization | None]:
         invoice = _invoice_for(obj, account)
         number = invoice.number if invoice else str(obj.get("id", "?"))
         account_payment_failed(account=account, invoice_number=number, at=at)
-        return f"payment of {number} failed: owners warned, dunning since {account.payment_failed_at:%Y-%m-%d}", org
+        since = account.payment_failed_at
+        return f"payment of {number} failed: owners warned, dunning since {since:%Y-%m-%d}", org
     if kind == "customer.subscription.updated":
         items = ((obj.get("items") or {}).get("data")) or []
-        plan_id = ((items[0].get("plan") or items[0].get("price") or {}).get("id")) if items else None
+        plan_id = (
+            ((items[0].get("plan") or items[0].get("price") or {}).get("id")) if items else None
+        )
         tier = SlaTier.objects.filter(stripe_plan_id=plan_id).first() if plan_id else None
         if tier is None:
             return f"subscription updated; plan {plan_id} is no tier: unchanged", org

@@ -28,6 +28,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Q, Sum
@@ -158,7 +159,7 @@ def tier_at(org: Organization, moment: datetime) -> SlaTier:
     return BillingAccount.objects.for_org(org).select_related("tier").get().tier
 
 
-def _usage(org: Organization, start: datetime, end: datetime):  # type: ignore[no-untyped-def]
+def _usage(org: Organization, start: datetime, end: datetime) -> Any:
     return UsageEvent.objects.for_org(org).filter(created_at__gte=start, created_at__lt=end)
 
 
@@ -209,7 +210,9 @@ def _deadline_asked(constraints: dict[str, object]) -> bool:
     return "max_ttft_ms" in constraints or "max_latency_ms" in constraints
 
 
-def attainment(org: Organization, start: datetime, end: datetime, tier: SlaTier) -> list[Attainment]:
+def attainment(
+    org: Organization, start: datetime, end: datetime, tier: SlaTier
+) -> list[Attainment]:
     """Measured latency and availability attainment of the month (see the module doc)."""
     latency_met = latency_eligible = ok = failed = 0
     rows = _usage(org, start, end).values_list("status", "sla_met", "ttft_ms", "constraints")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 from django.db import models
 from django.utils import timezone
 
@@ -81,12 +84,24 @@ class UsageEvent(models.Model):
 # SLA tiers, billing accounts, the price book, invoices, Stripe and its webhooks.
 # (Issue 10. Everything above this line is metering.)
 
-MONEY = {"max_digits": 14, "decimal_places": 2}
-PERCENT = {"max_digits": 6, "decimal_places": 3}
-#: Prices per 1M tokens are rates: stated to a millionth of a dollar.
-RATE = {"max_digits": 16, "decimal_places": 6}
-#: A request's charge keeps every digit of tokens × rate / 1M (see `billing.rating`).
-CHARGE = {"max_digits": 24, "decimal_places": 12}
+
+def _money(**options: Any) -> Any:
+    """Dollars and cents."""
+    return models.DecimalField(max_digits=14, decimal_places=2, **options)
+
+
+def _percent(**options: Any) -> Any:
+    return models.DecimalField(max_digits=6, decimal_places=3, **options)
+
+
+def _rate(**options: Any) -> Any:
+    """Prices per 1M tokens are rates: stated to a millionth of a dollar."""
+    return models.DecimalField(max_digits=16, decimal_places=6, **options)
+
+
+def _charge(**options: Any) -> Any:
+    """A charge keeps every digit of tokens × rate / 1M (see `billing.rating`)."""
+    return models.DecimalField(max_digits=24, decimal_places=12, **options)
 
 
 class SlaTier(models.Model):
@@ -102,11 +117,10 @@ class SlaTier(models.Model):
     name = models.CharField(max_length=80)
     requests_per_minute = models.PositiveIntegerField()
     tokens_per_minute = models.PositiveIntegerField()
-    monthly_spend_cap_usd = models.DecimalField(
-        **MONEY, null=True, blank=True, help_text="Default monthly budget; empty: no cap."
+    monthly_spend_cap_usd = _money(
+        null=True, blank=True, help_text="Default monthly budget; empty: no cap."
     )
-    latency_objective_pct = models.DecimalField(
-        **PERCENT,
+    latency_objective_pct = _percent(
         null=True,
         blank=True,
         help_text="Share of completed requests that meet the deadline they asked for (or "
@@ -115,29 +129,30 @@ class SlaTier(models.Model):
     default_ttft_ms = models.PositiveIntegerField(
         default=1000, help_text="The deadline on the first token of requests that set none."
     )
-    availability_objective_pct = models.DecimalField(
-        **PERCENT,
+    availability_objective_pct = _percent(
         null=True,
         blank=True,
         help_text="Share of requests not failed by Tesseract. Empty: no availability objective.",
     )
-    price_margin_pct = models.DecimalField(
-        **PERCENT, help_text="Our price = provider cost × (1 + margin/100)."
+    price_margin_pct = _percent(help_text="Our price = provider cost × (1 + margin/100).")
+    credit_pct = _percent(
+        default=0, help_text="Credit per missed objective, % of the usage charges."
     )
-    credit_pct = models.DecimalField(
-        **PERCENT, default=0, help_text="Credit per missed objective, % of the usage charges."
-    )
-    base_fee_usd = models.DecimalField(**MONEY, default=0, help_text="Monthly subscription fee.")
+    base_fee_usd = _money(default=0, help_text="Monthly subscription fee.")
     dunning_grace_days = models.PositiveIntegerField(
         default=7, help_text="Days after a failed payment before the organization is suspended."
     )
-    private_cluster_fee_per_request_usd = models.DecimalField(
-        **RATE, default=0, help_text="Platform fee on a private cluster's requests (not billed yet)."
+    private_cluster_fee_per_request_usd = _rate(
+        default=0,
+        help_text="Platform fee on a private cluster's requests (not billed yet).",
     )
-    private_cluster_fee_per_mtok_usd = models.DecimalField(
-        **RATE, default=0, help_text="Platform fee per 1M tokens on a private cluster (not billed yet)."
+    private_cluster_fee_per_mtok_usd = _rate(
+        default=0,
+        help_text="Platform fee per 1M tokens on a private cluster (not billed yet).",
     )
-    stripe_plan_id = models.CharField(max_length=80, blank=True, help_text="Set by the Stripe sync.")
+    stripe_plan_id = models.CharField(
+        max_length=80, blank=True, help_text="Set by the Stripe sync."
+    )
 
     class Meta:
         ordering = ["base_fee_usd", "slug"]
@@ -176,10 +191,12 @@ class BillingAccount(models.Model):
     (`billing.selectors.org_is_suspended`).
     """
 
-    org = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="billing_account")
+    org = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="billing_account"
+    )
     tier = models.ForeignKey(SlaTier, on_delete=models.PROTECT, related_name="accounts")
-    monthly_budget_usd = models.DecimalField(
-        **MONEY, null=True, blank=True, help_text="Overrides the tier's cap; empty: the tier's."
+    monthly_budget_usd = _money(
+        null=True, blank=True, help_text="Overrides the tier's cap; empty: the tier's."
     )
     created_at = models.DateTimeField(default=timezone.now)
     stripe_customer_id = models.CharField(max_length=80, blank=True)
@@ -196,7 +213,7 @@ class BillingAccount(models.Model):
         return f"{self.org} on {self.tier}"
 
     @property
-    def monthly_cap_usd(self):  # type: ignore[no-untyped-def]
+    def monthly_cap_usd(self) -> Decimal | None:
         """The budget in force: the account's own, else the tier's (None: no cap)."""
         if self.monthly_budget_usd is not None:
             return self.monthly_budget_usd
@@ -228,8 +245,8 @@ class ListPrice(models.Model):
     for requests that complete from `effective_from` on."""
 
     model = models.CharField(max_length=80, help_text="The served model's slug.")
-    input_per_mtok_usd = models.DecimalField(**RATE)
-    output_per_mtok_usd = models.DecimalField(**RATE)
+    input_per_mtok_usd = _rate()
+    output_per_mtok_usd = _rate()
     effective_from = models.DateTimeField(default=timezone.now)
     note = models.CharField(max_length=200, blank=True)
 
@@ -238,7 +255,8 @@ class ListPrice(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["model", "effective_from"], name="listprice_unique"),
             models.CheckConstraint(
-                condition=models.Q(input_per_mtok_usd__gte=0) & models.Q(output_per_mtok_usd__gte=0),
+                condition=models.Q(input_per_mtok_usd__gte=0)
+                & models.Q(output_per_mtok_usd__gte=0),
                 name="listprice_not_negative",
             ),
         ]
@@ -263,10 +281,10 @@ class Invoice(models.Model):
     period_end = models.DateTimeField(help_text="Exclusive.")
     tier = models.ForeignKey(SlaTier, on_delete=models.PROTECT, related_name="+")
     currency = models.CharField(max_length=3, default="usd")
-    subtotal_usd = models.DecimalField(**MONEY)
-    credits_usd = models.DecimalField(**MONEY, default=0)
-    tax_usd = models.DecimalField(**MONEY, default=0)
-    total_usd = models.DecimalField(**MONEY)
+    subtotal_usd = _money()
+    credits_usd = _money(default=0)
+    tax_usd = _money(default=0)
+    total_usd = _money()
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
     created_at = models.DateTimeField(default=timezone.now)
     paid_at = models.DateTimeField(null=True, blank=True)
@@ -306,12 +324,12 @@ class InvoiceLine(models.Model):
     requests = models.PositiveIntegerField(default=0)
     input_tokens = models.PositiveBigIntegerField(default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)
-    input_per_mtok_usd = models.DecimalField(**RATE, null=True, blank=True)
-    output_per_mtok_usd = models.DecimalField(**RATE, null=True, blank=True)
-    exact_usd = models.DecimalField(**CHARGE, help_text="Before rounding.")
-    amount_usd = models.DecimalField(**MONEY, help_text="Rounded half-up to the cent.")
-    measured_pct = models.DecimalField(**PERCENT, null=True, blank=True)
-    promised_pct = models.DecimalField(**PERCENT, null=True, blank=True)
+    input_per_mtok_usd = _rate(null=True, blank=True)
+    output_per_mtok_usd = _rate(null=True, blank=True)
+    exact_usd = _charge(help_text="Before rounding.")
+    amount_usd = _money(help_text="Rounded half-up to the cent.")
+    measured_pct = _percent(null=True, blank=True)
+    promised_pct = _percent(null=True, blank=True)
 
     class Meta:
         ordering = ["invoice", "position"]

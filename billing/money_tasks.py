@@ -24,12 +24,16 @@ def close_month(year: int | None = None, month: int | None = None) -> int:
     return len(invoices)
 
 
-@shared_task(time_limit=300, ignore_result=True, autoretry_for=(Exception,), retry_backoff=60, max_retries=8)
+@shared_task(
+    time_limit=300, ignore_result=True, autoretry_for=(Exception,), retry_backoff=60, max_retries=8
+)
 def push_invoice(invoice_id: int) -> str:
     """Push one closed invoice to Stripe (local-only: records a skip). Idempotent."""
     from billing.models import Invoice
 
-    return stripe_sync.invoice_push(invoice=Invoice.objects.select_related("org").get(pk=invoice_id)).outcome
+    return stripe_sync.invoice_push(
+        invoice=Invoice.objects.select_related("org").get(pk=invoice_id)
+    ).outcome
 
 
 @shared_task(time_limit=1800, ignore_result=True)

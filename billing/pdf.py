@@ -40,8 +40,16 @@ def invoice_pdf(invoice: Invoice, lines: list[InvoiceLine]) -> bytes:
             row.cell(f"{line.requests:,}" if usage else "")
             row.cell(f"{line.input_tokens:,}" if usage else "")
             row.cell(f"{line.output_tokens:,}" if usage else "")
-            row.cell("" if line.input_per_mtok_usd is None else f"{line.input_per_mtok_usd.normalize():f}")
-            row.cell("" if line.output_per_mtok_usd is None else f"{line.output_per_mtok_usd.normalize():f}")
+            row.cell(
+                ""
+                if line.input_per_mtok_usd is None
+                else f"{line.input_per_mtok_usd.normalize():f}"
+            )
+            row.cell(
+                ""
+                if line.output_per_mtok_usd is None
+                else f"{line.output_per_mtok_usd.normalize():f}"
+            )
             row.cell(f"{line.amount_usd:,.2f}")
         for label, value in (
             ("Subtotal", invoice.subtotal_usd),

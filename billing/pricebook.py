@@ -13,7 +13,9 @@ from billing.models import ListPrice, TierChange
 from billing.tiers import FREE
 
 
-def load(*, org_ids: Iterable[int], deployments: Iterable[str], models: Iterable[str]) -> rating.PriceBook:
+def load(
+    *, org_ids: Iterable[int], deployments: Iterable[str], models: Iterable[str]
+) -> rating.PriceBook:
     """Three queries, whatever the batch's size."""
     costs = {
         slug: rating.Price(cin, cout)

@@ -12,6 +12,8 @@ from billing.subscriptions import billing_account_ensure
 
 
 @receiver(post_save, sender=Organization, dispatch_uid="billing-account-for-new-org")
-def _open_billing_account(sender: Any, instance: Organization, created: bool, raw: bool = False, **_: Any) -> None:
+def _open_billing_account(
+    sender: Any, instance: Organization, created: bool, raw: bool = False, **_: Any
+) -> None:
     if created and not raw:  # fixtures (raw) bring their own accounts
         billing_account_ensure(org=instance, at=instance.created_at)

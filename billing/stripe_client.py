@@ -119,7 +119,7 @@ def subscription_create(*, org_id: int, customer_id: str, plan_id: str) -> str:
     sub = client().v1.subscriptions.create(
         params={
             "customer": customer_id,
-            "items": [{"plan": plan_id}],  # type: ignore[typeddict-unknown-key]
+            "items": [{"plan": plan_id}],
             "metadata": {"tesseract_org_id": str(org_id)},
         },
         options=_opts(f"tesseract-{org_id}-subscription-{plan_id}"),
@@ -136,7 +136,7 @@ def subscription_plan_set(*, subscription_id: str, plan_id: str) -> bool:
         return False
     c.v1.subscriptions.update(
         subscription_id,
-        params={"items": [{"id": item["id"], "plan": plan_id}]},  # type: ignore[typeddict-item]
+        params={"items": [{"id": item["id"], "plan": plan_id}]},
     )
     return True
 
@@ -247,7 +247,5 @@ def _invoice(data: dict[str, Any]) -> StripeInvoice:
 
 def webhook_event(payload: bytes, signature: str | None) -> dict[str, Any]:
     """The verified event as plain data; raises SignatureVerificationError or ValueError."""
-    event = stripe.Webhook.construct_event(
-        payload, signature, str(settings.STRIPE_WEBHOOK_SECRET)
-    )
+    event = stripe.Webhook.construct_event(payload, signature, str(settings.STRIPE_WEBHOOK_SECRET))
     return event.to_dict()

@@ -25,7 +25,12 @@ RECONCILE_WINDOW = timedelta(days=120)
 
 
 def _record(
-    action: str, outcome: str, *, org: Organization | None, invoice: Invoice | None = None, **detail: Any
+    action: str,
+    outcome: str,
+    *,
+    org: Organization | None,
+    invoice: Invoice | None = None,
+    **detail: Any,
 ) -> StripeSyncRecord:
     return StripeSyncRecord.objects.create(
         org=org, invoice=invoice, action=action, outcome=outcome, detail=detail
@@ -124,7 +129,9 @@ def invoice_push(*, invoice: Invoice, attempt: int = 0) -> StripeSyncRecord:
     ours = sc.cents(invoice.total_usd)
     outcome = "agreed" if found.total_cents == ours else "mismatch"
     if outcome == "mismatch":
-        logger.error("Stripe invoice %s totals %s cents, ours %s", found.id, found.total_cents, ours)
+        logger.error(
+            "Stripe invoice %s totals %s cents, ours %s", found.id, found.total_cents, ours
+        )
     return _record(
         "push",
         outcome,
@@ -151,14 +158,18 @@ def invoice_reconcile(*, invoice: Invoice) -> StripeSyncRecord:
     org = invoice.org
     if not invoice.stripe_invoice_id:
         pushed = invoice_push(invoice=invoice)
-        return _record("reconcile", "repaired", org=org, invoice=invoice, found="missing", push=pushed.outcome)
+        return _record(
+            "reconcile", "repaired", org=org, invoice=invoice, found="missing", push=pushed.outcome
+        )
     theirs = sc.invoice_retrieve(invoice.stripe_invoice_id)
     ours = sc.cents(invoice.total_usd)
     if theirs is None:
         Invoice.objects.filter(pk=invoice.pk).update(stripe_invoice_id="")
         invoice.stripe_invoice_id = ""
         pushed = invoice_push(invoice=invoice, attempt=_repairs(invoice) + 1)
-        return _record("reconcile", "repaired", org=org, invoice=invoice, found="gone", push=pushed.outcome)
+        return _record(
+            "reconcile", "repaired", org=org, invoice=invoice, found="gone", push=pushed.outcome
+        )
     if theirs.total_cents != ours:
         if theirs.status == "draft":
             sc.invoice_delete_draft(theirs.id)
@@ -171,7 +182,8 @@ def invoice_reconcile(*, invoice: Invoice) -> StripeSyncRecord:
             )  # fmt: skip
         return _record(
             "reconcile", "mismatch", org=org, invoice=invoice, found="different total",
-            stripe_total_cents=theirs.total_cents, local_total_cents=ours, stripe_status=theirs.status,
+            stripe_total_cents=theirs.total_cents, local_total_cents=ours,
+            stripe_status=theirs.status,
         )  # fmt: skip
     if theirs.status == "paid" and invoice.status == Invoice.Status.OPEN:
         from billing.dunning import invoice_mark_paid
@@ -193,12 +205,16 @@ def stripe_reconcile() -> list[StripeSyncRecord]:
             stripe_setup(org=account.org)  # the subscription follows the tier
         except sc.StripeError as exc:
             results.append(_record("setup", "error", org=account.org, error=str(exc)[:500]))
-    for invoice in Invoice.objects.filter(created_at__gte=since).select_related("org").order_by("pk"):
+    for invoice in (
+        Invoice.objects.filter(created_at__gte=since).select_related("org").order_by("pk")
+    ):
         try:
             with transaction.atomic():
                 results.append(invoice_reconcile(invoice=invoice))
         except sc.StripeError as exc:
             results.append(
-                _record("reconcile", "error", org=invoice.org, invoice=invoice, error=str(exc)[:500])
+                _record(
+                    "reconcile", "error", org=invoice.org, invoice=invoice, error=str(exc)[:500]
+                )
             )
     return results

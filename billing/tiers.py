@@ -1,11 +1,12 @@
 """The tiers Tesseract ships with (seeded by a migration; operators edit them in the admin).
 
-| tier       | req/min | tokens/min | cap/month | latency obj. (default TTFT) | availability | margin | credit/miss | base fee | grace |
-|------------|--------:|-----------:|----------:|-----------------------------|-------------:|-------:|------------:|---------:|------:|
-| Free       |      60 |    100,000 |       $10 | none (2,000 ms)             |         none |    30% |          0% |       $0 |  3 d |
-| Pro        |   1,000 |  2,000,000 |    $2,000 | 99.0% (800 ms)              |        99.5% |    20% |         10% |      $49 |  7 d |
-| Enterprise |  10,000 | 20,000,000 |   $50,000 | 99.5% (500 ms)              |        99.9% |    12% |         25% |   $1,500 | 30 d |
+| tier       | req/min | tok/min | cap/mo | latency (TTFT) | avail. | margin | credit | fee   |
+|------------|--------:|--------:|-------:|----------------|-------:|-------:|-------:|------:|
+| Free       |      60 |    100k |    $10 | none (2000 ms) |   none |    30% |     0% |    $0 |
+| Pro        |   1,000 |      2M |  $2000 | 99.0% (800 ms) |  99.5% |    20% |    10% |   $49 |
+| Enterprise |  10,000 |     20M |   $50k | 99.5% (500 ms) |  99.9% |    12% |    25% | $1500 |
 
+Dunning grace before suspension: Free 3 days, Pro 7, Enterprise 30.
 Free promises nothing, so it owes no credits. The margins fall as commitment grows; a
 missed objective credits its percentage of the month's usage charges (each objective
 once). Private-cluster platform fees (Pro $0.0001/request or $0.05/1M tokens,
@@ -41,7 +42,25 @@ class TierDefaults:
 
 
 D = Decimal
-FREE = TierDefaults("free", "Free", 60, 100_000, D("10"), None, 2000, None, D("30"), D("0"), D("0"), 3, D("0"), D("0"))  # fmt: skip
-PRO = TierDefaults("pro", "Pro", 1_000, 2_000_000, D("2000"), D("99.0"), 800, D("99.5"), D("20"), D("10"), D("49"), 7, D("0.0001"), D("0.05"))  # fmt: skip
-ENTERPRISE = TierDefaults("enterprise", "Enterprise", 10_000, 20_000_000, D("50000"), D("99.5"), 500, D("99.9"), D("12"), D("25"), D("1500"), 30, D("0.00005"), D("0.02"))  # fmt: skip
+FREE = TierDefaults(
+    "free", "Free", requests_per_minute=60, tokens_per_minute=100_000,
+    monthly_spend_cap_usd=D("10"), latency_objective_pct=None, default_ttft_ms=2000,
+    availability_objective_pct=None, price_margin_pct=D("30"), credit_pct=D("0"),
+    base_fee_usd=D("0"), dunning_grace_days=3,
+    private_cluster_fee_per_request_usd=D("0"), private_cluster_fee_per_mtok_usd=D("0"),
+)  # fmt: skip
+PRO = TierDefaults(
+    "pro", "Pro", requests_per_minute=1_000, tokens_per_minute=2_000_000,
+    monthly_spend_cap_usd=D("2000"), latency_objective_pct=D("99.0"), default_ttft_ms=800,
+    availability_objective_pct=D("99.5"), price_margin_pct=D("20"), credit_pct=D("10"),
+    base_fee_usd=D("49"), dunning_grace_days=7,
+    private_cluster_fee_per_request_usd=D("0.0001"), private_cluster_fee_per_mtok_usd=D("0.05"),
+)  # fmt: skip
+ENTERPRISE = TierDefaults(
+    "enterprise", "Enterprise", requests_per_minute=10_000, tokens_per_minute=20_000_000,
+    monthly_spend_cap_usd=D("50000"), latency_objective_pct=D("99.5"), default_ttft_ms=500,
+    availability_objective_pct=D("99.9"), price_margin_pct=D("12"), credit_pct=D("25"),
+    base_fee_usd=D("1500"), dunning_grace_days=30,
+    private_cluster_fee_per_request_usd=D("0.00005"), private_cluster_fee_per_mtok_usd=D("0.02"),
+)  # fmt: skip
 DEFAULT_TIERS = (FREE, PRO, ENTERPRISE)

@@ -19,7 +19,9 @@ logger = logging.getLogger(__name__)
 @require_POST
 def stripe_webhook(request: HttpRequest) -> JsonResponse:
     if not settings.STRIPE_WEBHOOK_SECRET:
-        return JsonResponse({"error": "Stripe webhooks are not configured (local-only)."}, status=404)
+        return JsonResponse(
+            {"error": "Stripe webhooks are not configured (local-only)."}, status=404
+        )
     try:
         event = stripe_client.webhook_event(request.body, request.headers.get("Stripe-Signature"))
     except (stripe_client.SignatureVerificationError, ValueError):

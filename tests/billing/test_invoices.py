@@ -123,7 +123,9 @@ def replay(orgs, deployments, n: int = 3000):
             )
         )
     # Usage either side of the month belongs to other invoices.
-    records.append(usage(orgs["globex"], at=MARCH - timedelta(seconds=1), deployment=deployments[0]))
+    records.append(
+        usage(orgs["globex"], at=MARCH - timedelta(seconds=1), deployment=deployments[0])
+    )
     records.append(usage(orgs["globex"], at=APRIL, deployment=deployments[0]))
     for start in range(0, len(records), 500):
         record(*records[start : start + 500])
@@ -222,9 +224,8 @@ def test_a_month_of_trace_traffic_is_invoiced_to_the_cent_for_every_tier(orgs, c
         invoice = Invoice.objects.for_org(org).get(period_start=MARCH)
         usage_lines = invoice.lines.filter(kind=InvoiceLine.Kind.USAGE)
         got = {
-            (ln.model, ln.region, Fraction(ln.input_per_mtok_usd), Fraction(ln.output_per_mtok_usd)): (
-                ln.requests, ln.input_tokens, ln.output_tokens, ln.amount_usd,
-            )
+            (ln.model, ln.region, Fraction(ln.input_per_mtok_usd), Fraction(ln.output_per_mtok_usd)):  # noqa: E501
+            (ln.requests, ln.input_tokens, ln.output_tokens, ln.amount_usd)
             for ln in usage_lines
         }  # fmt: skip
         assert got == want["lines"], name
@@ -262,10 +263,17 @@ def test_sla_credits_appear_exactly_where_an_objective_was_missed(orgs, closed_m
 
 def test_the_base_fee_is_the_tier_s_at_the_end_of_the_month(orgs, closed_march):
     fees = {
-        name: [ln.amount_usd for ln in Invoice.objects.for_org(org).get().lines.filter(kind="base_fee")]
+        name: [
+            ln.amount_usd for ln in Invoice.objects.for_org(org).get().lines.filter(kind="base_fee")
+        ]
         for name, org in orgs.items()
     }
-    assert fees == {"acme": [], "globex": [Decimal("49.00")], "initech": [Decimal("1500.00")], "hooli": [Decimal("1500.00")]}
+    assert fees == {
+        "acme": [],
+        "globex": [Decimal("49.00")],
+        "initech": [Decimal("1500.00")],
+        "hooli": [Decimal("1500.00")],
+    }
 
 
 def test_closing_a_month_twice_changes_nothing(orgs, closed_march):
@@ -290,7 +298,10 @@ def test_the_command_refuses_a_malformed_month(db):
 
 
 def test_the_period_is_the_utc_calendar_month():
-    assert invoicing.period_bounds(2026, 12) == (datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+    assert invoicing.period_bounds(2026, 12) == (
+        datetime(2026, 12, 1, tzinfo=UTC),
+        datetime(2027, 1, 1, tzinfo=UTC),
+    )
     assert invoicing.previous_month(datetime(2027, 1, 1, 2, tzinfo=UTC)) == (2026, 12)
 
 
@@ -299,7 +310,9 @@ def test_the_period_is_the_utc_calendar_month():
 
 @pytest.fixture
 def acme_invoice(acme, deployments):
-    subscriptions.tier_change(org=acme, tier=SlaTier.objects.get(slug="pro"), at=MARCH - timedelta(days=1))
+    subscriptions.tier_change(
+        org=acme, tier=SlaTier.objects.get(slug="pro"), at=MARCH - timedelta(days=1)
+    )
     record(usage(acme, at=MARCH + timedelta(days=2), deployment=deployments[0]))
     invoice, _ = invoicing.invoice_close_month(org=acme, year=2026, month=3)
     return invoice
@@ -311,17 +324,25 @@ def test_an_owner_sees_the_invoice_as_html_and_as_a_pdf(alice, acme, acme_invoic
     assert acme_invoice.number in listing.content.decode()
     page = client.get(f"/orgs/{acme.slug}/invoices/{acme_invoice.number}/")
     assert page.status_code == 200
-    assert "Pro tier" in page.content.decode() and "$49.00" in page.content.decode()
+    assert "Pro tier" in page.content.decode()
+    assert "$49.00" in page.content.decode()
     pdf = client.get(f"/orgs/{acme.slug}/invoices/{acme_invoice.number}/pdf")
     assert pdf["Content-Type"] == "application/pdf"
     assert pdf.content.startswith(b"%PDF-")
 
 
-def test_a_teammate_without_billing_rights_and_another_tenant_get_404(bob, charlie, acme, globex, acme_invoice):
+def test_a_teammate_without_billing_rights_and_another_tenant_get_404(
+    bob, charlie, acme, globex, acme_invoice
+):
     for user in (bob, charlie):
         client = login(user)
         assert client.get(f"/orgs/{acme.slug}/invoices/").status_code == 404
         assert client.get(f"/orgs/{acme.slug}/invoices/{acme_invoice.number}/").status_code == 404
-        assert client.get(f"/orgs/{acme.slug}/invoices/{acme_invoice.number}/pdf").status_code == 404
+        assert (
+            client.get(f"/orgs/{acme.slug}/invoices/{acme_invoice.number}/pdf").status_code == 404
+        )
     # Charlie asking for Acme's invoice under his own org: no such invoice.
-    assert login(charlie).get(f"/orgs/{globex.slug}/invoices/{acme_invoice.number}/").status_code == 404
+    assert (
+        login(charlie).get(f"/orgs/{globex.slug}/invoices/{acme_invoice.number}/").status_code
+        == 404
+    )

@@ -54,13 +54,27 @@ def acme_march(acme, db):
         .order_by("slug")
         .first()
     )
-    subscriptions.tier_change(org=acme, tier=SlaTier.objects.get(slug="pro"), at=MARCH - timedelta(days=2))
+    subscriptions.tier_change(
+        org=acme, tier=SlaTier.objects.get(slug="pro"), at=MARCH - timedelta(days=2)
+    )
     record(
         *(
-            usage(acme, at=MARCH + timedelta(hours=h), deployment=deployment, input_tokens=120_000 + h, output_tokens=30_000)
+            usage(
+                acme,
+                at=MARCH + timedelta(hours=h),
+                deployment=deployment,
+                input_tokens=120_000 + h,
+                output_tokens=30_000,
+            )
             for h in range(50)
         ),
-        usage(acme, at=MARCH + timedelta(days=3), deployment=deployment, status="error", output_tokens=10),
+        usage(
+            acme,
+            at=MARCH + timedelta(days=3),
+            deployment=deployment,
+            status="error",
+            output_tokens=10,
+        ),
     )
     invoice, _ = invoicing.invoice_close_month(org=acme, year=2026, month=3)
     assert invoice is not None
@@ -68,7 +82,7 @@ def acme_march(acme, db):
 
 
 def test_the_pinned_api_version_is_the_one_the_pinned_sdk_speaks():
-    assert stripe_client.API_VERSION == stripe.api_version
+    assert stripe.api_version == stripe_client.API_VERSION
 
 
 def test_without_a_key_billing_is_local_only(acme_march, settings):
@@ -87,13 +101,17 @@ def test_setup_creates_one_customer_with_the_org_id_and_a_subscription_to_its_ti
     customer = stripe_get(localstripe_url, f"/v1/customers/{account.stripe_customer_id}")
     assert customer["metadata"] == {"tesseract_org_id": str(acme.pk)}
     assert customer["email"] == "alice@example.com"
-    subscription = stripe_get(localstripe_url, f"/v1/subscriptions/{account.stripe_subscription_id}")
+    subscription = stripe_get(
+        localstripe_url, f"/v1/subscriptions/{account.stripe_subscription_id}"
+    )
     assert subscription["items"]["data"][0]["plan"]["id"] == "tesseract-free"
     assert len(stripe_on.posts("/v1/customers")) == 1
     assert all(s.headers["Stripe-Version"] == stripe_client.API_VERSION for s in stripe_on.sent)
 
 
-def test_a_closed_invoice_is_pushed_and_stripe_agrees_to_the_cent(acme_march, stripe_on, localstripe_url):
+def test_a_closed_invoice_is_pushed_and_stripe_agrees_to_the_cent(
+    acme_march, stripe_on, localstripe_url
+):
     result = stripe_sync.invoice_push(invoice=acme_march)
     assert result.outcome == "agreed"
     acme_march.refresh_from_db()
@@ -129,7 +147,9 @@ def test_pushing_twice_creates_nothing_twice(acme_march, stripe_on, localstripe_
     assert len(stripe_on.posts("/v1/invoiceitems")) == acme_march.lines.count()
 
 
-def test_a_failed_call_is_retried_with_the_same_idempotency_key(acme_march, stripe_on, localstripe_url):
+def test_a_failed_call_is_retried_with_the_same_idempotency_key(
+    acme_march, stripe_on, localstripe_url
+):
     stripe_on.fail_next[("post", "/v1/invoiceitems")] = 1
     assert stripe_sync.invoice_push(invoice=acme_march).outcome == "agreed"
     first, second = stripe_on.posts("/v1/invoiceitems")[:2]
@@ -146,7 +166,11 @@ def test_reconciliation_repairs_an_invoice_stripe_lost_and_records_what_it_found
     httpx.delete(f"{localstripe_url}/v1/invoices/{lost}", auth=(SECRET_KEY, "")).raise_for_status()
 
     [result] = stripe_sync.stripe_reconcile()
-    assert (result.outcome, result.detail["found"], result.detail["push"]) == ("repaired", "gone", "agreed")
+    assert (result.outcome, result.detail["found"], result.detail["push"]) == (
+        "repaired",
+        "gone",
+        "agreed",
+    )
     acme_march.refresh_from_db()
     assert acme_march.stripe_invoice_id not in ("", lost)
     theirs = stripe_get(localstripe_url, f"/v1/invoices/{acme_march.stripe_invoice_id}")
@@ -174,6 +198,8 @@ def test_the_subscription_follows_the_org_s_tier(acme, stripe_on, localstripe_ur
     subscriptions.tier_change(org=acme, tier=SlaTier.objects.get(slug="enterprise"))
     stripe_sync.stripe_reconcile()  # the daily run checks every subscription
     account = BillingAccount.objects.get(org=acme)
-    subscription = stripe_get(localstripe_url, f"/v1/subscriptions/{account.stripe_subscription_id}")
+    subscription = stripe_get(
+        localstripe_url, f"/v1/subscriptions/{account.stripe_subscription_id}"
+    )
     assert subscription["items"]["data"][0]["plan"]["id"] == "tesseract-enterprise"
     assert StripeSyncRecord.objects.for_org(acme).filter(outcome="plan changed").count() == 1

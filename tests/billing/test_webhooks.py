@@ -74,12 +74,23 @@ def deliver(payload: dict, *, secret: str = SECRET, signature: str | None = None
 
 
 def failed_payment(**kw) -> dict:
-    obj = {"id": "in_acme_march", "object": "invoice", "customer": "cus_acme", "metadata": {"tesseract_invoice": "TSR-202603-000001"}}
+    obj = {
+        "id": "in_acme_march",
+        "object": "invoice",
+        "customer": "cus_acme",
+        "metadata": {"tesseract_invoice": "TSR-202603-000001"},
+    }
     return event("invoice.payment_failed", obj, **kw)
 
 
 def paid(**kw) -> dict:
-    obj = {"id": "in_acme_march", "object": "invoice", "customer": "cus_acme", "status": "paid", "metadata": {}}
+    obj = {
+        "id": "in_acme_march",
+        "object": "invoice",
+        "customer": "cus_acme",
+        "status": "paid",
+        "metadata": {},
+    }
     return event("invoice.paid", obj, **kw)
 
 
@@ -98,9 +109,11 @@ def test_webhooks_are_off_without_a_secret(open_invoice, settings):
 
 def test_a_failed_payment_warns_the_owners_and_starts_dunning(webhooks_on, open_invoice, alice):
     response = deliver(failed_payment())
-    assert response.status_code == 200 and response.json()["handled"] is True
+    assert response.status_code == 200
+    assert response.json()["handled"] is True
     account = BillingAccount.objects.get(org=open_invoice.org)
-    assert account.payment_failed_at is not None and account.suspended_at is None
+    assert account.payment_failed_at is not None
+    assert account.suspended_at is None
     [warning] = mail.outbox
     assert warning.to == [alice.email]  # the owner; bob (a developer) is not billing
     assert "TSR-202603-000001" in warning.body
@@ -112,7 +125,8 @@ def test_a_replayed_event_changes_nothing(webhooks_on, open_invoice):
     deliver(payload)
     first = BillingAccount.objects.get(org=open_invoice.org).payment_failed_at
     replay = deliver(payload)
-    assert replay.status_code == 200 and replay.json()["handled"] is False
+    assert replay.status_code == 200
+    assert replay.json()["handled"] is False
     assert len(mail.outbox) == 1
     assert BillingAccount.objects.get(org=open_invoice.org).payment_failed_at == first
     assert StripeEvent.objects.filter(event_id="evt_once").count() == 1
@@ -127,10 +141,17 @@ def test_the_org_is_suspended_after_the_grace_period_and_a_paid_invoice_restores
     deliver(failed_payment(created=int(failed_at.timestamp())))
     grace = SlaTier.objects.get(slug="free").dunning_grace_days
 
-    assert dunning.accounts_suspend_overdue(now=failed_at + timedelta(days=grace) - timedelta(seconds=1)) == []
+    assert (
+        dunning.accounts_suspend_overdue(
+            now=failed_at + timedelta(days=grace) - timedelta(seconds=1)
+        )
+        == []
+    )
     assert not selectors.org_is_suspended(org_id=org.pk)
 
-    listener = redis.Redis.from_url(django_settings.REDIS_URL).pubsub(ignore_subscribe_messages=True)
+    listener = redis.Redis.from_url(django_settings.REDIS_URL).pubsub(
+        ignore_subscribe_messages=True
+    )
     listener.subscribe(keycache.CHANNEL)
     with django_capture_on_commit_callbacks(execute=True):
         assert dunning.accounts_suspend_overdue(now=failed_at + timedelta(days=grace)) == [org.pk]
@@ -141,7 +162,9 @@ def test_the_org_is_suspended_after_the_grace_period_and_a_paid_invoice_restores
     assert dunning.accounts_suspend_overdue(now=failed_at + timedelta(days=grace + 1)) == []
 
     with django_capture_on_commit_callbacks(execute=True):
-        assert deliver(paid()).json()["outcome"] == "invoice TSR-202603-000001 paid; suspension lifted"
+        assert (
+            deliver(paid()).json()["outcome"] == "invoice TSR-202603-000001 paid; suspension lifted"
+        )
     assert not selectors.org_is_suspended(org_id=org.pk)
     assert Invoice.objects.get(pk=open_invoice.pk).status == Invoice.Status.PAID
     assert BillingAccount.objects.get(org=org).payment_failed_at is None
@@ -160,13 +183,23 @@ def _next_message(pubsub, timeout: float = 10.0) -> str | None:
 
 def test_subscription_changes_move_the_org_between_tiers(webhooks_on, acme_customer):
     SlaTier.objects.filter(slug="enterprise").update(stripe_plan_id="tesseract-enterprise")
-    updated = {"id": "sub_1", "object": "subscription", "customer": "cus_acme", "items": {"data": [{"plan": {"id": "tesseract-enterprise"}}]}}
+    updated = {
+        "id": "sub_1",
+        "object": "subscription",
+        "customer": "cus_acme",
+        "items": {"data": [{"plan": {"id": "tesseract-enterprise"}}]},
+    }
     deliver(event("customer.subscription.updated", updated))
     assert selectors.billing_account(org=acme_customer).tier.slug == "enterprise"
     deliver(event("customer.subscription.deleted", {**updated, "status": "canceled"}))
     assert selectors.billing_account(org=acme_customer).tier.slug == "free"
-    outcomes = list(StripeEvent.objects.order_by("received_at", "pk").values_list("outcome", flat=True))
-    assert outcomes == ["tier changed to Enterprise", "subscription cancelled: moved to the Free tier"]
+    outcomes = list(
+        StripeEvent.objects.order_by("received_at", "pk").values_list("outcome", flat=True)
+    )
+    assert outcomes == [
+        "tier changed to Enterprise",
+        "subscription cancelled: moved to the Free tier",
+    ]
 
 
 def test_an_event_for_an_unknown_customer_is_recorded_and_ignored(webhooks_on, acme_customer):
