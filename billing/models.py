@@ -379,3 +379,19 @@ class StripeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id}"
+
+
+class ApiKeyLimits(models.Model):
+    """One key's own limits, tighter than its organization's (set through /api/v1).
+    Empty fields: the organization's. Enforced with the gateway's rate limits."""
+
+    api_key = models.OneToOneField(ApiKey, on_delete=models.CASCADE, related_name="limits")
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    monthly_budget_usd = _money(null=True, blank=True)
+
+    objects = OrgOwnedQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return f"limits of {self.api_key}"

@@ -30,7 +30,9 @@ def invoice_list(*, org: Organization) -> list[Invoice]:
 
 def access_invoice(*, org: Organization, number: str) -> Invoice:
     """One of the org's invoices, or 404: another tenant's invoice does not exist."""
-    invoice = Invoice.objects.for_org(org).select_related("tier", "org").filter(number=number).first()
+    invoice = (
+        Invoice.objects.for_org(org).select_related("tier", "org").filter(number=number).first()
+    )
     if invoice is None:
         raise Http404("No such invoice.")
     return invoice

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import Organization, User
-from billing.models import BillingAccount, SlaTier, TierChange
+from accounts.models import ApiKey, Organization, User
+from billing.models import ApiKeyLimits, BillingAccount, SlaTier, TierChange
 from billing.tiers import FREE
 
 
@@ -71,3 +72,14 @@ def budget_set(*, org: Organization, monthly_budget_usd: Decimal | None) -> Bill
     BillingAccount.objects.filter(pk=account.pk).update(monthly_budget_usd=monthly_budget_usd)
     account.monthly_budget_usd = monthly_budget_usd
     return account
+
+
+def key_limits_set(*, api_key: ApiKey, **limits: Any) -> ApiKeyLimits:
+    """Set a key's own limits (requests/min, tokens/min, monthly budget; None: the org's)."""
+    unknown = set(limits) - {"requests_per_minute", "tokens_per_minute", "monthly_budget_usd"}
+    if unknown:
+        raise BillingError(f"unknown limits: {sorted(unknown)}")
+    row, _ = ApiKeyLimits.objects.update_or_create(
+        api_key=api_key, defaults={"org_id": api_key.org_id, **limits}
+    )
+    return row

@@ -106,6 +106,7 @@ def main() -> int:
 
     url = f"http://{host}:{port}"
     database = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+    billing = "Stripe" if settings.STRIPE_SECRET_KEY else "local-only (no STRIPE_SECRET_KEY)"
     print(
         f"""
   Tesseract is running: simulated global mesh, {database}, Redis at {settings.REDIS_URL}
@@ -117,6 +118,7 @@ def main() -> int:
     Health      {url}/health
     Inference   {url}/v1  (OpenAI-compatible)
     Backends    simulated at {settings.TESSERACT_SIMULATOR_URL}
+    Billing     {billing}: invoices at {url}/orgs/<slug>/invoices/
     API key     {logins.api_key}
                 (org "{logins.org.name}"; shown once)
 

@@ -27,5 +27,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("account/", include("accounts.urls")),
     path("", include("billing.urls")),
+    path("api/", include("billing.api.urls")),
     path("", include("dashboards.urls")),
 ]
