@@ -3,6 +3,7 @@ lacks a call, the SDK's recorded request checked at the HTTP boundary)."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -13,7 +14,7 @@ import stripe
 from backends.demo import demo_world_load
 from backends.models import Deployment
 from billing import invoicing, stripe_client, stripe_sync, subscriptions
-from billing.models import BillingAccount, Invoice, SlaTier, StripeSyncRecord
+from billing.models import BillingAccount, Invoice, SlaTier, StripeEvent, StripeSyncRecord
 from tests.billing.money import record, usage
 from tests.billing.stripe_server import SECRET_KEY, Recorder, localstripe
 
@@ -203,3 +204,63 @@ def test_the_subscription_follows_the_org_s_tier(acme, stripe_on, localstripe_ur
     )
     assert subscription["items"]["data"][0]["plan"]["id"] == "tesseract-enterprise"
     assert StripeSyncRecord.objects.for_org(acme).filter(outcome="plan changed").count() == 1
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.2)
+
+
+def _default_card(url: str, customer: str, magic: str) -> None:
+    auth = (SECRET_KEY, "")
+    pm = httpx.post(
+        f"{url}/v1/payment_methods/{magic}/attach", data={"customer": customer}, auth=auth
+    )
+    pm.raise_for_status()
+    httpx.post(
+        f"{url}/v1/customers/{customer}",
+        data={"invoice_settings[default_payment_method]": pm.json()["id"]},
+        auth=auth,
+    ).raise_for_status()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stripe_s_signed_payment_webhook_reaches_a_live_server_and_restores_a_suspended_org(
+    acme_march, stripe_on, localstripe_url, live_server, settings
+):
+    """localstripe charges the card and delivers its signed webhook to a live server.
+
+    (localstripe reports a declined card on an invoice's /pay silently, with no
+    invoice.payment_failed event: that path is tested with signed payloads in
+    test_webhooks.py.)"""
+    httpx.post(
+        f"{localstripe_url}/_config/webhooks/tesseract",
+        json={
+            "url": f"{live_server.url}/billing/stripe/webhook",
+            "secret": settings.STRIPE_WEBHOOK_SECRET,
+            "events": ["invoice.payment_failed", "invoice.payment_succeeded"],
+        },
+    ).raise_for_status()
+    stripe_sync.invoice_push(invoice=acme_march)
+    acme_march.refresh_from_db()
+    account = BillingAccount.objects.get(org=acme_march.org)
+    BillingAccount.objects.filter(pk=account.pk).update(
+        payment_failed_at=MARCH + timedelta(days=32), suspended_at=MARCH + timedelta(days=40)
+    )
+
+    _default_card(localstripe_url, account.stripe_customer_id, "pm_card_visa")
+    paid = httpx.post(
+        f"{localstripe_url}/v1/invoices/{acme_march.stripe_invoice_id}/pay", auth=(SECRET_KEY, "")
+    )
+    assert paid.json()["status"] == "paid"
+    _wait_for(lambda: Invoice.objects.get(pk=acme_march.pk).status == Invoice.Status.PAID)
+    account.refresh_from_db()
+    assert (account.payment_failed_at, account.suspended_at) == (None, None)
+    [event] = StripeEvent.objects.filter(type="invoice.payment_succeeded")
+    assert event.outcome == f"invoice {acme_march.number} paid; suspension lifted"
