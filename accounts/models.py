@@ -157,10 +157,15 @@ class Scope(models.TextChoices):
     INFERENCE = "inference", "Run inference (/v1 completions)"
     ROUTE = "route", "Dry-run routing decisions (/v1/route)"
     READ = "read", "Read usage, models and backends"
+    MANAGE = "manage", "Manage the organization (/api/v1: keys, usage, invoices)"
+
+
+#: What a key gets when none are asked for: `manage` is only ever given on purpose.
+DEFAULT_SCOPES = (Scope.INFERENCE, Scope.ROUTE, Scope.READ)
 
 
 def _all_scopes() -> list[str]:
-    return list(Scope.values)
+    return [str(scope) for scope in DEFAULT_SCOPES]
 
 
 class ApiKey(models.Model):

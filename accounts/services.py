@@ -16,7 +16,16 @@ from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts import keycache, keys
-from accounts.models import ApiKey, Invitation, Membership, Organization, Role, Scope, User
+from accounts.models import (
+    DEFAULT_SCOPES,
+    ApiKey,
+    Invitation,
+    Membership,
+    Organization,
+    Role,
+    Scope,
+    User,
+)
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 BACKUP_CODE_COUNT = 10
@@ -184,7 +193,7 @@ def api_key_create(
     default_max_latency_ms: int | None = None,
     default_max_ttft_ms: int | None = None,
 ) -> IssuedKey:
-    scopes = list(Scope.values) if scopes is None else scopes
+    scopes = [str(s) for s in DEFAULT_SCOPES] if scopes is None else scopes
     unknown = set(scopes) - set(Scope.values)
     if unknown or not scopes:
         raise AccountsError(f"scopes must be a non-empty subset of {sorted(Scope.values)}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 from django.db import models
 from django.utils import timezone
 
@@ -14,8 +17,9 @@ class UsageEvent(models.Model):
 
     The route and the policy facts are copied at decision time, so the audit trail
     proves where a request ran and under which constraints even after the catalog
-    changes. `cost_usd` is the provider's price for the tokens (the price book applies
-    our prices on top at invoicing).
+    changes. `cost_usd` is the provider's price for the tokens; `charge_usd` is ours,
+    rated once by the drain (`billing.rating`) so that a later price change never
+    rewrites history.
     """
 
     class Status(models.TextChoices):
@@ -54,6 +58,13 @@ class UsageEvent(models.Model):
         default=dict, help_text="The backend's certifications and jurisdictions at decision time."
     )
     trace_id = models.CharField(max_length=32, blank=True)
+    # What the tenant is charged, fixed when the request completes (`billing.rating`):
+    # every digit of tokens × our price per 1M tokens / 1M, rounded only on the invoice.
+    charge_usd = models.DecimalField(max_digits=24, decimal_places=12, default=0)
+    price_input_per_mtok_usd = models.DecimalField(
+        max_digits=16, decimal_places=6, null=True, help_text="Our price, USD per 1M tokens."
+    )
+    price_output_per_mtok_usd = models.DecimalField(max_digits=16, decimal_places=6, null=True)
 
     objects = OrgOwnedQuerySet.as_manager()
 
@@ -95,6 +106,102 @@ class UsageDeadLetter(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["stream", "message_id"], name="usagedeadletter_one_per_message"
+# =========================================================================== money
+# SLA tiers, billing accounts, the price book, invoices, Stripe and its webhooks.
+# (Issue 10. Everything above this line is metering.)
+
+
+def _money(**options: Any) -> Any:
+    """Dollars and cents."""
+    return models.DecimalField(max_digits=14, decimal_places=2, **options)
+
+
+def _percent(**options: Any) -> Any:
+    return models.DecimalField(max_digits=6, decimal_places=3, **options)
+
+
+def _rate(**options: Any) -> Any:
+    """Prices per 1M tokens are rates: stated to a millionth of a dollar."""
+    return models.DecimalField(max_digits=16, decimal_places=6, **options)
+
+
+def _charge(**options: Any) -> Any:
+    """A charge keeps every digit of tokens × rate / 1M (see `billing.rating`)."""
+    return models.DecimalField(max_digits=24, decimal_places=12, **options)
+
+
+class SlaTier(models.Model):
+    """A plan: limits, objectives, margin, credits and fees (seeded Free, Pro, Enterprise).
+
+    Operators edit tiers in the admin. Limits apply at once to every organization on the
+    tier; a new margin applies to requests that complete after the edit (charges already
+    fixed on usage never change). Objectives are percentages of a month's requests; a
+    missed objective credits `credit_pct` of the month's usage charges.
+    """
+
+    slug = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=80)
+    requests_per_minute = models.PositiveIntegerField()
+    tokens_per_minute = models.PositiveIntegerField()
+    monthly_spend_cap_usd = _money(
+        null=True, blank=True, help_text="Default monthly budget; empty: no cap."
+    )
+    latency_objective_pct = _percent(
+        null=True,
+        blank=True,
+        help_text="Share of completed requests that meet the deadline they asked for (or "
+        "the default TTFT below when they asked none). Empty: no latency objective.",
+    )
+    default_ttft_ms = models.PositiveIntegerField(
+        default=1000, help_text="The deadline on the first token of requests that set none."
+    )
+    availability_objective_pct = _percent(
+        null=True,
+        blank=True,
+        help_text="Share of requests not failed by Tesseract. Empty: no availability objective.",
+    )
+    price_margin_pct = _percent(help_text="Our price = provider cost × (1 + margin/100).")
+    credit_pct = _percent(
+        default=0, help_text="Credit per missed objective, % of the usage charges."
+    )
+    base_fee_usd = _money(default=0, help_text="Monthly subscription fee.")
+    dunning_grace_days = models.PositiveIntegerField(
+        default=7, help_text="Days after a failed payment before the organization is suspended."
+    )
+    private_cluster_fee_per_request_usd = _rate(
+        default=0,
+        help_text="Platform fee on a private cluster's requests (not billed yet).",
+    )
+    private_cluster_fee_per_mtok_usd = _rate(
+        default=0,
+        help_text="Platform fee per 1M tokens on a private cluster (not billed yet).",
+    )
+    stripe_plan_id = models.CharField(
+        max_length=80, blank=True, help_text="Set by the Stripe sync."
+    )
+
+    class Meta:
+        ordering = ["base_fee_usd", "slug"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(price_margin_pct__gte=0)
+                & models.Q(credit_pct__gte=0)
+                & models.Q(credit_pct__lte=100)
+                & models.Q(base_fee_usd__gte=0),
+                name="slatier_money_sane",
+            ),
+            models.CheckConstraint(
+                condition=(
+                    models.Q(latency_objective_pct__isnull=True)
+                    | models.Q(latency_objective_pct__gt=0, latency_objective_pct__lte=100)
+                )
+                & (
+                    models.Q(availability_objective_pct__isnull=True)
+                    | models.Q(
+                        availability_objective_pct__gt=0, availability_objective_pct__lte=100
+                    )
+                ),
+                name="slatier_objectives_are_percentages",
             ),
         ]
 
@@ -106,3 +213,218 @@ class UsageDeadLetter(models.Model):
         """The raw record as readable text: invalid UTF-8 and NULs shown escaped."""
         text = bytes(self.raw).decode("utf-8", errors="backslashreplace")
         return text.replace("\x00", "\\x00")
+        return self.name
+
+
+class BillingAccount(models.Model):
+    """An organization's billing: its tier, its budget, Stripe ids and dunning state.
+
+    One per organization, created on the Free tier with the organization
+    (`billing.signals`). `suspended_at` set: the organization's keys are refused
+    (`billing.selectors.org_is_suspended`).
+    """
+
+    org = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="billing_account"
+    )
+    tier = models.ForeignKey(SlaTier, on_delete=models.PROTECT, related_name="accounts")
+    monthly_budget_usd = _money(
+        null=True, blank=True, help_text="Overrides the tier's cap; empty: the tier's."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    stripe_customer_id = models.CharField(max_length=80, blank=True)
+    stripe_subscription_id = models.CharField(max_length=80, blank=True)
+    payment_failed_at = models.DateTimeField(
+        null=True, blank=True, help_text="Start of dunning: the first unpaid failed payment."
+    )
+    suspended_at = models.DateTimeField(null=True, blank=True)
+    suspended_reason = models.CharField(max_length=200, blank=True)
+
+    objects = OrgOwnedQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return f"{self.org} on {self.tier}"
+
+    @property
+    def monthly_cap_usd(self) -> Decimal | None:
+        """The budget in force: the account's own, else the tier's (None: no cap)."""
+        if self.monthly_budget_usd is not None:
+            return self.monthly_budget_usd
+        return self.tier.monthly_spend_cap_usd
+
+
+class TierChange(models.Model):
+    """When an organization moved to a tier. Prices follow the tier in force at a
+    request's `created_at`; the first row is the tier the account started on."""
+
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="tier_changes")
+    tier = models.ForeignKey(SlaTier, on_delete=models.PROTECT, related_name="+")
+    effective_at = models.DateTimeField(default=timezone.now, db_index=True)
+    changed_by = models.ForeignKey(
+        "accounts.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    objects = OrgOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["org", "effective_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.org} → {self.tier} at {self.effective_at:%Y-%m-%d %H:%M}"
+
+
+class ListPrice(models.Model):
+    """An operator's price for a model, replacing cost × (1 + margin) for every tier,
+    for requests that complete from `effective_from` on."""
+
+    model = models.CharField(max_length=80, help_text="The served model's slug.")
+    input_per_mtok_usd = _rate()
+    output_per_mtok_usd = _rate()
+    effective_from = models.DateTimeField(default=timezone.now)
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "effective_from"], name="listprice_unique"),
+            models.CheckConstraint(
+                condition=models.Q(input_per_mtok_usd__gte=0)
+                & models.Q(output_per_mtok_usd__gte=0),
+                name="listprice_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} from {self.effective_from:%Y-%m-%d}"
+
+
+class Invoice(models.Model):
+    """A closed month of one organization. Built once from the stored charges
+    (`billing.invoicing.invoice_close_month`); closing the same month again changes
+    nothing (unique per org and period)."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open (awaiting payment)"
+        PAID = "paid", "Paid"
+        VOID = "void", "Void"
+
+    org = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="invoices")
+    number = models.CharField(max_length=40, unique=True)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField(help_text="Exclusive.")
+    tier = models.ForeignKey(SlaTier, on_delete=models.PROTECT, related_name="+")
+    currency = models.CharField(max_length=3, default="usd")
+    subtotal_usd = _money()
+    credits_usd = _money(default=0)
+    tax_usd = _money(default=0)
+    total_usd = _money()
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
+    created_at = models.DateTimeField(default=timezone.now)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    stripe_invoice_id = models.CharField(max_length=80, blank=True)
+    stripe_synced_at = models.DateTimeField(null=True, blank=True)
+
+    objects = OrgOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-period_start", "org"]
+        constraints = [
+            models.UniqueConstraint(fields=["org", "period_start"], name="invoice_one_per_period"),
+            models.CheckConstraint(
+                condition=models.Q(total_usd__gte=0), name="invoice_total_not_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.number
+
+
+class InvoiceLine(models.Model):
+    """One line: usage of a model in a region at one pair of unit prices, the base fee,
+    or an SLA credit (negative, stating the measured and promised attainment)."""
+
+    class Kind(models.TextChoices):
+        USAGE = "usage", "Usage"
+        BASE_FEE = "base_fee", "Base fee"
+        SLA_CREDIT = "sla_credit", "SLA credit"
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    position = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    description = models.CharField(max_length=300)
+    model = models.CharField(max_length=80, blank=True)
+    region = models.CharField(max_length=40, blank=True)
+    requests = models.PositiveIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    input_per_mtok_usd = _rate(null=True, blank=True)
+    output_per_mtok_usd = _rate(null=True, blank=True)
+    exact_usd = _charge(help_text="Before rounding.")
+    amount_usd = _money(help_text="Rounded half-up to the cent.")
+    measured_pct = _percent(null=True, blank=True)
+    promised_pct = _percent(null=True, blank=True)
+
+    class Meta:
+        ordering = ["invoice", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["invoice", "position"], name="invoiceline_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return self.description
+
+
+class StripeSyncRecord(models.Model):
+    """What one reconciliation run (or push) found in Stripe and what it repaired."""
+
+    org = models.ForeignKey(
+        Organization, null=True, on_delete=models.CASCADE, related_name="stripe_syncs"
+    )
+    invoice = models.ForeignKey(Invoice, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    action = models.CharField(max_length=40)
+    outcome = models.CharField(max_length=16)
+    detail = models.JSONField(default=dict)
+
+    objects = OrgOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.action}: {self.outcome}"
+
+
+class StripeEvent(models.Model):
+    """A Stripe webhook event, handled once (the id is unique); its outcome is kept."""
+
+    event_id = models.CharField(max_length=80, unique=True)
+    type = models.CharField(max_length=80)
+    received_at = models.DateTimeField(default=timezone.now)
+    org = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    outcome = models.CharField(max_length=200)
+    payload = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"
+
+
+class ApiKeyLimits(models.Model):
+    """One key's own limits, tighter than its organization's (set through /api/v1).
+    Empty fields: the organization's. Enforced with the gateway's rate limits."""
+
+    api_key = models.OneToOneField(ApiKey, on_delete=models.CASCADE, related_name="limits")
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    monthly_budget_usd = _money(null=True, blank=True)
+
+    objects = OrgOwnedQuerySet.as_manager()
+
+    def __str__(self) -> str:
+        return f"limits of {self.api_key}"

@@ -13,13 +13,13 @@ import redis
 from django.core.mail import mail_admins
 from django.db import DataError, IntegrityError, transaction
 
-from billing import metering
+from billing import metering, pricebook, rating
 from billing.models import UsageDeadLetter, UsageEvent
 
 logger = logging.getLogger(__name__)
 
 
-def _row(record: metering.UsageRecord) -> UsageEvent:
+def _row(record: metering.UsageRecord, charge: rating.Charge) -> UsageEvent:
     return UsageEvent(
         request_id=record.request_id,
         org_id=record.org_id,
@@ -48,12 +48,15 @@ def _row(record: metering.UsageRecord) -> UsageEvent:
         constraints=record.constraints,
         backend_policy=record.backend_policy,
         trace_id=record.trace_id,
+        **pricebook.charge_fields(charge),  # our price, fixed now (billing.rating)
     )
 
 
 def usage_events_record(records: list[metering.UsageRecord]) -> int:
     """Insert usage events; a request id already recorded is skipped. Returns rows sent."""
-    UsageEvent.objects.bulk_create([_row(r) for r in records], ignore_conflicts=True)
+    book = pricebook.for_records(records)  # rating: three queries per batch
+    rows = [_row(r, pricebook.rate_record(book, r)) for r in records]
+    UsageEvent.objects.bulk_create(rows, ignore_conflicts=True)
     return len(records)
 
 
@@ -99,10 +102,38 @@ def _message(entry_id: bytes | str, fields: dict[bytes, bytes] | None) -> _Messa
         return message
     try:
         _check(message.record)
-        message.row = _row(message.record)
     except Exception as exc:  # a pure function of the record: the record is at fault
         message.reason = f"cannot become a row: {type(exc).__name__}: {exc}"
     return message
+
+
+def _rate(messages: list[_Message]) -> None:
+    """Give each decoded message its row, priced now (`billing.rating`): the charge is
+    fixed when the request completes and never rewritten.
+
+    The price book is read once for the batch (three queries). If the database rejects
+    that read because of what a record names (a NUL in a deployment slug), each record
+    is priced on its own, so only the guilty one is dead-lettered.
+    """
+    decoded = [m for m in messages if m.record is not None and not m.reason]
+    if not decoded:
+        return
+    try:
+        book = pricebook.for_records([m.record for m in decoded if m.record is not None])
+    except _RECORD_REJECTED:
+        if len(decoded) > 1:
+            for m in decoded:
+                _rate([m])
+            return
+        book = None
+    for m in decoded:
+        assert m.record is not None
+        try:
+            if book is None:
+                raise ValueError("the price book cannot be read for this record")
+            m.row = _row(m.record, pricebook.rate_record(book, m.record))
+        except Exception as exc:  # a pure function of the record and the book
+            m.reason = f"cannot become a row: {type(exc).__name__}: {exc}"
 
 
 def _check(record: metering.UsageRecord) -> None:
@@ -214,6 +245,7 @@ def usage_events_drain(
         if not entries:
             break
         messages = [_message(entry_id, fields) for entry_id, fields in entries]
+        _rate(messages)
         storable = [m for m in messages if not m.reason]
         if storable:
             _insert(storable)

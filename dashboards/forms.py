@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from django import forms
 
-from accounts.models import Role, Scope
+from accounts.models import DEFAULT_SCOPES, Role, Scope
 
 
 class ApiKeyCreateForm(forms.Form):
     name = forms.CharField(max_length=100)
     scopes = forms.MultipleChoiceField(
-        choices=Scope.choices, initial=list(Scope.values), widget=forms.CheckboxSelectMultiple
+        choices=Scope.choices, initial=list(DEFAULT_SCOPES), widget=forms.CheckboxSelectMultiple
     )
     expires_at = forms.DateTimeField(
         required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})

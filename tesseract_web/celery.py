@@ -3,6 +3,7 @@
 import os
 
 from celery import Celery
+from celery.schedules import crontab
 from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tesseract_web.settings")
@@ -45,4 +46,15 @@ app.conf.beat_schedule = {
         "schedule": 60.0,
         "options": {"expires": 60.0},
     },
+    # Invoices: on the 1st at 02:00 UTC, close the month before (idempotent).
+    "close-month": {
+        "task": "billing.money_tasks.close_month",
+        "schedule": crontab(minute=0, hour=2, day_of_month=1),
+    },
+    # Stripe against the local books, daily; suspension after a failed payment's grace.
+    "reconcile-stripe": {
+        "task": "billing.money_tasks.reconcile_stripe",
+        "schedule": crontab(minute=30, hour=3),
+    },
+    "suspend-overdue": {"task": "billing.money_tasks.suspend_overdue", "schedule": 3600.0},
 }

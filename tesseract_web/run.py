@@ -240,6 +240,7 @@ def main() -> int:
     supervisor.start_all()
 
     database = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+    billing = "Stripe" if settings.STRIPE_SECRET_KEY else "local-only (no STRIPE_SECRET_KEY)"
     logins_file = Path(settings.VAR_DIR) / LOGINS_FILE
     details = f"""
     Dashboard   {web_url}/
@@ -250,6 +251,7 @@ def main() -> int:
     Metrics     {gateway_url}/metrics
     Health      {gateway_url}/health
     Backends    simulated at {settings.TESSERACT_SIMULATOR_URL}
+    Billing     {billing}: invoices at {web_url}/orgs/<slug>/invoices/
     API key     {logins.api_key}
                 (org "{logins.org.name}"; the previous demo key is revoked)
 """

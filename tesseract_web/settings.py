@@ -268,6 +268,12 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
 }
 SPECTACULAR_SETTINGS = {"TITLE": "Tesseract management API", "VERSION": "1"}
+#: Every management API error in the /v1 shape: {"error": {message, type, param, code}}.
+REST_FRAMEWORK["EXCEPTION_HANDLER"] = "billing.api.errors.handler"
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {  # type: ignore[assignment]
+    "InvoiceStatusEnum": "billing.models.Invoice.Status",
+    "UsageStatusEnum": "billing.models.UsageEvent.Status",
+}
 
 # --------------------------------------------------------------------------- misc
 

@@ -1,0 +1,76 @@
+"""Loads the price book that `billing.rating` rates a batch of usage with."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from backends.models import Deployment
+from billing import metering, rating
+from billing.models import ListPrice, TierChange
+from billing.tiers import FREE
+
+
+def load(
+    *, org_ids: Iterable[int], deployments: Iterable[str], models: Iterable[str]
+) -> rating.PriceBook:
+    """Three queries, whatever the batch's size."""
+    costs = {
+        slug: rating.Price(cin, cout)
+        for slug, cin, cout in Deployment.objects.filter(slug__in=set(deployments)).values_list(
+            "slug", "price_input_per_mtok", "price_output_per_mtok"
+        )
+    }
+    margins: defaultdict[int, list[tuple[float, Decimal]]] = defaultdict(list)
+    for org_id, since, margin in (
+        TierChange.objects.filter(org_id__in=set(org_ids))
+        .order_by("org_id", "effective_at", "pk")
+        .values_list("org_id", "effective_at", "tier__price_margin_pct")
+    ):
+        margins[org_id].append((since.timestamp(), margin))
+    list_prices: defaultdict[str, list[tuple[float, rating.Price]]] = defaultdict(list)
+    for model, since, pin, pout in (
+        ListPrice.objects.filter(model__in=set(models))
+        .order_by("model", "effective_from")
+        .values_list("model", "effective_from", "input_per_mtok_usd", "output_per_mtok_usd")
+    ):
+        list_prices[model].append((since.timestamp(), rating.Price(pin, pout)))
+    return rating.PriceBook(
+        costs=costs,
+        margins=dict(margins),
+        list_prices=dict(list_prices),
+        default_margin_pct=FREE.price_margin_pct,
+    )
+
+
+def for_records(records: Sequence[metering.UsageRecord]) -> rating.PriceBook:
+    return load(
+        org_ids={r.org_id for r in records},
+        deployments={r.deployment for r in records},
+        models={r.served_model for r in records},
+    )
+
+
+def rate_record(book: rating.PriceBook, record: metering.UsageRecord) -> rating.Charge:
+    """The charge of one usage record, at the prices in force when it completed."""
+    return book.rate(
+        org_id=record.org_id,
+        deployment=record.deployment,
+        model=record.served_model,
+        at=record.created_at,
+        input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens,
+        recorded_cost_usd=Decimal(record.cost_usd),
+    )
+
+
+def charge_fields(charge: rating.Charge) -> dict[str, Any]:
+    """The `UsageEvent` fields that store a charge."""
+    price = charge.price
+    return {
+        "charge_usd": charge.amount,
+        "price_input_per_mtok_usd": price.input_per_mtok if price else None,
+        "price_output_per_mtok_usd": price.output_per_mtok if price else None,
+    }

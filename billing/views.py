@@ -1,0 +1,51 @@
+"""The organization's invoices, for its owners (the members who may manage billing)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from accounts import selectors as account_selectors
+from accounts.models import Membership, User
+from billing import pdf, selectors
+
+
+def _billing_member(request: HttpRequest, org_slug: str) -> Membership:
+    """Owners only (`manage_billing`); anyone else, teammate or stranger, gets 404."""
+    user = request.user
+    assert isinstance(user, User)
+    return account_selectors.access_membership(
+        user=user, org_slug=org_slug, permission="manage_billing"
+    )
+
+
+@login_required
+def invoice_list(request: HttpRequest, org_slug: str) -> HttpResponse:
+    org = _billing_member(request, org_slug).org
+    context = {
+        "org": org,
+        "account": selectors.billing_account(org=org),
+        "invoices": selectors.invoice_list(org=org),
+        "stripe_enabled": bool(settings.STRIPE_SECRET_KEY),
+    }
+    return render(request, "billing/invoice_list.html", context)
+
+
+@login_required
+def invoice_detail(request: HttpRequest, org_slug: str, number: str) -> HttpResponse:
+    org = _billing_member(request, org_slug).org
+    invoice = selectors.access_invoice(org=org, number=number)
+    context = {"org": org, "invoice": invoice, "lines": selectors.invoice_lines(invoice=invoice)}
+    return render(request, "billing/invoice_detail.html", context)
+
+
+@login_required
+def invoice_pdf(request: HttpRequest, org_slug: str, number: str) -> HttpResponse:
+    org = _billing_member(request, org_slug).org
+    invoice = selectors.access_invoice(org=org, number=number)
+    body = pdf.invoice_pdf(invoice, selectors.invoice_lines(invoice=invoice))
+    response = HttpResponse(body, content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="{invoice.number}.pdf"'
+    return response

@@ -1,0 +1,194 @@
+"""The management API (/api/v1): session or `manage` key, the caller's org only, one
+error shape, cursor pagination, an OpenAPI schema."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import msgspec
+import pytest
+from django.test import Client
+
+from accounts import services as account_services
+from accounts.models import ApiKey
+from backends.demo import demo_world_load
+from backends.models import Deployment
+from billing import invoicing, subscriptions
+from billing.models import SlaTier
+from tests.billing.money import record, usage
+from tests.conftest import login
+
+MARCH = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def bearer(key: str) -> Client:
+    return Client(headers={"Authorization": f"Bearer {key}"})
+
+
+@pytest.fixture
+def manage_key(acme) -> str:
+    return account_services.api_key_create(org=acme, name="ops", scopes=["manage"]).plaintext
+
+
+@pytest.fixture
+def acme_usage(acme, db):
+    demo_world_load()
+    deployments = list(
+        Deployment.objects.select_related("model", "cluster__region", "chip")
+        .filter(price_input_per_mtok__gt=0)
+        .order_by("slug")[:2]
+    )
+    key = account_services.api_key_create(org=acme, name="prod").api_key
+    records = []
+    for i in range(30):
+        r = usage(acme, at=MARCH + timedelta(hours=5 * i), deployment=deployments[i % 2])
+        records.append(msgspec.structs.replace(r, api_key_id=key.pk))
+    record(*records)
+    return key, deployments
+
+
+def test_the_org_s_tier_limits_and_budget_by_session_and_by_manage_key(alice, acme, manage_key):
+    for client in (login(alice), bearer(manage_key)):
+        body = client.get("/api/v1/org").json()
+        assert body["org"] == acme.slug
+        assert body["tier"]["slug"] == "free"
+        assert body["tier"]["requests_per_minute"] == 60
+        assert Decimal(body["monthly_cap_usd"]) == Decimal("10")
+        assert body["suspended"] is False
+
+
+def test_only_owners_set_the_budget(alice, bob, acme, manage_key):
+    response = login(bob).put(
+        "/api/v1/org/budget", {"monthly_budget_usd": "99"}, content_type="application/json"
+    )
+    assert response.status_code == 403
+    assert response.json()["error"]["type"] == "permission_error"
+    assert (
+        bearer(manage_key)
+        .put("/api/v1/org/budget", {"monthly_budget_usd": "99"}, content_type="application/json")
+        .status_code
+        == 403
+    )
+    ok = login(alice).put(
+        "/api/v1/org/budget", {"monthly_budget_usd": "250.00"}, content_type="application/json"
+    )
+    assert ok.status_code == 200
+    assert Decimal(ok.json()["monthly_cap_usd"]) == Decimal("250")
+
+
+def test_errors_have_one_shape(alice, acme):
+    bad = login(alice).put(
+        "/api/v1/org/budget", {"monthly_budget_usd": "-5"}, content_type="application/json"
+    )
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "monthly_budget_usd"
+    assert set(bad.json()["error"]) == {"message", "type", "param", "code"}
+    anonymous = Client().get("/api/v1/org")
+    assert anonymous.status_code in (401, 403)
+    assert anonymous.json()["error"]["type"] in ("authentication_error", "permission_error")
+    wrong = bearer("tsk_" + "a" * 40).get("/api/v1/org")
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["code"] == "authentication_failed"
+
+
+def test_a_key_without_the_manage_scope_is_refused(acme):
+    plain = account_services.api_key_create(org=acme, name="inference").plaintext
+    assert "manage" not in ApiKey.objects.get(name="inference").scopes  # never by default
+    response = bearer(plain).get("/api/v1/org")
+    assert response.status_code == 403
+
+
+def test_keys_are_created_with_a_one_time_secret_revoked_and_limited(alice, acme):
+    client = login(alice)
+    created = client.post(
+        "/api/v1/keys", {"name": "ci", "scopes": ["inference"]}, content_type="application/json"
+    )
+    assert created.status_code == 201
+    secret, key_id = created.json()["secret"], created.json()["id"]
+    assert secret.startswith("tsk_")
+    listed = client.get("/api/v1/keys").json()
+    assert [k["name"] for k in listed] == ["ci"]
+    assert "secret" not in listed[0]
+    limited = client.put(
+        f"/api/v1/keys/{key_id}/limits",
+        {"requests_per_minute": 10, "monthly_budget_usd": "5.00"},
+        content_type="application/json",
+    )
+    assert limited.json()["limits"] == {
+        "requests_per_minute": 10,
+        "tokens_per_minute": None,
+        "monthly_budget_usd": "5.00",
+    }
+    revoked = client.post(f"/api/v1/keys/{key_id}/revoke")
+    assert revoked.json()["active"] is False
+
+
+def test_only_owners_create_manage_keys(bob, acme):
+    response = login(bob).post(
+        "/api/v1/keys", {"name": "x", "scopes": ["manage"]}, content_type="application/json"
+    )
+    assert response.status_code == 403
+
+
+def test_usage_filters_paginate_by_cursor_and_aggregate_by_day(alice, acme, acme_usage):
+    key, deployments = acme_usage
+    client = login(alice)
+    first = client.get(
+        "/api/v1/usage", {"limit": 10, "start": "2026-03-01", "end": "2026-04-01"}
+    ).json()
+    assert len(first["results"]) == 10
+    seen = [r["request_id"] for r in first["results"]]
+    page = first
+    while page["next"]:
+        page = client.get(page["next"]).json()
+        seen += [r["request_id"] for r in page["results"]]
+    assert len(seen) == len(set(seen)) == 30
+    model = deployments[0].model.slug
+    region = deployments[0].cluster.region.slug
+    filtered = client.get(
+        "/api/v1/usage", {"model": model, "region": region, "key": key.pk}
+    ).json()["results"]
+    assert filtered
+    assert all(r["served_model"] == model and r["region"] == region for r in filtered)
+    days = client.get("/api/v1/usage/daily", {"start": "2026-03-01", "end": "2026-04-01"}).json()
+    assert sum(d["requests"] for d in days) == 30
+    assert days[0]["day"] == "2026-03-01"
+    assert client.get("/api/v1/usage", {"start": "yesterday"}).json()["error"]["param"] == "start"
+
+
+def test_invoices_list_detail_and_pdf(alice, acme, acme_usage, manage_key):
+    subscriptions.tier_change(
+        org=acme, tier=SlaTier.objects.get(slug="pro"), at=MARCH - timedelta(days=1)
+    )
+    invoice, _ = invoicing.invoice_close_month(org=acme, year=2026, month=3)
+    for client in (login(alice), bearer(manage_key)):
+        [listed] = client.get("/api/v1/invoices").json()
+        assert listed["number"] == invoice.number
+        detail = client.get(f"/api/v1/invoices/{invoice.number}").json()
+        assert Decimal(detail["total_usd"]) == invoice.total_usd
+        assert len(detail["lines"]) == invoice.lines.count()
+        assert client.get(f"/api/v1/invoices/{invoice.number}/pdf").content.startswith(b"%PDF-")
+
+
+def test_charlie_gets_404_for_everything_of_acme(charlie, globex, acme, alice, acme_usage):
+    invoice, _ = invoicing.invoice_close_month(org=acme, year=2026, month=3)
+    key, _ = acme_usage
+    client = login(charlie)
+    headers = {"X-Tesseract-Org": acme.slug}
+    for url in ["/api/v1/org", "/api/v1/keys", "/api/v1/usage", "/api/v1/invoices"]:
+        assert client.get(url, headers=headers).status_code == 404, url
+    # Through his own org, Acme's rows do not exist.
+    assert client.get(f"/api/v1/invoices/{invoice.number}").status_code == 404
+    assert client.post(f"/api/v1/keys/{key.pk}/revoke").status_code == 404
+    assert client.get("/api/v1/usage").json()["results"] == []
+    key.refresh_from_db()
+    assert key.revoked_at is None
+
+
+def test_the_openapi_schema_describes_the_api(alice):
+    schema = login(alice).get("/api/schema/", {"format": "json"}).json()
+    assert schema["openapi"].startswith("3.")
+    assert {"/api/v1/org", "/api/v1/keys", "/api/v1/usage", "/api/v1/invoices/{number}/pdf"} <= set(
+        schema["paths"]
+    )
