@@ -105,6 +105,8 @@ class Attempt:
     routed_at: float = 0.0
     sent_at: float = 0.0
     first_at: float | None = None
+    #: when the backend's answer was complete (the last chunk of a stream)
+    done_at: float | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
     counted_chunks: int = 0

@@ -155,7 +155,7 @@ class Gateway:
         self, parsed: Parsed, strategy: str | None, org_id: int | None
     ) -> tuple[World, Plan, _Session | None]:
         world = await self.holder.get()
-        snapshot = self.inflight.apply(world.snapshot, parsed.route.model)
+        snapshot = self.inflight.apply(self.holder.snapshot(world), parsed.route.model)
         request, session = parsed.route, None
         session_id = request.session_id
         if session_id is not None and org_id is not None:
@@ -278,6 +278,7 @@ class Gateway:
                 attempt.attempts += 1
                 attempt.sent_at = time.perf_counter()
                 self.inflight.start(choice.backend_id, endpoint.model)
+                watch = self.holder.observed.watch(attempt)  # its speed: evidence at once
                 try:
                     if parsed.stream:
                         async for frame in self._stream(call, attempt, budget, deadline):
@@ -300,6 +301,7 @@ class Gateway:
                         exc,
                     )
                 finally:
+                    watch.close()
                     self.inflight.finish(choice.backend_id)
             attempt.status = "error"
             error: TesseractAPIError
@@ -350,7 +352,7 @@ class Gateway:
                 yield frame
             return
         end = time.perf_counter()
-        attempt.first_at = end
+        attempt.first_at = attempt.done_at = end
         try:
             usage = _usage_decoder.decode(payload).usage
         except msgspec.DecodeError:
@@ -418,7 +420,7 @@ class Gateway:
             attempt.failure = exc
             # Still sending at the deadline: slow, not broken (health: DEGRADED, not DOWN).
             attempt.failure_outcome = health.SLOW if guard.expired == "deadline" else health.FAIL
-            end = time.perf_counter()
+            end = attempt.done_at = time.perf_counter()
             await self._publish(attempt, end)
             yield _mid_stream_error(exc, guard, attempt).to_json()
             return
@@ -430,7 +432,7 @@ class Gateway:
                 usage.prompt_tokens,
                 usage.completion_tokens,
             )
-        end = time.perf_counter()
+        end = attempt.done_at = time.perf_counter()
         await self._publish(attempt, end)
         final: dict[str, Any] = {
             "id": head.id,
