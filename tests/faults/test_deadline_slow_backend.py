@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.gateway import conftest as gateway
 
@@ -191,3 +192,32 @@ def test_a_faster_sample_never_makes_a_backend_look_faster_than_the_maps_say():
     for _ in range(5):
         observed.sample("a", ttft=0.1, decode=0.1)
     assert observed.overlay(base) is base
+
+
+def test_a_slow_speed_in_the_shared_maps_fades_when_no_sample_moves_it(mesh):
+    """The control plane's side of recovery: traffic avoids a backend the maps call
+    slow, so no sample would ever correct them; unrefreshed, they fade to the profile."""
+    import redis
+    from django.conf import settings
+
+    from backends import livestate, resources
+    from backends.models import Deployment
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    profile = Deployment.objects.get(slug=WESTEUROPE_8B)
+    livestate.deployment_update(
+        client,
+        WESTEUROPE_8B,
+        observed_ttft_ms=profile.ttft_ms * 9,
+        observed_decode_tps=profile.decode_tokens_per_s / 9,
+        observed_at=time.time() - resources.STALE_S - 1,
+    )
+
+    resources.fold_observed(client=client)
+    once = livestate.deployment_get(client, WESTEUROPE_8B)
+    resources.fold_observed(client=client)  # just refreshed: not stale yet
+    again = livestate.deployment_get(client, WESTEUROPE_8B)
+
+    assert once.observed_ttft_ms == pytest.approx(profile.ttft_ms * 5, rel=0.01)
+    assert once.observed_decode_tps == pytest.approx(profile.decode_tokens_per_s * 5 / 9, rel=0.01)
+    assert again.observed_ttft_ms == once.observed_ttft_ms
