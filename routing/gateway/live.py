@@ -171,6 +171,9 @@ HALF_LIFE_S = 2.0
 #: An attempt with no first token (not streamed: no answer) after this many times the
 #: time predicted for it is evidence already, before it ends.
 LATE_FACTOR = 3.0
+#: ... and never sooner than this (seconds): a busy host delays quick answers by tens
+#: or hundreds of milliseconds, which says nothing about the backend.
+LATE_MIN_S = 0.5
 #: Added to the measured and the predicted time of a phase before they are compared
 #: (at least; it adapts, see `Observed.slower`): a 6 ms prefill that took 40 ms because
 #: the event loop was busy is not "2× slower".
@@ -221,7 +224,8 @@ class Observed:
     busy gateway thus sees a 6 ms prefill that took 40 ms as about as fast as
     predicted, while a 600 ms answer predicted at 60 ms stays clearly slow.
 
-    An attempt still waiting after LATE_FACTOR × its predicted time is evidence at once
+    An attempt still waiting after LATE_FACTOR × its predicted time (LATE_MIN_S at
+    least) is evidence at once
     (a lower bound, raised again each time the wait doubles): a hung or crawling
     backend stops receiving requests before the first of them ends.
 
@@ -418,7 +422,7 @@ class Watch:
         self._ttft, self._decode = ttft, decode  # the factors its prediction was made with
         self._rtt_ms = rtt_ms
         self._trial = trial
-        delay = LATE_FACTOR * (self._expected_ms() + observed.noise_ms) / 1000
+        delay = max(LATE_FACTOR * (self._expected_ms() + observed.noise_ms) / 1000, LATE_MIN_S)
         self._handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             delay, self._late, delay
         )
