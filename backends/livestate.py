@@ -46,6 +46,8 @@ class DeploymentLive(msgspec.Struct, kw_only=True, omit_defaults=True):
     observed_ttft_ms: float | None = None
     #: EWMA of per-request decode speed, tokens/s
     observed_decode_tps: float | None = None
+    #: when a sample last moved the two above (epoch seconds; 0: before this field)
+    observed_at: float = 0.0
     #: from the backend's own metrics (vLLM: num_requests_running / waiting)
     running: int | None = None
     waiting: int | None = None

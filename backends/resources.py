@@ -25,6 +25,10 @@ Two periodic jobs write it into the live maps (`backends.livestate`):
   after they were stamped (the usage drain runs every second), so a time watermark
   would skip late arrivals. It is advanced *before* the EWMAs are written: a crash in
   between loses a few samples, never counts one twice, and a replay changes nothing.
+  A speed worse than the profile that no sample has moved for `STALE_S` fades halfway
+  back to the profile at each fold: a backend that traffic avoids for being slow gets
+  no new samples, so without fading it would be avoided forever, recovered or not;
+  faded, it is tried again, and its next samples say which it is.
 
 Both jobs hold a Redis lock for their run (`backends.probes.exclusive`): two at once
 would fold the same events twice, or race each other's writes.
@@ -36,7 +40,8 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -75,6 +80,8 @@ FIRST_LOOKBACK = timedelta(minutes=10)
 #: Decode speed needs at least this many tokens after the first: shorter answers
 #: measure how the backend batches its chunks (the simulator: every 10 ms), not speed.
 MIN_DECODE_TOKENS = 8
+#: Seconds without a sample after which a slow observed speed fades (module docstring).
+STALE_S = 30.0
 
 
 # --------------------------------------------------------------------------- parsing
@@ -306,14 +313,17 @@ def _fold(client: Any, batch: int) -> int:
                 decode[slug] = ewma(prior, o.decode_tps, alpha)
         if len(rows) < batch:
             break
+    now = time.time()
+    changed = _fade_stale(client, live, profiles, ttft.keys() | decode.keys(), now)
     if not read:
         _check_not_ahead(client, mark)
+        if changed:
+            livestate.announce_change(client, "deployments", changed)
         return 0
 
     client.set(WATERMARK, mark)  # first: at most once (module docstring)
-    changed = []
     for slug in sorted(ttft.keys() | decode.keys()):
-        changes = {}
+        changes: dict[str, Any] = {"observed_at": now}
         if slug in ttft:
             changes["observed_ttft_ms"] = round(ttft[slug], 3)
         if slug in decode:
@@ -323,6 +333,43 @@ def _fold(client: Any, batch: int) -> int:
     if changed:
         livestate.announce_change(client, "deployments", changed)
     return read
+
+
+def _fade_stale(
+    client: Any,
+    live: Mapping[str, livestate.DeploymentLive],
+    profiles: dict[str, Profile | None],
+    sampled: Iterable[str],
+    now: float,
+) -> list[str]:
+    """Fade slow speeds that no sample has moved for STALE_S halfway to the profile."""
+    stale = {
+        slug: state
+        for slug, state in live.items()
+        if now - state.observed_at > STALE_S
+        and (state.observed_ttft_ms is not None or state.observed_decode_tps is not None)
+    }
+    for slug in sampled:
+        stale.pop(slug, None)
+    if not stale:
+        return []
+    _load_profiles(profiles, set(stale))
+    changed = []
+    for slug, state in sorted(stale.items()):
+        profile = profiles.get(slug)
+        if profile is None:
+            continue
+        changes: dict[str, Any] = {}
+        ttft, decode = state.observed_ttft_ms, state.observed_decode_tps
+        if ttft is not None and ttft > profile.ttft_ms * 1.05:
+            changes["observed_ttft_ms"] = round((ttft + profile.ttft_ms) / 2, 3)
+        if decode is not None and decode < profile.decode_tokens_per_s * 0.95:
+            changes["observed_decode_tps"] = round((decode + profile.decode_tokens_per_s) / 2, 3)
+        if changes and livestate.deployment_update(
+            client, slug, announce=False, observed_at=now, **changes
+        ):
+            changed.append(slug)
+    return changed
 
 
 def _first(*values: float | None) -> float | None:

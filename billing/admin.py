@@ -43,6 +43,8 @@ class UsageDeadLetterAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False  # kept as evidence; an operator may delete one once handled
+
+
 # =========================================================================== money
 
 from billing.models import (  # noqa: E402  (the money block, kept apart from metering)

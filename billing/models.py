@@ -106,6 +106,19 @@ class UsageDeadLetter(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["stream", "message_id"], name="usagedeadletter_one_per_message"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.message_id} {self.request_id or '?'}: {self.reason[:60]}"
+
+    @property
+    def raw_text(self) -> str:
+        """The raw record as readable text: invalid UTF-8 and NULs shown escaped."""
+        text = bytes(self.raw).decode("utf-8", errors="backslashreplace")
+        return text.replace("\x00", "\\x00")
+
+
 # =========================================================================== money
 # SLA tiers, billing accounts, the price book, invoices, Stripe and its webhooks.
 # (Issue 10. Everything above this line is metering.)
@@ -206,13 +219,6 @@ class SlaTier(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.message_id} {self.request_id or '?'}: {self.reason[:60]}"
-
-    @property
-    def raw_text(self) -> str:
-        """The raw record as readable text: invalid UTF-8 and NULs shown escaped."""
-        text = bytes(self.raw).decode("utf-8", errors="backslashreplace")
-        return text.replace("\x00", "\\x00")
         return self.name
 
 

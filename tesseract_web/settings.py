@@ -209,6 +209,9 @@ TESSERACT_LIVE_REFRESH_S = env_int("TESSERACT_LIVE_REFRESH_S", 1, minimum=1)
 TESSERACT_DEADLINE_S = env_int("TESSERACT_DEADLINE_S", 120, minimum=1)
 #: A backend that sends no first token within this is skipped for the next (seconds).
 TESSERACT_FIRST_TOKEN_TIMEOUT_S = env_int("TESSERACT_FIRST_TOKEN_TIMEOUT_S", 15, minimum=1)
+#: A stream whose backend sends nothing for this long after its first token is ended
+#: with an error event (seconds); the request's deadline bounds it too.
+TESSERACT_STALL_TIMEOUT_S = env_int("TESSERACT_STALL_TIMEOUT_S", 10, minimum=1)
 
 #: A session's affinity to the deployment holding its context expires after this
 #: much silence (seconds).

@@ -29,6 +29,9 @@ and resetting the others):
      "slow_factor": x,            # "slow": every delay of this deployment × x
      "error_after_tokens": n,     # streams drop the connection after n tokens; a
                                   # non-streamed request gets a 500 (null clears it)
+     "stall_after_tokens": n,     # streams send n tokens, then nothing until the client
+                                  # gives up (the slot stays held); a non-streamed
+                                  # request never answers (null clears it)
      "loaded": false|true,        # unload (503 model_not_loaded) / load (cold start)
      "concurrency_slots": n, "max_waiting": n}
 

@@ -366,6 +366,15 @@ class Simulator:
             raise _injected_error()
         metrics.prompt_tokens += req.prompt_tokens
         n = req.max_tokens
+        stall_after = dep.fault.stall_after_tokens
+        if stall_after is not None and stall_after < n:
+            metrics.generation_tokens += stall_after
+            if req.stream:
+                writer = ChunkWriter(req, model=dep.model, created=int(time.time()))
+                await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+                body = writer.start() + writer.tokens(stall_after)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            await asyncio.get_running_loop().create_future()  # until the client gives up
         abort_after = dep.fault.error_after_tokens
         if abort_after is not None and abort_after < n:
             metrics.generation_tokens += abort_after
@@ -434,12 +443,22 @@ class Simulator:
             abort_after = dep.fault.error_after_tokens
             if abort_after is not None and abort_after >= n:
                 abort_after = None
+            stall_after = dep.fault.stall_after_tokens
+            if stall_after is not None and stall_after >= n:
+                stall_after = None
+            if stall_after is not None:
+                abort_after = None
             produced = n if abort_after is None else abort_after
+            if stall_after is not None:
+                produced = stall_after
             interval = dep.token_interval_s * scale
             first_ready = admitted + dep.ttft_s(req.prompt_tokens) * scale
             compute_end = first_ready + max(produced - 1, 0) * interval
-            timer = loop.call_at(compute_end, free)
+            # A stalled deployment holds its slot until the client gives up.
+            timer = loop.call_at(compute_end, free) if stall_after is None else None
             try:
+                if not req.stream and stall_after is not None:
+                    await loop.create_future()  # never answers
                 if not req.stream:
                     await _sleep_until(loop, compute_end + half_rtt)
                     generated = produced
@@ -458,6 +477,9 @@ class Simulator:
                 writer = ChunkWriter(req, model=dep.model, created=int(time.time()))
                 await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
                 pending = await _stream_tokens(send, writer, produced, first_due, interval)
+                if stall_after is not None:
+                    await send({"type": "http.response.body", "body": pending, "more_body": True})
+                    await loop.create_future()  # nothing more, until the client gives up
                 if abort_after is not None:
                     await send({"type": "http.response.body", "body": pending, "more_body": True})
                     metrics.finished("abort")
@@ -466,7 +488,8 @@ class Simulator:
                 metrics.finished(finish_reason(req))
                 await send({"type": "http.response.body", "body": pending + writer.finish()})
             finally:
-                timer.cancel()
+                if timer is not None:
+                    timer.cancel()
         except asyncio.CancelledError:
             metrics.finished("abort")  # the client went away
             raise

@@ -76,6 +76,9 @@ class Fault:
     slow_factor: float = 5.0
     #: a stream ends abruptly after this many tokens (None: never)
     error_after_tokens: int | None = None
+    #: a stream stops sending after this many tokens and keeps the connection open
+    #: until the client gives up (None: never); a non-streamed request never answers
+    stall_after_tokens: int | None = None
 
 
 @dataclass
@@ -146,8 +149,8 @@ class SimDeployment:
         if not isinstance(body, dict):
             raise invalid("the control body must be a JSON object")
         known = {
-            "fault", "error_rate", "slow_factor", "error_after_tokens", "loaded",
-            "concurrency_slots", "max_waiting",
+            "fault", "error_rate", "slow_factor", "error_after_tokens", "stall_after_tokens",
+            "loaded", "concurrency_slots", "max_waiting",
         }  # fmt: skip
         unknown = set(body) - known
         if unknown:
@@ -166,6 +169,11 @@ class SimDeployment:
             if value is not None:
                 value = int(_number(body, "error_after_tokens", low=0, high=math.inf, integer=True))
             new.error_after_tokens = value
+        if "stall_after_tokens" in body:
+            value = body["stall_after_tokens"]
+            if value is not None:
+                value = int(_number(body, "stall_after_tokens", low=0, high=math.inf, integer=True))
+            new.stall_after_tokens = value
         slots = max_waiting = None
         if "concurrency_slots" in body:
             slots = int(_number(body, "concurrency_slots", low=1, high=math.inf, integer=True))
@@ -214,6 +222,7 @@ class SimDeployment:
                 "error_rate": self.fault.error_rate,
                 "slow_factor": self.fault.slow_factor,
                 "error_after_tokens": self.fault.error_after_tokens,
+                "stall_after_tokens": self.fault.stall_after_tokens,
             },
             "loaded": availability == "ready",
             "availability": availability,

@@ -13,11 +13,55 @@ from typing import Any
 from accounts.keycache import ResolvedKey
 from backends.snapshot import Endpoint
 from billing import metering
-from routing.engine import Choice, Plan
+from routing.engine import Choice, Plan, Prediction
 from routing.gateway import observability
 from routing.gateway.parse import Parsed
 
 _MTOK = Decimal(1_000_000)
+
+#: A healthy backend's whole answer may take this many times its predicted decode time
+#: on top of the first-token timeout ...
+DECODE_SLACK = 2.0
+#: ... and an attempt is never cut short of this many times its own prediction.
+PREDICTION_SLACK = 1.5
+#: While other candidates remain, one attempt may use at most this share of what is left.
+FAIR_SHARE = 0.5
+
+
+def attempt_budget(
+    prediction: Prediction, *, remaining_s: float, first_token_s: float, stream: bool, last: bool
+) -> float:
+    """Seconds one attempt may wait for its first token (streamed) or its whole answer
+    (not streamed) before the gateway gives up on it and tries the next candidate.
+
+    * The last candidate of the plan gets everything that is left of the deadline:
+      there is no one to fail over to, so a slow answer beats none (a single-candidate
+      plan waits for its backend until the deadline).
+    * Otherwise the attempt gets what a healthy backend needs, `own`: the first-token
+      timeout, plus, for a whole answer, the predicted decode time × DECODE_SLACK
+      (there is no first token to watch, the answer comes at the end) —
+    * but at most its fair share of what is left (`remaining × FAIR_SHARE`), so that
+      under a tight deadline a hung primary still leaves the fallbacks their chance —
+    * and never less than its own prediction × PREDICTION_SLACK (the predicted TTFT
+      when streamed, the predicted total otherwise): cutting a backend short of what
+      it was expected to need would fail requests that a patient wait would serve.
+
+        budget = remaining                                          if last
+               = min(remaining, max(min(own, remaining × FAIR_SHARE),
+                                    predicted × PREDICTION_SLACK))  otherwise
+
+    E.g. a hung primary under the 120 s default deadline is abandoned after 15 s (the
+    first-token timeout); under `max_latency_ms: 2000`, after 1 s.
+    """
+    if last:
+        return remaining_s
+    own = first_token_s
+    expected_ms = prediction.ttft_ms
+    if not stream:
+        own += DECODE_SLACK * prediction.decode_ms / 1000
+        expected_ms = prediction.total_ms
+    fair = remaining_s * FAIR_SHARE
+    return min(remaining_s, max(min(own, fair), PREDICTION_SLACK * expected_ms / 1000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +105,17 @@ class Attempt:
     routed_at: float = 0.0
     sent_at: float = 0.0
     first_at: float | None = None
+    #: when the backend's answer was complete (the last chunk of a stream)
+    done_at: float | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
     counted_chunks: int = 0
     status: str = "ok"
     published: bool = False
+    #: what the backend did wrong after the first token (the stream was ended), and
+    #: what the health map should hear about it (`backends.health.FAIL` or `SLOW`)
+    failure: Exception | None = None
+    failure_outcome: str = "fail"
 
     # -- timing --------------------------------------------------------------------
 

@@ -43,10 +43,11 @@ from routing.errors import (
     TesseractAPIError,
 )
 from routing.gateway import affinity, observability
-from routing.gateway.attempt import Attempt, Call, Head
+from routing.gateway.attempt import Attempt, Call, Head, attempt_budget
 from routing.gateway.live import InFlight, WorldHolder
 from routing.gateway.parse import Parsed
 from routing.gateway.upstream import (
+    StreamGuard,
     Upstream,
     UpstreamError,
     UpstreamRejected,
@@ -165,7 +166,7 @@ class Gateway:
         self, parsed: Parsed, strategy: str | None, org_id: int | None
     ) -> tuple[World, Plan, _Session | None]:
         world = await self.holder.get()
-        snapshot = self.inflight.apply(world.snapshot, parsed.route.model)
+        snapshot = self.inflight.apply(self.holder.snapshot(world), parsed.route.model)
         request, session = parsed.route, None
         session_id = request.session_id
         if session_id is not None and org_id is not None:
@@ -230,11 +231,14 @@ class Gateway:
         observability.request_finished(call=attempt.call, plan=attempt.plan, record=record)
         await self.usage.publish(record)
 
-    def _passive(self, backend_id: str, error: Exception | None) -> None:
+    def _passive(
+        self, backend_id: str, error: Exception | None, outcome: str = health.FAIL
+    ) -> None:
         """Feed the health state machine with what this request saw (passive health).
 
-        A failure always counts; a success only for a backend this process has seen
-        fail, so the common case costs no Redis write.
+        A failure (or, with `outcome=health.SLOW`, slowness) always counts; a success
+        only for a backend this process has seen fail, so the common case costs no
+        Redis write.
         """
         if error is None:
             if backend_id not in self._suspects:
@@ -243,7 +247,7 @@ class Gateway:
             outcome, reason = health.OK, "served a request"
         else:
             self._suspects.add(backend_id)
-            outcome, reason = health.FAIL, f"{type(error).__name__}: {error}"
+            reason = f"{type(error).__name__}: {error}"
         task = asyncio.get_running_loop().create_task(
             health.observe_async(self.redis, backend_id, outcome, source="passive", reason=reason)
         )
@@ -266,37 +270,41 @@ class Gateway:
         if not plan.ok:
             raise infeasible_error(plan)
         attempt = Attempt(call=call, plan=plan, routed_at=time.perf_counter())
-        r = parsed.route
-        deadline_s = (
-            r.max_latency_ms / 1000
-            if r.max_latency_ms is not None
-            else settings.TESSERACT_DEADLINE_S
-        )
+        deadline_s = _deadline_s(parsed, plan)
         deadline = call.started + deadline_s
         first_token_limit = settings.TESSERACT_FIRST_TOKEN_TIMEOUT_S
         last_error: Exception | None = None
         try:
-            for choice in plan.choices:
+            choices = plan.choices
+            for n, choice in enumerate(choices):
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
+                budget = attempt_budget(
+                    choice.prediction,
+                    remaining_s=remaining,
+                    first_token_s=first_token_limit,
+                    stream=parsed.stream,
+                    last=n == len(choices) - 1,
+                )
                 endpoint = world.endpoints[choice.backend_id]
                 attempt.choice, attempt.endpoint = choice, endpoint
                 attempt.attempts += 1
                 attempt.sent_at = time.perf_counter()
                 self.inflight.start(choice.backend_id, endpoint.model)
+                watch = self.holder.observed.watch(attempt)  # its speed: evidence at once
                 try:
                     body = (
-                        self._stream(call, attempt, remaining, first_token_limit)
+                        self._stream(call, attempt, budget, deadline)
                         if parsed.stream
-                        else self._whole(call, attempt, remaining)
+                        else self._whole(call, attempt, budget)
                     )
                     # Closed with us when the client leaves at a yield, so the backend
                     # call ends now, not whenever the collector finalizes it.
                     async with contextlib.aclosing(body) as frames:
                         async for frame in frames:
                             yield frame
-                    self._passive(choice.backend_id, None)
+                    self._passive(choice.backend_id, attempt.failure, attempt.failure_outcome)
                     self._served(session, attempt)
                     return
                 except UpstreamError as exc:
@@ -311,6 +319,7 @@ class Gateway:
                         exc,
                     )
                 finally:
+                    watch.close()
                     self.inflight.finish(choice.backend_id)
             attempt.status = "error"
             error: TesseractAPIError
@@ -355,19 +364,20 @@ class Gateway:
         return [Head(exc.status, [(b"content-type", b"application/json")]), exc.body]
 
     async def _whole(
-        self, call: Call, attempt: Attempt, remaining: float
+        self, call: Call, attempt: Attempt, budget: float
     ) -> AsyncGenerator[Head | bytes, None]:
+        """A non-streamed answer, within `budget` seconds (`attempt_budget`)."""
         try:
-            response = await self._send(call, attempt, remaining)
+            response = await self._send(call, attempt, budget)
             payload = await read_body(
-                response, timeout_s=max(remaining - (time.perf_counter() - attempt.sent_at), 0.001)
+                response, timeout_s=max(budget - (time.perf_counter() - attempt.sent_at), 0.001)
             )
         except UpstreamRejected as exc:
             for frame in await self._rejected(attempt, exc):
                 yield frame
             return
         end = time.perf_counter()
-        attempt.first_at = end
+        attempt.first_at = attempt.done_at = end
         try:
             usage = _usage_decoder.decode(payload).usage
         except msgspec.DecodeError:
@@ -382,16 +392,19 @@ class Gateway:
         yield _splice(payload, attempt.info(end))
 
     async def _stream(
-        self, call: Call, attempt: Attempt, remaining: float, first_token_limit: float
+        self, call: Call, attempt: Attempt, budget: float, deadline: float
     ) -> AsyncGenerator[Head | bytes, None]:
+        """A streamed answer: its first token within `budget` seconds (`attempt_budget`),
+        then no silence longer than the stall timeout, and the end by `deadline`."""
         try:
-            response = await self._send(call, attempt, min(remaining, first_token_limit))
+            response = await self._send(call, attempt, budget)
         except UpstreamRejected as exc:
             for frame in await self._rejected(attempt, exc):
                 yield frame
             return
-        events = sse_events(response)
-        wait = min(remaining - (time.perf_counter() - attempt.sent_at), first_token_limit)
+        guard = StreamGuard(response)
+        events = sse_events(response, guard)
+        wait = budget - (time.perf_counter() - attempt.sent_at)
         try:
             async with asyncio.timeout(max(wait, 0.001)):
                 first = await anext(events)
@@ -403,6 +416,8 @@ class Gateway:
         attempt.first_at = time.perf_counter()
         head = _head_decoder.decode(first) if first != b"[DONE]" else _ChunkHead()
         yield Head(200, attempt.headers(b"text/event-stream", attempt.first_at))
+        stall_s = settings.TESSERACT_STALL_TIMEOUT_S
+        guard.arm(stall_s=stall_s, deadline_in_s=deadline - time.perf_counter())
 
         pending: list[bytes] = [] if first == b"[DONE]" else [first]
         usage: _Usage | None = None
@@ -427,20 +442,22 @@ class Gateway:
                 yield data
         except UpstreamError as exc:
             attempt.status = "error"
-            end = time.perf_counter()
+            attempt.failure = exc
+            # Still sending at the deadline: slow, not broken (health: DEGRADED, not DOWN).
+            attempt.failure_outcome = health.SLOW if guard.expired == "deadline" else health.FAIL
+            end = attempt.done_at = time.perf_counter()
             await self._publish(attempt, end)
-            yield TesseractAPIError(
-                f"The backend failed mid-stream: {exc}", code="backend_stream_error"
-            ).to_json()
+            yield _mid_stream_error(exc, guard, attempt).to_json()
             return
         finally:
+            guard.cancel()
             await events.aclose()
         if usage is not None:
             attempt.input_tokens, attempt.output_tokens = (
                 usage.prompt_tokens,
                 usage.completion_tokens,
             )
-        end = time.perf_counter()
+        end = attempt.done_at = time.perf_counter()
         await self._publish(attempt, end)
         final: dict[str, Any] = {
             "id": head.id,
@@ -459,6 +476,38 @@ class Gateway:
                 "total_tokens": usage.prompt_tokens + usage.completion_tokens,
             }
         yield _encode(final)
+
+
+def _deadline_s(parsed: Parsed, plan: Plan) -> float:
+    """The request's whole budget: its `max_latency_ms`, else the default deadline.
+
+    A plan that relaxed the deadline (the caller allowed it: nothing could meet it) is
+    served late rather than cut at the deadline it already cannot meet.
+    """
+    default = float(settings.TESSERACT_DEADLINE_S)
+    max_latency_ms = parsed.route.max_latency_ms
+    if max_latency_ms is None:
+        return default
+    if plan.degraded is not None and plan.degraded.kind == "relaxed_deadline":
+        return max(default, max_latency_ms / 1000)
+    return max_latency_ms / 1000
+
+
+def _mid_stream_error(
+    exc: UpstreamError, guard: StreamGuard, attempt: Attempt
+) -> TesseractAPIError:
+    """The error event that ends a stream the backend failed after its first token."""
+    if guard.expired == "stall":
+        return BackendTimeout(
+            f"The backend sent nothing for {guard.stall_s:g} s mid-stream; the stream was ended."
+        )
+    if guard.expired == "deadline":
+        deadline_ms = _deadline_s(attempt.call.parsed, attempt.plan) * 1000
+        return BackendTimeout(
+            f"The request's deadline ({deadline_ms:.0f} ms) passed mid-stream; the "
+            f"stream was ended."
+        )
+    return TesseractAPIError(f"The backend failed mid-stream: {exc}", code="backend_stream_error")
 
 
 def _splice(payload: bytes, info: dict[str, Any]) -> bytes:

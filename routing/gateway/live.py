@@ -8,24 +8,34 @@ a model was loaded somewhere). The live maps (`backends.livestate`: health, load
 observed speeds, probed RTTs) are laid over it from Redis — no query — when they are
 announced on `tesseract:live`, and at the latest every `TESSERACT_LIVE_REFRESH_S`.
 A request always routes on the last complete world.
+
+Laid over that, per process, is what this gateway saw itself (`Observed`): every
+attempt that ends is a sample of its backend's speed, folded in at once, so a backend
+that slows down loses this gateway's traffic within a request or two, without waiting
+for the usage drain and the control plane's fold (seconds) to reach the live maps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
 from backends import livestate
 from backends.signals import WORLD_CHANNEL
 from backends.snapshot import World, load_world
-from routing.engine import Snapshot
+from routing.engine import Backend, Snapshot
 from routing.gateway.db import off_loop
+
+if TYPE_CHECKING:
+    from routing.gateway.attempt import Attempt
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +63,8 @@ class WorldHolder:
         self._refreshing: asyncio.Task[None] | None = None
         self._live_task: asyncio.Task[None] | None = None
         self._live_again = False
+        #: what this process saw itself, laid over the world's snapshot by `snapshot()`
+        self.observed = Observed()
 
     async def get(self) -> World:
         world = self._world
@@ -131,12 +143,358 @@ class WorldHolder:
         self._refreshing = asyncio.create_task(self._refresh())
 
     def forget(self) -> None:
-        """Drop the world: the next request loads it before routing (tests, start-up)."""
+        """Drop the world: the next request loads it before routing (tests, start-up).
+
+        What this process observed goes with it: it was measured against that world."""
         self._world = None
+        self.observed = Observed()
+
+    def snapshot(self, world: World) -> Snapshot:
+        """`world`'s snapshot with this process's own observations laid over it."""
+        return self.observed.overlay(world.snapshot)
 
     @property
     def version(self) -> int | str | None:
         return None if self._world is None else self._world.version
+
+
+# --------------------------------------------------------------------------- observed
+
+
+#: Weight of a sample slower than the current estimate: a slowdown is believed at once ...
+SLOWER_WEIGHT = 0.6
+#: ... and of a faster one: one quick answer does not clear a backend seen slow.
+FASTER_WEIGHT = 0.4
+#: This process's own evidence fades into the shared live maps' view with this
+#: half-life (seconds): a backend avoided for being slow is tried again (`Watch`).
+HALF_LIFE_S = 2.0
+#: An attempt with no first token (not streamed: no answer) after this many times the
+#: time predicted for it is evidence already, before it ends.
+LATE_FACTOR = 3.0
+#: ... and never sooner than this (seconds): a busy host delays quick answers by tens
+#: or hundreds of milliseconds, which says nothing about the backend.
+LATE_MIN_S = 0.5
+#: Added to the measured and the predicted time of a phase before they are compared
+#: (at least; it adapts, see `Observed.slower`): a 6 ms prefill that took 40 ms because
+#: the event loop was busy is not "2× slower".
+NOISE_MS = 50.0
+#: Weight of one sample's deviation in the learnt noise level.
+NOISE_WEIGHT = 0.05
+#: Effective slowdowns below this are not laid over the snapshot (no rebuild for noise).
+MIN_FACTOR = 1.5
+#: While an estimate fades, the overlay is re-checked this often (seconds), and rebuilt
+#: when it has moved by a STEP.
+REFRESH_S = 0.25
+STEP = 1.25
+#: Decode speed is measured on streams of at least this many tokens after the first.
+MIN_DECODE_TOKENS = 8
+
+
+@dataclass(slots=True)
+class _Slowness:
+    """How much slower than the snapshot predicts one backend has been seen to be."""
+
+    ttft: float = 1.0  # × the predicted time to first token (prefill)
+    decode: float = 1.0  # × the predicted time per token
+    at: float = 0.0  # monotonic time of the last evidence
+    trials: int = 0  # requests sent while it fades (see `Observed.watch`)
+
+    def faded(self, now: float) -> tuple[float, float]:
+        k = 2.0 ** (-(now - self.at) / HALF_LIFE_S)
+        return 1.0 + (self.ttft - 1.0) * k, 1.0 + (self.decode - 1.0) * k
+
+
+class Observed:
+    """This gateway process's own, immediate view of how slow each backend is.
+
+    Every attempt that produced a first token is a sample: its time to first token
+    (less the gateway→backend round trip and the predicted queue) against the prefill
+    time the engine predicted, and for a stream of at least MIN_DECODE_TOKENS its time
+    per token against the predicted one; a whole answer's time against the predicted
+    prefill + decode counts for both. A sample is the factor by which the backend was
+    slower than the snapshot it was routed on. Estimates move fast towards a slower
+    sample (SLOWER_WEIGHT), slowly towards a faster one (FASTER_WEIGHT), and never
+    below 1: speed-ups are the shared live maps' business (`backends.resources`, an
+    average over every gateway's requests); this view only corrects for slowdowns the
+    maps have not caught up with, and it must not turn one lucky answer into a rush.
+
+    Measurements carry noise (a busy event loop, a busy host, the network's jitter):
+    both sides of every comparison are padded with the noise level this process has
+    seen, an average of how far samples miss their prediction (at least NOISE_MS). A
+    busy gateway thus sees a 6 ms prefill that took 40 ms as about as fast as
+    predicted, while a 600 ms answer predicted at 60 ms stays clearly slow.
+
+    An attempt still waiting after LATE_FACTOR × its predicted time (LATE_MIN_S at
+    least) is evidence at once
+    (a lower bound, raised again each time the wait doubles): a hung or crawling
+    backend stops receiving requests before the first of them ends.
+
+    Recovery: an estimate fades back to 1 (the maps' view) with HALF_LIFE_S, so a
+    backend avoided for being slow becomes competitive again and is sent a request.
+    While that trial is in flight the overlay shows the unfaded estimate, so one
+    request (per process) tests it, not a burst; its answer moves the estimate from
+    the faded value: a recovered backend gets its traffic back, a still-slow one is
+    avoided again for another few half-lives.
+
+    The cost on the hot path: a timer per attempt, a few float operations when it
+    ends, and a snapshot rebuild only when an estimate moves past MIN_FACTOR or while
+    one fades (at most every REFRESH_S).
+    """
+
+    def __init__(
+        self, gateway_region: str | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._region = gateway_region
+        self._clock = clock
+        self._slow: dict[str, _Slowness] = {}
+        self._base: Snapshot | None = None
+        self._built: Snapshot | None = None
+        self._factors: dict[str, tuple[float, float]] = {}
+        self._dirty = False
+        self._refresh_at = math.inf
+        self._rtt: dict[str, float] = {}
+        self._builds = 0
+        self._built_on: Snapshot | None = None
+        #: how far a measurement may miss its prediction by chance, ms (learnt)
+        self.noise_ms = NOISE_MS
+
+    # ---------------------------------------------------------------- the overlay
+
+    def overlay(self, base: Snapshot) -> Snapshot:
+        """`base` with the effective slowdowns applied (cached; rebuilt when they move)."""
+        fresh = not self._slow or self._clock() < self._refresh_at
+        if base is self._base and not self._dirty and fresh:
+            return self._built or base
+        return self._rebuild(base)
+
+    def _rebuild(self, base: Snapshot) -> Snapshot:
+        now = self._clock()
+        if base is not self._base:
+            self._rtt = {}
+        self._base, self._dirty = base, False
+        factors: dict[str, tuple[float, float]] = {}
+        for backend_id, slow in list(self._slow.items()):
+            ttft, decode = (slow.ttft, slow.decode) if slow.trials else slow.faded(now)
+            if ttft < MIN_FACTOR and decode < MIN_FACTOR:
+                if not slow.trials and now - slow.at > 8 * HALF_LIFE_S:
+                    del self._slow[backend_id]  # faded out
+                continue
+            factors[backend_id] = (_step(ttft), _step(decode))
+        self._refresh_at = now + REFRESH_S if self._slow else math.inf
+        if factors == self._factors and self._built is not None and self._built_on is base:
+            return self._built
+        self._factors = factors
+        self._built_on = base
+        if not factors:
+            self._built = base
+            return base
+        backends = [_slowed(b, factors.get(b.id)) for b in base.backends]
+        self._builds += 1
+        self._built = Snapshot(backends, base.latency, version=f"{base.version}~{self._builds}")
+        return self._built
+
+    # ---------------------------------------------------------------- evidence
+
+    def watch(self, attempt: Attempt) -> Watch:
+        """Start watching an attempt that has just been sent (`attempt.sent_at`)."""
+        assert attempt.choice is not None
+        backend_id = attempt.choice.backend_id
+        ttft, decode = self._factors.get(backend_id, (1.0, 1.0))
+        slow = self._slow.get(backend_id)
+        trial = slow is not None
+        if slow is not None:
+            slow.trials += 1  # a trial of a backend seen slow: hold its estimate meanwhile
+            self._dirty = True
+        return Watch(self, attempt, ttft, decode, self._rtt_ms(attempt), trial)
+
+    def _rtt_ms(self, attempt: Attempt) -> float:
+        """The gateway→backend round trip the attempt's time includes."""
+        assert attempt.choice is not None
+        backend_id = attempt.choice.backend_id
+        rtt = self._rtt.get(backend_id)
+        if rtt is None:
+            base = self._base
+            region = self._region or _gateway_region()
+            rtt = 0.0
+            if base is not None:
+                rtt = base.latency.rtt_ms(region, attempt.choice.region)
+                rtt = 0.0 if math.isinf(rtt) else rtt
+            self._rtt[backend_id] = rtt
+        return rtt
+
+    def slower(self, measured_ms: float, expected_ms: float, *, learn: bool = True) -> float:
+        """How many times slower than expected, both padded with the noise level; with
+        `learn`, the miss also updates the noise level (capped, so that a slow backend's
+        huge misses cannot drown the signal they are)."""
+        noise = self.noise_ms
+        if learn:
+            miss = min(abs(measured_ms - expected_ms), 4 * noise)
+            self.noise_ms = max(NOISE_MS, noise + NOISE_WEIGHT * (miss - noise))
+        return (max(measured_ms, 0.0) + noise) / (max(expected_ms, 0.0) + noise)
+
+    def sample(self, backend_id: str, *, ttft: float | None, decode: float | None) -> None:
+        """Fold one observation (factors over the snapshot's prediction) into the estimate."""
+        if ttft is None and decode is None:
+            return
+        now = self._clock()
+        slow = self._slow.get(backend_id)
+        if slow is None:
+            if (ttft or 1.0) <= 1.0 and (decode or 1.0) <= 1.0:
+                return  # the common case: as fast as predicted, nothing to remember
+            slow = self._slow[backend_id] = _Slowness(at=now)
+        prior_ttft, prior_decode = slow.faded(now)
+        slow.ttft = _moved(prior_ttft, ttft)
+        slow.decode = _moved(prior_decode, decode)
+        slow.at = now
+        self._dirty = True
+
+    def bound(self, backend_id: str, *, ttft: float, decode: float) -> None:
+        """An attempt is this late already: the backend is at least this slow."""
+        now = self._clock()
+        slow = self._slow.setdefault(backend_id, _Slowness(at=now))
+        prior_ttft, prior_decode = slow.faded(now)
+        slow.ttft = max(prior_ttft, ttft)
+        slow.decode = max(prior_decode, decode)
+        slow.at = now
+        self._dirty = True
+
+    def _trial_over(self, backend_id: str) -> None:
+        slow = self._slow.get(backend_id)
+        if slow is not None and slow.trials:
+            slow.trials -= 1
+            self._dirty = True
+
+    def factors(self) -> dict[str, tuple[float, float]]:
+        """The slowdowns laid over the current snapshot: backend → (ttft, decode)."""
+        return dict(self._factors)
+
+
+def _step(factor: float) -> float:
+    """`factor` rounded to a power of STEP: a fading estimate rebuilds the snapshot a
+    handful of times, not at every refresh (a rebuild costs ~50 µs a backend)."""
+    return 1.0 if factor < MIN_FACTOR else STEP ** round(math.log(factor, STEP))
+
+
+def _moved(prior: float, sample: float | None) -> float:
+    if sample is None:
+        return prior
+    weight = SLOWER_WEIGHT if sample > prior else FASTER_WEIGHT
+    return max(1.0, prior + weight * (sample - prior))
+
+
+def _slowed(b: Backend, factors: tuple[float, float] | None) -> Backend:
+    if factors is None:
+        return b
+    ttft, decode = factors
+    p, s = b.profile, b.state
+    return replace(
+        b,
+        state=replace(
+            s,
+            observed_ttft_ms=(s.observed_ttft_ms or p.ttft_ms) * ttft,
+            observed_decode_tokens_per_s=(
+                s.observed_decode_tokens_per_s or p.decode_tokens_per_s
+            ) / decode,
+        ),
+    )  # fmt: skip
+
+
+def _gateway_region() -> str:
+    return str(settings.TESSERACT_GATEWAY_REGION)
+
+
+class Watch:
+    """One attempt under observation: a late timer while it waits, a sample when it ends."""
+
+    __slots__ = ("_attempt", "_decode", "_handle", "_observed", "_rtt_ms", "_trial", "_ttft")
+
+    def __init__(
+        self,
+        observed: Observed,
+        attempt: Attempt,
+        ttft: float,
+        decode: float,
+        rtt_ms: float,
+        trial: bool,
+    ) -> None:
+        self._observed = observed
+        self._attempt = attempt
+        self._ttft, self._decode = ttft, decode  # the factors its prediction was made with
+        self._rtt_ms = rtt_ms
+        self._trial = trial
+        delay = max(LATE_FACTOR * (self._expected_ms() + observed.noise_ms) / 1000, LATE_MIN_S)
+        self._handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            delay, self._late, delay
+        )
+
+    def _expected_ms(self) -> float:
+        """What the first byte was predicted to take, past the round trip: queue + prefill
+        (a whole answer: + decode of all its tokens)."""
+        a = self._attempt
+        assert a.choice is not None
+        p = a.choice.prediction
+        expected = p.queue_ms + p.prefill_ms
+        if not a.call.parsed.stream:
+            expected += p.decode_ms
+        return expected
+
+    def _late(self, waited_s: float) -> None:
+        a = self._attempt
+        self._handle = None
+        if a.first_at is not None or a.choice is None:
+            return
+        waited_ms = waited_s * 1000 - self._rtt_ms
+        p = a.choice.prediction
+        slower = self._observed.slower(waited_ms, self._expected_ms(), learn=False)
+        whole = not a.call.parsed.stream
+        self._observed.bound(
+            a.choice.backend_id,
+            ttft=self._ttft * slower,
+            decode=self._decode * slower if whole and p.decode_ms > 0 else 1.0,
+        )
+        self._handle = asyncio.get_running_loop().call_later(waited_s, self._late, 2 * waited_s)
+
+    def close(self) -> None:
+        """The attempt is over: fold in what it showed (if it got a first token)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        a = self._attempt
+        try:
+            if a.first_at is not None and a.choice is not None and a.status != "cancelled":
+                self._sample(a)
+        finally:
+            if self._trial:
+                self._trial = False
+                if a.choice is not None:
+                    self._observed._trial_over(a.choice.backend_id)
+
+    def _sample(self, a: Attempt) -> None:
+        assert a.choice is not None
+        assert a.first_at is not None
+        p = a.choice.prediction
+        first_ms = (a.first_at - a.sent_at) * 1000 - self._rtt_ms - p.queue_ms
+        if not a.call.parsed.stream:
+            # A whole answer: one factor for prefill and the decode of its tokens.
+            n = a.output_tokens
+            max_out = a.call.parsed.route.max_output_tokens
+            if n is None or max_out <= 0:
+                return
+            expected = p.prefill_ms + p.decode_ms * n / max_out
+            slower = self._observed.slower(first_ms, expected)
+            self._observed.sample(
+                a.choice.backend_id, ttft=self._ttft * slower, decode=self._decode * slower
+            )
+            return
+        ttft = self._ttft * self._observed.slower(first_ms, p.prefill_ms)
+        decode = None
+        n = a.output_tokens if a.output_tokens is not None else a.counted_chunks
+        max_out = a.call.parsed.route.max_output_tokens
+        if a.done_at is not None and n - 1 >= MIN_DECODE_TOKENS and max_out > 0:
+            span_ms = (a.done_at - a.first_at) * 1000
+            expected = p.decode_ms * (n - 1) / max_out
+            decode = self._decode * self._observed.slower(span_ms, expected)
+        self._observed.sample(a.choice.backend_id, ttft=ttft, decode=decode)
 
 
 class InFlight:

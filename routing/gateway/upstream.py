@@ -115,11 +115,83 @@ async def read_body(response: aiohttp.ClientResponse, *, timeout_s: float) -> by
         response.release()
 
 
-async def sse_events(response: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
-    """The `data:` payloads of a server-sent event stream, as raw bytes."""
+class StreamGuard:
+    """Ends a stream whose backend goes silent, or that outlives its request's deadline.
+
+    Armed after the first token (the wait for it has its own timeout): the backend
+    may send nothing for at most `stall_s` while the gateway is waiting for it (time
+    spent handing chunks to a slow client does not count), and the stream must end
+    by the deadline. When either passes, the guard fails the pending read with
+    `UpstreamTimeout` and closes the connection, so the backend sees the client leave
+    and frees its slot; `expired` says which ("stall" or "deadline").
+
+    One timer per stream, re-armed only when it fires: a chunk costs two clock reads
+    (in `sse_events`), not a timer each. The timer never cancels the task, which may
+    be suspended in the client's transport rather than in the upstream read.
+    """
+
+    __slots__ = ("_deadline", "_handle", "_loop", "_response", "expired", "stall_s",
+                 "waiting_since")  # fmt: skip
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self.stall_s = 0.0
+        #: loop time since when the stream has been waiting for the backend (None: not)
+        self.waiting_since: float | None = None
+        self.expired: str | None = None
+
+    def arm(self, *, stall_s: float, deadline_in_s: float) -> None:
+        now = self._loop.time()
+        self.stall_s = stall_s
+        self._deadline = now + max(deadline_in_s, 0.0)
+        self._handle = self._loop.call_at(min(self._deadline, now + stall_s), self._check)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        since = self.waiting_since
+        if now >= self._deadline:
+            self._expire("deadline")
+        elif since is not None and now - since >= self.stall_s:
+            self._expire("stall")
+        else:
+            due = (now if since is None else since) + self.stall_s
+            self._handle = self._loop.call_at(min(self._deadline, due), self._check)
+
+    def _expire(self, why: str) -> None:
+        self._handle = None
+        self.expired = why
+        self._response.content.set_exception(UpstreamTimeout(f"stream {why}"))
+        self._response.close()
+
+
+async def sse_events(
+    response: aiohttp.ClientResponse, guard: StreamGuard | None = None
+) -> AsyncGenerator[bytes, None]:
+    """The `data:` payloads of a server-sent event stream, as raw bytes.
+
+    With a `guard`, the time spent waiting for each piece is recorded for its stall check.
+    """
     buffer = b""
+    content = response.content
+    clock = asyncio.get_running_loop().time
     try:
-        async for piece in response.content.iter_any():
+        while True:
+            if guard is not None:
+                guard.waiting_since = clock()
+                piece = await content.readany()
+                guard.waiting_since = None
+            else:
+                piece = await content.readany()
+            if not piece:
+                break
             buffer += piece
             while True:
                 cut = buffer.find(SSE_SEPARATOR)

@@ -6,6 +6,7 @@ database pointing at it, and its own usage stream in Redis.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -42,8 +43,16 @@ def simulator_server() -> Iterator[tuple[Swappable, str]]:
         yield swappable, url
 
 
+#: The one gateway server of the session (see `gateway_url`).
+_gateway: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="session")
 def gateway_url() -> Iterator[str]:
+    """The live gateway. One per process, however many modules import this fixture
+    (tests/faults reuse it): the app's shared state (HTTP session, Redis clients)
+    belongs to the event loop of the server that first ran it, so a second server
+    would drive it from another thread's loop. The last user stops it."""
     from django.conf import settings
 
     from tesseract_web.asgi import application
@@ -51,8 +60,17 @@ def gateway_url() -> Iterator[str]:
     # The server's threads must not keep connections open past a test, or the test
     # database cannot be dropped at the end of the session.
     settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
-    with serve(application) as url:
-        yield url
+    if not _gateway:
+        stack = contextlib.ExitStack()
+        _gateway.update(url=stack.enter_context(serve(application)), stack=stack, users=0)
+    _gateway["users"] += 1
+    try:
+        yield _gateway["url"]
+    finally:
+        _gateway["users"] -= 1
+        if not _gateway["users"]:
+            _gateway.pop("stack").close()
+            _gateway.clear()
 
 
 @dataclass

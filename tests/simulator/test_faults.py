@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -119,11 +121,40 @@ def test_error_after_tokens_drops_the_stream_midway(world, time_scale):
     assert sse_events(short.text)[-1] == "[DONE]"
 
 
+@pytest.mark.parametrize("time_scale", [0.0, 0.01])
+def test_stall_after_tokens_stops_the_stream_midway_and_holds_it_open(world, time_scale):
+    app = Simulator(world, time_scale=time_scale)
+    deployment = app.deployments[EASTUS_70B]
+    received = []
+    timeout = httpx.Timeout(5, read=0.5)
+    with serve(app) as base, httpx.Client(base_url=base, timeout=timeout) as client:
+        client.post(f"{BASE}/control", json={"stall_after_tokens": 3})
+        with client.stream("POST", CHAT, json=chat(max_tokens=10, stream=True)) as r:
+            assert r.status_code == 200
+            with pytest.raises(httpx.ReadTimeout):  # open, and silent after three tokens
+                received.extend(r.iter_lines())
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(CHAT, json=chat(max_tokens=10))  # a whole answer never comes
+        short = client.post(CHAT, json=chat(max_tokens=3, stream=True))  # ends before the fault
+
+    assert len([line for line in received if '"content":" ' in line]) == 3
+    assert not any("[DONE]" in line for line in received)
+    assert sse_events(short.text)[-1] == "[DONE]"
+    deadline = time.monotonic() + 5
+    while deployment.slots.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert deployment.slots.running == 0  # the slot was freed when the client gave up
+
+
 def test_fault_none_clears_every_fault(world):
     app = Simulator(world, time_scale=0)
     _, state, _, cleared = calls(
         app,
-        ("POST", f"{BASE}/control", {"fault": "slow", "slow_factor": 3, "error_after_tokens": 2}),
+        (
+            "POST",
+            f"{BASE}/control",
+            {"fault": "slow", "slow_factor": 3, "error_after_tokens": 2, "stall_after_tokens": 4},
+        ),
         ("GET", f"{BASE}/control", None),
         ("POST", f"{BASE}/control", {"fault": "none"}),
         ("GET", f"{BASE}/control", None),
@@ -134,6 +165,8 @@ def test_fault_none_clears_every_fault(world):
         "error_rate": 1.0,
         "slow_factor": 3,
         "error_after_tokens": 2,
+        "stall_after_tokens": 4,
     }
     assert cleared.json()["fault"]["fault"] == "none"
     assert cleared.json()["fault"]["error_after_tokens"] is None
+    assert cleared.json()["fault"]["stall_after_tokens"] is None
