@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import models
 from django.utils import timezone
 
-if TYPE_CHECKING:
-    from accounts.models import Organization, User
+from accounts.types import Person, Tenant
 
 
 class OrgOwnedQuerySet(models.QuerySet[Any]):
-    def for_org(self, org: Organization) -> OrgOwnedQuerySet:
+    def for_org(self, org: Tenant) -> OrgOwnedQuerySet:
         return self.filter(org=org)
 
 
 class OrganizationQuerySet(models.QuerySet[Any]):
-    def for_user(self, user: User) -> OrganizationQuerySet:
+    def for_user(self, user: Person) -> OrganizationQuerySet:
         """Organizations the user is a member of."""
         if not user.is_authenticated:
             return self.none()

@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from backends import livestate
 from backends.models import Deployment, Health, HealthEvent
+from backends.snapshot import load_world
 
 logger = logging.getLogger(__name__)
 
@@ -162,9 +163,7 @@ def _status(response: httpx.Response) -> str:
 
 
 def _targets() -> list[Target]:
-    from routing.snapshot import load_world  # the expected RTT, as the gateway sees it
-
-    world = load_world()
+    world = load_world()  # the expected RTT, as the gateway sees it
     region = settings.TESSERACT_GATEWAY_REGION
     latency = world.snapshot.latency
     out = []

@@ -12,6 +12,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from backends import planner
 from backends.world import jurisdictions
 
 
@@ -311,14 +312,15 @@ class LatencyProbe(models.Model):
 class PlacementAction(models.Model):
     """A proposal to load or unload a model somewhere, and what became of it."""
 
+    # The planner (`backends.planner`, pure) names the kinds and outcomes it reasons about.
     class Kind(models.TextChoices):
-        LOAD = "load", "Load"
-        UNLOAD = "unload", "Unload"
+        LOAD = planner.LOAD, "Load"
+        UNLOAD = planner.UNLOAD, "Unload"
 
     class Status(models.TextChoices):
         RECOMMENDED = "recommended", "Recommended (not applied)"
-        APPLIED = "applied", "Applied"
-        FAILED = "failed", "Failed"
+        APPLIED = planner.APPLIED, "Applied"
+        FAILED = planner.FAILED, "Failed"
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="+")
     kind = models.CharField(max_length=8, choices=Kind.choices)

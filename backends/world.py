@@ -183,6 +183,21 @@ def physical_rtt_floor_ms(lat1: float, lon1: float, lat2: float, lon2: float) ->
     return 2 * great_circle_km(lat1, lon1, lat2, lon2) / FIBER_KM_PER_MS
 
 
+#: Cold start: weights in bf16 (2 bytes per parameter) read from storage into
+#: accelerator memory at an aggregate 4 GB/s, plus 10 s of process start, runtime
+#: initialisation and warm-up. 8B -> 14 s, 70B -> 45 s, 405B -> 212.5 s. The simulator
+#: emulates it (times its time scale); placement weighs it against the demand it serves.
+COLD_START_FIXED_S = 10.0
+WEIGHT_BYTES_PER_PARAM = 2
+LOAD_BYTES_PER_S = 4e9
+
+
+def cold_start_s(parameters_b: float) -> float:
+    """Seconds to load a model of `parameters_b` billion parameters (simulated seconds,
+    before the simulator's time scale)."""
+    return COLD_START_FIXED_S + parameters_b * 1e9 * WEIGHT_BYTES_PER_PARAM / LOAD_BYTES_PER_S
+
+
 # --------------------------------------------------------------------------- readers
 
 

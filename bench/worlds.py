@@ -1,6 +1,6 @@
 """A `backends.world.WorldSpec` turned into engine types, for the benchmarks.
 
-This mirrors what `routing/snapshot.py` does from ORM rows, without a database.
+This mirrors what `backends/snapshot.py` does from ORM rows, without a database.
 """
 
 from __future__ import annotations

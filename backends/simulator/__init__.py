@@ -67,7 +67,8 @@ arrival to first token, queue included; e2e: arrival to last token), in wall-clo
 seconds (so already multiplied by the time scale).
 """
 
+from backends.world import cold_start_s  # the world's physics, which the simulator emulates
+
 from .app import MidStreamAbort, Simulator, create_app
-from .state import cold_start_s
 
 __all__ = ["MidStreamAbort", "Simulator", "cold_start_s", "create_app"]

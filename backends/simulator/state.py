@@ -12,24 +12,12 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from backends.world import DeploymentSpec, WorldSpec
+from backends.world import DeploymentSpec, WorldSpec, cold_start_s
 
 from .metrics import Metrics
 from .protocol import invalid
 
 FAULTS = ("none", "error", "slow", "down", "hang")
-
-#: Cold start: weights in bf16 (2 bytes per parameter) read from storage into
-#: accelerator memory at an aggregate 4 GB/s, plus 10 s of process start, runtime
-#: initialisation and warm-up. 8B -> 14 s, 70B -> 45 s, 405B -> 212.5 s (simulated).
-COLD_START_FIXED_S = 10.0
-WEIGHT_BYTES_PER_PARAM = 2
-LOAD_BYTES_PER_S = 4e9
-
-
-def cold_start_s(parameters_b: float) -> float:
-    """Seconds (before the time scale) to load a model of `parameters_b` billion parameters."""
-    return COLD_START_FIXED_S + parameters_b * 1e9 * WEIGHT_BYTES_PER_PARAM / LOAD_BYTES_PER_S
 
 
 class Slots:

@@ -1,6 +1,6 @@
 """The engine's inputs: plain, immutable values.
 
-Nothing here knows about Django, Redis or HTTP. `routing/snapshot.py` (the one seam)
+Nothing here knows about Django, Redis or HTTP. `backends/snapshot.py` (the one seam)
 turns ORM rows and live counters into these types; the gateway, `/v1/route` and the
 trace-driven simulator in `bench/` all hand the same types to `route()`.
 

@@ -11,11 +11,11 @@ from decimal import Decimal
 from typing import Any
 
 from accounts.keycache import ResolvedKey
+from backends.snapshot import Endpoint
 from billing import metering
 from routing.engine import Choice, Plan
 from routing.gateway import observability
 from routing.gateway.parse import Parsed
-from routing.snapshot import Endpoint
 
 _MTOK = Decimal(1_000_000)
 

@@ -30,6 +30,7 @@ import msgspec
 from django.conf import settings
 
 from backends import health
+from backends.snapshot import Endpoint, World
 from billing import metering
 from routing.engine import DEFAULT_STRATEGY, STRATEGIES, Choice, Plan, route
 from routing.errors import (
@@ -52,7 +53,6 @@ from routing.gateway.upstream import (
     read_body,
     sse_events,
 )
-from routing.snapshot import Endpoint, World
 
 logger = logging.getLogger(__name__)
 

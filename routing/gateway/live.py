@@ -23,9 +23,9 @@ from django.conf import settings
 
 from backends import livestate
 from backends.signals import WORLD_CHANNEL
+from backends.snapshot import World, load_world
 from routing.engine import Snapshot
 from routing.gateway.db import off_loop
-from routing.snapshot import World, load_world
 
 logger = logging.getLogger(__name__)
 

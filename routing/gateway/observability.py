@@ -69,9 +69,9 @@ from backends import livestate
 from backends.models import Health
 
 if TYPE_CHECKING:
+    from backends.snapshot import World
     from billing.metering import UsageRecord
     from routing.engine import Plan
-    from routing.snapshot import World
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def plan_made(plan: Plan) -> None:
 
 
 def failed_over(endpoint: Any, exc: BaseException) -> None:
-    """A backend (a `routing.snapshot.Endpoint`) failed before the first token."""
+    """A backend (a `backends.snapshot.Endpoint`) failed before the first token."""
     reason = _FAILOVER_REASONS.get(type(exc).__name__, "other")
     FAILOVERS.labels(endpoint.region, endpoint.chip, reason).inc()
 

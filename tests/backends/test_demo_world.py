@@ -46,7 +46,7 @@ def test_hipaa_clusters_are_only_ours_and_only_in_the_us(loaded):
 
 
 def test_a_partner_beside_our_us_site_does_not_inherit_our_hipaa_baa(loaded):
-    from routing.snapshot import load_world
+    from backends.snapshot import load_world
 
     ours = Cluster.objects.filter(owner="tesseract", region__country_code="US")
     partner = Cluster.objects.filter(owner="partner", region__in=ours.values("region")).first()

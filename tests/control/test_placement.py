@@ -23,19 +23,16 @@ from accounts.models import Organization, User
 from accounts.services import backup_codes_regenerate
 from backends.demo import demo_world_load
 from backends.models import ControlSettings, Deployment, PlacementAction
-from backends.placement import (
+from backends.placement import LOCK_KEY, demand_by_region, placement_run, served_by_deployment
+from backends.planner import (
     COOLDOWN_S,
     LOAD,
-    LOCK_KEY,
     UNLOAD,
     LastAction,
     Rules,
     Site,
     accelerators_for,
-    demand_by_region,
     placement_plan,
-    placement_run,
-    served_by_deployment,
 )
 from backends.signals import WORLD_CHANNEL
 from backends.simulator import create_app
