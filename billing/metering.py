@@ -17,10 +17,13 @@ The stream is as durable as the Redis it lives in; production runs Redis with AO
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import msgspec
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 STREAM: str = settings.TESSERACT_USAGE_STREAM
 GROUP = "usage-drain"
@@ -85,12 +88,14 @@ class Publisher:
 
     def __init__(self, redis: Any) -> None:
         self.redis = redis
-        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._pending: list[tuple[bytes, Any, asyncio.Future[None]]] = []
         self._flushing = False
 
-    async def publish(self, record: UsageRecord) -> None:
+    async def publish(self, record: UsageRecord, *, settle: Any = None) -> None:
+        """`settle`: (script, keys, args), run in the same round trip as the XADD
+        (`billing.limits`: a request's budget settles with its usage record)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((encode(record), future))
+        self._pending.append((encode(record), settle, future))
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().call_soon(self._start_flush)
@@ -105,15 +110,34 @@ class Publisher:
             batch, self._pending = self._pending, []
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for data, _ in batch:
+                    for data, settle, _ in batch:
                         pipe.xadd(STREAM, {b"r": data})
-                    await pipe.execute()
+                        if settle is not None:
+                            script, keys, args = settle
+                            pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    results = iter(await pipe.execute(raise_on_error=False))
             except Exception as exc:
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
             else:
-                for _, future in batch:
-                    if not future.done():
+                for _, settle, future in batch:
+                    added = next(results)
+                    if settle is not None and isinstance(next(results), Exception):
+                        await _settle_again(settle)
+                    if future.done():
+                        continue
+                    if isinstance(added, Exception):
+                        future.set_exception(added)
+                    else:
                         future.set_result(None)
         self._flushing = False
+
+
+async def _settle_again(settle: Any) -> None:
+    """The script was not loaded (Redis restarted): load and run it on its own."""
+    script, keys, args = settle
+    try:
+        await script(keys=keys, args=args)
+    except Exception:
+        logger.exception("could not settle a budget reservation (keys %s)", keys)

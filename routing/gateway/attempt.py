@@ -66,6 +66,11 @@ class Attempt:
     counted_chunks: int = 0
     status: str = "ok"
     published: bool = False
+    #: The admission's reservation and x-ratelimit-* headers (`routing.gateway.admission`).
+    ticket: Any = None
+
+    def limit_headers(self) -> list[tuple[bytes, bytes]]:
+        return list(self.ticket.headers) if self.ticket is not None else []
 
     # -- timing --------------------------------------------------------------------
 
@@ -113,7 +118,7 @@ class Attempt:
         ]
         if self.plan.degraded is not None:
             headers.append((b"x-tesseract-degraded", self.plan.degraded.kind.encode()))
-        return headers
+        return headers + self.limit_headers()
 
     def info(self, end: float) -> dict[str, Any]:
         """The `tesseract` object of a response body or final chunk."""

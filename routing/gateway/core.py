@@ -42,6 +42,7 @@ from routing.errors import (
     TesseractAPIError,
 )
 from routing.gateway import affinity, observability
+from routing.gateway.admission import Admission
 from routing.gateway.attempt import Attempt, Call, Head
 from routing.gateway.live import InFlight, WorldHolder
 from routing.gateway.parse import Parsed
@@ -140,6 +141,7 @@ class Gateway:
         self.upstream = upstream
         self.redis = redis
         self.usage = metering.Publisher(redis)
+        self.admission = Admission(redis)
         self.inflight = InFlight()
         self._background: set[asyncio.Task[Any]] = set()
         self._suspects: set[str] = set()
@@ -217,7 +219,8 @@ class Gateway:
         attempt.published = True
         record = attempt.record(end)
         observability.request_finished(call=attempt.call, plan=attempt.plan, record=record)
-        await self.usage.publish(record)
+        settle = self.admission.settlement(attempt.ticket, attempt.endpoint, record)
+        await self.usage.publish(record, settle=settle)
 
     def _passive(self, backend_id: str, error: Exception | None) -> None:
         """Feed the health state machine with what this request saw (passive health).
@@ -251,7 +254,8 @@ class Gateway:
         observability.plan_made(plan)
         if not plan.ok:
             raise infeasible_error(plan)
-        attempt = Attempt(call=call, plan=plan, routed_at=time.perf_counter())
+        ticket = await self.admission.admit(call, plan, world)  # 403/429: nothing called
+        attempt = Attempt(call=call, plan=plan, routed_at=time.perf_counter(), ticket=ticket)
         r = parsed.route
         deadline_s = (
             r.max_latency_ms / 1000
@@ -309,6 +313,7 @@ class Gateway:
                     f"the last said: {last_error}."
                 )
             await self._publish(attempt, time.perf_counter())
+            error.extra_headers = attempt.limit_headers()
             raise error
         except asyncio.CancelledError:
             attempt.status = "cancelled"
