@@ -59,6 +59,21 @@ SHOW_DEMO_KEY = (
     "from accounts.demo import demo_accounts_ensure; print('KEY', demo_accounts_ensure().api_key)"
 )
 
+#: Limits no benchmark reaches: every request is checked, none is refused.
+UNREACHABLE_TIER = """
+from decimal import Decimal
+from accounts.models import Organization
+from billing.models import SlaTier
+from billing.subscriptions import budget_set, tier_change
+from billing.tiers import ENTERPRISE
+fields = {**ENTERPRISE.fields(), "slug": "bench", "name": "Bench (unreachable limits)",
+          "requests_per_minute": 10**9, "tokens_per_minute": 10**12}
+tier, _ = SlaTier.objects.update_or_create(slug="bench", defaults=fields)
+for org in Organization.objects.all():
+    tier_change(org=org, tier=tier)
+    budget_set(org=org, monthly_budget_usd=Decimal("1000000"))
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -230,6 +245,8 @@ def main() -> None:
             [*manage, "shell", "-c", SHOW_DEMO_KEY],
             env=env, check=True, cwd=ROOT, capture_output=True, text=True,
         ).stdout.split("KEY ")[1].strip()  # fmt: skip
+        # Rate limits and budgets stay on, out of reach (the Free tier allows 60 req/min).
+        subprocess.run([*manage, "shell", "-c", UNREACHABLE_TIER], env=env, check=True, cwd=ROOT)
         gateway = start(
             [PY, "-m", "uvicorn", "tesseract_web.asgi:application", "--port", str(gw_port),
              "--loop", "uvloop", "--http", "httptools", "--no-access-log",

@@ -42,6 +42,7 @@ on Redis Cluster.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -150,8 +151,14 @@ def from_nano(units: int) -> Decimal:
     return Decimal(units) * NANO
 
 
+@functools.lru_cache(maxsize=4096)
+def _with_margin(cost: rating.Price, margin_pct: Decimal) -> rating.Price:
+    return rating.with_margin(cost, margin_pct)
+
+
 def price(cost: rating.Price, limits: Limits) -> rating.Price:
-    return rating.with_margin(cost, limits.margin_pct)
+    """Our price (`billing.rating.with_margin`, memoized: the hot path asks it per request)."""
+    return _with_margin(cost, limits.margin_pct)
 
 
 def worst_case(

@@ -16,6 +16,7 @@ for the benchmark's "off" run only.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,9 +47,12 @@ class Ticket:
 
 def cost(endpoint: Endpoint) -> rating.Price:
     """The deployment's cost as the catalog stores it (6 decimal places, via str)."""
-    return rating.Price(
-        Decimal(str(endpoint.price_input_per_mtok)), Decimal(str(endpoint.price_output_per_mtok))
-    )
+    return _cost(endpoint.price_input_per_mtok, endpoint.price_output_per_mtok)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cost(input_per_mtok: float, output_per_mtok: float) -> rating.Price:
+    return rating.Price(Decimal(str(input_per_mtok)), Decimal(str(output_per_mtok)))
 
 
 class Admission:
