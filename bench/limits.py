@@ -35,14 +35,13 @@ import aiohttp
 
 from bench.gateway import (
     BODY,
-    PY,
     RESULTS,
-    ROOT,
-    SHOW_DEMO_KEY,
-    UNREACHABLE_TIER,
+    bench_env,
+    catalog_and_key,
     free_port,
     pct,
-    start,
+    start_gateway,
+    start_simulator,
     wait_http,
 )
 
@@ -91,50 +90,18 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tesseract-bench-limits-"))
     sim_port = free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
-    env = {
-        **os.environ,
-        "DEBUG": "1",
-        "TESSERACT_VAR_DIR": str(work),
-        "DATABASE_URL": f"sqlite:///{work / 'bench.sqlite3'}",
-        "TESSERACT_SIMULATOR_URL": sim_url,
-        "LOG_LEVEL": "WARNING",
-    }
-    if "REDIS_URL" not in env:
-        from tesseract_web import embedded_redis
-
-        env["REDIS_URL"] = embedded_redis.start()
+    env = bench_env(work, sim_url)
 
     with ExitStack() as stack:
         procs: list[subprocess.Popen[bytes]] = []
         stack.callback(lambda: [p.terminate() for p in procs])
-        procs.append(
-            start(
-                [PY, "-m", "backends.simulator", "--port", str(sim_port), "--time-scale", "0"],
-                env,
-                work / "simulator.log",
-            )
-        )
-        manage = [PY, "manage.py"]
-        subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=ROOT)
-        subprocess.run(
-            [*manage, "load_demo_world"], env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL
-        )
-        key = subprocess.run(
-            [*manage, "shell", "-c", SHOW_DEMO_KEY],
-            env=env, check=True, cwd=ROOT, capture_output=True, text=True,
-        ).stdout.split("KEY ")[1].strip()  # fmt: skip
-        subprocess.run([*manage, "shell", "-c", UNREACHABLE_TIER], env=env, check=True, cwd=ROOT)
+        procs.append(start_simulator(sim_port, env, work))
+        key = catalog_and_key(env)
         urls = {}
         for mode, flag in (("on", "1"), ("off", "0")):
             port = free_port()
-            procs.append(
-                start(
-                    [PY, "-m", "uvicorn", "tesseract_web.asgi:application", "--port", str(port),
-                     "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-                     "--log-level", "warning"],
-                    {**env, "TESSERACT_LIMITS": flag}, work / f"gateway-{mode}.log",
-                )
-            )  # fmt: skip
+            log = work / f"gateway-{mode}.log"
+            procs.append(start_gateway(port, {**env, "TESSERACT_LIMITS": flag}, log))
             urls[mode] = f"http://127.0.0.1:{port}/v1/chat/completions"
         headers = {"Authorization": f"Bearer {key}"}
         wait_http(f"{sim_url}/health")
