@@ -334,7 +334,8 @@ class Gateway:
         """The backend refused the request itself (a 4xx): relay its answer, no failover."""
         attempt.status = "error"
         await self._publish(attempt, time.perf_counter())
-        return [Head(exc.status, [(b"content-type", b"application/json")]), exc.body]
+        headers = [(b"content-type", b"application/json"), *attempt.limit_headers()]
+        return [Head(exc.status, headers), exc.body]
 
     async def _whole(
         self, call: Call, attempt: Attempt, remaining: float
