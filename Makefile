@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
 .PHONY: install bench-install run test check bench bench-routing bench-engine bench-gateway \
-	bench-control clean
+	bench-control bench-limits clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ bench-gateway: bench-install
 	$(BIN)/python -m bench.gateway
 
 ## How fast drains, health changes, load and key revocations reach a running gateway.
+## What rate limits and budgets cost: one gateway with them on, one off, same run.
+bench-limits: bench-install
+	$(BIN)/python -m bench.limits
+
 bench-control: bench-install
 	$(BIN)/python -m bench.control_signals
 

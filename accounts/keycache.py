@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
@@ -53,9 +54,18 @@ class ResolvedKey:
     default_compliance: tuple[str, ...]
     default_max_latency_ms: int | None
     default_max_ttft_ms: int | None
+    #: What admission checks (rate limits, budgets, suspension): filled by the apps
+    #: above accounts through `LOAD_HOOKS` (billing: `billing.limits.Limits`).
+    limits: Any = None
 
 
 Loader = Callable[[str], ResolvedKey | None]
+
+
+#: Called on every key loaded from the database, to attach what apps above accounts
+#: need per request (billing registers its limits in `ready()`): the key cache stays
+#: the one place a key resolves, and it still knows nothing of billing.
+LOAD_HOOKS: list[Callable[[ResolvedKey], ResolvedKey]] = []
 
 
 def load_from_db(lookup: str) -> ResolvedKey | None:
@@ -64,7 +74,7 @@ def load_from_db(lookup: str) -> ResolvedKey | None:
     row = ApiKey.objects.select_related("org").filter(lookup=lookup).first()
     if row is None:
         return None
-    return ResolvedKey(
+    key = ResolvedKey(
         id=row.pk,
         org_id=row.org_id,
         org_slug=row.org.slug,
@@ -78,6 +88,9 @@ def load_from_db(lookup: str) -> ResolvedKey | None:
         default_max_latency_ms=row.default_max_latency_ms,
         default_max_ttft_ms=row.default_max_ttft_ms,
     )
+    for hook in LOAD_HOOKS:
+        key = hook(key)
+    return key
 
 
 class KeyCache:

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.apps import AppConfig
 
 
@@ -7,3 +9,20 @@ class BackendsConfig(AppConfig):
 
     def ready(self) -> None:
         from backends import signals  # noqa: F401  (connects the receivers)
+        from billing import pricebook
+
+        if deployment_costs not in pricebook.COST_LOADERS:
+            pricebook.COST_LOADERS.append(deployment_costs)  # rating reads the catalog's costs
+
+
+def deployment_costs(slugs: set[str]) -> dict[str, Any]:
+    """The provider's cost of each deployment, for `billing.pricebook` (one query)."""
+    from backends.models import Deployment
+    from billing.rating import Price
+
+    return {
+        slug: Price(cin, cout)
+        for slug, cin, cout in Deployment.objects.filter(slug__in=slugs).values_list(
+            "slug", "price_input_per_mtok", "price_output_per_mtok"
+        )
+    }

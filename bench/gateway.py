@@ -59,6 +59,21 @@ SHOW_DEMO_KEY = (
     "from accounts.demo import demo_accounts_ensure; print('KEY', demo_accounts_ensure().api_key)"
 )
 
+#: Limits no benchmark reaches: every request is checked, none is refused.
+UNREACHABLE_TIER = """
+from decimal import Decimal
+from accounts.models import Organization
+from billing.models import SlaTier
+from billing.subscriptions import budget_set, tier_change
+from billing.tiers import ENTERPRISE
+fields = {**ENTERPRISE.fields(), "slug": "bench", "name": "Bench (unreachable limits)",
+          "requests_per_minute": 10**9, "tokens_per_minute": 10**12}
+tier, _ = SlaTier.objects.update_or_create(slug="bench", defaults=fields)
+for org in Organization.objects.all():
+    tier_change(org=org, tier=tier)
+    budget_set(org=org, monthly_budget_usd=Decimal("1000000"))
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -81,6 +96,56 @@ def wait_http(url: str, timeout: float = 60.0, headers: dict[str, str] | None = 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def bench_env(work: Path, sim_url: str) -> dict[str, str]:
+    """A throwaway SQLite catalog in `work`, the simulator at `sim_url`, a real Redis."""
+    env = {
+        **os.environ,
+        "DEBUG": "1",
+        "TESSERACT_VAR_DIR": str(work),
+        "DATABASE_URL": f"sqlite:///{work / 'bench.sqlite3'}",
+        "TESSERACT_SIMULATOR_URL": sim_url,
+        "LOG_LEVEL": "WARNING",
+    }
+    if "REDIS_URL" not in env:
+        from tesseract_web import embedded_redis
+
+        env["REDIS_URL"] = embedded_redis.start()
+    return env
+
+
+def start_simulator(port: int, env: dict[str, str], work: Path) -> subprocess.Popen[bytes]:
+    return start(
+        [PY, "-m", "backends.simulator", "--port", str(port), "--time-scale", "0"],
+        env,
+        work / "simulator.log",
+    )
+
+
+def catalog_and_key(env: dict[str, str]) -> str:
+    """Migrate, load the demo world, and return a fresh demo API key. The demo org's
+    rate limits and budget stay on, out of reach (the Free tier allows 60 req/min)."""
+    manage = [PY, "manage.py"]
+    subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=ROOT)
+    subprocess.run(
+        [*manage, "load_demo_world"], env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL
+    )
+    key = subprocess.run(
+        [*manage, "shell", "-c", SHOW_DEMO_KEY],
+        env=env, check=True, cwd=ROOT, capture_output=True, text=True,
+    ).stdout.split("KEY ")[1].strip()  # fmt: skip
+    subprocess.run([*manage, "shell", "-c", UNREACHABLE_TIER], env=env, check=True, cwd=ROOT)
+    return key
+
+
+def start_gateway(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """One uvicorn worker (uvloop, httptools) serving Tesseract."""
+    return start(
+        [PY, "-m", "uvicorn", "tesseract_web.asgi:gateway", "--port", str(port),
+         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"],
+        env, log,
+    )  # fmt: skip
 
 
 def ensure_litellm() -> Path:
@@ -197,45 +262,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tesseract-bench-"))
     sim_port, gw_port, llm_port = free_port(), free_port(), free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
-    env = {
-        **os.environ,
-        "DEBUG": "1",
-        "TESSERACT_VAR_DIR": str(work),
-        "DATABASE_URL": f"sqlite:///{work / 'bench.sqlite3'}",
-        "TESSERACT_SIMULATOR_URL": sim_url,
-        "LOG_LEVEL": "WARNING",
-    }
-    if "REDIS_URL" not in env:
-        from tesseract_web import embedded_redis
-
-        env["REDIS_URL"] = embedded_redis.start()
+    env = bench_env(work, sim_url)
 
     with ExitStack() as stack:
         procs: list[subprocess.Popen[bytes]] = []
         stack.callback(lambda: [p.terminate() for p in procs])
-
-        procs.append(
-            start(
-                [PY, "-m", "backends.simulator", "--port", str(sim_port), "--time-scale", "0"],
-                env,
-                work / "simulator.log",
-            )
-        )
-        manage = [PY, "manage.py"]
-        subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, cwd=ROOT)
-        subprocess.run(
-            [*manage, "load_demo_world"], env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL
-        )
-        key = subprocess.run(
-            [*manage, "shell", "-c", SHOW_DEMO_KEY],
-            env=env, check=True, cwd=ROOT, capture_output=True, text=True,
-        ).stdout.split("KEY ")[1].strip()  # fmt: skip
-        gateway = start(
-            [PY, "-m", "uvicorn", "tesseract_web.asgi:gateway", "--port", str(gw_port),
-             "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-             "--log-level", "warning"],
-            env, work / "gateway.log",
-        )  # fmt: skip
+        procs.append(start_simulator(sim_port, env, work))
+        key = catalog_and_key(env)
+        gateway = start_gateway(gw_port, env, work / "gateway.log")
         procs.append(gateway)
         wait_http(f"{sim_url}/health")
         wait_http(

@@ -163,3 +163,15 @@ class StripeEventAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+from billing.models import BudgetAlert  # noqa: E402  (limits: budget alerts)
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(admin.ModelAdmin):
+    list_display = ("org", "month", "threshold_pct", "spend_usd", "cap_usd", "sent_at")
+    list_filter = ("month", "threshold_pct")
+
+    def has_change_permission(self, request, obj=None):
+        return False  # a record of what was sent

@@ -6,7 +6,7 @@
 * After the tier's `dunning_grace_days`, `accounts_suspend_overdue` (a Celery task,
   hourly) suspends the org: `suspended_at` is set, and every gateway process is told
   to reload the org's keys (the key cache's pub/sub), so the suspension reaches them
-  within a second once the key cache carries the flag (`billing.selectors.org_is_suspended`).
+  within a second (the resolved key carries it: `billing.limits.Limits.suspended_reason`).
 * `invoice.paid` (and localstripe's `invoice.payment_succeeded`): the invoice is paid,
   dunning ends and a suspension is lifted at once.
 * `customer.subscription.updated`: the org moves to the tier of the subscription's
@@ -26,8 +26,8 @@ from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts import keycache
-from accounts.models import ApiKey, Organization
+from accounts.models import Organization
+from billing import limits
 from billing.models import BillingAccount, Invoice, SlaTier, StripeEvent
 from billing.subscriptions import tier_change, tier_default
 
@@ -36,13 +36,7 @@ logger = logging.getLogger(__name__)
 
 def _keys_changed(org_id: int) -> None:
     """After commit: every gateway drops the org's keys and reloads them (with the flag)."""
-    lookups = list(ApiKey.objects.filter(org_id=org_id).values_list("lookup", flat=True))
-
-    def publish() -> None:
-        for lookup in lookups:
-            keycache.publish_change(lookup)
-
-    transaction.on_commit(publish)
+    limits.keys_changed(org_id=org_id)
 
 
 def _owners(org: Organization) -> list[str]:

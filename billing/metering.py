@@ -232,16 +232,18 @@ class Publisher:
         self.spool = spool or Spool(Path(settings.VAR_DIR) / "usage-spool")
         self.available = True
         self.down_since: float | None = None
-        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._pending: list[tuple[bytes, Any, asyncio.Future[None]]] = []
         self._flushing = False
         self._spool_lock: asyncio.Lock | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._adopted = False
         self._spooled = False  # records in our spool that no replay has taken yet
 
-    async def publish(self, record: UsageRecord) -> None:
+    async def publish(self, record: UsageRecord, *, settle: Any = None) -> None:
+        """`settle`: (script, keys, args), run in the same round trip as the XADD
+        (`billing.limits`: a request's budget settles with its usage record)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((encode(record), future))
+        self._pending.append((encode(record), settle, future))
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().call_soon(self._start_flush)
@@ -255,15 +257,15 @@ class Publisher:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                datas = [data for data, _ in batch]
+                datas = [data for data, _, _ in batch]
                 if self.available:
                     try:
                         async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                            await self._xadd(datas)
+                            await self._xadd(datas, [settle for _, settle, _ in batch])
                     except Exception as exc:
                         self._down(exc)
                     else:
-                        _settle(batch)
+                        _resolve(batch)
                         if not self._adopted:
                             self._adopted = True
                             self._watch()  # once: replay what dead processes left here
@@ -278,15 +280,33 @@ class Publisher:
                         b"\n".join(datas).decode(errors="backslashreplace"),
                         exc_info=True,
                     )
-                _settle(batch)  # served is served: the caller answers its client
+                # Served is served: the caller answers its client. (A budget reservation
+                # that could not settle now expires with its month's key; see billing.limits.)
+                _resolve(batch)
         finally:
             self._flushing = False
 
-    async def _xadd(self, datas: list[bytes]) -> None:
+    async def _xadd(self, datas: list[bytes], settles: list[Any] | None = None) -> None:
+        """One pipelined round trip: each record's XADD, and after it the budget
+        settlement that goes with it. Raises if any XADD failed (the whole batch is
+        then spooled; the drain stores each request id once)."""
+        settles = settles or [None] * len(datas)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for data in datas:
+            for data, settle in zip(datas, settles, strict=True):
                 pipe.xadd(STREAM, {b"r": data})
-            await pipe.execute()
+                if settle is not None:
+                    script, keys, args = settle
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results = iter(await pipe.execute(raise_on_error=False))
+        failed: BaseException | None = None
+        for settle in settles:
+            added = next(results)
+            if isinstance(added, BaseException):
+                failed = added
+            if settle is not None and isinstance(next(results), BaseException):
+                await _settle_again(settle)
+        if failed is not None:
+            raise failed
 
     def _lock(self) -> asyncio.Lock:
         if self._spool_lock is None:
@@ -345,7 +365,16 @@ class Publisher:
                 await self._xadd(lines[start : start + 500])
 
 
-def _settle(batch: list[tuple[bytes, asyncio.Future[None]]]) -> None:
-    for _, future in batch:
+def _resolve(batch: list[tuple[bytes, Any, asyncio.Future[None]]]) -> None:
+    for _, _, future in batch:
         if not future.done():
             future.set_result(None)
+
+
+async def _settle_again(settle: Any) -> None:
+    """The script was not loaded (Redis restarted): load and run it on its own."""
+    script, keys, args = settle
+    try:
+        await script(keys=keys, args=args)
+    except Exception:
+        logger.exception("could not settle a budget reservation (keys %s)", keys)

@@ -434,3 +434,28 @@ class ApiKeyLimits(models.Model):
 
     def __str__(self) -> str:
         return f"limits of {self.api_key}"
+
+
+class BudgetAlert(models.Model):
+    """An email sent when an org's month crossed a share of its cap: once per threshold
+    and month (unique), whoever runs the check (`billing.alerts`)."""
+
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    month = models.CharField(max_length=7, help_text="YYYY-MM")
+    threshold_pct = models.PositiveSmallIntegerField()
+    spend_usd = _charge()
+    cap_usd = _money()
+    sent_at = models.DateTimeField(default=timezone.now)
+
+    objects = OrgOwnedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-sent_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["org", "month", "threshold_pct"], name="budgetalert_once_per_month"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.org} {self.month} {self.threshold_pct}%"

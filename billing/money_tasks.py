@@ -9,7 +9,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.utils import timezone
 
-from billing import dunning, invoicing, stripe_client, stripe_sync
+from billing import alerts, dunning, invoicing, stripe_client, stripe_sync
 
 
 @shared_task(time_limit=1800, ignore_result=True)
@@ -46,3 +46,9 @@ def reconcile_stripe() -> int:
 def suspend_overdue() -> int:
     """Suspend the organizations whose failed payment outlived the grace period."""
     return len(dunning.accounts_suspend_overdue())
+
+
+@shared_task(time_limit=120, ignore_result=True)
+def budget_alerts() -> int:
+    """Email owners whose month crossed 50/80/100% of the budget (once each per month)."""
+    return len(alerts.budget_alerts_send())

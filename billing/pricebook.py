@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from backends.models import Deployment
 from billing import metering, rating
 from billing.models import ListPrice, TierChange
 from billing.tiers import FREE
+
+#: Deployment slugs → the provider's cost. The catalog sits above billing in the layers
+#: (pyproject's import contract), so it registers this in its `ready()`
+#: (`backends.apps`); billing never imports it.
+CostLoader = Callable[[set[str]], dict[str, rating.Price]]
+COST_LOADERS: list[CostLoader] = []
+
+
+def _costs(slugs: set[str]) -> dict[str, rating.Price]:
+    costs: dict[str, rating.Price] = {}
+    for loader in COST_LOADERS:
+        costs.update(loader(slugs))
+    return costs
 
 
 def load(
     *, org_ids: Iterable[int], deployments: Iterable[str], models: Iterable[str]
 ) -> rating.PriceBook:
-    """Three queries, whatever the batch's size."""
-    costs = {
-        slug: rating.Price(cin, cout)
-        for slug, cin, cout in Deployment.objects.filter(slug__in=set(deployments)).values_list(
-            "slug", "price_input_per_mtok", "price_output_per_mtok"
-        )
-    }
+    """Three queries, whatever the batch's size (one through `COST_LOADERS`)."""
+    costs = _costs(set(deployments))
     margins: defaultdict[int, list[tuple[float, Decimal]]] = defaultdict(list)
     for org_id, since, margin in (
         TierChange.objects.filter(org_id__in=set(org_ids))

@@ -71,6 +71,9 @@ def budget_set(*, org: Organization, monthly_budget_usd: Decimal | None) -> Bill
     account = billing_account_ensure(org=org)
     BillingAccount.objects.filter(pk=account.pk).update(monthly_budget_usd=monthly_budget_usd)
     account.monthly_budget_usd = monthly_budget_usd
+    from billing.limits import keys_changed
+
+    keys_changed(org_id=org.pk)  # the new cap applies at once, in every gateway
     return account
 
 

@@ -45,6 +45,8 @@ class TesseractAPIError(Exception):
         self.code = code if code is not None else self.default_code
         self.retry_after_s = retry_after_s
         self.details = details
+        #: Sent with the error (the x-ratelimit-* headers of an admitted request).
+        self.extra_headers: list[tuple[bytes, bytes]] = []
 
     def to_dict(self) -> dict[str, Any]:
         error: dict[str, Any] = {
@@ -62,8 +64,8 @@ class TesseractAPIError(Exception):
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         if self.retry_after_s is None:
-            return []
-        return [(b"retry-after", str(self.retry_after_s).encode())]
+            return list(self.extra_headers)
+        return [(b"retry-after", str(self.retry_after_s).encode()), *self.extra_headers]
 
 
 class InvalidRequest(TesseractAPIError):
@@ -116,7 +118,7 @@ class RateLimited(TesseractAPIError):
 class BudgetExceeded(TesseractAPIError):
     http_status = 429
     type = "insufficient_quota"
-    default_code = "budget_exceeded"
+    default_code = "insufficient_quota"
 
 
 class BackendUnavailable(TesseractAPIError):

@@ -57,4 +57,10 @@ app.conf.beat_schedule = {
         "schedule": crontab(minute=30, hour=3),
     },
     "suspend-overdue": {"task": "billing.money_tasks.suspend_overdue", "schedule": 3600.0},
+    # Budget alerts at 50/80/100% of the monthly cap, once each per month.
+    "budget-alerts": {
+        "task": "billing.money_tasks.budget_alerts",
+        "schedule": 60.0,
+        "options": {"expires": 60.0},
+    },
 }

@@ -200,6 +200,9 @@ TESSERACT_GATEWAY_REGION = env_str("TESSERACT_GATEWAY_REGION", "westeurope")
 #: API keys: how long a resolved key stays in a process's cache without news from
 #: Redis (revocations arrive by pub/sub within milliseconds; this is the backstop).
 TESSERACT_KEY_CACHE_TTL_S = env_int("TESSERACT_KEY_CACHE_TTL_S", 30, minimum=1)
+# Rate limits and budgets on /v1 (billing.limits). 0 switches them off: for the
+# benchmark's "off" run only (suspension still applies).
+TESSERACT_LIMITS = env_bool("TESSERACT_LIMITS", True)
 
 #: How often a gateway re-reads the catalog without being told of a change (seconds).
 TESSERACT_WORLD_REFRESH_S = env_int("TESSERACT_WORLD_REFRESH_S", 5, minimum=1)

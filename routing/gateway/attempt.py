@@ -116,6 +116,11 @@ class Attempt:
     #: what the health map should hear about it (`backends.health.FAIL` or `SLOW`)
     failure: Exception | None = None
     failure_outcome: str = "fail"
+    #: The admission's reservation and x-ratelimit-* headers (`routing.gateway.admission`).
+    ticket: Any = None
+
+    def limit_headers(self) -> list[tuple[bytes, bytes]]:
+        return list(self.ticket.headers) if self.ticket is not None else []
 
     # -- timing --------------------------------------------------------------------
 
@@ -163,7 +168,7 @@ class Attempt:
         ]
         if self.plan.degraded is not None:
             headers.append((b"x-tesseract-degraded", self.plan.degraded.kind.encode()))
-        return headers
+        return headers + self.limit_headers()
 
     def info(self, end: float) -> dict[str, Any]:
         """The `tesseract` object of a response body or final chunk."""

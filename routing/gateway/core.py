@@ -43,6 +43,7 @@ from routing.errors import (
     TesseractAPIError,
 )
 from routing.gateway import affinity, observability
+from routing.gateway.admission import Admission
 from routing.gateway.attempt import Attempt, Call, Head, attempt_budget
 from routing.gateway.live import InFlight, WorldHolder
 from routing.gateway.parse import Parsed
@@ -152,6 +153,7 @@ class Gateway:
         self.upstream = upstream
         self.redis = redis
         self.usage = metering.Publisher(redis)
+        self.admission = Admission(redis)
         self.inflight = InFlight()
         self._background: set[asyncio.Task[Any]] = set()
         self._suspects: set[str] = set()
@@ -229,7 +231,8 @@ class Gateway:
         attempt.published = True
         record = attempt.record(end)
         observability.request_finished(call=attempt.call, plan=attempt.plan, record=record)
-        await self.usage.publish(record)
+        settle = self.admission.settlement(attempt.ticket, attempt.endpoint, record)
+        await self.usage.publish(record, settle=settle)
 
     def _passive(
         self, backend_id: str, error: Exception | None, outcome: str = health.FAIL
@@ -269,7 +272,8 @@ class Gateway:
         observability.plan_made(plan)
         if not plan.ok:
             raise infeasible_error(plan)
-        attempt = Attempt(call=call, plan=plan, routed_at=time.perf_counter())
+        ticket = await self.admission.admit(call, plan, world)  # 403/429: nothing called
+        attempt = Attempt(call=call, plan=plan, routed_at=time.perf_counter(), ticket=ticket)
         deadline_s = _deadline_s(parsed, plan)
         deadline = call.started + deadline_s
         first_token_limit = settings.TESSERACT_FIRST_TOKEN_TIMEOUT_S
@@ -334,6 +338,7 @@ class Gateway:
                     f"the last said: {last_error}."
                 )
             await self._publish(attempt, time.perf_counter())
+            error.extra_headers = attempt.limit_headers()
             raise error
         except (asyncio.CancelledError, GeneratorExit):
             # The client left: the transport cancelled us mid-await, or closed this
@@ -361,7 +366,8 @@ class Gateway:
         """The backend refused the request itself (a 4xx): relay its answer, no failover."""
         attempt.status = "error"
         await self._publish(attempt, time.perf_counter())
-        return [Head(exc.status, [(b"content-type", b"application/json")]), exc.body]
+        headers = [(b"content-type", b"application/json"), *attempt.limit_headers()]
+        return [Head(exc.status, headers), exc.body]
 
     async def _whole(
         self, call: Call, attempt: Attempt, budget: float

@@ -117,7 +117,13 @@ class Mesh:
 def live_maps_clear() -> None:
     """Forget what earlier tests taught the control plane (health, load, affinity)."""
     client = redis.Redis.from_url(settings.REDIS_URL)
-    for pattern in ("tesseract:live*", "tesseract:health:*", "tesseract:affinity:*"):
+    for pattern in (
+        "tesseract:live*",
+        "tesseract:health:*",
+        "tesseract:affinity:*",
+        "tesseract:rl:*",  # rate windows and budgets: org ids can repeat between tests
+        "tesseract:spend:*",
+    ):
         keys = list(client.scan_iter(match=pattern))
         if keys:
             client.delete(*keys)

@@ -1,0 +1,425 @@
+"""Rate limits and budgets on the hot path: one atomic Redis script per request.
+
+**What admission needs rides in the resolved key.** `load` reads the org's tier, its
+budget, the key's own limits and the suspension once, when the key cache loads a key
+(`accounts.keycache`, through the loader hook this app registers in `ready()`); a
+change to any of them republishes the org's keys on the key cache's channel
+(`keys_changed`), so every gateway process drops them within milliseconds. The
+deployment's cost is in the world snapshot. The hot path itself never queries.
+
+**Rate limits: fixed one-minute windows on Redis's clock.** A window is the minute of
+`TIME` on the Redis server (`floor(unix / 60)`), so every gateway process counts in the
+same window whatever its own clock says, and the counters are exact across any number
+of processes: one script checks and increments them atomically. Per scope (the org,
+and the key) one hash holds `w` (the window), `r` (requests) and `t` (tokens). A
+request counts 1 request and its worst-case tokens (estimated input + `max_tokens`, as
+OpenAI counts them); on completion the unused tokens are given back if the window is
+still the same. Fixed windows allow a burst of twice the limit across a minute
+boundary; they are what OpenAI's reset headers describe and cost two hash reads.
+
+**Budgets: reserve the worst case, settle the actual.** Spend lives in Redis per org and
+per key and month (`...:spend:{org:N}:YYYY-MM:org`), in nano-dollars (1e-9 USD, an
+integer: exact in Lua's doubles up to $9M). Admission reserves the request's worst-case
+charge (`worst_case`, rounded up to the nano-dollar) if `spend + reserve <= cap`, in the
+same script as the rate limits, so no two requests can both take the last dollar.
+Settlement (`settle_args`, run in the usage XADD's pipeline) replaces the reservation
+with the actual charge (`billing.rating.charge`, the drain's function, at the same
+price; rounded up to the nano-dollar), so a failed or cancelled request releases
+everything but the tokens it was served.
+
+**A Redis restart cannot grant a second budget.** A spend counter that is missing while
+a cap applies makes the script answer "seed me" instead of admitting: the gateway then
+reads the month's stored charges from the database (off the event loop, once per org
+and month, like a key-cache miss), writes them with `SET NX` (a concurrent seeder
+cannot double it) and asks again. The counters expire 40 days after their last write,
+well after their month. Reservations of a gateway killed mid-request are not released
+until the month ends (they only ever make the budget stricter).
+
+Every key carries its org's hash tag (`{org:42}`), so the script's keys share one slot
+on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
+
+from billing import rating
+
+logger = logging.getLogger(__name__)
+
+NANO = Decimal("1e-9")
+SPEND_TTL_MS = 40 * 24 * 3600 * 1000
+WINDOW_TTL_MS = 120_000
+
+# Admission outcomes (the script's first value).
+OK = 0
+RPM_ORG, RPM_KEY, TPM_ORG, TPM_KEY = 1, 2, 3, 4
+BUDGET_ORG, BUDGET_KEY = 5, 6
+SEED_ORG, SEED_KEY = 7, 8
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A key's limits in force, as the gateway needs them (None: no limit)."""
+
+    tier: str
+    org_rpm: int | None
+    org_tpm: int | None
+    key_rpm: int | None
+    key_tpm: int | None
+    org_cap_usd: Decimal | None
+    key_cap_usd: Decimal | None
+    margin_pct: Decimal
+    suspended_reason: str | None = None
+
+
+UNLIMITED = Limits("none", None, None, None, None, None, None, rating.ZERO)
+
+
+def load(*, key_id: int, org_id: int) -> Limits:
+    """Two indexed queries, made only when the key cache loads a key."""
+    from billing.models import ApiKeyLimits, BillingAccount
+
+    account = BillingAccount.objects.select_related("tier").filter(org_id=org_id).first()
+    own = ApiKeyLimits.objects.filter(api_key_id=key_id).first()
+    if account is None:
+        return UNLIMITED
+    tier = account.tier
+    suspended = None
+    if account.suspended_at is not None:
+        suspended = account.suspended_reason or "The organization is suspended."
+    return Limits(
+        tier=tier.slug,
+        org_rpm=tier.requests_per_minute,
+        org_tpm=tier.tokens_per_minute,
+        key_rpm=own.requests_per_minute if own else None,
+        key_tpm=own.tokens_per_minute if own else None,
+        org_cap_usd=account.monthly_cap_usd,
+        key_cap_usd=own.monthly_budget_usd if own else None,
+        margin_pct=tier.price_margin_pct,
+        suspended_reason=suspended,
+    )
+
+
+def with_limits(key: Any) -> Any:
+    """The key cache's loader hook: the resolved key, with its limits attached."""
+    return dataclasses.replace(key, limits=load(key_id=key.id, org_id=key.org_id))
+
+
+def of(key: Any) -> Limits:
+    limits = getattr(key, "limits", None)
+    return limits if isinstance(limits, Limits) else UNLIMITED
+
+
+def keys_changed(*, org_id: int | None = None, tier_id: int | None = None) -> None:
+    """After commit: every gateway process reloads the keys of an org (or of every org on
+    a tier), so a new limit, budget or suspension applies at once."""
+    from django.db import transaction
+
+    from accounts import keycache
+    from accounts.models import ApiKey
+
+    keys = ApiKey.objects.all()
+    if org_id is not None:
+        keys = keys.filter(org_id=org_id)
+    if tier_id is not None:
+        keys = keys.filter(org__billing_account__tier_id=tier_id)
+    lookups = list(keys.values_list("lookup", flat=True))
+
+    def publish() -> None:
+        for lookup in lookups:
+            keycache.publish_change(lookup)
+
+    transaction.on_commit(publish)
+
+
+# --------------------------------------------------------------------------- money
+
+
+def to_nano(amount: Decimal) -> int:
+    """Rounded up: the ledger never holds less than was charged."""
+    return int((amount / NANO).to_integral_value(ROUND_CEILING))
+
+
+def from_nano(units: int) -> Decimal:
+    return Decimal(units) * NANO
+
+
+@functools.lru_cache(maxsize=4096)
+def _with_margin(cost: rating.Price, margin_pct: Decimal) -> rating.Price:
+    return rating.with_margin(cost, margin_pct)
+
+
+def price(cost: rating.Price, limits: Limits) -> rating.Price:
+    """Our price (`billing.rating.with_margin`, memoized: the hot path asks it per request)."""
+    return _with_margin(cost, limits.margin_pct)
+
+
+def worst_case(
+    costs: list[rating.Price], limits: Limits, *, input_tokens: int, output_tokens: int
+) -> Decimal:
+    """The most a request can cost: its tokens at the dearest candidate's price."""
+    if not costs:
+        return rating.ZERO
+    highest = rating.Price(
+        max(c.input_per_mtok for c in costs), max(c.output_per_mtok for c in costs)
+    )
+    return rating.charge(price(highest, limits), input_tokens, output_tokens)
+
+
+def month_of(now: datetime) -> str:
+    return f"{now:%Y-%m}"
+
+
+def month_bounds(month: str) -> tuple[datetime, datetime]:
+    year, mon = (int(p) for p in month.split("-"))
+    start = datetime(year, mon, 1, tzinfo=UTC)
+    end = datetime(year + (mon == 12), mon % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def redis_keys(*, org_id: int, key_id: int | None, month: str) -> list[str]:
+    """rate windows (org, key), spend (org, key): one hash tag, one Cluster slot."""
+    tag = f"{{org:{org_id}}}"
+    key = f"key:{key_id}" if key_id is not None else "key:-"
+    return [
+        f"tesseract:rl:{tag}:org",
+        f"tesseract:rl:{tag}:{key}",
+        f"tesseract:spend:{tag}:{month}:org",
+        f"tesseract:spend:{tag}:{month}:{key}",
+    ]
+
+
+ADMIT = """
+-- KEYS: rate org, rate key, spend org, spend key
+-- ARGV: org_rpm key_rpm org_tpm key_tpm tokens org_cap key_cap reserve (-1: no limit)
+local now = redis.call('TIME')
+local window = math.floor(tonumber(now[1]) / 60)
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local reset_ms = (window + 1) * 60000 - now_ms
+local lim = {}
+for i = 1, 8 do lim[i] = tonumber(ARGV[i]) end
+local tokens, reserve = lim[5], lim[8]
+local used = {}
+for i = 1, 2 do
+  local v = redis.call('HMGET', KEYS[i], 'w', 'r', 't')
+  if tonumber(v[1]) == window then
+    used[i] = {tonumber(v[2]) or 0, tonumber(v[3]) or 0}
+  else
+    used[i] = {0, 0}
+  end
+end
+local function tighter(a_lim, a_used, b_lim, b_used, add)
+  local best_lim, best_rem = -1, -1
+  for _, p in ipairs({{a_lim, a_used}, {b_lim, b_used}}) do
+    if p[1] >= 0 then
+      local rem = p[1] - p[2] - add
+      if best_lim < 0 or rem < best_rem then best_lim, best_rem = p[1], rem end
+    end
+  end
+  if best_rem < 0 and best_lim >= 0 then best_rem = 0 end
+  return best_lim, best_rem
+end
+local status = 0
+if lim[1] >= 0 and used[1][1] + 1 > lim[1] then status = 1
+elseif lim[2] >= 0 and used[2][1] + 1 > lim[2] then status = 2
+elseif lim[3] >= 0 and used[1][2] + tokens > lim[3] then status = 3
+elseif lim[4] >= 0 and used[2][2] + tokens > lim[4] then status = 4
+end
+local spend = {redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4])}
+local caps = {lim[6], lim[7]}
+if status == 0 then
+  for i = 1, 2 do
+    if caps[i] >= 0 and not spend[i] then status = 6 + i; break end
+  end
+end
+if status == 0 then
+  for i = 1, 2 do
+    if caps[i] >= 0 and tonumber(spend[i]) + reserve > caps[i] then status = 4 + i; break end
+  end
+end
+local add_r, add_t = 0, 0
+local reserved = {0, 0}
+if status == 0 then
+  add_r, add_t = 1, tokens
+  for i = 1, 2 do
+    if used[i][1] == 0 and used[i][2] == 0 then
+      redis.call('HSET', KEYS[i], 'w', window, 'r', 1, 't', tokens)
+    else
+      redis.call('HINCRBY', KEYS[i], 'r', 1)
+      redis.call('HINCRBY', KEYS[i], 't', tokens)
+    end
+    redis.call('PEXPIRE', KEYS[i], ARGV[9])
+    if spend[i] then
+      spend[i] = redis.call('INCRBY', KEYS[2 + i], reserve)
+      redis.call('PEXPIRE', KEYS[2 + i], ARGV[10])
+      reserved[i] = 1
+    end
+  end
+end
+local rl, rr = tighter(lim[1], used[1][1], lim[2], used[2][1], add_r)
+local tl, tr = tighter(lim[3], used[1][2], lim[4], used[2][2], add_t)
+return {status, window, rl, rr, tl, tr, reset_ms,
+        tostring(spend[1] or 0), tostring(spend[2] or 0), reserved[1], reserved[2]}
+"""
+
+SETTLE = """
+-- KEYS: as ADMIT. ARGV: window, tokens_delta, reserved_org, reserved_key, reserve, actual
+for i = 1, 2 do
+  if redis.call('HGET', KEYS[i], 'w') == ARGV[1] then
+    redis.call('HINCRBY', KEYS[i], 't', ARGV[2])
+  end
+  if redis.call('EXISTS', KEYS[2 + i]) == 1 then
+    if ARGV[2 + i] == '1' then
+      redis.call('INCRBY', KEYS[2 + i], tonumber(ARGV[6]) - tonumber(ARGV[5]))
+    else
+      redis.call('INCRBY', KEYS[2 + i], ARGV[6])
+    end
+  end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the script said: the outcome, the windows' state (for the headers) and the
+    reservation to settle."""
+
+    status: int
+    window: int
+    requests_limit: int
+    requests_remaining: int
+    tokens_limit: int
+    tokens_remaining: int
+    reset_ms: int
+    org_spend_nano: int
+    key_spend_nano: int
+    reserved_org: bool
+    reserved_key: bool
+
+    @classmethod
+    def from_reply(cls, reply: list[Any]) -> Verdict:
+        v = [int(x) for x in reply]
+        return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], bool(v[9]), bool(v[10]))
+
+
+def _limit(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+def _cap(value: Decimal | None) -> int:
+    return -1 if value is None else to_nano(value)
+
+
+class Scripts:
+    """The two scripts, registered once per client (EVALSHA, reloaded on NOSCRIPT)."""
+
+    def __init__(self, redis: Any) -> None:
+        self.admit = redis.register_script(ADMIT)
+        self.settle = redis.register_script(SETTLE)
+
+
+async def admit(
+    scripts: Scripts,
+    keys: list[str],
+    limits: Limits,
+    *,
+    tokens: int,
+    reserve_nano: int,
+) -> Verdict:
+    args = [
+        _limit(limits.org_rpm),
+        _limit(limits.key_rpm),
+        _limit(limits.org_tpm),
+        _limit(limits.key_tpm),
+        tokens,
+        _cap(limits.org_cap_usd),
+        _cap(limits.key_cap_usd),
+        reserve_nano,
+        WINDOW_TTL_MS,
+        SPEND_TTL_MS,
+    ]
+    return Verdict.from_reply(await scripts.admit(keys=keys, args=args))
+
+
+def settle_args(
+    verdict: Verdict,
+    *,
+    reserved_tokens: int,
+    actual_tokens: int,
+    reserve_nano: int,
+    actual_nano: int,
+) -> list[Any]:
+    return [
+        verdict.window,
+        actual_tokens - reserved_tokens,
+        int(verdict.reserved_org),
+        int(verdict.reserved_key),
+        reserve_nano,
+        actual_nano,
+    ]
+
+
+async def seed(redis: Any, keys: list[str], *, org_nano: int, key_nano: int) -> None:
+    """Write the month's stored spend where the counter is missing (NX: never twice)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.set(keys[2], org_nano, nx=True, px=SPEND_TTL_MS)
+        pipe.set(keys[3], key_nano, nx=True, px=SPEND_TTL_MS)
+        await pipe.execute()
+
+
+def stored_spend(*, org_id: int, key_id: int | None, month: str) -> tuple[int, int]:
+    """The month's charges stored so far, for the org and the key, in nano-dollars."""
+    from django.db.models import Sum
+
+    from billing.models import UsageEvent
+
+    start, end = month_bounds(month)
+    month_usage = UsageEvent.objects.filter(
+        org_id=org_id, created_at__gte=start, created_at__lt=end
+    )
+    org_total = month_usage.aggregate(s=Sum("charge_usd"))["s"] or rating.ZERO
+    key_total = rating.ZERO
+    if key_id is not None:
+        key_total = (
+            month_usage.filter(api_key_id=key_id).aggregate(s=Sum("charge_usd"))["s"] or rating.ZERO
+        )
+    return to_nano(org_total), to_nano(key_total)
+
+
+def reset_text(ms: int) -> str:
+    """OpenAI's duration format: 20ms, 1s, 6m0s."""
+    if ms < 1000:
+        return f"{max(ms, 0)}ms"
+    seconds = -(-ms // 1000)
+    if seconds < 60:
+        return f"{seconds}s"
+    return f"{seconds // 60}m{seconds % 60}s"
+
+
+def headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
+    """OpenAI's x-ratelimit-* headers for the tighter of the org's and the key's window."""
+    out: list[tuple[bytes, bytes]] = []
+    reset = reset_text(verdict.reset_ms).encode()
+    for kind, limit, remaining in (
+        (b"requests", verdict.requests_limit, verdict.requests_remaining),
+        (b"tokens", verdict.tokens_limit, verdict.tokens_remaining),
+    ):
+        if limit < 0:
+            continue
+        out += [
+            (b"x-ratelimit-limit-" + kind, str(limit).encode()),
+            (b"x-ratelimit-remaining-" + kind, str(remaining).encode()),
+            (b"x-ratelimit-reset-" + kind, reset),
+        ]
+    return out

@@ -1,0 +1,146 @@
+"""The limits script against a real Redis: exact under concurrency from many clients."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import pytest
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from accounts import services
+from billing import limits
+from billing.models import UsageEvent
+
+LIMITS = limits.Limits("test", 50, None, None, None, None, None, Decimal(0))
+
+
+def _keys() -> list[str]:
+    # A fresh org id per test: the windows and counters of other tests never interfere.
+    return limits.redis_keys(org_id=10**9 + uuid.uuid4().int % 10**6, key_id=7, month="2026-11")
+
+
+async def _admit_many(lim: limits.Limits, keys: list[str], n: int, reserve: int, clients: int = 4):
+    """`n` admissions at once, spread over `clients` connections (as many processes)."""
+    pool = [aioredis.Redis.from_url(settings.REDIS_URL) for _ in range(clients)]
+    try:
+        scripts = [limits.Scripts(c) for c in pool]
+        return await asyncio.gather(
+            *(
+                limits.admit(scripts[i % clients], keys, lim, tokens=10, reserve_nano=reserve)
+                for i in range(n)
+            )
+        )
+    finally:
+        for c in pool:
+            await c.aclose()
+
+
+def test_requests_per_minute_are_exact_across_many_clients_at_once():
+    keys = _keys()
+    verdicts = asyncio.run(_admit_many(LIMITS, keys, 200, 0))
+    statuses = [v.status for v in verdicts]
+    if any(v.window != verdicts[0].window for v in verdicts):
+        pytest.skip("the minute turned during the burst")
+    assert statuses.count(limits.OK) == 50
+    assert statuses.count(limits.RPM_ORG) == 150
+    assert min(v.requests_remaining for v in verdicts) == 0
+
+
+def test_a_budget_admits_exactly_what_fits_and_a_settlement_frees_the_rest():
+    keys = _keys()
+    lim = limits.Limits("test", None, None, None, None, Decimal("1.00"), None, Decimal(0))
+    reserve = limits.to_nano(Decimal("0.03"))
+
+    async def scenario():
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        await limits.seed(client, keys, org_nano=0, key_nano=0)
+        verdicts = await _admit_many(lim, keys, 300, reserve)
+        spent = int(await client.get(keys[2]))
+        # One request finishes having cost 0.01 instead of 0.03: 0.02 comes back.
+        ok = next(v for v in verdicts if v.status == limits.OK)
+        args = limits.settle_args(
+            ok,
+            reserved_tokens=10,
+            actual_tokens=4,
+            reserve_nano=reserve,
+            actual_nano=limits.to_nano(Decimal("0.01")),
+        )
+        await limits.Scripts(client).settle(keys=keys, args=args)
+        after = await _admit_many(lim, keys, 5, reserve)
+        final = int(await client.get(keys[2]))
+        await client.aclose()
+        return verdicts, spent, after, final
+
+    verdicts, spent, after, final = asyncio.run(scenario())
+    statuses = [v.status for v in verdicts]
+    assert statuses.count(limits.OK) == 33  # 33 × 0.03 = 0.99 ≤ 1.00 < 34 × 0.03
+    assert statuses.count(limits.BUDGET_ORG) == 267
+    assert spent == limits.to_nano(Decimal("0.99"))
+    assert [v.status for v in after].count(limits.OK) == 1  # 0.97 + 0.03 = 1.00 fits
+    assert final == limits.to_nano(Decimal("1.00"))
+
+
+def test_a_lost_counter_is_rebuilt_from_stored_charges_so_a_restart_grants_no_second_budget(
+    db, alice
+):
+    org = services.organization_create(name="Acme", owner=alice)
+    key = services.api_key_create(org=org, name="k").api_key
+    month = limits.month_of(UsageEvent._meta.get_field("created_at").default())
+    UsageEvent.objects.create(
+        request_id=uuid.uuid4().hex, org=org, api_key=key, endpoint="chat.completions",
+        model="m", served_model="m", deployment="d", region="r", cluster="c", chip="x",
+        input_tokens=1, output_tokens=1, usage_source="upstream", cost_usd=Decimal("1"),
+        charge_usd=Decimal("9.990000000001"),
+    )  # fmt: skip
+    keys = limits.redis_keys(org_id=org.pk, key_id=key.pk, month=month)
+    lim = limits.Limits("test", None, None, None, None, Decimal("10.00"), None, Decimal(0))
+    reserve = limits.to_nano(Decimal("0.01"))
+
+    async def before():
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        await client.delete(*keys)  # Redis lost everything
+        verdict = await limits.admit(
+            limits.Scripts(client), keys, lim, tokens=1, reserve_nano=reserve
+        )
+        await client.aclose()
+        return verdict
+
+    async def after(org_nano: int, key_nano: int):
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        await limits.seed(client, keys, org_nano=org_nano, key_nano=key_nano)
+        await limits.seed(client, keys, org_nano=0, key_nano=0)  # a late seeder changes nothing
+        verdict = await limits.admit(
+            limits.Scripts(client), keys, lim, tokens=1, reserve_nano=reserve
+        )
+        await client.delete(*keys)
+        await client.aclose()
+        return verdict
+
+    first = asyncio.run(before())
+    org_nano, key_nano = limits.stored_spend(org_id=org.pk, key_id=key.pk, month=month)
+    second = asyncio.run(after(org_nano, key_nano))
+    assert first.status == limits.SEED_ORG  # not admitted on an empty ledger
+    assert org_nano == limits.to_nano(Decimal("9.990000000001")) == 9_990_000_001
+    assert second.status == limits.BUDGET_ORG
+    assert second.org_spend_nano == org_nano
+
+
+@pytest.mark.parametrize(
+    ("ms", "text"), [(20, "20ms"), (1000, "1s"), (1001, "2s"), (59_000, "59s"), (360_000, "6m0s")]
+)
+def test_resets_read_like_openai_s(ms, text):
+    assert limits.reset_text(ms) == text
+
+
+def test_the_worst_case_is_priced_at_the_dearest_candidate_with_the_tier_margin():
+    lim = limits.Limits("pro", None, None, None, None, None, None, Decimal("20"))
+    costs = [
+        limits.rating.Price(Decimal("1"), Decimal("2")),
+        limits.rating.Price(Decimal("3"), Decimal("1")),
+    ]
+    # 3 × 1.2 = 3.6 per 1M input, 2 × 1.2 = 2.4 per 1M output
+    expected = (1000 * Decimal("3.6") + 500 * Decimal("2.4")) / 1_000_000
+    assert limits.worst_case(costs, lim, input_tokens=1000, output_tokens=500) == expected

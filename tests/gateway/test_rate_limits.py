@@ -1,0 +1,213 @@
+"""Rate limits, budgets and suspension, end to end: the openai SDK against live gateways."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import ExitStack
+from datetime import timedelta
+from decimal import Decimal
+
+import httpx
+import openai
+import pytest
+import redis
+from django.conf import settings
+from django.utils import timezone
+
+from accounts import services
+from accounts.keycache import KeyCache
+from backends.models import Deployment
+from billing import dunning, limits, rating
+from billing.models import ApiKeyLimits, BillingAccount, SlaTier, UsageEvent
+from billing.subscriptions import budget_set, key_limits_set, tier_change
+from billing.tiers import ENTERPRISE
+from routing.gateway.app import GatewayApp, KeyAuth
+from routing.gateway.core import Gateway
+from routing.gateway.live import WorldHolder
+from routing.gateway.upstream import Upstream
+from tests.servers import serve
+
+EIGHT_B = "llama-3.1-8b-instruct"
+ASK = {"model": EIGHT_B, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def eventually(predicate, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("did not happen in time")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def org_key(mesh, alice):
+    org = services.organization_create(name="Acme", owner=alice)
+    issued = services.api_key_create(org=org, name="tests")
+    return org, issued.api_key, issued.plaintext
+
+
+def sdk(mesh, key: str, url: str | None = None) -> openai.OpenAI:
+    return openai.OpenAI(api_key=key, base_url=f"{url or mesh.gateway_url}/v1", max_retries=0)
+
+
+def test_the_sdk_sees_rate_limit_error_with_its_code_and_headers_and_nothing_is_metered(
+    mesh, org_key, usage
+):
+    _, key, plaintext = org_key
+    key_limits_set(api_key=key, requests_per_minute=3)
+    client = sdk(mesh, plaintext)
+    remaining = []
+    window = None
+    for _ in range(3):
+        raw = client.chat.completions.with_raw_response.create(**ASK)
+        assert raw.headers["x-ratelimit-limit-requests"] == "3"
+        remaining.append(raw.headers["x-ratelimit-remaining-requests"])
+        assert raw.headers["x-ratelimit-limit-tokens"] == "100000"  # the Free tier's
+        assert raw.headers["x-ratelimit-reset-requests"].endswith("s")
+        window = raw.headers["x-ratelimit-reset-requests"]
+    assert window is not None
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(**ASK)
+    error = caught.value
+    if remaining != ["2", "1", "0"]:
+        pytest.skip("the minute turned during the test")
+    assert error.code == "rate_limit_exceeded"
+    assert error.response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert 1 <= int(error.response.headers["retry-after"]) <= 60
+    assert "requests per minute (3)" in error.message
+    assert len(usage()) == 3  # the refused request was never metered
+
+
+def test_tokens_per_minute_count_max_tokens_and_refuse_what_would_exceed_them(mesh, org_key):
+    _, key, plaintext = org_key
+    key_limits_set(api_key=key, tokens_per_minute=30)
+    client = sdk(mesh, plaintext)
+    first = client.chat.completions.with_raw_response.create(**ASK)  # ~5 in + 4 out
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) < 30
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(**{**ASK, "max_tokens": 40})
+    assert caught.value.code == "rate_limit_exceeded"
+    assert "tokens per minute (30" in caught.value.message
+
+
+def _gateway_app() -> GatewayApp:
+    """A gateway as another process would have it: its own key cache, Redis client, world."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    gateway = Gateway(holder=WorldHolder(redis=client), upstream=Upstream(), redis=client)
+    return GatewayApp(gateway=gateway, auth=KeyAuth(KeyCache()))
+
+
+def test_a_budget_holds_across_gateways_under_hundreds_of_concurrent_requests(mesh, org_key, usage):
+    org, key, plaintext = org_key
+    enterprise, _ = SlaTier.objects.get_or_create(  # a transactional test flushed the seed
+        slug=ENTERPRISE.slug, defaults={k: v for k, v in ENTERPRISE.fields().items() if k != "slug"}
+    )
+    tier_change(org=org, tier=enterprise)  # 10k rpm, 12% margin
+    budget_set(org=org, monthly_budget_usd=Decimal("1.00"))
+    # Output only, one price everywhere: every request costs exactly its reservation.
+    Deployment.objects.filter(model__slug=EIGHT_B).update(
+        price_input_per_mtok=0, price_output_per_mtok=1000
+    )
+    per_request = rating.charge(
+        rating.with_margin(rating.Price(Decimal(0), Decimal(1000)), Decimal(12)), 0, 4
+    )
+    fits = int(Decimal("1.00") // per_request)
+    assert fits == 223
+    n = 320
+
+    async def burst(urls: list[str]) -> list[httpx.Response]:
+        limit = asyncio.Semaphore(64)
+        async with httpx.AsyncClient(timeout=60) as client:
+
+            async def one(i: int) -> httpx.Response:
+                async with limit:
+                    return await client.post(
+                        f"{urls[i % len(urls)]}/v1/chat/completions",
+                        headers={"Authorization": f"Bearer {plaintext}"},
+                        json=ASK,
+                    )
+
+            return await asyncio.gather(*(one(i) for i in range(n)))
+
+    with ExitStack() as stack:
+        urls = [stack.enter_context(serve(_gateway_app())) for _ in range(2)]
+        responses = asyncio.run(burst(urls))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 429}, {r.status_code: r.text for r in responses}
+    refused = [r for r in responses if r.status_code == 429]
+    assert all(r.json()["error"]["code"] == "insufficient_quota" for r in refused)
+    assert statuses.count(200) == fits  # exactly what fits: the cap is never exceeded
+    assert len(refused) == n - fits  # ... and nothing that fits is refused
+    message = refused[0].json()["error"]["message"]
+    assert "cap $1.00" in message
+    assert "resets on" in message
+    events = usage()
+    assert len(events) == fits
+    stored = sum((e.charge_usd for e in events), Decimal(0))
+    month = limits.month_of(timezone.now())
+    spend_key = limits.redis_keys(org_id=org.pk, key_id=key.pk, month=month)[2]
+    ledger = int(redis.Redis.from_url(settings.REDIS_URL).get(spend_key))
+    assert ledger == limits.to_nano(stored)  # the gateway settled what the drain stored
+    assert stored <= Decimal("1.00")
+
+    # The SDK sees the same refusal as insufficient_quota.
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk(mesh, plaintext).chat.completions.create(**ASK)
+    assert caught.value.code == "insufficient_quota"
+
+
+def test_a_key_budget_is_its_own_cap_below_the_org_s(mesh, org_key):
+    _, key, plaintext = org_key
+    Deployment.objects.filter(model__slug=EIGHT_B).update(
+        price_input_per_mtok=0, price_output_per_mtok=1000
+    )
+    from routing.gateway.app import application
+
+    application.forget_world()
+    key_limits_set(api_key=key, monthly_budget_usd=Decimal("0.01"))  # Free: 5.2 m$ a request
+    client = sdk(mesh, plaintext)
+    client.chat.completions.create(**ASK)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(**ASK)
+    assert caught.value.code == "insufficient_quota"
+    assert "API key's monthly budget: cap $0.01" in caught.value.message
+    assert ApiKeyLimits.objects.get(api_key=key).monthly_budget_usd == Decimal("0.01")
+
+
+def test_a_suspended_org_gets_403_and_a_paid_invoice_restores_it_at_once(mesh, org_key, usage):
+    org, _, plaintext = org_key
+    client = sdk(mesh, plaintext)
+    client.chat.completions.create(**ASK)  # the key is cached, unsuspended, everywhere
+    account = BillingAccount.objects.get(org=org)
+    failed = timezone.now() - timedelta(days=account.tier.dunning_grace_days + 1)
+    BillingAccount.objects.filter(pk=account.pk).update(payment_failed_at=failed)
+    assert dunning.accounts_suspend_overdue() == [org.pk]
+
+    def refused() -> bool:
+        try:
+            client.chat.completions.create(**ASK)
+        except openai.PermissionDeniedError as exc:
+            seen.append(exc)
+            return True
+        return False
+
+    seen: list[openai.PermissionDeniedError] = []
+    eventually(refused)
+    assert seen[0].code == "account_suspended"
+    assert "grace period" in seen[0].message
+    before = len(usage())
+    dunning.account_restore(account=BillingAccount.objects.get(org=org))
+
+    def served() -> bool:
+        try:
+            client.chat.completions.create(**ASK)
+        except openai.PermissionDeniedError:
+            return False
+        return True
+
+    eventually(served)
+    assert len(usage()) == before + 1  # refusals metered nothing
+    assert UsageEvent.objects.filter(org=org).count() == before + 1
