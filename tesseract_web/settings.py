@@ -146,6 +146,8 @@ TESSERACT_GATEWAY_REGION = env_str("TESSERACT_GATEWAY_REGION", "westeurope")
 #: API keys: how long a resolved key stays in a process's cache without news from
 #: Redis (revocations arrive by pub/sub within milliseconds; this is the backstop).
 TESSERACT_KEY_CACHE_TTL_S = env_int("TESSERACT_KEY_CACHE_TTL_S", 30, minimum=1)
+#: A WebSocket on /v1/stream that has not authenticated within this is closed (seconds).
+TESSERACT_WS_AUTH_TIMEOUT_S = env_int("TESSERACT_WS_AUTH_TIMEOUT_S", 5, minimum=1)
 
 #: How often a gateway re-reads the catalog without being told of a change (seconds).
 TESSERACT_WORLD_REFRESH_S = env_int("TESSERACT_WORLD_REFRESH_S", 5, minimum=1)

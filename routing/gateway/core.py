@@ -304,9 +304,10 @@ class Gateway:
                     f"after {attempt.attempts} attempt(s)."
                 )
             else:
+                last = attempt.choice.backend_id if attempt.choice else "?"
                 error = BackendUnavailable(
                     f"Every backend the policy allows failed ({attempt.attempts} tried); "
-                    f"the last said: {last_error}."
+                    f"the last, {last}: {_public(last_error)}."
                 )
             await self._publish(attempt, time.perf_counter())
             raise error
@@ -406,8 +407,9 @@ class Gateway:
             attempt.status = "error"
             end = time.perf_counter()
             await self._publish(attempt, end)
+            slug = attempt.choice.backend_id if attempt.choice else "the backend"
             yield TesseractAPIError(
-                f"The backend failed mid-stream: {exc}", code="backend_stream_error"
+                f"{slug} failed mid-stream: {exc.public}.", code="backend_stream_error"
             ).to_json()
             return
         finally:
@@ -436,6 +438,11 @@ class Gateway:
                 "total_tokens": usage.prompt_tokens + usage.completion_tokens,
             }
         yield _encode(final)
+
+
+def _public(error: Exception) -> str:
+    """What a client may read of a backend's failure: never its URL, host or port."""
+    return error.public if isinstance(error, UpstreamError) else "it failed"
 
 
 def _splice(payload: bytes, info: dict[str, Any]) -> bytes:
