@@ -44,17 +44,12 @@ DEFAULT_MAX_TOKENS = 256
 CHARS_PER_TOKEN = 4
 PER_MESSAGE_TOKENS = 4
 
-#: A string PostgreSQL can store (text or JSON): no NUL. msgspec checks it in C.
-_NO_NUL = r"\A[^\x00]*\Z"
-
 Millis = Annotated[float, msgspec.Meta(gt=0, le=MAX_MS)]
 Price = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
 Tokens = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
-Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=_NO_NUL)]
-Model = Annotated[str, msgspec.Meta(min_length=1, max_length=MODEL_MAX_LENGTH, pattern=_NO_NUL)]
-SessionId = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=SESSION_ID_MAX_LENGTH, pattern=_NO_NUL)
-]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Model = Annotated[str, msgspec.Meta(min_length=1, max_length=MODEL_MAX_LENGTH)]
+SessionId = Annotated[str, msgspec.Meta(min_length=1, max_length=SESSION_ID_MAX_LENGTH)]
 
 
 class TesseractOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -113,6 +108,12 @@ class RouteBody(_Common):
     prompt: str | list[str] | None = None
     input_tokens: Annotated[int, msgspec.Meta(ge=0, le=100_000_000)] | None = None
 
+
+#: How JSON writes a NUL character (the only way: a raw control byte is invalid JSON).
+NUL_ESCAPE = b"\\u0000"
+#: The options that are stored with the usage (`constraints`) or a session move.
+_STORED_TEXT = ("session_id", "client_region", "strategy")
+_STORED_LISTS = ("compliance", "regions", "countries", "jurisdictions", "fallback_models")
 
 _BODY_TYPES: dict[str, type[_Common]] = {
     "chat.completions": ChatBody,
@@ -184,10 +185,29 @@ def _validation_error(exc: msgspec.ValidationError) -> InvalidRequest:
     text = str(exc)
     match = _PATH_RE.search(text)
     param = match.group(1) if match else None
-    if "matching regex" in text:  # the only pattern is _NO_NUL: say it in words
-        where = text.partition(" - ")[2]
-        text = f"Strings may not contain NUL characters - {where}".rstrip(" -")
     return InvalidRequest(f"Invalid request: {text}", param=param, code="invalid_value")
+
+
+def _check_no_nul(typed: _Common) -> None:
+    """PostgreSQL stores no NUL in text or JSON: refuse it in every string that is stored.
+
+    Called only when the body can hold one (JSON writes NUL as `\\u0000`, a scan in
+    C); the prompt is not stored and goes upstream as sent.
+    """
+    bad: str | None = "model" if "\x00" in typed.model else None
+    opts = typed.tesseract
+    if bad is None and opts is not None:
+        for name in _STORED_TEXT:
+            value = getattr(opts, name)
+            if value is not None and "\x00" in value:
+                bad = f"tesseract.{name}"
+        for name in _STORED_LISTS:
+            if any("\x00" in item for item in getattr(opts, name) or ()):
+                bad = f"tesseract.{name}"
+    if bad is not None:
+        raise InvalidRequest(
+            f"{bad} may not contain a NUL character (\\u0000).", param=bad, code="invalid_value"
+        )
 
 
 def _header_options(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, Any]:
@@ -204,6 +224,11 @@ def _header_options(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, Any]:
                 f"Unknown header X-Tesseract-{name[12:].decode('latin-1')}.",
                 param=f"x-tesseract-{key}",
                 code="unknown_parameter",
+            )
+        if "\x00" in text:
+            header = _header_name(key)
+            raise InvalidRequest(
+                f"{header} may not contain a NUL character.", param=header, code="invalid_value"
             )
         options[key] = text
     return options
@@ -281,13 +306,21 @@ def parse(
     endpoint: str, raw: bytes, headers: Iterable[tuple[bytes, bytes]], key: ResolvedKey
 ) -> Parsed:
     """Validate a request and turn it into the upstream body and the engine's request."""
-    return parse_body(endpoint, decode_json(raw), headers, key)
+    return parse_body(endpoint, decode_json(raw), headers, key, may_hold_nul=NUL_ESCAPE in raw)
 
 
 def parse_body(
-    endpoint: str, body: dict[str, Any], headers: Iterable[tuple[bytes, bytes]], key: ResolvedKey
+    endpoint: str,
+    body: dict[str, Any],
+    headers: Iterable[tuple[bytes, bytes]],
+    key: ResolvedKey,
+    *,
+    may_hold_nul: bool = True,
 ) -> Parsed:
-    """`parse` for a body already decoded by `decode_json` (the WebSocket's frames)."""
+    """`parse` for a body already decoded by `decode_json` (the WebSocket's frames).
+
+    `may_hold_nul`: False when the raw JSON has no `NUL_ESCAPE`, so no string holds NUL.
+    """
     header_options = _coerce_header_values(_header_options(headers))
     if header_options:
         given = body.get("tesseract")
@@ -302,6 +335,8 @@ def parse_body(
         typed = msgspec.convert(body, _BODY_TYPES[endpoint])
     except msgspec.ValidationError as exc:
         raise _validation_error(exc) from None
+    if may_hold_nul:
+        _check_no_nul(typed)
     opts = typed.tesseract or TesseractOptions()
     if (opts.client_lat is None) != (opts.client_lon is None):
         raise InvalidRequest(

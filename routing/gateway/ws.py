@@ -32,7 +32,7 @@ from routing.gateway import observability
 from routing.gateway.app import GatewayApp
 from routing.gateway.app import application as http_gateway
 from routing.gateway.attempt import Call, Head
-from routing.gateway.parse import decode_json, parse_body
+from routing.gateway.parse import NUL_ESCAPE, decode_json, parse_body
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
             )
         key = await self.http.auth.authenticate(headers, Scope.INFERENCE)
         self._authenticated = True
-        parsed = parse_body(endpoint, body, self.scope.get("headers", []), key)
+        parsed = parse_body(
+            endpoint, body, self.scope.get("headers", []), key, may_hold_nul=NUL_ESCAPE in raw
+        )
         # Each request is its own span; a `traceparent` on the handshake is their parent.
         trace = observability.Trace.from_headers(self.scope.get("headers", []))
         frames = self.http.gateway.run(Call(key=key, parsed=parsed, trace=trace))

@@ -194,7 +194,7 @@ def test_a_nul_in_any_stored_string_is_refused_by_name(extra, param):
 def test_a_nul_in_a_header_value_is_refused_too():
     with pytest.raises(InvalidRequest) as exc:
         parse("chat.completions", body(), [(b"x-tesseract-session-id", b"a\x00b")], key())
-    assert exc.value.param == "tesseract.session_id"
+    assert exc.value.param == "X-Tesseract-Session-Id"
 
 
 def test_a_nul_in_the_prompt_is_not_stored_and_goes_upstream():
