@@ -6,6 +6,9 @@ The same requests, the same generator (`Gateway.run`), the same chunks as SSE:
   `"api_key"` field in a request (browsers cannot set handshake headers);
 * send a request as one JSON text frame: an OpenAI chat body (or a completions body
   with `"endpoint": "completions"`), with the usual `tesseract` object;
+* a socket that has not authenticated within `TESSERACT_WS_AUTH_TIMEOUT_S` (a valid
+  key on the handshake, or a request that authenticates) gets an `auth_timeout` error
+  frame and is closed with 1008;
 * receive one text frame per chunk — exactly the JSON of the SSE `data:` lines, the
   final one carrying `tesseract` — then the text frame `[DONE]`. A non-streamed
   request gets its whole body in one frame. Errors are `{"error": {...}}` frames:
