@@ -7,6 +7,11 @@ well under a second. Entries also expire after `TESSERACT_KEY_CACHE_TTL_S`, the
 backstop if a message is lost; a reconnecting listener clears the whole cache,
 since it may have missed messages while away.
 
+When the database cannot be read, a key seen before keeps working on what was last
+read (a revocation still reaches the cache through Redis and removes it): the entry
+is trusted for `STALE_RETRY_S` more and the database asked again after that. A key
+never seen cannot be checked: the loader's error goes to the caller.
+
 Exceptions: `KeyRejected` (with a `reason`: malformed, unknown, revoked, expired).
 """
 
@@ -22,6 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.utils import timezone
 
 from accounts import keys
@@ -30,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = "tesseract:apikeys"
 NEGATIVE_TTL_S = 5.0
+#: While the database is unreachable, how long an expired entry is trusted again.
+STALE_RETRY_S = 5.0
 
 
 class KeyRejected(Exception):
@@ -114,7 +122,16 @@ class KeyCache:
             return key
         lookup = keys.parse_lookup(plaintext)
         assert lookup is not None  # resolve_cached rejected malformed keys
-        loaded = self._loader(lookup)
+        try:
+            loaded = self._loader(lookup)
+        except DatabaseError:
+            stale = self._entries.get(lookup)
+            if stale is None:
+                raise
+            logger.warning("database unreachable; trusting the cached API key %s", lookup)
+            with self._lock:
+                self._entries[lookup] = (stale[0], self._clock() + STALE_RETRY_S)
+            return self._check(plaintext, stale[0])
         ttl = self._ttl_s if loaded is not None else min(self._ttl_s, NEGATIVE_TTL_S)
         with self._lock:
             self._entries[lookup] = (loaded, self._clock() + ttl)

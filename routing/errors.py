@@ -11,6 +11,7 @@
     ├── RateLimited                       429 rate_limit_error (Retry-After)
     ├── BudgetExceeded                    429 insufficient_quota (Retry-After)
     ├── BackendUnavailable                503 server_error / backend_unavailable
+    ├── ServiceUnavailable                503 server_error / service_unavailable
     └── BackendTimeout                    504 server_error / backend_timeout
 
 The status codes are the ones the OpenAI SDK maps to its exception classes, so an
@@ -125,6 +126,14 @@ class BackendUnavailable(TesseractAPIError):
     http_status = 503
     type = "server_error"
     default_code = "backend_unavailable"
+
+
+class ServiceUnavailable(TesseractAPIError):
+    """Tesseract itself cannot serve now (its database is unreachable): try again soon."""
+
+    http_status = 503
+    type = "server_error"
+    default_code = "service_unavailable"
 
 
 class BackendTimeout(TesseractAPIError):

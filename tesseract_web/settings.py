@@ -203,6 +203,8 @@ TESSERACT_KEY_CACHE_TTL_S = env_int("TESSERACT_KEY_CACHE_TTL_S", 30, minimum=1)
 # Rate limits and budgets on /v1 (billing.limits). 0 switches them off: for the
 # benchmark's "off" run only (suspension still applies).
 TESSERACT_LIMITS = env_bool("TESSERACT_LIMITS", True)
+#: A WebSocket on /v1/stream that has not authenticated within this is closed (seconds).
+TESSERACT_WS_AUTH_TIMEOUT_S = env_int("TESSERACT_WS_AUTH_TIMEOUT_S", 5, minimum=1)
 
 #: How often a gateway re-reads the catalog without being told of a change (seconds).
 TESSERACT_WORLD_REFRESH_S = env_int("TESSERACT_WORLD_REFRESH_S", 5, minimum=1)

@@ -140,7 +140,12 @@ class KeyAuth:
         self._touched[key.id] = now
         future = asyncio.ensure_future(off_loop(api_key_touch)(key_id=key.id))
         self._background.add(future)
-        future.add_done_callback(self._background.discard)
+        future.add_done_callback(self._touched_done)
+
+    def _touched_done(self, future: asyncio.Future[Any]) -> None:
+        self._background.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            logger.warning("could not record an API key's last use: %s", future.exception())
 
 
 class GatewayApp:
@@ -176,6 +181,17 @@ class GatewayApp:
             )
         return self._gateway
 
+    async def aclose(self) -> None:
+        """Stop the listeners and close the clients (a clean shutdown; tests' servers)."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(BaseException):
+                await self._listener
+            self._listener = None
+        if self._gateway is not None:
+            await self._gateway.upstream.close()
+            await self._gateway.redis.aclose()
+
     def forget_world(self) -> None:
         """Make the next request load the world first (after a bulk catalog change)."""
         if self._gateway is not None:
@@ -187,6 +203,7 @@ class GatewayApp:
         path = scope["path"].rstrip("/")
         # Every answer, errors included, names its trace: support can find any request.
         trace = scope["tesseract.trace"] = observability.Trace.from_headers(scope["headers"])
+        response = _Response(send)
         try:
             route = self.routes.get(path)
             if route is None:
@@ -196,22 +213,20 @@ class GatewayApp:
                 raise InvalidRequest(
                     f"{path} accepts {method}, not {scope['method']}.", code="method_not_allowed"
                 )
-            await handler(scope, receive, send)
+            await handler(scope, receive, response.send)
         except TesseractAPIError as exc:
             observability.error_answered(exc.http_status, exc.code or "")
             headers = [*exc.headers(), (b"x-tesseract-trace-id", trace.trace_id.encode())]
-            await send_json(send, exc.http_status, exc.to_json(), headers)
+            await response.fail(exc, headers)
         except asyncio.CancelledError:
             pass  # the client went away; nothing to answer
         except Exception:
-            logger.exception("unhandled error on %s", path)
+            logger.exception("unhandled error on %s (trace %s)", path, trace.trace_id)
             observability.error_answered(500, "internal_error")
             error = TesseractAPIError(
                 f"Internal error; it has been logged (trace {trace.trace_id})."
             )
-            await send_json(
-                send, 500, error.to_json(), [(b"x-tesseract-trace-id", trace.trace_id.encode())]
-            )
+            await response.fail(error, [(b"x-tesseract-trace-id", trace.trace_id.encode())])
 
     # -- endpoints -----------------------------------------------------------------
 
@@ -348,6 +363,41 @@ class GatewayApp:
                 }
             )
         await send_json(send, 200, msgspec.json.encode({"object": "list", "data": data}))
+
+
+class _Response:
+    """The `send` of one HTTP exchange, remembering how far the response got.
+
+    An error is answered with a whole JSON response only while nothing has been sent;
+    once the head is out, a second `http.response.start` would break the protocol, so
+    an SSE stream ends with an error event and any other body is ended where it is.
+    """
+
+    __slots__ = ("_send", "ended", "sse", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = self.ended = self.sse = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.sse = any(
+                k == b"content-type" and v.startswith(b"text/event-stream")
+                for k, v in message.get("headers", ())
+            )
+        elif message["type"] == "http.response.body" and not message.get("more_body"):
+            self.ended = True
+        await self._send(message)
+
+    async def fail(self, error: TesseractAPIError, headers: list[tuple[bytes, bytes]]) -> None:
+        if not self.started:
+            await send_json(self.send, error.http_status, error.to_json(), headers)
+            return
+        if self.ended:
+            return
+        tail = b"data: " + error.to_json() + b"\n\ndata: [DONE]\n\n" if self.sse else b""
+        await self.send({"type": "http.response.body", "body": tail})
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -333,9 +333,10 @@ class Gateway:
                     f"after {attempt.attempts} attempt(s)."
                 )
             else:
+                last = attempt.choice.backend_id if attempt.choice else "?"
                 error = BackendUnavailable(
                     f"Every backend the policy allows failed ({attempt.attempts} tried); "
-                    f"the last said: {last_error}."
+                    f"the last, {last}: {_public(last_error)}."
                 )
             await self._publish(attempt, time.perf_counter())
             error.extra_headers = attempt.limit_headers()
@@ -513,7 +514,15 @@ def _mid_stream_error(
             f"The request's deadline ({deadline_ms:.0f} ms) passed mid-stream; the "
             f"stream was ended."
         )
-    return TesseractAPIError(f"The backend failed mid-stream: {exc}", code="backend_stream_error")
+    slug = attempt.choice.backend_id if attempt.choice else "the backend"
+    return TesseractAPIError(
+        f"{slug} failed mid-stream: {exc.public}.", code="backend_stream_error"
+    )
+
+
+def _public(error: Exception) -> str:
+    """What a client may read of a backend's failure: never its URL, host or port."""
+    return error.public if isinstance(error, UpstreamError) else "it failed"
 
 
 def _splice(payload: bytes, info: dict[str, Any]) -> bytes:

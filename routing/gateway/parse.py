@@ -5,6 +5,13 @@ converting it to a typed struct (msgspec: microseconds, and an error that names 
 field). Tesseract's requirements ride in a `tesseract` object in the body (the
 OpenAI SDK's `extra_body`) or in `X-Tesseract-*` headers (`extra_headers`); the body
 wins where both speak. A key's defaults apply where the request is silent.
+
+Everything a request can put in its usage record is held at the door to what the
+record's columns can store: the same lengths as `billing.UsageEvent` (and
+`backends.SessionMove` for `session_id`), and no NUL character, which PostgreSQL
+refuses in text and in JSON. Numbers are finite, and JSON nests at most
+`MAX_JSON_DEPTH` deep, so nothing later (re-encoding the body for the backend, the
+usage row) can fail on what the door let in.
 """
 
 from __future__ import annotations
@@ -15,41 +22,53 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
+import numpy as np
 
 from accounts.keycache import ResolvedKey
+from billing.models import UsageEvent
 from routing.engine import Request as RouteRequest
-from routing.errors import InvalidRequest
+from routing.errors import InvalidRequest, PayloadTooLarge
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+#: Deep enough for any real tool schema; far below the recursion limit of the JSON
+#: codec, so a body the door accepts can always be encoded again.
+MAX_JSON_DEPTH = 64
+#: The asked model is stored with the usage (served or not: `fallback_models`).
+MODEL_MAX_LENGTH = UsageEvent._meta.get_field("model").max_length or 80
+SESSION_ID_MAX_LENGTH = 200  # backends.SessionMove.session_id
+#: The longest deadline a request may ask for (a day): finite, so it can be stored.
+MAX_MS = 86_400_000
 DEFAULT_MAX_TOKENS = 256
 #: Prompt tokens are estimated for routing at ~4 characters a token (the usual rule
 #: of thumb for English with BPE tokenizers); billing uses the backend's own count.
 CHARS_PER_TOKEN = 4
 PER_MESSAGE_TOKENS = 4
 
-Positive = Annotated[float, msgspec.Meta(gt=0)]
-NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Millis = Annotated[float, msgspec.Meta(gt=0, le=MAX_MS)]
+Price = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
 Tokens = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Model = Annotated[str, msgspec.Meta(min_length=1, max_length=MODEL_MAX_LENGTH)]
+SessionId = Annotated[str, msgspec.Meta(min_length=1, max_length=SESSION_ID_MAX_LENGTH)]
 
 
 class TesseractOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """The requirements a request may carry. Unknown names are an error, not ignored."""
 
-    max_ttft_ms: Positive | None = None
-    max_latency_ms: Positive | None = None
+    max_ttft_ms: Millis | None = None
+    max_latency_ms: Millis | None = None
     compliance: list[Tag] | None = None
     regions: list[Tag] | None = None
     countries: list[Tag] | None = None
     jurisdictions: list[Tag] | None = None
     priority: Annotated[int, msgspec.Meta(ge=1, le=5)] | None = None
     prefer_cost_over_latency: bool | None = None
-    max_price: NonNegative | None = None
-    session_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    max_price: Price | None = None
+    session_id: SessionId | None = None
     client_region: Tag | None = None
     client_lat: Annotated[float, msgspec.Meta(ge=-90, le=90)] | None = None
     client_lon: Annotated[float, msgspec.Meta(ge=-180, le=180)] | None = None
-    fallback_models: list[Tag] | None = None
+    fallback_models: list[Model] | None = None
     allow_relaxed_deadline: bool | None = None
     strategy: Tag | None = None
 
@@ -64,7 +83,7 @@ class StreamOptions(msgspec.Struct):
 
 
 class _Common(msgspec.Struct):
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    model: Model
     stream: bool = False
     max_tokens: Tokens | None = None
     max_completion_tokens: Tokens | None = None
@@ -87,8 +106,14 @@ class RouteBody(_Common):
 
     messages: list[Message] | None = None
     prompt: str | list[str] | None = None
-    input_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    input_tokens: Annotated[int, msgspec.Meta(ge=0, le=100_000_000)] | None = None
 
+
+#: How JSON writes a NUL character (the only way: a raw control byte is invalid JSON).
+NUL_ESCAPE = b"\\u0000"
+#: The options that are stored with the usage (`constraints`) or a session move.
+_STORED_TEXT = ("session_id", "client_region", "strategy")
+_STORED_LISTS = ("compliance", "regions", "countries", "jurisdictions", "fallback_models")
 
 _BODY_TYPES: dict[str, type[_Common]] = {
     "chat.completions": ChatBody,
@@ -97,6 +122,10 @@ _BODY_TYPES: dict[str, type[_Common]] = {
 }
 
 _PATH_RE = re.compile(r"\$\.?([A-Za-z_][\w.]*)")
+#: +1 for an opening bracket, -1 for a closing one, by byte.
+_BRACKET_STEP = np.zeros(256, dtype=np.int32)
+_BRACKET_STEP[[ord("["), ord("{")]] = 1
+_BRACKET_STEP[[ord("]"), ord("}")]] = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,16 +141,44 @@ class Parsed:
 
 def decode_json(raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_BODY_BYTES:
-        from routing.errors import PayloadTooLarge
-
         raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
     try:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The body is not valid JSON: {exc}", code="invalid_json") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            f"The body is not valid UTF-8 (byte {exc.start}).", code="invalid_json"
+        ) from None
+    except RecursionError:  # nested past the codec's own limit, so far past ours
+        raise _too_deep() from None
+    if _nesting_exceeds(raw, MAX_JSON_DEPTH):
+        raise _too_deep()
     if not isinstance(body, dict):
         raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
     return body
+
+
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest(
+        f"The body nests JSON more than {MAX_JSON_DEPTH} levels deep.", code="invalid_json"
+    )
+
+
+def _nesting_exceeds(raw: bytes, limit: int) -> bool:
+    """Whether valid JSON nests arrays/objects deeper than `limit`.
+
+    Free for the usual request (fewer brackets than the limit cannot nest past it);
+    otherwise vectorised (~25 ms for a 4 MB body of brackets): drop escaped
+    backslashes and quotes, mask what lies inside strings, and take the running
+    depth's maximum.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    codes = np.frombuffer(raw.replace(b"\\\\", b"").replace(b'\\"', b""), dtype=np.uint8)
+    step = _BRACKET_STEP[codes]
+    step[np.bitwise_xor.accumulate(codes == ord('"'))] = 0  # inside a string
+    return int(np.cumsum(step, dtype=np.int32).max()) > limit
 
 
 def _validation_error(exc: msgspec.ValidationError) -> InvalidRequest:
@@ -129,6 +186,28 @@ def _validation_error(exc: msgspec.ValidationError) -> InvalidRequest:
     match = _PATH_RE.search(text)
     param = match.group(1) if match else None
     return InvalidRequest(f"Invalid request: {text}", param=param, code="invalid_value")
+
+
+def _check_no_nul(typed: _Common) -> None:
+    """PostgreSQL stores no NUL in text or JSON: refuse it in every string that is stored.
+
+    Called only when the body can hold one (JSON writes NUL as `\\u0000`, a scan in
+    C); the prompt is not stored and goes upstream as sent.
+    """
+    bad: str | None = "model" if "\x00" in typed.model else None
+    opts = typed.tesseract
+    if bad is None and opts is not None:
+        for name in _STORED_TEXT:
+            value = getattr(opts, name)
+            if value is not None and "\x00" in value:
+                bad = f"tesseract.{name}"
+        for name in _STORED_LISTS:
+            if any("\x00" in item for item in getattr(opts, name) or ()):
+                bad = f"tesseract.{name}"
+    if bad is not None:
+        raise InvalidRequest(
+            f"{bad} may not contain a NUL character (\\u0000).", param=bad, code="invalid_value"
+        )
 
 
 def _header_options(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, Any]:
@@ -145,6 +224,11 @@ def _header_options(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, Any]:
                 f"Unknown header X-Tesseract-{name[12:].decode('latin-1')}.",
                 param=f"x-tesseract-{key}",
                 code="unknown_parameter",
+            )
+        if "\x00" in text:
+            header = _header_name(key)
+            raise InvalidRequest(
+                f"{header} may not contain a NUL character.", param=header, code="invalid_value"
             )
         options[key] = text
     return options
@@ -222,15 +306,37 @@ def parse(
     endpoint: str, raw: bytes, headers: Iterable[tuple[bytes, bytes]], key: ResolvedKey
 ) -> Parsed:
     """Validate a request and turn it into the upstream body and the engine's request."""
-    body = decode_json(raw)
+    return parse_body(endpoint, decode_json(raw), headers, key, may_hold_nul=NUL_ESCAPE in raw)
+
+
+def parse_body(
+    endpoint: str,
+    body: dict[str, Any],
+    headers: Iterable[tuple[bytes, bytes]],
+    key: ResolvedKey,
+    *,
+    may_hold_nul: bool = True,
+) -> Parsed:
+    """`parse` for a body already decoded by `decode_json` (the WebSocket's frames).
+
+    `may_hold_nul`: False when the raw JSON has no `NUL_ESCAPE`, so no string holds NUL.
+    """
     header_options = _coerce_header_values(_header_options(headers))
     if header_options:
-        merged = {**header_options, **(body.get("tesseract") or {})}
-        body["tesseract"] = merged
+        given = body.get("tesseract")
+        if given is not None and not isinstance(given, dict):
+            raise InvalidRequest(
+                f"tesseract must be an object, not {type(given).__name__}.",
+                param="tesseract",
+                code="invalid_value",
+            )
+        body["tesseract"] = {**header_options, **(given or {})}
     try:
         typed = msgspec.convert(body, _BODY_TYPES[endpoint])
     except msgspec.ValidationError as exc:
         raise _validation_error(exc) from None
+    if may_hold_nul:
+        _check_no_nul(typed)
     opts = typed.tesseract or TesseractOptions()
     if (opts.client_lat is None) != (opts.client_lon is None):
         raise InvalidRequest(

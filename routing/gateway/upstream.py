@@ -25,15 +25,21 @@ SSE_SEPARATOR = b"\n\n"
 
 
 class UpstreamError(Exception):
-    """A failure of the backend, not of the request."""
+    """A failure of the backend, not of the request.
+
+    The message may name the backend's URL (for logs and operators); `public` is what
+    a client may be told, and never names a URL, a host or a port.
+    """
+
+    public = "the backend failed"
 
 
 class UpstreamConnectError(UpstreamError):
-    pass
+    public = "the connection to the backend failed"
 
 
 class UpstreamTimeout(UpstreamError):
-    pass
+    public = "the backend did not answer in time"
 
 
 class UpstreamStatusError(UpstreamError):
@@ -41,6 +47,7 @@ class UpstreamStatusError(UpstreamError):
         super().__init__(f"backend answered {status}")
         self.status = status
         self.body = body
+        self.public = f"the backend answered {status}"
 
 
 class UpstreamRejected(Exception):

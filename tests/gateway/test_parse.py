@@ -7,7 +7,7 @@ import pytest
 
 from accounts.keycache import ResolvedKey
 from routing.errors import InvalidRequest, PayloadTooLarge
-from routing.gateway.parse import MAX_BODY_BYTES, parse
+from routing.gateway.parse import MAX_BODY_BYTES, MAX_JSON_DEPTH, MODEL_MAX_LENGTH, parse
 
 
 def key(**defaults) -> ResolvedKey:
@@ -158,3 +158,95 @@ def test_the_route_dry_run_accepts_a_token_count_instead_of_a_prompt():
         {"model": "llama-3.3-70b-instruct", "input_tokens": 2000, "max_tokens": 10}
     )
     assert parse("route", raw, [], key()).route.input_tokens == 2000
+
+
+# -- what reaches the usage row must fit it ------------------------------------------------
+
+
+def test_the_model_is_held_to_the_usage_columns_length():
+    assert parse("chat.completions", body(model="m" * MODEL_MAX_LENGTH), [], key()).model
+    with pytest.raises(InvalidRequest) as exc:
+        parse("chat.completions", body(model="m" * (MODEL_MAX_LENGTH + 1)), [], key())
+    assert exc.value.param == "model"
+    with pytest.raises(InvalidRequest) as exc:
+        parse("chat.completions", body(tesseract={"fallback_models": ["m" * 81]}), [], key())
+    assert exc.value.param == "tesseract.fallback_models"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"model": "llama\x00"}, "model"),
+        ({"tesseract": {"compliance": ["gdpr", "\x00"]}}, "tesseract.compliance"),
+        ({"tesseract": {"regions": ["west\x00europe"]}}, "tesseract.regions"),
+        ({"tesseract": {"session_id": "chat-\x00"}}, "tesseract.session_id"),
+        ({"tesseract": {"client_region": "\x00"}}, "tesseract.client_region"),
+        ({"tesseract": {"fallback_models": ["x\x00"]}}, "tesseract.fallback_models"),
+    ],
+)
+def test_a_nul_in_any_stored_string_is_refused_by_name(extra, param):
+    with pytest.raises(InvalidRequest) as exc:
+        parse("chat.completions", body(**extra), [], key())
+    assert exc.value.param == param
+    assert "NUL" in exc.value.message
+
+
+def test_a_nul_in_a_header_value_is_refused_too():
+    with pytest.raises(InvalidRequest) as exc:
+        parse("chat.completions", body(), [(b"x-tesseract-session-id", b"a\x00b")], key())
+    assert exc.value.param == "X-Tesseract-Session-Id"
+
+
+def test_a_nul_in_the_prompt_is_not_stored_and_goes_upstream():
+    parsed = parse("chat.completions", body(messages=[{"role": "user", "content": "a\x00"}]),
+                   [], key())  # fmt: skip
+    assert parsed.body["messages"][0]["content"] == "a\x00"
+
+
+@pytest.mark.parametrize("value", [b"inf", b"1e309", b"86400001"])
+def test_a_deadline_must_be_finite_and_at_most_a_day(value):
+    with pytest.raises(InvalidRequest) as exc:
+        parse("chat.completions", body(), [(b"x-tesseract-max-latency-ms", value)], key())
+    assert exc.value.param == "tesseract.max_latency_ms"
+
+
+def test_a_tesseract_value_that_is_not_an_object_is_a_400_even_with_headers():
+    headers = [(b"x-tesseract-priority", b"2")]
+    for value in (["eu"], "eu", 3):
+        with pytest.raises(InvalidRequest) as exc:
+            parse("chat.completions", body(tesseract=value), headers, key())
+        assert exc.value.param == "tesseract"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "m", "messages": [{"role": "user", "content": "\xff"}]}',
+        b'{"model": "m\xc3", "messages": []}',
+    ],
+)
+def test_invalid_utf8_is_a_clear_400(raw):
+    with pytest.raises(InvalidRequest) as exc:
+        parse("chat.completions", raw, [], key())
+    assert exc.value.code == "invalid_json"
+    assert "UTF-8" in exc.value.message
+
+
+def nested(depth: int, *, inside: bytes = b"1") -> bytes:
+    """A body whose `x` nests arrays so that the whole body is `depth` levels deep."""
+    arrays = depth - 1  # the body itself is one level
+    return body(x=None).replace(b'"x":null', b'"x":' + b"[" * arrays + inside + b"]" * arrays)
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 1_000, 10_000])
+def test_json_nested_past_the_limit_is_a_400(depth):
+    with pytest.raises(InvalidRequest) as exc:
+        parse("chat.completions", nested(depth), [], key())
+    assert exc.value.code == "invalid_json"
+    assert "levels deep" in exc.value.message
+
+
+def test_json_at_the_limit_is_accepted_and_brackets_in_strings_do_not_count():
+    parse("chat.completions", nested(MAX_JSON_DEPTH), [], key())
+    brackets = msgspec.json.encode("[{" * 500 + '\\"[')
+    parse("chat.completions", nested(MAX_JSON_DEPTH, inside=brackets), [], key())
