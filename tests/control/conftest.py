@@ -1,12 +1,17 @@
-"""The demo world served by one simulator for a whole test module, on loopback."""
+"""The demo world served by one simulator for a whole test module, on loopback; the
+control plane's state in the real Redis, under keys private to each test."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
+from django.conf import settings
 from django.db import transaction
 
+from backends import livestate, probes, resources
 from backends.demo import demo_world_load
 from backends.world import WorldSpec, demo_world
 from tests.servers import Swappable, serve
@@ -32,3 +37,27 @@ def catalog(django_db_setup, django_db_blocker, spec, server) -> Iterator[None]:
         demo_world_load(spec, simulator_url=server[1])
         yield
         transaction.set_rollback(True)
+
+
+#: Every Redis key the control plane's jobs read or write, by module.
+CONTROL_KEYS = (
+    (livestate, ("DEPLOYMENTS", "HEALTH", "RTT", "INFLIGHT_PREFIX", "CHANNEL")),
+    (probes, ("EWMA", "LOCK")),
+    (resources, ("SCRAPE_LOCK", "FOLD_LOCK", "WATERMARK")),
+)
+
+
+@pytest.fixture
+def live(monkeypatch) -> Iterator[redis.Redis]:
+    """The real Redis, with the live maps and the jobs' state under keys of this test
+    (deleted after it)."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    prefix = f"test:{uuid.uuid4().hex}:"
+    for module, names in CONTROL_KEYS:
+        for name in names:
+            monkeypatch.setattr(module, name, prefix + getattr(module, name))
+    yield client
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -20,7 +19,6 @@ import httpx
 import msgspec
 import pytest
 import redis
-from django.conf import settings
 from django.utils import timezone
 
 from backends import livestate, probes
@@ -37,24 +35,6 @@ NORTHEUROPE = "northeurope-tesseract-nvidia-h100"
 #: 85 ms in the catalog, 64.8 ms of physics
 EASTUS = "eastus-tesseract-nvidia-h100"
 UKSOUTH = "uksouth-tesseract-nvidia-h100"
-
-
-@pytest.fixture
-def live(monkeypatch) -> Iterator[redis.Redis]:
-    """The real Redis, with the live maps and the probes' state under keys of this test."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    prefix = f"test:{uuid.uuid4().hex}:"
-    for module, name in (
-        (livestate, "DEPLOYMENTS"), (livestate, "HEALTH"), (livestate, "RTT"),
-        (livestate, "INFLIGHT_PREFIX"), (livestate, "CHANNEL"),
-        (probes, "EWMA"), (probes, "LOCK"),
-    ):  # fmt: skip
-        monkeypatch.setattr(module, name, prefix + getattr(module, name))
-    yield client
-    keys = client.keys(prefix + "*")
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @dataclass

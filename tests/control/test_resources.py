@@ -21,7 +21,6 @@ import httpx
 import msgspec
 import pytest
 import redis
-from django.conf import settings
 from django.utils import timezone
 
 from accounts.models import Organization
@@ -36,24 +35,6 @@ from routing.engine import Profile
 #: 70B: 17 ms TTFT floor (50 ms at the 480-token reference prompt), 58.6 tokens/s.
 WESTEUROPE_8B = "westeurope-tesseract-nvidia-h100--llama-3.1-8b-instruct"
 WESTEUROPE_70B = "westeurope-tesseract-nvidia-h100--llama-3.3-70b-instruct"
-
-
-@pytest.fixture
-def live(monkeypatch) -> Iterator[redis.Redis]:
-    """The real Redis, with the live maps and the jobs' state under keys of this test."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    prefix = f"test:{uuid.uuid4().hex}:"
-    for module, name in (
-        (livestate, "DEPLOYMENTS"), (livestate, "HEALTH"), (livestate, "RTT"),
-        (livestate, "INFLIGHT_PREFIX"), (livestate, "CHANNEL"),
-        (resources, "SCRAPE_LOCK"), (resources, "FOLD_LOCK"), (resources, "WATERMARK"),
-    ):  # fmt: skip
-        monkeypatch.setattr(module, name, prefix + getattr(module, name))
-    yield client
-    keys = client.keys(prefix + "*")
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @dataclass
