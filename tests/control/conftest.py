@@ -3,9 +3,12 @@ control plane's state in the real Redis, under keys private to each test."""
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import msgspec
 import pytest
 import redis
 from django.conf import settings
@@ -61,3 +64,40 @@ def live(monkeypatch) -> Iterator[redis.Redis]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+#: Published behind the jobs' announcements to know when all of them have been read.
+MARK = b"test:mark"
+
+
+@pytest.fixture
+def announced(live) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """`announced()`: what was announced on the live maps' channel since the last call.
+
+    Subscribed (and confirmed) before the test runs. Each call publishes a mark and
+    reads up to it: Redis delivers a channel's messages in the order their PUBLISH
+    ran, so every announcement made before the call is read, however late a busy
+    machine delivers it, and none of a later one is.
+    """
+    pubsub = live.pubsub()
+    pubsub.subscribe(livestate.CHANNEL)
+    next_message(pubsub, "subscribe")
+
+    def read() -> list[dict[str, Any]]:
+        live.publish(livestate.CHANNEL, MARK)
+        out = []
+        while (data := next_message(pubsub, "message")["data"]) != MARK:
+            out.append(msgspec.json.decode(data))
+        return out
+
+    yield read
+    pubsub.close()
+
+
+def next_message(pubsub: Any, kind: str, timeout_s: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None and message["type"] == kind:
+            return message
+    raise AssertionError(f"no {kind} message within {timeout_s} s")

@@ -22,7 +22,6 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 import redis
 from django.utils import timezone
@@ -90,14 +89,6 @@ def published(client: redis.Redis, region: str) -> float | None:
     return livestate.read(client).rtt.get((SRC, region))
 
 
-def announcements(pubsub: Any) -> list[dict[str, Any]]:
-    out = []
-    while (message := pubsub.get_message(timeout=0.01)) is not None:
-        if message["type"] == "message":
-            out.append(msgspec.json.decode(message["data"]))
-    return out
-
-
 # --------------------------------------------------------------------------- measuring
 
 
@@ -141,12 +132,9 @@ def test_the_probe_reports_real_milliseconds_whatever_the_time_scale(mesh, live)
     assert 17.0 - EARLY_MS <= probe.rtt_ms < 17.0 * 2
 
 
-def test_a_probe_below_the_physical_floor_is_flagged_and_ignored(mesh, live):
+def test_a_probe_below_the_physical_floor_is_flagged_and_ignored(mesh, live, announced):
     # The simulator claims 20 ms across the Atlantic: light in fibre needs 64.8.
     m = mesh(rtt={"eastus": 20.0}, time_scale=25.0)
-    pubsub = live.pubsub()
-    pubsub.subscribe(livestate.CHANNEL)
-    announcements(pubsub)
 
     counts = probes.probe_clusters(client=live, cluster_ids=m.ids(EASTUS), timeout_s=TIMEOUT_S)
 
@@ -158,15 +146,12 @@ def test_a_probe_below_the_physical_floor_is_flagged_and_ignored(mesh, live):
     assert counts == {**counts, "below_floor": 1, "published": 0}
     assert published(live, "eastus") is None  # the gateways keep the catalog's 85 ms
     assert live.hlen(probes.EWMA) == 0
-    assert announcements(pubsub) == []
+    assert announced() == []
 
 
-def test_a_degraded_path_is_flagged_and_used(mesh, live):
+def test_a_degraded_path_is_flagged_and_used(mesh, live, announced):
     # 80 ms where the catalog says 17 and physics 7.6: past 3 × 7.6 + 20 and 2 × 17.
     m = mesh(rtt={"northeurope": 80.0}, time_scale=25.0)
-    pubsub = live.pubsub()
-    pubsub.subscribe(livestate.CHANNEL)
-    announcements(pubsub)
 
     probes.probe_clusters(client=live, cluster_ids=m.ids(NORTHEUROPE), timeout_s=TIMEOUT_S)
 
@@ -175,10 +160,12 @@ def test_a_degraded_path_is_flagged_and_used(mesh, live):
     assert 80.0 - EARLY_MS <= probe.rtt_ms <= 80.0 * 1.5
     assert probe.ewma_ms == pytest.approx(17.0 + 0.3 * (probe.rtt_ms - 17.0))
     assert published(live, "northeurope") == pytest.approx(probe.ewma_ms, abs=0.001)
-    assert announcements(pubsub) == [{"what": "rtt", "names": ["westeurope|northeurope"]}]
+    assert announced() == [{"what": "rtt", "names": ["westeurope|northeurope"]}]
 
 
-def test_the_ewma_converges_and_a_steady_path_stops_waking_the_gateways(mesh, live, monkeypatch):
+def test_the_ewma_converges_and_a_steady_path_stops_waking_the_gateways(
+    mesh, live, announced, monkeypatch
+):
     # The path to northeurope now measures 40 ms (the catalog says 17), exactly: the
     # arithmetic, not the loopback's jitter, is under test here.
     async def measure_all(targets, timeout_s):
@@ -186,14 +173,11 @@ def test_the_ewma_converges_and_a_steady_path_stops_waking_the_gateways(mesh, li
 
     monkeypatch.setattr(probes, "_measure_all", measure_all)
     m = mesh()
-    pubsub = live.pubsub()
-    pubsub.subscribe(livestate.CHANNEL)
-    announcements(pubsub)
 
     woken = []
     for _ in range(16):
         probes.probe_clusters(client=live, cluster_ids=m.ids(NORTHEUROPE))
-        woken.append(len(announcements(pubsub)))
+        woken.append(len(announced()))
 
     smoothed = [p.ewma_ms for p in rows(NORTHEUROPE)]
     expected = [40.0 - 23.0 * 0.7**k for k in range(1, 17)]
