@@ -3,7 +3,6 @@ control plane's state in the real Redis, under keys private to each test."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +16,7 @@ from django.db import transaction
 from backends import livestate, probes, resources
 from backends.demo import demo_world_load
 from backends.world import WorldSpec, demo_world
+from tests.pubsub import next_message
 from tests.servers import Swappable, serve
 
 
@@ -92,12 +92,3 @@ def announced(live) -> Iterator[Callable[[], list[dict[str, Any]]]]:
 
     yield read
     pubsub.close()
-
-
-def next_message(pubsub: Any, kind: str, timeout_s: float = 30.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        message = pubsub.get_message(timeout=0.1)
-        if message is not None and message["type"] == kind:
-            return message
-    raise AssertionError(f"no {kind} message within {timeout_s} s")
