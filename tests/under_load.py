@@ -33,7 +33,7 @@ def spin(parent: int, max_s: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--hogs", type=int, default=2 * (os.cpu_count() or 1))
     parser.add_argument("--max-s", type=float, default=3600.0, help="each hog stops after this")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
