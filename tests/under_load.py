@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -50,9 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         hog.start()
     print(f"under_load: {args.hogs} CPU hogs (at most {args.max_s:.0f} s) beside: "
           f"{' '.join(command)}", file=sys.stderr, flush=True)  # fmt: skip
+    # Stopped by a signal, the command stops too (and the hogs, in `finally`).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    proc = subprocess.Popen(command)
     try:
-        status = subprocess.call(command)
+        status = proc.wait()
     finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
         load = os.getloadavg()
         for hog in hogs:
             hog.terminate()
