@@ -110,11 +110,13 @@ def test_probes_against_the_simulator_measure_its_injected_delay(mesh, live):
         # timed something else, measures ~0) ...
         assert min(samples) >= injected - EARLY_MS, (cluster, samples, injected)
         errors[cluster] = min(samples) - injected
-    # ... and close to it: within 10 % + 20 ms at worst (a probe that counted it twice,
-    # or lost the time scale, is off by 100 % or 900 %), a few ms as a rule.
-    too_far = {c: e for c, e in errors.items() if e > 20.0 + 0.1 * m.injected_ms(c)}
+    # ... and close to it: a probe that counted it twice, or lost the time scale, is
+    # off by 100 % or 900 % (a median of 100+ ms); a busy machine's stalls, a tenth of
+    # them, leave a few ms (a median of 9.5 at a load of 14 on 2 cores), and even where
+    # they hit both samples of a path, within 50 % + 50 ms.
+    too_far = {c: e for c, e in errors.items() if e > 50.0 + 0.5 * m.injected_ms(c)}
     assert not too_far, too_far
-    assert statistics.median(errors.values()) <= 5.0, errors
+    assert statistics.median(errors.values()) <= 25.0, errors
     # The EWMA starts from the catalog's 85 ms, which is what the simulator emulates,
     # and moves only towards the samples: no news.
     eastus = [p.rtt_ms for c in clusters if c.startswith("eastus-") for p in rows(c)]

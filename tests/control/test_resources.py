@@ -287,12 +287,14 @@ def test_observed_ttft_rises_after_the_slow_fault(mesh, live, acme):
     serve_five()
     slow = record(live, WESTEUROPE_70B)
 
-    # As the profile says (normalised to its 480-token reference prompt; a sleep never
-    # ends early, so never below it) ...
-    assert profile.ttft_ms - 1.0 <= healthy.observed_ttft_ms <= profile.ttft_ms * 1.25
+    # As the profile says, normalised to its 480-token reference prompt: never below it
+    # (a sleep never ends early), and not twice it however the machine stalled (the
+    # 2-token prompt's own TTFT, not normalised, would be a third of it) ...
+    assert profile.ttft_ms - 1.0 <= healthy.observed_ttft_ms < profile.ttft_ms * 2
     assert healthy.observed_decode_tps == pytest.approx(profile.decode_tokens_per_s, rel=0.15)
-    # ... then three times slower, of which five requests carry the average 2/3 of the way.
-    assert slow.observed_ttft_ms > 1.8 * healthy.observed_ttft_ms
+    # ... then three times slower, of which five requests carry the average 2/3 of the
+    # way: at least 1/3 × 50 + 2/3 × 150 = 117 ms, whatever the machine did.
+    assert slow.observed_ttft_ms > profile.ttft_ms * 2
     assert slow.observed_decode_tps < healthy.observed_decode_tps / 1.5
 
 
