@@ -31,6 +31,12 @@ run: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## The whole suite beside a CPU hog (busy loops, twice the cores, stopped when it ends):
+## no test may depend on an idle machine. HOGS=n to choose how many.
+.PHONY: test-under-load
+test-under-load: install
+	$(BIN)/python -m tests.under_load $(if $(HOGS),--hogs $(HOGS)) -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+
 ## Lint, format, types, architecture, migrations.
 check: install
 	$(BIN)/ruff check .

@@ -41,6 +41,7 @@ from backends.world import WorldSpec, demo_world
 from billing.models import UsageEvent
 from routing.engine import LatencyMap
 from tests.conftest import login
+from tests.pubsub import next_message
 from tests.servers import serve
 
 # --------------------------------------------------------------------------- the planner
@@ -443,9 +444,9 @@ def test_recommend_mode_records_the_plan_and_changes_nothing(mesh):
 
 def test_apply_mode_loads_the_model_on_the_backend_and_tells_the_gateways(transactional_db, mesh):
     set_mode("apply")
-    pubsub = mesh.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub = mesh.redis.pubsub()
     pubsub.subscribe(WORLD_CHANNEL)
-    pubsub.get_message(timeout=1)
+    next_message(pubsub, "subscribe")  # confirmed: nothing published from now is missed
 
     run = placement_run(client=mesh.redis)  # commits: the gateways hear of it
 
@@ -459,15 +460,15 @@ def test_apply_mode_loads_the_model_on_the_backend_and_tells_the_gateways(transa
     assert not Deployment.objects.get(slug=FC_8B).loaded
     assert mesh.control(FC_8B)["availability"] == "unloaded"
     state = mesh.control(FC_70B)
-    assert state["availability"] == "loading"
+    # Loading when applied (the reason above quotes the backend); its 0.45 s cold start
+    # may be over already on a busy machine.
+    assert state["availability"] in ("loading", "ready")
     assert state["cold_start_s"] == 45.0
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 30
     while mesh.control(FC_70B)["availability"] == "loading" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert mesh.control(FC_70B)["availability"] == "ready"
-    message = pubsub.get_message(timeout=1)
-    assert message is not None
-    assert message["data"] == b"changed"
+    assert next_message(pubsub, "message")["data"] == b"changed"
     pubsub.close()
 
 

@@ -21,14 +21,13 @@ import httpx
 import msgspec
 import pytest
 import redis
-from django.conf import settings
 from django.utils import timezone
 
 from accounts.models import Organization
 from backends import livestate, resources
 from backends.models import Deployment
 from backends.simulator import Simulator
-from backends.tasks.resources import fold_observed_speeds, scrape_metrics
+from backends.tasks.resources import fold_observed_speeds
 from billing.models import UsageEvent
 from routing.engine import Profile
 
@@ -36,24 +35,9 @@ from routing.engine import Profile
 #: 70B: 17 ms TTFT floor (50 ms at the 480-token reference prompt), 58.6 tokens/s.
 WESTEUROPE_8B = "westeurope-tesseract-nvidia-h100--llama-3.1-8b-instruct"
 WESTEUROPE_70B = "westeurope-tesseract-nvidia-h100--llama-3.3-70b-instruct"
-
-
-@pytest.fixture
-def live(monkeypatch) -> Iterator[redis.Redis]:
-    """The real Redis, with the live maps and the jobs' state under keys of this test."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    prefix = f"test:{uuid.uuid4().hex}:"
-    for module, name in (
-        (livestate, "DEPLOYMENTS"), (livestate, "HEALTH"), (livestate, "RTT"),
-        (livestate, "INFLIGHT_PREFIX"), (livestate, "CHANNEL"),
-        (resources, "SCRAPE_LOCK"), (resources, "FOLD_LOCK"), (resources, "WATERMARK"),
-    ):  # fmt: skip
-        monkeypatch.setattr(module, name, prefix + getattr(module, name))
-    yield client
-    keys = client.keys(prefix + "*")
-    if keys:
-        client.delete(*keys)
-    client.close()
+#: 67 scrapes at once in a process that also serves the simulator, on a busy machine:
+#: the tests give them time (the job's own timeout is `resources.SCRAPE_TIMEOUT_S`).
+SCRAPE_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -65,6 +49,12 @@ class Mesh:
 
     def ids(self, *slugs: str) -> list[int]:
         return list(Deployment.objects.filter(slug__in=slugs).values_list("pk", flat=True))
+
+    def cold_start_ends(self, slug: str) -> None:
+        """Fast-forward `slug`'s cold start to its end: a cold start short enough to wait
+        out would be one a busy machine's stall could outlast before the test looks."""
+        self.simulator.deployments[slug].loading_until = 0.0
+        assert self.control(slug)["availability"] == "ready"
 
     def control(self, slug: str, **state: Any) -> dict[str, Any]:
         response = self.http.post(f"{self.url}/d/{slug}/control", json=state)
@@ -130,7 +120,7 @@ def record(client: redis.Redis, slug: str) -> livestate.DeploymentLive:
     return msgspec.structs.replace(livestate.deployment_get(client, slug), updated_at=0.0)
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, "timed out"
@@ -146,14 +136,19 @@ def test_scraping_reports_running_and_waiting_of_a_busy_deployment(mesh, live):
     slots = m.simulator.deployments[WESTEUROPE_8B].slots
 
     with ThreadPoolExecutor(5) as pool:
-        calls = [pool.submit(m.chat, WESTEUROPE_8B, max_tokens=100) for _ in range(5)]
+        # 800 tokens hold a slot 2.8 s: time for all five to arrive on a busy machine.
+        calls = [pool.submit(m.chat, WESTEUROPE_8B, max_tokens=800) for _ in range(5)]
         wait_until(lambda: (slots.running, slots.waiting) == (2, 3))
-        busy = resources.scrape_metrics(client=live, deployment_ids=m.ids(WESTEUROPE_8B))
+        busy = resources.scrape_metrics(
+            client=live, deployment_ids=m.ids(WESTEUROPE_8B), timeout_s=SCRAPE_TIMEOUT_S
+        )
         busy_record = record(live, WESTEUROPE_8B)
         m.control(WESTEUROPE_8B, concurrency_slots=8)  # let the queue through
         for call in calls:
             call.result()
-    idle = resources.scrape_metrics(client=live, deployment_ids=m.ids(WESTEUROPE_8B))
+    idle = resources.scrape_metrics(
+        client=live, deployment_ids=m.ids(WESTEUROPE_8B), timeout_s=SCRAPE_TIMEOUT_S
+    )
 
     assert busy == {"scraped": 1, "failed": 0, "changed": 1}
     assert (busy_record.running, busy_record.waiting, busy_record.loaded) == (2, 3, True)
@@ -162,41 +157,38 @@ def test_scraping_reports_running_and_waiting_of_a_busy_deployment(mesh, live):
 
 
 def test_a_model_in_its_cold_start_is_not_loaded(mesh, live):
-    m = mesh(time_scale=0.02)  # the 8B's 14 s cold start takes 0.28 s
+    m = mesh(time_scale=1.0)  # the 8B's cold start takes 14 s: no stall outlasts it
     ids = m.ids(WESTEUROPE_8B)
 
     m.control(WESTEUROPE_8B, loaded=False)
-    resources.scrape_metrics(client=live, deployment_ids=ids)
+    resources.scrape_metrics(client=live, deployment_ids=ids, timeout_s=SCRAPE_TIMEOUT_S)
     unloaded = record(live, WESTEUROPE_8B).loaded
     state = m.control(WESTEUROPE_8B, loaded=True)
-    resources.scrape_metrics(client=live, deployment_ids=ids)
+    resources.scrape_metrics(client=live, deployment_ids=ids, timeout_s=SCRAPE_TIMEOUT_S)
     loading = record(live, WESTEUROPE_8B).loaded
-    wait_until(lambda: m.control(WESTEUROPE_8B)["availability"] == "ready")
-    resources.scrape_metrics(client=live, deployment_ids=ids)
+    m.cold_start_ends(WESTEUROPE_8B)
+    resources.scrape_metrics(client=live, deployment_ids=ids, timeout_s=SCRAPE_TIMEOUT_S)
 
     assert state["availability"] == "loading"
     assert (unloaded, loading, record(live, WESTEUROPE_8B).loaded) == (False, False, True)
 
 
-def test_scraping_twice_changes_nothing(mesh, live):
+def test_scraping_twice_changes_nothing(mesh, live, announced):
     mesh()
-    pubsub = live.pubsub()
-    pubsub.subscribe(livestate.CHANNEL)
-    pubsub.get_message(timeout=0.1)  # the subscription itself
 
-    first = scrape_metrics()
+    first = resources.scrape_metrics(client=live, timeout_s=SCRAPE_TIMEOUT_S)
     before = {
         slug: record(live, slug) for slug in Deployment.objects.values_list("slug", flat=True)
     }
-    announced = pubsub.get_message(timeout=0.1)
-    second = scrape_metrics()
+    first_announced = announced()
+    second = resources.scrape_metrics(client=live, timeout_s=SCRAPE_TIMEOUT_S)
     after = {slug: record(live, slug) for slug in before}
 
     assert first == {"scraped": 67, "failed": 0, "changed": 67}
-    assert announced is not None  # one announcement for all of them
+    assert [len(a["names"]) for a in first_announced] == [67]  # one for all of them
     assert second == {"scraped": 67, "failed": 0, "changed": 0}
     assert after == before
-    assert pubsub.get_message(timeout=0.05) is None
+    assert announced() == []
 
 
 def test_a_failed_scrape_leaves_the_live_map_alone(mesh, live):
@@ -206,7 +198,9 @@ def test_a_failed_scrape_leaves_the_live_map_alone(mesh, live):
     # Port 9 (discard) is closed on loopback: the connection is refused at once.
     Deployment.objects.filter(slug=WESTEUROPE_8B).update(endpoint_url="http://127.0.0.1:9/v1")
 
-    counts = resources.scrape_metrics(client=live, deployment_ids=m.ids(WESTEUROPE_8B))
+    counts = resources.scrape_metrics(
+        client=live, deployment_ids=m.ids(WESTEUROPE_8B), timeout_s=SCRAPE_TIMEOUT_S
+    )
 
     assert counts == {"scraped": 0, "failed": 1, "changed": 0}
     assert record(live, WESTEUROPE_8B) == before
@@ -216,7 +210,9 @@ def test_drained_deployments_are_not_scraped(mesh, live):
     m = mesh()
     Deployment.objects.filter(slug=WESTEUROPE_8B).update(drained=True)
 
-    counts = resources.scrape_metrics(client=live, deployment_ids=m.ids(WESTEUROPE_8B))
+    counts = resources.scrape_metrics(
+        client=live, deployment_ids=m.ids(WESTEUROPE_8B), timeout_s=SCRAPE_TIMEOUT_S
+    )
 
     assert counts == {"scraped": 0, "failed": 0, "changed": 0}
 
@@ -270,13 +266,19 @@ def test_the_metrics_parser_refuses_what_is_not_the_text_format(line):
 
 
 def test_observed_ttft_rises_after_the_slow_fault(mesh, live, acme):
-    m = mesh(time_scale=1.0)
+    # The simulator sleeps 10 × its delays, and the requests are recorded in the
+    # simulated milliseconds (÷ 10): a stall of a busy machine counts a tenth.
+    scale = 10.0
+    m = mesh(time_scale=scale)
     profile = Deployment.objects.get(slug=WESTEUROPE_70B)
 
     def serve_five() -> None:
         with ThreadPoolExecutor(5) as pool:
             for ttft, total in pool.map(lambda _: m.chat(WESTEUROPE_70B, max_tokens=10), range(5)):
-                usage(acme, WESTEUROPE_70B, ttft_ms=ttft, latency_ms=total, output_tokens=10)
+                usage(
+                    acme, WESTEUROPE_70B, ttft_ms=ttft / scale, latency_ms=total / scale,
+                    output_tokens=10,
+                )  # fmt: skip
         resources.fold_observed(client=live)
 
     serve_five()
@@ -285,11 +287,14 @@ def test_observed_ttft_rises_after_the_slow_fault(mesh, live, acme):
     serve_five()
     slow = record(live, WESTEUROPE_70B)
 
-    # As the profile says (normalised to its 480-token reference prompt) ...
-    assert healthy.observed_ttft_ms == pytest.approx(profile.ttft_ms, rel=0.25)
+    # As the profile says, normalised to its 480-token reference prompt: never below it
+    # (a sleep never ends early), and not twice it however the machine stalled (the
+    # 2-token prompt's own TTFT, not normalised, would be a third of it) ...
+    assert profile.ttft_ms - 1.0 <= healthy.observed_ttft_ms < profile.ttft_ms * 2
     assert healthy.observed_decode_tps == pytest.approx(profile.decode_tokens_per_s, rel=0.15)
-    # ... then three times slower, of which five requests carry the average 2/3 of the way.
-    assert slow.observed_ttft_ms > 1.8 * healthy.observed_ttft_ms
+    # ... then three times slower, of which five requests carry the average 2/3 of the
+    # way: at least 1/3 × 50 + 2/3 × 150 = 117 ms, whatever the machine did.
+    assert slow.observed_ttft_ms > profile.ttft_ms * 2
     assert slow.observed_decode_tps < healthy.observed_decode_tps / 1.5
 
 

@@ -16,6 +16,9 @@ from backends.models import Deployment, HealthEvent
 
 EIGHT_B = "llama-3.1-8b-instruct"
 ASK = {"model": EIGHT_B, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+#: The health checks' timeout in these tests: a check that a busy machine delays is not
+#: a dead backend (the simulator answers a dead one's check at once, with a 503).
+CHECK_TIMEOUT_S = 30.0
 
 
 @pytest.fixture
@@ -41,14 +44,28 @@ def chat(mesh, key: str, body: dict | None = None) -> httpx.Response:
     )
 
 
-def eventually(predicate, timeout_s: float = 2.0) -> float:
-    """Seconds until `predicate()` held (fails after `timeout_s`)."""
+def eventually(predicate, timeout_s: float = 60.0) -> float:
+    """Seconds until `predicate()` held (fails after `timeout_s`: generous, since a busy
+    machine may take seconds over what takes milliseconds on an idle one)."""
     started = time.monotonic()
     while not predicate():
         if time.monotonic() - started > timeout_s:
             raise AssertionError("did not happen in time")
         time.sleep(0.01)
     return time.monotonic() - started
+
+
+@pytest.fixture
+def told_only(mesh, api_key, monkeypatch):
+    """The gateway re-reads the catalog and the live maps only when the control plane
+    announces a change, never on its periodic refresh: whatever it then learns, it
+    learnt from an announcement, however long a busy machine took to deliver it."""
+    from routing.gateway.app import application
+
+    plan(mesh, api_key)  # the gateway is up (and has its world)
+    holder = application.gateway.holder
+    monkeypatch.setattr(holder, "_refresh_s", 3600.0)
+    monkeypatch.setattr(holder, "_live_refresh_s", 3600.0)
 
 
 # --------------------------------------------------------------------------- hysteresis
@@ -90,15 +107,23 @@ def test_a_failure_in_between_resets_the_count_of_answers(client, mesh):
 # --------------------------------------------------------------------------- the gateways
 
 
-def test_a_backend_that_goes_down_is_avoided_and_comes_back_after_recovering(client, mesh, api_key):
+def test_a_backend_that_goes_down_is_avoided_and_comes_back_after_recovering(
+    client, mesh, api_key, told_only, monkeypatch
+):
+    # Slowness is another test's subject: here a check slowed by the busy machine
+    # (the simulator, the gateway and the checks share this process) is a good answer.
+    monkeypatch.setattr(health, "SLOW_CHECK_MARGIN_MS", 60_000.0)
     primary = plan(mesh, api_key)["primary"]["backend_id"]
     mesh.fault(primary, fault="down")
 
-    states = [health.check_all(client=client)[primary] for _ in range(3)]
+    def check() -> str:
+        return health.check_all(client=client, timeout_s=CHECK_TIMEOUT_S)[primary]
+
+    states = [check() for _ in range(3)]
     assert states[:2] == ["healthy", "healthy"]  # hysteresis: not on one failed check
     assert states[2] == "down"
-    moved = eventually(lambda: plan(mesh, api_key)["primary"]["backend_id"] != primary)
-    assert moved < 1.0  # every gateway hears of it at once, not at the next refresh
+    # Every gateway hears of it when it happens, not at its next refresh (told_only).
+    eventually(lambda: plan(mesh, api_key)["primary"]["backend_id"] != primary)
     excluded = {e["backend_id"]: e["code"] for e in plan(mesh, api_key)["excluded"]}
     assert excluded[primary] == "down"
     event = HealthEvent.objects.get(deployment__slug=primary)
@@ -106,25 +131,39 @@ def test_a_backend_that_goes_down_is_avoided_and_comes_back_after_recovering(cli
     assert Deployment.objects.get(slug=primary).health == "down"
 
     mesh.fault(primary, fault="none")
-    assert [health.check_all(client=client)[primary] for _ in range(2)] == ["down", "healthy"]
+    assert [check() for _ in range(2)] == ["down", "healthy"]
     eventually(lambda: plan(mesh, api_key)["primary"]["backend_id"] == primary)
     assert Deployment.objects.get(slug=primary).health == "healthy"
 
 
-def test_the_gateways_own_failures_take_a_backend_out_without_any_check(mesh, api_key, usage):
+def test_the_gateways_own_failures_take_a_backend_out_without_any_check(
+    client, mesh, api_key, usage
+):
     primary = plan(mesh, api_key)["primary"]["backend_id"]
     mesh.fault(primary, fault="error")
-    attempts = [chat(mesh, api_key).json()["tesseract"]["attempts"] for _ in range(3)]
-    assert attempts == [2, 2, 2]  # each failed over, and taught the gateway
-    eventually(lambda: plan(mesh, api_key)["primary"]["backend_id"] != primary)
+    served = []
+
+    def taught() -> bool:
+        served.append(chat(mesh, api_key).json()["tesseract"])
+        return "down" in {e["code"] for e in plan(mesh, api_key)["excluded"]
+                          if e["backend_id"] == primary}  # fmt: skip
+
+    eventually(taught)
+    # Every request was served, each one that met the failing backend by failing over
+    # (a busy machine may route one elsewhere first): three failures took it out.
+    assert all(s["route"]["backend"] != primary for s in served)
+    assert sum(s["attempts"] - 1 for s in served) >= health.DOWN_AFTER
+    assert client.hget(health.REASONS, primary).startswith(b"passive|")
     assert chat(mesh, api_key).json()["tesseract"]["attempts"] == 1  # straight to a good one
-    assert len(usage()) == 4
+    assert len(usage()) == len(served) + 1
 
 
 # --------------------------------------------------------------------------- kill switch
 
 
-def test_a_drained_region_receives_nothing_and_in_flight_requests_finish(mesh, api_key, usage):
+def test_a_drained_region_receives_nothing_and_in_flight_requests_finish(
+    mesh, api_key, usage, told_only
+):
     from backends.models import Region
     from backends.services import drain_by_slug
 
@@ -135,8 +174,8 @@ def test_a_drained_region_receives_nothing_and_in_flight_requests_finish(mesh, a
         lines = in_flight.iter_lines()
         assert next(line for line in lines if '"content":"' in line.replace(" ", ""))
         drain_by_slug("region", "westeurope", drained=True)
-        took = eventually(lambda: plan(mesh, api_key, near)["primary"]["region"] != "westeurope")
-        assert took < 1.0
+        # heard at once, not at the next refresh (told_only)
+        eventually(lambda: plan(mesh, api_key, near)["primary"]["region"] != "westeurope")
         rest = list(lines)  # the request that was already running is not cut off
     assert [line for line in rest if line][-1] == "data: [DONE]"
     assert backend.slots.running == 0
@@ -219,29 +258,51 @@ def eventually_one(model):
 
 @pytest.fixture
 def control_plane(mesh):
-    """A real Celery worker running the real beat schedule, health checks every second."""
+    """A real Celery worker running the real beat schedule, health checks every second.
+
+    The other periodic jobs are put off: on a busy machine each takes seconds, and the
+    one worker would spend its time on them while the health checks, which expire
+    after their interval, waited in the queue.
+    """
     from tests.workers import Workers
 
-    workers = Workers(TESSERACT_HEALTH_INTERVAL_S="1", TESSERACT_GATEWAY_REGION="westeurope")
+    workers = Workers(
+        TESSERACT_HEALTH_INTERVAL_S="1",
+        TESSERACT_HEALTH_TIMEOUT_S=str(int(CHECK_TIMEOUT_S)),
+        TESSERACT_PROBE_INTERVAL_S="3600",
+        TESSERACT_SCRAPE_INTERVAL_S="3600",
+        TESSERACT_OBSERVED_INTERVAL_S="3600",
+        TESSERACT_GATEWAY_REGION="westeurope",
+    )
     workers.start(beat=True)
     yield workers
     workers.stop()
 
 
 def test_with_a_real_worker_and_beat_a_dead_backend_is_avoided_and_comes_back(
-    control_plane, mesh, api_key
+    control_plane, client, mesh, api_key
 ):
     primary = plan(mesh, api_key)["primary"]["backend_id"]
+    # The beat's checks have begun (a worker starts in seconds on a busy machine).
+    eventually(lambda: client.exists(health.COUNTERS + primary), 180)
+
+    def avoided() -> bool:
+        why = {e["code"] for e in plan(mesh, api_key)["excluded"] if e["backend_id"] == primary}
+        return why == {"down"}
+
     mesh.fault(primary, fault="down")
-    went = eventually(lambda: plan(mesh, api_key)["primary"]["backend_id"] != primary, 20)
-    excluded = plan(mesh, api_key)["excluded"]
-    assert {e["code"] for e in excluded if e["backend_id"] == primary} == {"down"}
+    eventually(avoided)
+    assert plan(mesh, api_key)["primary"]["backend_id"] != primary
     mesh.fault(primary, fault="none")
-    came = eventually(lambda: plan(mesh, api_key)["primary"]["backend_id"] == primary, 20)
-    # three failed checks a second apart to go, two good ones to come back (plus start-up)
-    assert went < 15
-    assert came < 10
-    assert HealthEvent.objects.filter(deployment__slug=primary, current="down").exists()
+    eventually(lambda: not avoided())
+
+    # Three failed checks to go, two answers to come back: the beat ran them all. (Back
+    # as healthy, or as degraded where the busy machine made its answers look slow.)
+    events = HealthEvent.objects.filter(deployment__slug=primary).order_by("created_at", "pk")
+    eventually(lambda: events.count() >= 2)  # the round's end writes the history
+    went, came = [(e.previous, e.current, e.source) for e in events][:2]
+    assert went == ("healthy", "down", "check")
+    assert came in {("down", "healthy", "check"), ("down", "degraded", "check")}
 
 
 # --------------------------------------------------------------------------- resource map
@@ -271,9 +332,9 @@ def test_a_slowed_backend_loses_traffic_before_it_fails(client, mesh, api_key, u
     while len(after) < 12 and (not after or after[-1] == first):
         after.append(served())
     assert after[-1] != first  # it lost the traffic ...
-    states = health.check_all(client=client)
-    assert states[first] == "healthy"  # ... while it still answers: it never failed
+    health.check_all(client=client, timeout_s=CHECK_TIMEOUT_S)
     live = livestate_of(client, first)
+    assert live.health == "healthy"  # ... while it still answers: it never failed
     assert live.observed_ttft_ms > Deployment.objects.get(slug=first).ttft_ms * 2
 
 
@@ -297,7 +358,6 @@ def test_placement_loads_a_model_where_demand_grew_and_the_next_requests_route_t
 
     seventy_b = "llama-3.3-70b-instruct"
     target = f"koreacentral-tesseract-nvidia-h100--{seventy_b}"
-    mesh.simulator.time_scale = 0.01  # the 70B's 45 s cold start takes 0.45 s
     mesh.fault(target, loaded=False)
     deployment = Deployment.objects.get(slug=target)
     deployment.loaded = False
@@ -322,16 +382,20 @@ def test_placement_loads_a_model_where_demand_grew_and_the_next_requests_route_t
     settings_row.placement_mode = ControlSettings.PlacementMode.APPLY
     settings_row.save()
 
+    # In real time the 70B's cold start takes 45 s: still under way whenever a busy
+    # machine gets to look; the test then fast-forwards it to its end.
+    scale, mesh.simulator.time_scale = mesh.simulator.time_scale, 1.0
     placement.placement_run(client=client)
+    mesh.simulator.time_scale = scale
     action = PlacementAction.objects.get(deployment__slug=target)
     assert (action.kind, action.status) == ("load", "applied")
     assert "koreacentral" in action.reason
-    resources.scrape_metrics(client=client)  # the resource map sees the cold start
+    resources.scrape_metrics(client=client, timeout_s=30)  # it sees the cold start
     assert livestate_of(client, target).loaded is False
     assert chat(mesh, api_key, korean).json()["tesseract"]["route"]["backend"] != target
 
-    time.sleep(0.5)  # the cold start ends
-    resources.scrape_metrics(client=client)
+    mesh.simulator.deployments[target].loading_until = 0.0  # the cold start ends
+    resources.scrape_metrics(client=client, timeout_s=30)
     eventually(lambda: plan(mesh, api_key, korean)["primary"]["backend_id"] == target)
     now = chat(mesh, api_key, korean).json()["tesseract"]
     assert now["route"]["backend"] == target
