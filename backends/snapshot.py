@@ -15,10 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from itertools import count
 
+from django.conf import settings
+
 from backends.livestate import LiveMaps
 from backends.models import Deployment, Region, RegionLatency
 from backends.world import INTRA_REGION_RTT_MS
-from routing.engine import Backend, Health, LatencyMap, LiveState, Profile, Snapshot
+from routing.engine import Backend, Health, LatencyMap, LiveState, Snapshot, build_backend
 
 _versions = count(1)
 
@@ -61,7 +63,10 @@ class World:
         if maps.rtt:
             latency = replace(latency, rtt={**latency.rtt, **maps.rtt})
         snapshot = Snapshot(
-            backends, latency, version=f"{_catalog_version(base)}.{next(_versions)}"
+            backends,
+            latency,
+            version=f"{_catalog_version(base)}.{next(_versions)}",
+            gateway_region=base.gateway_region,
         )
         return replace(self, snapshot=snapshot, catalog=base, live=maps)
 
@@ -96,26 +101,17 @@ def _overlay(b: Backend, maps: LiveMaps) -> Backend:
 
 def _backend(d: Deployment) -> Backend:
     region = d.cluster.region
-    return Backend(
+    return build_backend(
         id=d.slug,
         model=d.model.slug,
         region=region.slug,
         country=region.country_code,
-        profile=Profile(
-            ttft_ms=d.ttft_ms,
-            reference_prompt_tokens=d.reference_prompt_tokens,
-            prefill_tokens_per_s=d.prefill_tokens_per_s,
-            decode_tokens_per_s=d.decode_tokens_per_s,
-            price_input_per_mtok=float(d.price_input_per_mtok),
-            price_output_per_mtok=float(d.price_output_per_mtok),
-        ),
+        figures=d,
         concurrency_slots=d.concurrency_slots,
         cluster=d.cluster.slug,
         chip=d.chip.slug,
         owner=d.cluster.owner,
-        certifications=frozenset(
-            c.lower() for c in (*region.certifications, *d.cluster.certifications)
-        ),
+        certifications=(*region.certifications, *d.cluster.certifications),
         jurisdictions=region.jurisdictions,
         state=LiveState(
             health=_HEALTH[d.health],
@@ -144,6 +140,8 @@ def load_world() -> World:
         backends,
         LatencyMap(rtt=rtt, coords=coords, intra_region_ms=INTRA_REGION_RTT_MS),
         version=next(_versions),
+        # A request without a client location comes from this gateway (issue 8).
+        gateway_region=settings.TESSERACT_GATEWAY_REGION or None,
     )
     endpoints = {
         d.slug: Endpoint(

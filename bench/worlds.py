@@ -1,6 +1,7 @@
 """A `backends.world.WorldSpec` turned into engine types, for the benchmarks.
 
-This mirrors what `backends/snapshot.py` does from ORM rows, without a database.
+`backends/snapshot.py` builds the same `Backend`s from ORM rows; both call the engine's
+one builder, `routing.engine.build_backend`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from backends.world import WorldSpec, certifications  # noqa: E402
-from routing.engine import Backend, LatencyMap, Profile, Snapshot  # noqa: E402
+from routing.engine import Backend, LatencyMap, Snapshot, build_backend  # noqa: E402
 
 
 def engine_backends(world: WorldSpec) -> list[Backend]:
@@ -21,25 +22,17 @@ def engine_backends(world: WorldSpec) -> list[Backend]:
     for d in world.deployments.values():
         c = world.clusters[d.cluster]
         r = world.regions[c.region]
-        p = d.profile
         out.append(
-            Backend(
+            build_backend(
                 id=d.slug,
                 model=d.model,
                 region=c.region,
                 country=r.country_code,
+                figures=d.profile,
+                concurrency_slots=d.concurrency_slots,
                 cluster=c.slug,
                 chip=c.chip,
                 owner=c.owner,
-                profile=Profile(
-                    ttft_ms=p.ttft_ms,
-                    reference_prompt_tokens=p.reference_prompt_tokens,
-                    prefill_tokens_per_s=p.prefill_tokens_per_s,
-                    decode_tokens_per_s=p.decode_tokens_per_s,
-                    price_input_per_mtok=p.price_input_per_mtok,
-                    price_output_per_mtok=p.price_output_per_mtok,
-                ),
-                concurrency_slots=d.concurrency_slots,
                 certifications=certifications(r, c),
                 jurisdictions=r.jurisdictions,
             )

@@ -8,9 +8,11 @@ Standard library and numpy only — never Django, DRF, Channels, Celery or Redis
 
 Modules: `inputs` (the input types), `mesh` (Snapshot and its per-model indexes),
 `router` (`route()`: filters, prediction, SLA filter, degradation, explanations),
-`strategies` (the registry), `plan` (the output and the reason codes).
+`decision` (one request's masks and predictions), `strategies` (the registry),
+`plan` (the output and the reason codes).
 """
 
+from .decision import Decision
 from .inputs import (
     DEGRADED_FACTOR,
     Backend,
@@ -18,13 +20,15 @@ from .inputs import (
     LatencyMap,
     LiveState,
     Profile,
+    ProfileFigures,
     Request,
+    build_backend,
     great_circle_km,
     physical_rtt_floor_ms,
 )
 from .mesh import ModelIndex, Snapshot
 from .plan import Choice, Degradation, Exclusion, Infeasibility, Plan, Prediction
-from .router import Decision, route
+from .router import route
 from .strategies import (
     BASELINES,
     CONTENTION_FROM,
@@ -64,9 +68,11 @@ __all__ = [
     "Plan",
     "Prediction",
     "Profile",
+    "ProfileFigures",
     "Request",
     "Snapshot",
     "Strategy",
+    "build_backend",
     "get_strategy",
     "great_circle_km",
     "physical_rtt_floor_ms",

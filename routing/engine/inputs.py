@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 #: Light in optical fibre covers about 200,000 km/s, i.e. 200 km per millisecond.
 FIBER_KM_PER_MS = 200.0
@@ -27,6 +28,17 @@ class Health(enum.StrEnum):
     HEALTHY = "HEALTHY"
     DEGRADED = "DEGRADED"
     DOWN = "DOWN"
+
+
+class ProfileFigures(Protocol):
+    """Anything that carries a profile's six figures: a catalog row, a world spec."""
+
+    ttft_ms: float
+    reference_prompt_tokens: int
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    price_input_per_mtok: object  # float, or a Decimal from the catalog
+    price_output_per_mtok: object
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +56,17 @@ class Profile:
     decode_tokens_per_s: float
     price_input_per_mtok: float
     price_output_per_mtok: float
+
+    @classmethod
+    def of(cls, figures: ProfileFigures) -> Profile:
+        return cls(
+            ttft_ms=float(figures.ttft_ms),
+            reference_prompt_tokens=int(figures.reference_prompt_tokens),
+            prefill_tokens_per_s=float(figures.prefill_tokens_per_s),
+            decode_tokens_per_s=float(figures.decode_tokens_per_s),
+            price_input_per_mtok=float(figures.price_input_per_mtok),  # type: ignore[arg-type]
+            price_output_per_mtok=float(figures.price_output_per_mtok),  # type: ignore[arg-type]
+        )
 
     @property
     def ttft_floor_ms(self) -> float:
@@ -101,6 +124,40 @@ class Backend:
     @property
     def queue_limit(self) -> int:
         return self.concurrency_slots if self.max_queue is None else self.max_queue
+
+
+def build_backend(
+    *,
+    id: str,
+    model: str,
+    region: str,
+    country: str,
+    figures: ProfileFigures,
+    concurrency_slots: int,
+    cluster: str = "",
+    chip: str = "",
+    owner: str = "",
+    certifications: Iterable[str] = (),
+    jurisdictions: Iterable[str] = (),
+    state: LiveState | None = None,
+) -> Backend:
+    """The one builder of an engine `Backend`, whatever the source: the catalog's rows
+    (`backends/snapshot.py`) and the world spec (`bench/worlds.py`) both call it.
+    Certification tags are lower-cased; prices become floats."""
+    return Backend(
+        id=id,
+        model=model,
+        region=region,
+        country=country,
+        profile=Profile.of(figures),
+        concurrency_slots=concurrency_slots,
+        cluster=cluster,
+        chip=chip,
+        owner=owner,
+        certifications=frozenset(c.lower() for c in certifications),
+        jurisdictions=frozenset(jurisdictions),
+        state=LiveState() if state is None else state,
+    )
 
 
 def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

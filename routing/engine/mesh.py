@@ -165,16 +165,32 @@ class ModelIndex:
 
 
 class Snapshot:
-    """The backends by model, the latency map and a version; immutable."""
+    """The backends by model, the latency map, a version, and where the deciding
+    gateway sits; immutable.
 
-    __slots__ = ("_by_id", "_by_model", "_client_cache", "backends", "latency", "version")
+    `gateway_region`: the region of the gateway that routes with this snapshot. A
+    request that gives no client location is taken to come from there (its network is
+    at least the gateway's round trip to the backend). None: unknown, and such a
+    request is routed with zero network time (only for worlds with no gateway, as in
+    unit tests).
+    """
+
+    __slots__ = (
+        "_by_id", "_by_model", "_client_cache", "backends", "gateway_region", "latency", "version",
+    )  # fmt: skip
 
     def __init__(
-        self, backends: Iterable[Backend], latency: LatencyMap, version: int | str = 0
+        self,
+        backends: Iterable[Backend],
+        latency: LatencyMap,
+        version: int | str = 0,
+        *,
+        gateway_region: str | None = None,
     ) -> None:
         self.backends = tuple(backends)
         self.latency = latency
         self.version = version
+        self.gateway_region = gateway_region
         groups: dict[str, list[Backend]] = {}
         for b in self.backends:
             groups.setdefault(b.model, []).append(b)
@@ -208,12 +224,9 @@ class Snapshot:
         those models' counters are refreshed (the others keep the old ones): the
         simulator uses this to pay only for the model it is about to route.
         """
-        clone = object.__new__(Snapshot)
-        clone.backends = self.backends
-        clone.latency = self.latency
-        clone.version = self.version if version is None else version
-        clone._by_id = self._by_id
-        clone._client_cache = self._client_cache
+        clone = self._clone()
+        if version is not None:
+            clone.version = version
         by_model = dict(self._by_model)
         for m in self._by_model if models is None else models:
             idx = self._by_model.get(m)
@@ -236,6 +249,18 @@ class Snapshot:
                 None if ms is None else np.array(ms, dtype=float),
             )
         clone._by_model = by_model
+        return clone
+
+    def at_gateway(self, region: str | None) -> Snapshot:
+        """The same snapshot as seen by a gateway in `region` (indexes shared)."""
+        clone = self._clone()
+        clone.gateway_region = region
+        return clone
+
+    def _clone(self) -> Snapshot:
+        clone = object.__new__(Snapshot)
+        for name in Snapshot.__slots__:
+            setattr(clone, name, getattr(self, name))
         return clone
 
     def client_origin(self, lat: float, lon: float) -> tuple[str, float]:

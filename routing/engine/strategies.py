@@ -14,12 +14,11 @@ Registry: `STRATEGIES` (name -> class); `get_strategy(name)` makes a fresh insta
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .router import Decision
+from .decision import Decision
 
 #: `deadline` counts two candidates as finishing together when their predicted finish
 #: differs by less than TIE_SHARE of the request's own deadline (TTFT, else latency),

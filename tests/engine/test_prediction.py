@@ -32,7 +32,9 @@ def test_a_client_given_by_coordinates_joins_the_nearest_region_plus_the_physica
     assert p.rtt_ms == pytest.approx(80.0 + 3.93, abs=0.05)
 
 
-def test_a_request_without_a_client_location_counts_no_network():
+def test_without_a_client_location_or_a_gateway_region_no_network_is_known():
+    # Only a snapshot that does not say where its gateway is (a bare unit-test world);
+    # every gateway's snapshot does (tests/engine/test_no_client_location.py).
     assert predict(make_backend("a", "tokyo"), client_region=None).rtt_ms == 0.0
 
 
