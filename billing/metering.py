@@ -319,6 +319,11 @@ class Publisher:
             self._spooled = True
         self._watch()  # whatever is in the spool, a watcher will replay it
 
+    def report_down(self, exc: BaseException) -> None:
+        """Another use of the same Redis failed (admission, affinity): refuse new work
+        until the watcher sees it answer again."""
+        self._down(exc)
+
     def _down(self, exc: BaseException) -> None:
         if self.available:
             self.available = False

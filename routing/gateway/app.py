@@ -40,7 +40,12 @@ from routing.gateway import observability
 from routing.gateway.attempt import Call, Head
 from routing.gateway.core import Gateway, check_strategy
 from routing.gateway.db import off_loop
-from routing.gateway.live import WorldHolder, listen_for_world_changes, share_inflight
+from routing.gateway.live import (
+    WorldHolder,
+    connect_redis,
+    listen_for_world_changes,
+    share_inflight,
+)
 from routing.gateway.parse import MAX_BODY_BYTES, parse
 from routing.gateway.upstream import Upstream
 
@@ -164,9 +169,7 @@ class GatewayApp:
     @property
     def gateway(self) -> Gateway:
         if self._gateway is None:
-            import redis.asyncio as aioredis
-
-            redis = aioredis.Redis.from_url(settings.REDIS_URL)
+            redis = connect_redis(settings.REDIS_URL)
             self._gateway = Gateway(
                 holder=WorldHolder(redis=redis), upstream=Upstream(), redis=redis
             )

@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import msgspec
 from django.conf import settings
+from redis import exceptions as redis_errors
 
 from backends import health
 from backends.snapshot import Endpoint, World
@@ -133,6 +134,10 @@ def infeasible_error(plan: Plan) -> TesseractAPIError:
     return BackendUnavailable(
         f"No backend can take this request now: {why.detail}.", details=details
     )
+
+
+#: What says Redis cannot be reached (as opposed to a script or a value it refused).
+_REDIS_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 
 
 def metering_unavailable() -> TesseractAPIError:
@@ -268,11 +273,17 @@ class Gateway:
         if not self.usage.available:  # an attribute read: no round trip on the happy path
             raise metering_unavailable()
         parsed = call.parsed
-        world, plan, session = await self._route(parsed, None, call.key.org_id)
-        observability.plan_made(plan)
-        if not plan.ok:
-            raise infeasible_error(plan)
-        ticket = await self.admission.admit(call, plan, world)  # 403/429: nothing called
+        try:
+            world, plan, session = await self._route(parsed, None, call.key.org_id)
+            observability.plan_made(plan)
+            if not plan.ok:
+                raise infeasible_error(plan)
+            ticket = await self.admission.admit(call, plan, world)  # 403/429: nothing called
+        except _REDIS_DOWN as exc:
+            # Redis went away before this process noticed (affinity, limits): the same
+            # answer as when the publisher already knows, and now it does.
+            self.usage.report_down(exc)
+            raise metering_unavailable() from exc
         attempt = Attempt(call=call, plan=plan, routed_at=time.perf_counter(), ticket=ticket)
         deadline_s = _deadline_s(parsed, plan)
         deadline = call.started + deadline_s

@@ -553,6 +553,21 @@ async def share_inflight(inflight: InFlight, redis: Any, process: str) -> None:
             logger.warning("could not share in-flight counts; retrying")
 
 
+def connect_redis(url: str) -> Any:
+    """The gateway's Redis client (`redis.asyncio`): a command that finds its pooled
+    connection closed (Redis restarted) reconnects and is sent again, up to three
+    times, instead of failing the request that happened to draw that connection.
+
+    The trade-off: a command whose reply was lost after Redis ran it runs twice. For
+    the admission script that can reserve a request's budget twice: never an overrun,
+    at worst a refusal near the cap, and only across a Redis restart.
+    """
+    import redis.asyncio as aioredis
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    return aioredis.Redis.from_url(url, retry_on_error=[ConnectionError, TimeoutError])
+
+
 async def listen_for_world_changes(holder: WorldHolder, redis_url: str) -> None:
     """Reload the catalog, or re-read the live maps, whenever the control plane says so."""
     import redis.asyncio as aioredis

@@ -35,7 +35,7 @@ from billing.services import usage_events_drain
 from routing.gateway import ws
 from routing.gateway.app import GatewayApp
 from routing.gateway.core import Gateway
-from routing.gateway.live import WorldHolder
+from routing.gateway.live import WorldHolder, connect_redis
 from routing.gateway.upstream import Upstream
 from tests.conftest import PASSWORD
 from tests.gateway.conftest import live_maps_clear
@@ -75,9 +75,7 @@ def gateway_app(redis_url: str | None = None, spool_dir: Path | None = None) -> 
     spooling usage to `spool_dir` when Redis cannot take it."""
     if redis_url is None:
         return GatewayApp()
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect_redis(redis_url)
     gateway = Gateway(holder=WorldHolder(redis=client), upstream=Upstream(), redis=client)
     if spool_dir is not None:
         gateway.usage.spool = metering.Spool(spool_dir)
