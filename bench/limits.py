@@ -16,6 +16,11 @@ the same contention on a shared machine; the report quotes the medians over roun
   * throughput at concurrency 32 (an aiohttp load generator: `wrk` is not installed
     here, so absolute req/s are lower than `make bench-gateway`'s; the delta is what
     counts).
+and, in this process, the admission itself against the same Redis: the median time
+of one `billing.limits.admit` call (the script's round trip) next to a bare PING (the
+loopback round trip it cannot beat), and of a usage XADD pipeline with and without the
+settle script in it. These are what limits add to a request, measured without the
+HTTP stack whose noise dominates on a loaded 2-core machine.
 Results: bench/results/limits.md.
 """
 
@@ -126,7 +131,66 @@ def main() -> None:
                     flush=True,
                 )
         checked = asyncio.run(_has_limit_headers(urls["on"], body_headers))
-    write(results, rounds=rounds, n=n, seconds=seconds, checked=checked)
+        micro = asyncio.run(in_process(env["REDIS_URL"], 3000 if not args.quick else 500))
+    write(results, rounds=rounds, n=n, seconds=seconds, checked=checked, micro=micro)
+
+
+async def in_process(redis_url: str, n: int) -> dict[str, float]:
+    """Median µs of: a PING; an admission; an XADD; the same XADD with its settlement."""
+    from decimal import Decimal
+
+    import redis.asyncio as aioredis
+
+    from billing import limits
+
+    client = aioredis.Redis.from_url(redis_url)
+    scripts = limits.Scripts(client)
+    lim = limits.Limits(
+        "bench", 10**9, 10**12, 10**9, 10**12, Decimal(10**6), Decimal(10**6), Decimal(12)
+    )
+    keys = limits.redis_keys(org_id=999_999_999, key_id=1, month="2026-11")
+    await limits.seed(client, keys, org_nano=0, key_nano=0)
+    record = b"x" * 900  # about a usage record's size
+    stream = "bench:limits:usage"
+    verdict = await limits.admit(scripts, keys, lim, tokens=30, reserve_nano=1000)
+    settle = limits.settle_args(
+        verdict, reserved_tokens=30, actual_tokens=20, reserve_nano=1000, actual_nano=800
+    )
+
+    async def ping() -> None:
+        await client.ping()
+
+    async def admit() -> None:
+        await limits.admit(scripts, keys, lim, tokens=30, reserve_nano=1000)
+
+    async def xadd() -> None:
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.xadd(stream, {b"r": record}, maxlen=1000, approximate=True)
+            await pipe.execute()
+
+    async def xadd_settle() -> None:
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.xadd(stream, {b"r": record}, maxlen=1000, approximate=True)
+            pipe.evalsha(scripts.settle.sha, len(keys), *keys, *settle)
+            await pipe.execute(raise_on_error=False)
+
+    await client.script_load(limits.SETTLE)
+    out: dict[str, float] = {}
+    for name, fn in (
+        ("ping", ping),
+        ("admit", admit),
+        ("xadd", xadd),
+        ("xadd+settle", xadd_settle),
+    ):
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            await fn()
+            times.append((time.perf_counter() - t0) * 1e6)
+        out[name] = statistics.median(times)
+    await client.delete(*keys, stream)
+    await client.aclose()
+    return out
 
 
 async def _has_limit_headers(url: str, headers: dict[str, str]) -> bool:
@@ -146,6 +210,7 @@ def write(
     n: int,
     seconds: float,
     checked: bool,
+    micro: dict[str, float],
 ) -> None:
     med = {m: {k: statistics.median(v) for k, v in r.items()} for m, r in results.items()}
     on, off = med["on"], med["off"]
@@ -175,6 +240,16 @@ def write(
         "|---|---|---|",
         f"| p50 added by limits and budgets | {overhead:.3f} ms | ≤ 0.15 ms |",
         f"| throughput lost | {loss:.1f}% | ≤ 10% |",
+        "",
+        "In process, against the same Redis (median µs of sequential calls):",
+        "",
+        "| call | µs |",
+        "|---|---|",
+        *(f"| {name} | {us:.0f} |" for name, us in micro.items()),
+        "",
+        f"Admission adds one round trip: {micro['admit']:.0f} µs, of which "
+        f"{micro['ping']:.0f} µs is the bare loopback round trip; settlement adds "
+        f"{micro['xadd+settle'] - micro['xadd']:.0f} µs to the usage XADD it rides with.",
         "",
         "Per round (on / off):",
         "",

@@ -252,16 +252,11 @@ local reserved = {0, 0}
 if status == 0 then
   add_r, add_t = 1, tokens
   for i = 1, 2 do
-    if used[i][1] == 0 and used[i][2] == 0 then
-      redis.call('HSET', KEYS[i], 'w', window, 'r', 1, 't', tokens)
-    else
-      redis.call('HINCRBY', KEYS[i], 'r', 1)
-      redis.call('HINCRBY', KEYS[i], 't', tokens)
-    end
-    redis.call('PEXPIRE', KEYS[i], ARGV[9])
-    if spend[i] then
+    -- one write per window hash; the expiry is set when a window starts
+    redis.call('HSET', KEYS[i], 'w', window, 'r', used[i][1] + 1, 't', used[i][2] + tokens)
+    if used[i][1] == 0 then redis.call('PEXPIRE', KEYS[i], ARGV[9]) end
+    if spend[i] then  -- a counter exists only once seeded (SET NX PX: its expiry)
       spend[i] = redis.call('INCRBY', KEYS[2 + i], reserve)
-      redis.call('PEXPIRE', KEYS[2 + i], ARGV[10])
       reserved[i] = 1
     end
   end

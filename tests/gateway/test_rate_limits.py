@@ -153,7 +153,11 @@ def test_a_budget_holds_across_gateways_under_hundreds_of_concurrent_requests(me
     assert ledger == limits.to_nano(stored)  # the gateway settled what the drain stored
     assert stored <= Decimal("1.00")
 
-    # The SDK sees the same refusal as insufficient_quota.
+    # The SDK sees the same refusal as insufficient_quota (from the session's gateway,
+    # once it has read the new prices).
+    from routing.gateway.app import application
+
+    application.forget_world()
     with pytest.raises(openai.RateLimitError) as caught:
         sdk(mesh, plaintext).chat.completions.create(**ASK)
     assert caught.value.code == "insufficient_quota"
