@@ -14,7 +14,7 @@ import enum
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, SupportsFloat, SupportsInt
 
 #: Light in optical fibre covers about 200,000 km/s, i.e. 200 km per millisecond.
 FIBER_KM_PER_MS = 200.0
@@ -33,12 +33,18 @@ class Health(enum.StrEnum):
 class ProfileFigures(Protocol):
     """Anything that carries a profile's six figures: a catalog row, a world spec."""
 
-    ttft_ms: float
-    reference_prompt_tokens: int
-    prefill_tokens_per_s: float
-    decode_tokens_per_s: float
-    price_input_per_mtok: object  # float, or a Decimal from the catalog
-    price_output_per_mtok: object
+    @property
+    def ttft_ms(self) -> SupportsFloat: ...
+    @property
+    def reference_prompt_tokens(self) -> SupportsInt: ...
+    @property
+    def prefill_tokens_per_s(self) -> SupportsFloat: ...
+    @property
+    def decode_tokens_per_s(self) -> SupportsFloat: ...
+    @property
+    def price_input_per_mtok(self) -> SupportsFloat: ...  # a Decimal in the catalog
+    @property
+    def price_output_per_mtok(self) -> SupportsFloat: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +70,8 @@ class Profile:
             reference_prompt_tokens=int(figures.reference_prompt_tokens),
             prefill_tokens_per_s=float(figures.prefill_tokens_per_s),
             decode_tokens_per_s=float(figures.decode_tokens_per_s),
-            price_input_per_mtok=float(figures.price_input_per_mtok),  # type: ignore[arg-type]
-            price_output_per_mtok=float(figures.price_output_per_mtok),  # type: ignore[arg-type]
+            price_input_per_mtok=float(figures.price_input_per_mtok),
+            price_output_per_mtok=float(figures.price_output_per_mtok),
         )
 
     @property
