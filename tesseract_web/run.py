@@ -228,6 +228,7 @@ def main() -> int:
     django.setup()
     from django.conf import settings
     from django.core.management import call_command
+    from django.db import connection
 
     from accounts.demo import demo_accounts_ensure
 
@@ -239,7 +240,7 @@ def main() -> int:
     supervisor = Supervisor(_children(host, port, web_port, str(settings.VAR_DIR)))
     supervisor.start_all()
 
-    database = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+    database = connection.vendor
     billing = "Stripe" if settings.STRIPE_SECRET_KEY else "local-only (no STRIPE_SECRET_KEY)"
     logins_file = Path(settings.VAR_DIR) / LOGINS_FILE
     details = f"""

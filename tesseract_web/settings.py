@@ -134,8 +134,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # lets readers and one writer proceed together; IMMEDIATE transactions take the
     # write lock when they begin, so a writer waits (up to the busy timeout) instead
     # of failing with "database is locked" when it upgrades a read lock mid-way.
+    # (WAL is switched on by `tesseract_web.sqlite`, once per file, race-free.)
+    DATABASES["default"]["ENGINE"] = "tesseract_web.sqlite"
     DATABASES["default"]["OPTIONS"] = {
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "init_command": "PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
         "timeout": env_int("SQLITE_BUSY_TIMEOUT_S", 30, minimum=1),
     }

@@ -10,6 +10,7 @@ from django.test import Client
 
 from accounts import services
 from accounts.models import Organization, Role, User
+from tests import tiers
 
 PASSWORD = "correct horse battery staple"
 
@@ -45,3 +46,16 @@ def login(user: User) -> Client:
     client = Client()
     client.force_login(user)
     return client
+
+
+@pytest.fixture(autouse=True)
+def _default_tiers(request: pytest.FixtureRequest) -> None:
+    """The tiers the migrations seed, back after a transactional test flushed them.
+
+    (A `transaction=True` test empties every table when it ends, seeded rows included.)
+    """
+    for name in ("transactional_db", "db"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name)
+            tiers.ensure_default_tiers()
+            return

@@ -37,6 +37,7 @@ from routing.gateway.app import GatewayApp
 from routing.gateway.core import Gateway
 from routing.gateway.live import WorldHolder, connect_redis
 from routing.gateway.upstream import Upstream
+from tests import tiers
 from tests.conftest import PASSWORD
 from tests.gateway.conftest import live_maps_clear
 from tests.servers import Swappable, serve
@@ -141,6 +142,7 @@ def site_for(
 def api_key_for_acme() -> str:
     alice = User.objects.create_user("alice@example.com", PASSWORD, name="Alice")
     org = services.organization_create(name="Acme", owner=alice)
+    tiers.unlimited(org)  # many requests per test: these test metering, not limits
     return services.api_key_create(org=org, name="faults").plaintext
 
 

@@ -25,6 +25,7 @@ from backends.world import WorldSpec, demo_world
 from billing import metering
 from billing.models import UsageEvent
 from billing.services import usage_events_drain
+from tests import tiers
 from tests.servers import Swappable, serve
 
 #: Simulated time runs 20× faster than real time: a 70B answer takes milliseconds.
@@ -159,4 +160,5 @@ def usage(monkeypatch) -> Iterator[Any]:
 @pytest.fixture
 def api_key(mesh, alice) -> str:
     org = services.organization_create(name="Acme", owner=alice)
+    tiers.unlimited(org)  # many requests per test: this suite tests routing, not limits
     return services.api_key_create(org=org, name="tests").plaintext
