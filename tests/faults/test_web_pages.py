@@ -47,9 +47,14 @@ def test_static_files_are_served_by_the_web_process(db):
 
 
 @pytest.fixture
-def two_processes(transactional_db, settings):
+def two_processes(transactional_db, settings, monkeypatch):
     """The gateway and the web apps served as `make run` serves them."""
+    from routing.gateway.app import GatewayApp
     from tesseract_web import asgi
+
+    # A gateway app of its own: the process-wide one may already serve on another test
+    # server's event loop, and its HTTP and Redis clients cannot cross loops.
+    monkeypatch.setattr(asgi, "gateway_http", GatewayApp())
 
     settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
     with serve(asgi.gateway) as gateway_url, serve(asgi.web) as web_url:
