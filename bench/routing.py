@@ -156,7 +156,10 @@ def mark_oracle_and_physics(world: WorldSpec, jobs: list[Job]) -> None:
     floor_cache: dict[tuple, float] = {}
     for job in jobs:
         r = job.request
-        strict = replace(r, allow_relaxed_deadline=False, fallback_models=())
+        # The oracle knows where every client really is, located or not.
+        strict = replace(
+            r, allow_relaxed_deadline=False, fallback_models=(), client_region=job.client
+        )
         job.oracle_ok = route(idle, strict, deadline, max_fallbacks=0).status == "ok"
         key = (job.client, r.model, r.compliance, r.allowed_jurisdictions)
         floor = floor_cache.get(key)
@@ -253,12 +256,17 @@ def summarize(world, outcomes, backends, mask, rho, strategy, arrivals_s) -> dic
             if b.model == model:
                 util_num += b.busy_ms
                 util_den += b.slots * window
+    silent = [o for o in oracle if o.job.gateway is not None]
     return {
         "strategy": strategy,
         "load": rho,
         "requests": n,
         "sla_attainment": sum(o.met for o in rows) / n,
         "oracle_share": len(oracle) / n,
+        "no_location_share": sum(o.job.gateway is not None for o in rows) / n,
+        "attainment_vs_oracle_no_location": (
+            sum(o.met for o in silent) / len(silent) if silent else math.nan
+        ),
         "attainment_vs_oracle": (sum(o.met for o in oracle) / len(oracle)) if oracle else math.nan,
         "physics_share": sum(o.job.physics_ok for o in rows) / n,
         "ttft_p50_ms": pct([o.ttft_ms for o in served], 0.5),
@@ -361,6 +369,7 @@ def mix_from_args(args) -> Mix:
         ("hipaa_share_of_us_clients", args.hipaa_share),
         ("prefer_cost_share", args.prefer_cost_share),
         ("relaxed_share", args.relaxed_share),
+        ("no_location_share", args.no_location_share),
     ):
         if value is not None:
             changes[field] = value
@@ -376,7 +385,8 @@ def describe(mix: Mix) -> str:
         f"Mix: models {models}; TTFT deadlines {ttft} (none: e2e <= {mix.bulk_latency_ms:g} ms); "
         f"EU clients EU-only+gdpr {mix.eu_only_share_of_eu_clients:.0%}; US clients hipaa "
         f"{mix.hipaa_share_of_us_clients:.0%}; prefer cost {mix.prefer_cost_share:.0%}; "
-        f"accept late {mix.relaxed_share:.0%}; priority uniform 1-5."
+        f"accept late {mix.relaxed_share:.0%}; priority uniform 1-5; "
+        f"no client location {mix.no_location_share:.0%}."
     )
 
 
@@ -418,6 +428,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--prefer-cost-share", type=float)
     ap.add_argument(
         "--relaxed-share", type=float, help="share of requests that accept a late answer"
+    )
+    ap.add_argument(
+        "--no-location-share",
+        type=float,
+        help="share of requests sent without a client location (routed from their gateway)",
     )
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--name", default="routing")
@@ -496,6 +511,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         " in time.",
     ]
     extra = [("cached_tokens_share", "prefix cached", "{:.0%}")] if args.affinity else []
+    if mix.no_location_share:
+        extra.append(("attainment_vs_oracle_no_location", "met / feasible, no location", "{:.1%}"))
     md = markdown(results, header, extra)
     (args.out_dir / f"{args.name}.md").write_text(md)
     with open(args.out_dir / f"{args.name}.csv", "w", newline="") as fh:

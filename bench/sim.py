@@ -202,6 +202,8 @@ def simulate(
         if affinity and job.trace.blocks:
             req = _with_affinity(req, job, backends, owner)
         snap = snapshot.with_load(load, models=models)
+        if job.gateway is not None:
+            snap = snap.at_gateway(job.gateway)  # no location: routed from its gateway
         plan = route(snap, req, strat, max_fallbacks=0)
         o = outcomes[k]
         if plan.primary is None:

@@ -52,6 +52,11 @@ class Mix:
     #: Share of requests that accept a late answer over a refusal (allow_relaxed_deadline).
     relaxed_share: float = 1.0
     priorities: tuple[int, ...] = (1, 2, 3, 4, 5)  # uniform, independent of the deadline
+    #: Share of requests that say nothing of where the client is (the `openai` SDK's
+    #: default call). Such a request reaches the gateway nearest its client — gateways
+    #: run where the world has clusters — and is routed as if the client were there;
+    #: it is drawn from its own RNG, so the other requests stay exactly the same.
+    no_location_share: float = 0.0
 
 
 @dataclass(slots=True)
@@ -62,6 +67,8 @@ class Job:
     trace: TraceRequest
     client: str
     request: Request
+    #: The region of the gateway that routed a request sent without a location.
+    gateway: str | None = None
     oracle_ok: bool = False
     physics_ok: bool = False
 
@@ -88,8 +95,15 @@ def client_weights(world: WorldSpec, mix: Mix) -> dict[str, float]:
     return weights
 
 
+def nearest_gateway(world: WorldSpec, client: str) -> str:
+    """The gateway a client without a location reaches: the nearest region with a cluster."""
+    sites = sorted({c.region for c in world.clusters.values()})
+    return min(sites, key=lambda site: (world.rtt_ms(client, site), site))
+
+
 def make_jobs(trace: list[TraceRequest], world: WorldSpec, mix: Mix, seed: int = 1) -> list[Job]:
     rng = random.Random(seed)
+    unlocated = random.Random(seed + 7919)  # its own stream: the others' draws don't move
     weights = client_weights(world, mix)
     regions, wts = list(weights), list(weights.values())
     served = {d.model for d in world.deployments.values()}
@@ -108,11 +122,13 @@ def make_jobs(trace: list[TraceRequest], world: WorldSpec, mix: Mix, seed: int =
             compliance.add("gdpr")
         if reg.country_code == "US" and rng.random() < mix.hipaa_share_of_us_clients:
             compliance.add("hipaa")
+        silent = unlocated.random() < mix.no_location_share
         jobs.append(
             Job(
                 i=i,
                 trace=tr,
                 client=client,
+                gateway=nearest_gateway(world, client) if silent else None,
                 request=Request(
                     model=model,
                     input_tokens=tr.input_tokens,
@@ -123,7 +139,7 @@ def make_jobs(trace: list[TraceRequest], world: WorldSpec, mix: Mix, seed: int =
                     allowed_jurisdictions=juris,
                     priority=rng.choice(mix.priorities),
                     prefer_cost_over_latency=rng.random() < mix.prefer_cost_share,
-                    client_region=client,
+                    client_region=None if silent else client,
                     allow_relaxed_deadline=rng.random() < mix.relaxed_share,
                 ),
             )

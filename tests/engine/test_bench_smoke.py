@@ -1,6 +1,7 @@
 """The benchmarks still run end to end, on tiny inputs (no plot, a temp folder)."""
 
 from bench import engine_speed, routing
+from bench.workload import Mix, make_jobs
 
 SUBSET = "eastus,westeurope,francecentral,japaneast,westus"
 
@@ -35,3 +36,34 @@ def test_the_speed_bench_writes_its_table(tmp_path):
     text = engine_speed.main(["--sizes", "50", "--repeat", "50", "--out", str(out)])
     assert "| 50 |" in text
     assert out.exists()
+
+
+def test_requests_without_a_location_are_routed_from_their_nearest_gateway(tmp_path):
+    # Without the gateway's round trip the engine predicted 0 ms of network for them
+    # and sent tight deadlines across oceans: about 73% of the feasible ones were met.
+    rows = routing.main(
+        [
+            "--requests", "1500", "--loads", "0.3", "--strategies", "deadline",
+            "--no-location-share", "0.5", "--out-dir", str(tmp_path), "--no-plot",
+        ]
+    )  # fmt: skip
+    (row,) = rows
+    assert 0.4 < row["no_location_share"] < 0.6
+    assert row["attainment_vs_oracle_no_location"] > 0.95
+    assert row["compliance_violations"] == 0
+
+
+def test_a_client_without_a_location_reaches_the_gateway_nearest_to_it():
+    world = routing.load_world(routing.REGIONS_CSV, routing.RTT_CSV)[0]
+    trace = routing.looped(routing.load_trace(routing.DEFAULT_TRACE), 200)
+    jobs = make_jobs(trace, world, Mix(no_location_share=1.0))
+    sites = {c.region for c in world.clusters.values()}
+    for job in jobs:
+        assert job.request.client_region is None
+        assert job.gateway in sites
+        assert world.rtt_ms(job.client, job.gateway) == min(
+            world.rtt_ms(job.client, s) for s in sites
+        )
+    located = make_jobs(trace, world, Mix())
+    assert [j.client for j in located] == [j.client for j in jobs]  # the same clients
+    assert all(j.gateway is None and j.request.client_region == j.client for j in located)
