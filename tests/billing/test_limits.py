@@ -18,7 +18,7 @@ from billing.models import UsageEvent
 LIMITS = limits.Limits("test", 50, None, None, None, None, None, Decimal(0))
 
 
-def _keys() -> list[str]:
+def _keys() -> tuple[str, ...]:
     # A fresh org id per test: the windows and counters of other tests never interfere.
     return limits.redis_keys(org_id=10**9 + uuid.uuid4().int % 10**6, key_id=7, month="2026-11")
 
