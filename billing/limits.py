@@ -345,21 +345,30 @@ class Scripts:
         self._queue: list[tuple[Sequence[str], Sequence[int], asyncio.Future[Any]]] = []
         self._sending: set[asyncio.Task[None]] = set()
         self._busy = 0  # admissions (alone or batched) between their write and their reply
+        #: The event loop the queue and the count belong to: a loop that ended with
+        #: admissions queued or in flight leaves nothing behind for the next one.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def admit_reply(self, keys: Sequence[str], args: Sequence[int]) -> Any:
         """The admit script's raw reply, sent with the other admissions of this turn."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop, self._queue, self._busy = loop, [], 0
         if not self._busy:  # nothing in flight: send it now, from this task
             self._busy += 1
             try:
                 return await self.admit(keys=keys, args=args)  # reloads on NOSCRIPT itself
             finally:
-                self._busy -= 1
-        loop = asyncio.get_running_loop()
+                self._done(loop)
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((keys, args, future))
         if len(self._queue) == 1:  # the first of this turn: the batch leaves at its end
             loop.call_soon(self._send_queued)
         return await future
+
+    def _done(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is loop:
+            self._busy -= 1
 
     def _send_queued(self) -> None:
         batch, self._queue = self._queue, []
@@ -372,6 +381,7 @@ class Scripts:
     ) -> None:
         if not batch:
             return
+        loop = asyncio.get_running_loop()
         self._busy += 1
         try:
             replies = await self._run(batch)
@@ -381,7 +391,7 @@ class Scripts:
                     future.set_exception(exc)
             return
         finally:
-            self._busy -= 1
+            self._done(loop)
         for (keys, args, future), reply in zip(batch, replies, strict=True):
             if not future.done():
                 if isinstance(reply, Exception):

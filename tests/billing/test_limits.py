@@ -259,3 +259,29 @@ def test_a_caller_that_leaves_while_its_batch_is_in_flight_has_its_reservation_r
     assert spent == 2 * reserve  # the two that stayed; the one that left gave its back
     assert window[b"t"] == b"20"  # its tokens too
     assert window[b"r"] == b"3"  # its request still counts in the minute
+
+
+def test_an_event_loop_that_ended_mid_admission_leaves_nothing_that_blocks_the_next_one():
+    keys = _keys()
+    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    scripts = limits.Scripts(client)
+    args = (50, -1, -1, -1, 10, -1, -1, 0, limits.WINDOW_TTL_MS, limits.SPEND_TTL_MS)
+
+    async def ended_mid_batch():
+        # One admission on its way and one queued behind it when the loop stops.
+        scripts._loop, scripts._busy = asyncio.get_running_loop(), 1
+        scripts._queue.append((keys, args, asyncio.get_running_loop().create_future()))
+
+    async def next_loop():
+        try:
+            return await asyncio.wait_for(
+                limits.admit(scripts, keys, LIMITS, tokens=10, reserve_nano=0), timeout=30
+            )
+        finally:
+            await client.delete(*keys)
+            await client.aclose()
+
+    asyncio.run(ended_mid_batch())
+    verdict = asyncio.run(next_loop())
+    assert verdict.status == limits.OK
+    assert verdict.requests_remaining == 49
