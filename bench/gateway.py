@@ -17,9 +17,14 @@ Then, for each target:
   * throughput at concurrency 32 with wrk (Debian's `wrk`), non-streamed and streamed;
   * the gateway worker's resident memory after the load.
 
-Results go to bench/results/gateway.md and gateway.csv. The machine is shared and has
-2 cores: the load generator, the proxy and the upstream compete for them, so compare
-the columns of one run, not runs with each other.
+Rate limits and budgets: a second Tesseract gateway with `TESSERACT_LIMITS=0` runs
+beside the first, and the two are compared in alternating rounds (`bench.limits.compare`:
+p50 at concurrency 1, wrk req/s at 32), so what limits cost is measured before and
+after in the same run (`--no-limits` skips it).
+
+Results go to bench/results/gateway.md and gateway.csv (and limits.md). The machine is
+shared and has 2 cores: the load generator, the proxy and the upstream compete for them,
+so compare the columns of one run, not runs with each other.
 """
 
 from __future__ import annotations
@@ -253,6 +258,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests, shorter runs")
     parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--no-limits", action="store_true", help="skip the limits on/off rounds")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -347,10 +353,54 @@ def main() -> None:
                     "rss_mb": rss_mb(gateway.pid) if t.name == "tesseract" else None,
                 }
             )
-    write(rows, n=n, seconds=seconds)
+        limits_cost = None
+        if not args.no_limits:
+            limits_cost = measure_limits(
+                env, targets[1], gateway.pid, work, quick=args.quick, procs=procs
+            )
+    write(rows, n=n, seconds=seconds, limits_cost=limits_cost)
 
 
-def write(rows: list[dict[str, object]], *, n: int, seconds: int) -> None:
+def measure_limits(
+    env: dict[str, str],
+    tesseract: Target,
+    on_pid: int,
+    work: Path,
+    *,
+    quick: bool,
+    procs: list[subprocess.Popen[bytes]],
+) -> tuple[float, float]:
+    """The same gateway with limits off beside the one measured (on), in alternating
+    rounds: (p50 added in ms, share of throughput lost in %). Also writes limits.md."""
+    from bench import limits
+
+    port = free_port()
+    procs.append(start_gateway(port, {**env, "TESSERACT_LIMITS": "0"}, work / "gateway-off.log"))
+    off = f"http://127.0.0.1:{port}/v1/chat/completions"
+    wait_http(off.replace("/chat/completions", "/models"), headers=tesseract.headers)
+    urls = {"on": tesseract.url, "off": off}
+    pids = {"on": on_pid, "off": procs[-1].pid}
+    rounds, n, seconds = (3, 200, 3.0) if quick else (9, 500, 6.0)
+    print("measuring limits on / off ...", flush=True)
+    results = limits.compare(
+        urls, tesseract.headers, pids=pids, redis_url=env["REDIS_URL"],
+        rounds=rounds, n=n, seconds=seconds,
+    )  # fmt: skip
+    checked = asyncio.run(limits.has_limit_headers(tesseract.url, tesseract.headers))
+    micro = limits.uvloop.run(limits.in_process(env["REDIS_URL"], 500 if quick else 2000))
+    return limits.write(
+        results, rounds=rounds, n=n, seconds=seconds, checked=checked, micro=micro,
+        command="make bench-gateway",
+    )  # fmt: skip
+
+
+def write(
+    rows: list[dict[str, object]],
+    *,
+    n: int,
+    seconds: int,
+    limits_cost: tuple[float, float] | None = None,
+) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / "gateway.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -385,6 +435,13 @@ def write(rows: list[dict[str, object]], *, n: int, seconds: int) -> None:
         f"| TTFT added, p50 | {g['ttft_p50_ms'] - d['ttft_p50_ms']:.2f} ms | ≤ 1 ms |",
         f"| resident memory of the worker after load | {g['rss_mb']:.0f} MB | ≤ 150 MB |",
     ]
+    if limits_cost is not None:
+        added, lost = limits_cost
+        lines += [
+            f"| rate limits and budgets: p50 added (on − off, alternating rounds; "
+            f"limits.md) | {added:.3f} ms | ≤ 0.15 ms |",
+            f"| rate limits and budgets: throughput lost | {lost:.1f}% | ≤ 10% |",
+        ]
     if "litellm" in by:
         lite = by["litellm"]
         plain = g["rps_c32"] / lite["rps_c32"]

@@ -41,13 +41,17 @@ on Redis Cluster.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
+
+from redis.exceptions import NoScriptError
 
 from billing import rating
 
@@ -187,16 +191,17 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
 # --------------------------------------------------------------------------- Redis
 
 
-def redis_keys(*, org_id: int, key_id: int | None, month: str) -> list[str]:
+@functools.lru_cache(maxsize=4096)
+def redis_keys(*, org_id: int, key_id: int | None, month: str) -> tuple[str, str, str, str]:
     """rate windows (org, key), spend (org, key): one hash tag, one Cluster slot."""
     tag = f"{{org:{org_id}}}"
     key = f"key:{key_id}" if key_id is not None else "key:-"
-    return [
+    return (
         f"tesseract:rl:{tag}:org",
         f"tesseract:rl:{tag}:{key}",
         f"tesseract:spend:{tag}:{month}:org",
         f"tesseract:spend:{tag}:{month}:{key}",
-    ]
+    )
 
 
 ADMIT = """
@@ -317,34 +322,157 @@ def _cap(value: Decimal | None) -> int:
 
 
 class Scripts:
-    """The two scripts, registered once per client (EVALSHA, reloaded on NOSCRIPT)."""
+    """The two scripts, registered once per client (EVALSHA, reloaded on NOSCRIPT).
+
+    **Admissions are auto-pipelined** (`admit_reply`). When none is on its way to Redis,
+    an admission is sent at once, from its caller's task: alone, a request pays one round
+    trip and nothing more. While some are on their way, new ones queue, and those queued
+    in one turn of the event loop leave together as one pipeline (one write, one read;
+    like ioredis's `enableAutoPipelining`), so under load requests do not pay a round
+    trip each. Each script still runs atomically on its own: batching changes nothing of
+    what one admission sees. A queued caller cancelled before its batch leaves is left
+    out of it; one cancelled while its batch is in flight (the client left) has what it
+    reserved released at once, as a request that produced nothing (its request stays
+    counted in its window). One sent alone and cut off mid-reply is like any command cut
+    off: whether it ran is unknown, and what it may have reserved stays until its month
+    ends (stricter, never looser).
+    """
 
     def __init__(self, redis: Any) -> None:
+        self.redis = redis
         self.admit = redis.register_script(ADMIT)
         self.settle = redis.register_script(SETTLE)
+        self._queue: list[tuple[Sequence[str], Sequence[int], asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+        self._busy = 0  # admissions (alone or batched) between their write and their reply
+        #: The event loop the queue and the count belong to: a loop that ended with
+        #: admissions queued or in flight leaves nothing behind for the next one.
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def admit_reply(self, keys: Sequence[str], args: Sequence[int]) -> Any:
+        """The admit script's raw reply, sent with the other admissions of this turn."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop, self._queue, self._busy = loop, [], 0
+        if not self._busy:  # nothing in flight: send it now, from this task
+            self._busy += 1
+            try:
+                return await self.admit(keys=keys, args=args)  # reloads on NOSCRIPT itself
+            finally:
+                self._done(loop)
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((keys, args, future))
+        if len(self._queue) == 1:  # the first of this turn: the batch leaves at its end
+            loop.call_soon(self._send_queued)
+        return await future
+
+    def _done(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is loop:
+            self._busy -= 1
+
+    def _send_queued(self) -> None:
+        batch, self._queue = self._queue, []
+        task = asyncio.ensure_future(self._send([b for b in batch if not b[2].done()]))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(
+        self, batch: list[tuple[Sequence[str], Sequence[int], asyncio.Future[Any]]]
+    ) -> None:
+        if not batch:
+            return
+        loop = asyncio.get_running_loop()
+        self._busy += 1
+        try:
+            replies = await self._run(batch)
+        except Exception as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        finally:
+            self._done(loop)
+        for (keys, args, future), reply in zip(batch, replies, strict=True):
+            if not future.done():
+                if isinstance(reply, Exception):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+            elif not isinstance(reply, Exception):
+                await self._release(keys, args, Verdict.from_reply(reply))
+
+    async def _run(
+        self, batch: list[tuple[Sequence[str], Sequence[int], asyncio.Future[Any]]]
+    ) -> list[Any]:
+        """One round trip for the batch (a lone call skips the pipeline's bookkeeping);
+        calls Redis answered NOSCRIPT (it restarted, or flushed its scripts) did not run:
+        they are sent again once the script is loaded."""
+        if len(batch) == 1:
+            keys, args, _ = batch[0]
+            return [await self.admit(keys=keys, args=args)]  # reloads on NOSCRIPT itself
+        sha = self.admit.sha
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys, args, _ in batch:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            replies = list(await pipe.execute(raise_on_error=False))
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            await self.redis.script_load(ADMIT)
+            again = await self._run([batch[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _release(self, keys: Sequence[str], args: Sequence[int], verdict: Verdict) -> None:
+        """An admission whose caller left while it was in flight: give it all back."""
+        if verdict.status != OK:
+            return
+        tokens, reserve = args[4], args[7]
+        release = settle_args(
+            verdict, reserved_tokens=tokens, actual_tokens=0, reserve_nano=reserve, actual_nano=0
+        )
+        try:
+            await self.settle(keys=keys, args=release)
+        except Exception:  # stricter, never looser: the reservation expires with its month
+            logger.warning("could not release an abandoned admission on %s", keys[0], exc_info=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _limit_args(limits: Limits) -> tuple[int, int, int, int, int, int]:
+    """The script's limit arguments for a key's limits (cached: the same object serves
+    every request of the key)."""
+    return (
+        _limit(limits.org_rpm),
+        _limit(limits.key_rpm),
+        _limit(limits.org_tpm),
+        _limit(limits.key_tpm),
+        _cap(limits.org_cap_usd),
+        _cap(limits.key_cap_usd),
+    )
 
 
 async def admit(
     scripts: Scripts,
-    keys: list[str],
+    keys: Sequence[str],
     limits: Limits,
     *,
     tokens: int,
     reserve_nano: int,
 ) -> Verdict:
-    args = [
-        _limit(limits.org_rpm),
-        _limit(limits.key_rpm),
-        _limit(limits.org_tpm),
-        _limit(limits.key_tpm),
+    org_rpm, key_rpm, org_tpm, key_tpm, org_cap, key_cap = _limit_args(limits)
+    args = (
+        org_rpm,
+        key_rpm,
+        org_tpm,
+        key_tpm,
         tokens,
-        _cap(limits.org_cap_usd),
-        _cap(limits.key_cap_usd),
+        org_cap,
+        key_cap,
         reserve_nano,
         WINDOW_TTL_MS,
         SPEND_TTL_MS,
-    ]
-    return Verdict.from_reply(await scripts.admit(keys=keys, args=args))
+    )
+    return Verdict.from_reply(await scripts.admit_reply(keys, args))
 
 
 def settle_args(
@@ -365,7 +493,7 @@ def settle_args(
     ]
 
 
-async def seed(redis: Any, keys: list[str], *, org_nano: int, key_nano: int) -> None:
+async def seed(redis: Any, keys: Sequence[str], *, org_nano: int, key_nano: int) -> None:
     """Write the month's stored spend where the counter is missing (NX: never twice)."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.set(keys[2], org_nano, nx=True, px=SPEND_TTL_MS)

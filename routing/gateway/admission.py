@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -37,7 +38,7 @@ _NO_RETRY = [(b"x-should-retry", b"false")]
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
-    keys: list[str]
+    keys: Sequence[str]
     verdict: limits.Verdict
     limits: limits.Limits
     tokens: int
@@ -129,7 +130,7 @@ class Admission:
 
     def settlement(
         self, ticket: Ticket | None, endpoint: Endpoint | None, record: metering.UsageRecord
-    ) -> tuple[Any, list[str], list[Any]] | None:
+    ) -> tuple[Any, Sequence[str], list[Any]] | None:
         """The settle script's call: the actual charge (`billing.rating`, the drain's
         function and price) replaces the reservation; unused tokens go back."""
         if ticket is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from decimal import Decimal
 
@@ -17,7 +18,7 @@ from billing.models import UsageEvent
 LIMITS = limits.Limits("test", 50, None, None, None, None, None, Decimal(0))
 
 
-def _keys() -> list[str]:
+def _keys() -> tuple[str, ...]:
     # A fresh org id per test: the windows and counters of other tests never interfere.
     return limits.redis_keys(org_id=10**9 + uuid.uuid4().int % 10**6, key_id=7, month="2026-11")
 
@@ -144,3 +145,143 @@ def test_the_worst_case_is_priced_at_the_dearest_candidate_with_the_tier_margin(
     # 3 × 1.2 = 3.6 per 1M input, 2 × 1.2 = 2.4 per 1M output
     expected = (1000 * Decimal("3.6") + 500 * Decimal("2.4")) / 1_000_000
     assert limits.worst_case(costs, lim, input_tokens=1000, output_tokens=500) == expected
+
+
+UNLIMITED_BUT_BUDGET = limits.Limits(
+    "test", None, None, None, None, Decimal("1.00"), None, Decimal(0)
+)
+
+
+@contextlib.asynccontextmanager
+async def _seeded(keys):
+    """A client and its scripts, on a ledger seeded at zero (deleted afterwards)."""
+    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    await limits.seed(client, keys, org_nano=0, key_nano=0)
+    try:
+        yield client, limits.Scripts(client)
+    finally:
+        await client.delete(*keys)
+        await client.aclose()
+
+
+class _CountingPipelines:
+    """Wraps a client's `pipeline()` to record how many commands each one sent."""
+
+    def __init__(self, client):
+        self.sizes: list[int] = []
+        self._pipeline = client.pipeline
+        client.pipeline = self
+
+    def __call__(self, **kwargs):
+        pipe = self._pipeline(**kwargs)
+        execute, sizes = pipe.execute, self.sizes
+
+        async def counted(**kw):
+            sizes.append(len(pipe.command_stack))
+            return await execute(**kw)
+
+        pipe.execute = counted
+        return pipe
+
+
+def test_admissions_that_arrive_together_share_one_round_trip_and_each_is_still_exact():
+    keys = _keys()
+    reserve = limits.to_nano(Decimal("0.03"))
+
+    async def scenario():
+        async with _seeded(keys) as (client, scripts):
+            pipelines = _CountingPipelines(client)
+            verdicts = await asyncio.gather(
+                *(
+                    limits.admit(
+                        scripts, keys, UNLIMITED_BUT_BUDGET, tokens=10, reserve_nano=reserve
+                    )
+                    for _ in range(50)
+                )
+            )
+            return verdicts, pipelines.sizes, int(await client.get(keys[2]))
+
+    verdicts, sizes, spent = asyncio.run(scenario())
+    # The first goes alone at once; the 49 queued behind it leave as one pipeline.
+    assert sizes == [49]
+    statuses = [v.status for v in verdicts]
+    assert statuses.count(limits.OK) == 33
+    assert statuses.count(limits.BUDGET_ORG) == 17
+    assert spent == limits.to_nano(Decimal("0.99"))
+    # Each admitted request saw its own reservation land: 33 distinct spends.
+    assert len({v.org_spend_nano for v in verdicts if v.status == limits.OK}) == 33
+
+
+def test_a_batch_redis_answers_noscript_is_sent_again_once_the_script_is_loaded():
+    keys = _keys()
+
+    async def scenario():
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        scripts = limits.Scripts(client)
+        await client.script_flush()  # as after a Redis restart
+        args = (50, -1, -1, -1, 10, -1, -1, 0, limits.WINDOW_TTL_MS, limits.SPEND_TTL_MS)
+        futures = [asyncio.get_running_loop().create_future() for _ in range(3)]
+        replies = await scripts._run([(keys, args, f) for f in futures])
+        await client.delete(*keys)
+        await client.aclose()
+        return [limits.Verdict.from_reply(r) for r in replies]
+
+    verdicts = asyncio.run(scenario())
+    assert [v.status for v in verdicts] == [limits.OK] * 3
+    assert sorted(v.requests_remaining for v in verdicts) == [47, 48, 49]
+
+
+def test_a_caller_that_leaves_while_its_batch_is_in_flight_has_its_reservation_released():
+    keys = _keys()
+    reserve = limits.to_nano(Decimal("0.03"))
+
+    async def scenario():
+        async with _seeded(keys) as (client, scripts):
+
+            def admit():
+                return asyncio.ensure_future(
+                    limits.admit(
+                        scripts, keys, UNLIMITED_BUT_BUDGET, tokens=10, reserve_nano=reserve
+                    )
+                )
+
+            first, leaving, staying = admit(), admit(), admit()
+            while not scripts._sending:  # the batch behind the first has left
+                await asyncio.sleep(0)
+            leaving.cancel()
+            await asyncio.gather(first, staying)
+            await asyncio.gather(*scripts._sending)  # the release rides the batch's task
+            spent = int(await client.get(keys[2]))
+            return leaving.cancelled(), spent, await client.hgetall(keys[0])
+
+    cancelled, spent, window = asyncio.run(scenario())
+    assert cancelled
+    assert spent == 2 * reserve  # the two that stayed; the one that left gave its back
+    assert window[b"t"] == b"20"  # its tokens too
+    assert window[b"r"] == b"3"  # its request still counts in the minute
+
+
+def test_an_event_loop_that_ended_mid_admission_leaves_nothing_that_blocks_the_next_one():
+    keys = _keys()
+    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    scripts = limits.Scripts(client)
+    args = (50, -1, -1, -1, 10, -1, -1, 0, limits.WINDOW_TTL_MS, limits.SPEND_TTL_MS)
+
+    async def ended_mid_batch():
+        # One admission on its way and one queued behind it when the loop stops.
+        scripts._loop, scripts._busy = asyncio.get_running_loop(), 1
+        scripts._queue.append((keys, args, asyncio.get_running_loop().create_future()))
+
+    async def next_loop():
+        try:
+            return await asyncio.wait_for(
+                limits.admit(scripts, keys, LIMITS, tokens=10, reserve_nano=0), timeout=30
+            )
+        finally:
+            await client.delete(*keys)
+            await client.aclose()
+
+    asyncio.run(ended_mid_batch())
+    verdict = asyncio.run(next_loop())
+    assert verdict.status == limits.OK
+    assert verdict.requests_remaining == 49
