@@ -12,8 +12,8 @@ from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods
+from django_otp import devices_for_user, match_token, user_has_device
 from django_otp import login as otp_login
-from django_otp import match_token, user_has_device
 
 from accounts import services, signup
 from accounts.forms import SignupForm, SignupPasswordForm, TokenForm
@@ -180,8 +180,15 @@ def two_factor_setup(request: HttpRequest) -> HttpResponse:
 def two_factor_verify(request: HttpRequest) -> HttpResponse:
     form = TokenForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        # django-otp slows guessing down: after each wrong code a device refuses all
+        # codes for a while (1 s, doubling). Say so, rather than "not right".
+        throttled = any(not d.verify_is_allowed()[0] for d in devices_for_user(request.user))
         device = match_token(request.user, form.cleaned_data["token"])
-        if device is None:
+        if device is None and throttled:
+            form.add_error(
+                "token", "Too many wrong codes in a row: wait a few seconds, then try again."
+            )
+        elif device is None:
             form.add_error("token", "That code is not right.")
         else:
             otp_login(request, device)

@@ -178,3 +178,14 @@ def test_the_backup_codes_page_continues_home_when_no_next_is_given(alice):
     device = TOTPDevice.objects.get(user=alice, confirmed=False)
     page = client.post("/account/2fa/setup/", {"token": current_code(device)})
     assert 'href="/"' in page.content.decode()
+
+
+def test_right_after_a_wrong_code_the_page_says_to_wait_rather_than_not_right(db):
+    user = staff(db)
+    device = TOTPDevice.objects.create(user=user, confirmed=True)
+    client = login(user)
+    first = client.post("/account/2fa/verify/", {"token": "000000"})
+    assert "That code is not right." in first.content.decode()
+    second = client.post("/account/2fa/verify/", {"token": current_code(device)})
+    assert second.status_code == 200  # throttled: even the right code waits
+    assert "wait a few seconds" in second.content.decode()
