@@ -67,12 +67,14 @@ def skip_reason() -> str | None:
     return None
 
 
-def _is_e2e(item: pytest.Item) -> bool:
-    return HERE in Path(str(item.path)).resolve().parents
+def _needs_chromium(item: pytest.Item) -> bool:
+    """A test of this folder that opens the browser (through one of its fixtures)."""
+    in_here = HERE in Path(str(item.path)).resolve().parents
+    return in_here and bool({"browser", "chromium"} & set(getattr(item, "fixturenames", ())))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    ours = [item for item in items if _is_e2e(item)]
+    ours = [item for item in items if _needs_chromium(item)]
     reason = skip_reason() if ours else None
     config.stash[_COUNT], config.stash[_REASON] = len(ours), reason
     for item in ours if reason else ():
@@ -264,6 +266,12 @@ def with_chromium(scenario: Callable[[Any], T]) -> T:
                 context.close()
 
     return in_thread(run)
+
+
+@pytest.fixture
+def chromium() -> Callable[[Callable[[Any], T]], T]:
+    """`chromium(scenario)` runs `scenario(page)` in a fresh Chromium (no servers)."""
+    return with_chromium
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from tests.e2e.conftest import AXE_JS, AXE_SHA256, AXE_VERSION, axe_violations, with_chromium
+from tests.e2e.conftest import AXE_JS, AXE_SHA256, AXE_VERSION, axe_violations
 
 
 def test_the_vendored_axe_core_is_the_pinned_release_with_its_licence():
@@ -15,7 +15,7 @@ def test_the_vendored_axe_core_is_the_pinned_release_with_its_licence():
     assert (AXE_JS.parent / "LICENSE").read_text().startswith("Mozilla Public License")
 
 
-def test_axe_reports_an_unlabelled_field_and_an_empty_button_and_passes_a_clean_page():
+def test_axe_reports_an_unlabelled_field_and_an_empty_button_and_passes_a_clean_page(chromium):
     bad = (
         "<!doctype html><html lang=en><head><title>bad</title></head><body><main>"
         "<h1>Form</h1><input type=text><button></button></main></body></html>"
@@ -32,7 +32,7 @@ def test_axe_reports_an_unlabelled_field_and_an_empty_button_and_passes_a_clean_
         page.set_content(good)
         return found_bad, axe_violations(page)
 
-    found_bad, found_good = with_chromium(check)
+    found_bad, found_good = chromium(check)
     assert any("label" in v for v in found_bad), json.dumps(found_bad)
     assert any("button-name" in v for v in found_bad), json.dumps(found_bad)
     assert found_good == []
