@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
+from django.contrib.auth import forms as auth_forms
+from django.core.mail import send_mail
+from django.http import HttpRequest
+from django.template.loader import render_to_string
 
 
 class TokenForm(forms.Form):
@@ -78,3 +84,22 @@ class SignupPasswordForm(forms.Form):
             except forms.ValidationError as exc:
                 self.add_error("password1", exc)
         return cleaned
+
+
+class PasswordResetForm(auth_forms.PasswordResetForm):
+    """Django's, and an address without an account gets a mail saying so.
+
+    Every request then sends one mail, so neither the page nor the time it takes (with
+    SMTP, sending is the slow part) tells whether the address has an account.
+    """
+
+    def save(self, *args: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
+        email = self.cleaned_data["email"]
+        if next(iter(self.get_users(email)), None) is not None:
+            super().save(*args, request=request, **kwargs)
+            return
+        base = request.build_absolute_uri("/").rstrip("/") if request is not None else ""
+        body = render_to_string(
+            "accounts/email/password_reset_unknown.txt", {"email": email, "base_url": base}
+        )
+        send_mail("Reset your Tesseract password", body, None, [email])

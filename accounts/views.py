@@ -16,7 +16,7 @@ from django_otp import devices_for_user, match_token, user_has_device
 from django_otp import login as otp_login
 
 from accounts import services, signup
-from accounts.forms import SignupForm, SignupPasswordForm, TokenForm
+from accounts.forms import PasswordResetForm, SignupForm, SignupPasswordForm, TokenForm
 from accounts.models import User
 
 
@@ -30,10 +30,11 @@ class LogoutView(auth_views.LogoutView):
 
 
 # Password reset: Django's views, our templates. The form answers the same whether the
-# address has an account or not (Django mails only accounts, and says nothing either
-# way); the link is Django's signed token, void once the password changes.
+# address has an account or not, and mails it either way (the link, or a note that no
+# account uses it); the link is Django's signed token, void once the password changes.
 class PasswordResetView(auth_views.PasswordResetView):
     template_name = "accounts/password_reset.html"
+    form_class = PasswordResetForm
     email_template_name = "accounts/email/password_reset.txt"
     subject_template_name = "accounts/email/password_reset_subject.txt"
     success_url = reverse_lazy("accounts:password_reset_sent")
