@@ -93,11 +93,12 @@ class PasswordResetForm(auth_forms.PasswordResetForm):
     SMTP, sending is the slow part) tells whether the address has an account.
     """
 
-    def save(self, *args: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
+    def save(self, **kwargs: Any) -> None:  # type: ignore[override]  # keywords only
         email = self.cleaned_data["email"]
         if next(iter(self.get_users(email)), None) is not None:
-            super().save(*args, request=request, **kwargs)
+            super().save(**kwargs)
             return
+        request: HttpRequest | None = kwargs.get("request")
         base = request.build_absolute_uri("/").rstrip("/") if request is not None else ""
         body = render_to_string(
             "accounts/email/password_reset_unknown.txt", {"email": email, "base_url": base}
