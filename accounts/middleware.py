@@ -17,7 +17,8 @@ class RequireTwoFactorMiddleware:
     """Send users who must use 2FA to verify (or to enrol) before anything else.
 
     Staff must always (TESSERACT_STAFF_REQUIRE_2FA); members of an organization
-    that requires it must too. Runs after django-otp's OTPMiddleware.
+    that requires it must too, and so must anyone who enrolled an authenticator
+    (`User.needs_two_factor`). Runs after django-otp's OTPMiddleware.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:

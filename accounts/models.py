@@ -53,11 +53,20 @@ class User(AbstractBaseUser, PermissionsMixin):
         return False
 
     def needs_two_factor(self) -> bool:
+        """Whether this user must give a second factor to use the site.
+
+        Staff must (TESSERACT_STAFF_REQUIRE_2FA), members of an organization that
+        requires it must, and so must anyone who turned it on: an enrolled
+        authenticator is asked for at every sign-in.
+        """
         from django.conf import settings
+        from django_otp import user_has_device
 
         if self.is_staff and settings.TESSERACT_STAFF_REQUIRE_2FA:
             return True
-        return Organization.objects.filter(memberships__user=self, require_2fa=True).exists()
+        if Organization.objects.filter(memberships__user=self, require_2fa=True).exists():
+            return True
+        return user_has_device(self, confirmed=True)
 
 
 class Organization(models.Model):

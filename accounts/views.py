@@ -3,17 +3,20 @@ from __future__ import annotations
 import segno
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import login as auth_login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse, reverse_lazy
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods
+from django_otp import devices_for_user, match_token, user_has_device
 from django_otp import login as otp_login
-from django_otp import match_token, user_has_device
 
-from accounts import services
-from accounts.forms import TokenForm
+from accounts import services, signup
+from accounts.forms import PasswordResetForm, SignupForm, SignupPasswordForm, TokenForm
 from accounts.models import User
 
 
@@ -24,6 +27,86 @@ class LoginView(auth_views.LoginView):
 
 class LogoutView(auth_views.LogoutView):
     pass
+
+
+# Password reset: Django's views, our templates. The form answers the same whether the
+# address has an account or not, and mails it either way (the link, or a note that no
+# account uses it); the link is Django's signed token, void once the password changes.
+class PasswordResetView(auth_views.PasswordResetView):
+    template_name = "accounts/password_reset.html"
+    form_class = PasswordResetForm
+    email_template_name = "accounts/email/password_reset.txt"
+    subject_template_name = "accounts/email/password_reset_subject.txt"
+    success_url = reverse_lazy("accounts:password_reset_sent")
+
+
+class PasswordResetSentView(auth_views.PasswordResetDoneView):
+    template_name = "accounts/password_reset_sent.html"
+
+
+class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    template_name = "accounts/password_reset_confirm.html"
+    success_url = reverse_lazy("accounts:password_reset_complete")
+
+
+class PasswordResetCompleteView(auth_views.PasswordResetCompleteView):
+    template_name = "accounts/password_reset_complete.html"
+
+
+@require_http_methods(["GET", "POST"])
+def signup_start(request: HttpRequest) -> HttpResponse:
+    """Sign-up, step one: an address and an organization name; a link goes by mail.
+
+    The answer is the same page whether the address has an account or not.
+    """
+    if request.user.is_authenticated:
+        return redirect("dashboards:home")
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        signup.signup_request(
+            email=form.cleaned_data["email"],
+            org_name=form.cleaned_data["org_name"],
+            base_url=request.build_absolute_uri("/"),
+        )
+        request.session["signup_email"] = signup.normalize_email(form.cleaned_data["email"])
+        return redirect("accounts:signup_sent")
+    return render(request, "accounts/signup.html", {"form": form})
+
+
+def signup_sent(request: HttpRequest) -> HttpResponse:
+    return render(
+        request, "accounts/signup_sent.html", {"email": request.session.get("signup_email")}
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def signup_verify(request: HttpRequest, token: str) -> HttpResponse:
+    """Sign-up, step two, behind the mailed link: choose a password; the account, the
+    organization (Free tier) and the session begin. Opening the link changes nothing
+    (mail scanners open links); the form does."""
+    try:
+        claim = signup.signup_claim(token)
+    except signup.SignupLinkError as exc:
+        return render(request, "accounts/signup_invalid.html", {"error": str(exc)}, status=400)
+    if User.objects.filter(email__iexact=claim.email).exists():
+        return render(
+            request, "accounts/signup_invalid.html",
+            {"error": "This address has an account already: sign in instead."}, status=400,
+        )  # fmt: skip
+    form = SignupPasswordForm(request.POST or None, email=claim.email)
+    if request.method == "POST" and form.is_valid():
+        try:
+            org = signup.signup_complete(
+                claim=claim, password=form.cleaned_data["password1"], name=form.cleaned_data["name"]
+            )
+        except signup.SignupLinkError as exc:
+            return render(request, "accounts/signup_invalid.html", {"error": str(exc)}, status=400)
+        user = User.objects.get(email__iexact=claim.email)
+        auth_login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        messages.success(request, f"Welcome to Tesseract. {org.name} is on the Free tier.")
+        org_url = reverse("dashboards:org", kwargs={"org_slug": org.slug})
+        return redirect(f"{reverse('accounts:2fa_setup')}?next={org_url}")
+    return render(request, "accounts/signup_verify.html", {"form": form, "claim": claim})
 
 
 def login_username(request: HttpRequest, credentials: dict | None) -> str | None:
@@ -55,9 +138,9 @@ def login_locked_out(
 
 def _next_url(request: HttpRequest, default: str = "dashboards:home") -> str:
     target = request.GET.get("next") or request.POST.get("next") or ""
-    if url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
         return target
-    return default
+    return reverse(default)
 
 
 @login_required
@@ -83,7 +166,14 @@ def two_factor_setup(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "accounts/2fa_setup.html",
-        {"form": form, "qr_svg": qr_svg, "secret": device.bin_key.hex(), "device": device},
+        {
+            "form": form,
+            "qr_svg": qr_svg,
+            "secret": device.bin_key.hex(),
+            "device": device,
+            "may_skip": not user.needs_two_factor(),
+            "next": _next_url(request),
+        },
     )
 
 
@@ -91,8 +181,15 @@ def two_factor_setup(request: HttpRequest) -> HttpResponse:
 def two_factor_verify(request: HttpRequest) -> HttpResponse:
     form = TokenForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        # django-otp slows guessing down: after each wrong code a device refuses all
+        # codes for a while (1 s, doubling). Say so, rather than "not right".
+        throttled = any(not d.verify_is_allowed()[0] for d in devices_for_user(request.user))
         device = match_token(request.user, form.cleaned_data["token"])
-        if device is None:
+        if device is None and throttled:
+            form.add_error(
+                "token", "Too many wrong codes in a row: wait a few seconds, then try again."
+            )
+        elif device is None:
             form.add_error("token", "That code is not right.")
         else:
             otp_login(request, device)

@@ -192,6 +192,23 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 OTP_TOTP_ISSUER = "Tesseract"
+#: Sign-up links (a signed token carrying the address and the organization's name)
+#: stay valid this long (hours); password-reset links as long.
+TESSERACT_SIGNUP_LINK_MAX_AGE_H = env_int("TESSERACT_SIGNUP_LINK_MAX_AGE_H", 48, minimum=1)
+PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT_H", 24, minimum=1) * 3600
+
+# --------------------------------------------------------------------------- email
+
+#: Sign-up links, password resets and budget alerts go through Django's email framework.
+#: The console backend (mail printed to the web's output) unless configured: set
+#: EMAIL_BACKEND=django.core.mail.backends.smtp.EmailBackend and EMAIL_HOST etc.
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD", "") or ""
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Tesseract <noreply@localhost>")
 #: Staff always need a second factor; organizations can require it of their members.
 TESSERACT_STAFF_REQUIRE_2FA = env_bool("TESSERACT_STAFF_REQUIRE_2FA", True)
 

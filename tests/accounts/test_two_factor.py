@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import time
 
+from django.test import Client
 from django_otp.oath import totp
 from django_otp.plugins.otp_static.models import StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -125,3 +126,66 @@ def test_the_admin_sign_in_is_the_one_sign_in_page(client, db):
 def test_a_signed_in_developer_is_not_an_operator(alice):
     response = login(alice).get("/admin/", follow=True)
     assert response.status_code == 403
+
+
+def sign_in(email: str) -> Client:
+    """A real sign-in with the password, through the form (not force_login)."""
+    client = Client()
+    response = client.post("/account/login/", {"username": email, "password": PASSWORD})
+    assert response.status_code == 302, "the password was refused"
+    return client
+
+
+def test_a_developer_who_turned_2fa_on_is_asked_for_a_code_at_every_sign_in(alice, acme):
+    client = sign_in("alice@example.com")
+    client.get("/account/2fa/setup/")
+    device = TOTPDevice.objects.get(user=alice, confirmed=False)
+    client.post("/account/2fa/setup/", {"token": current_code(device)})
+
+    later = sign_in("alice@example.com")
+    response = later.get(f"/orgs/{acme.slug}/")
+    assert response.status_code == 302
+    assert response["Location"] == f"/account/2fa/verify/?next=/orgs/{acme.slug}/"
+    assert later.post(response["Location"], {"token": "000000"}).status_code == 200
+    assert later.get(f"/orgs/{acme.slug}/").status_code == 302  # a wrong code opens nothing
+
+
+def test_a_backup_code_from_enrolment_signs_in_once_when_the_phone_is_lost(alice, acme):
+    client = sign_in("alice@example.com")
+    client.get("/account/2fa/setup/")
+    device = TOTPDevice.objects.get(user=alice, confirmed=False)
+    page = client.post(
+        f"/account/2fa/setup/?next=/orgs/{acme.slug}/", {"token": current_code(device)}
+    )
+    codes = page.context["codes"]
+    assert f'href="/orgs/{acme.slug}/"' in page.content.decode()  # "Continue"
+
+    lost_phone = sign_in("alice@example.com")
+    response = lost_phone.post(
+        f"/account/2fa/verify/?next=/orgs/{acme.slug}/", {"token": f" {codes[3]} "}
+    )
+    assert response["Location"] == f"/orgs/{acme.slug}/"
+    assert lost_phone.get(f"/orgs/{acme.slug}/").status_code == 200
+
+    replay = sign_in("alice@example.com")
+    assert replay.post("/account/2fa/verify/", {"token": codes[3]}).status_code == 200
+    assert replay.get(f"/orgs/{acme.slug}/").status_code == 302
+
+
+def test_the_backup_codes_page_continues_home_when_no_next_is_given(alice):
+    client = login(alice)
+    client.get("/account/2fa/setup/")
+    device = TOTPDevice.objects.get(user=alice, confirmed=False)
+    page = client.post("/account/2fa/setup/", {"token": current_code(device)})
+    assert 'href="/"' in page.content.decode()
+
+
+def test_right_after_a_wrong_code_the_page_says_to_wait_rather_than_not_right(db):
+    user = staff(db)
+    device = TOTPDevice.objects.create(user=user, confirmed=True)
+    client = login(user)
+    first = client.post("/account/2fa/verify/", {"token": "000000"})
+    assert "That code is not right." in first.content.decode()
+    second = client.post("/account/2fa/verify/", {"token": current_code(device)})
+    assert second.status_code == 200  # throttled: even the right code waits
+    assert "wait a few seconds" in second.content.decode()
