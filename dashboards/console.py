@@ -63,7 +63,7 @@ def operator_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespon
     @wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not is_operator(request.user):
-            raise PermissionDenied("The console is for Tesseract operators, verified with 2FA.")
+            raise PermissionDenied("The console is for Tesseract operators.")
         return view(request, *args, **kwargs)
 
     return wrapped
