@@ -431,3 +431,24 @@ def test_an_operator_action_needs_an_action_and_a_target(db, oscar):
     with pytest.raises(ValueError, match="needs an action and a target"):
         record_operator_action(oscar, "drain", " ", "why")
     assert not OperatorAction.objects.exists()
+
+
+def test_the_kill_switch_thrown_elsewhere_is_in_the_operator_log_too(world, oscar):
+    from django.core.management import call_command
+
+    call_command("drain", "region", "westeurope", "--reason", "maintenance window")
+    call_command("drain", "region", "westeurope", "--undo")
+    oscar.is_superuser = True
+    oscar.save()
+    response = verified(oscar).post(
+        "/admin/backends/cluster/",
+        {"action": "drain", "_selected_action": [Cluster.objects.order_by("slug")[0].pk]},
+    )
+    assert response.status_code == 302, response.content[:300]
+    log = list(OperatorAction.objects.order_by("pk").values_list("actor", "action", "reason"))
+    assert log == [
+        (None, "drain", "maintenance window"),
+        (None, "undrain", "manage.py drain (no reason given)"),
+        (oscar.pk, "drain", "from the admin (no reason asked)"),
+    ]
+    assert Cluster.objects.filter(drained=True).count() == 1
