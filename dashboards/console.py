@@ -113,6 +113,7 @@ def maps(request: HttpRequest) -> HttpResponse:
         counters=console_data.counters(rows),
         mesh_map=console_data.mesh_map(statics, rows),
         health_events=console_data.health_timeline(),
+        health_strips=console_data.health_strips(),
         regions=Region.objects.prefetch_related("clusters").order_by("name"),
     )
 

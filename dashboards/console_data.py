@@ -8,14 +8,17 @@ live message; none of them writes.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from html import escape
 from typing import Any
 
 from django.conf import settings
 from django.db.models import Count, Sum
 from django.utils import timezone
+from django.utils.safestring import mark_safe
 
 from accounts.models import OperatorAction, Organization
 from backends import livestate
@@ -190,6 +193,58 @@ def health_timeline(limit: int = 40) -> list[HealthEvent]:
     return list(
         HealthEvent.objects.select_related("deployment").order_by("-created_at", "-pk")[:limit]
     )
+
+
+#: the health strips look back this far
+STRIP_WINDOW = timedelta(hours=6)
+
+
+def health_strips(
+    *, now: datetime | None = None, window: timedelta = STRIP_WINDOW, limit: int = 20
+) -> str:
+    """The health timeline as SVG: a strip per deployment that changed within `window`
+    (the `limit` most recently changed), coloured by its state over time. "" when
+    nothing changed. One query."""
+    now = now or timezone.now()
+    since = now - window
+    events = (
+        HealthEvent.objects.filter(created_at__gte=since)
+        .order_by("created_at", "pk")
+        .values_list("deployment__slug", "previous", "current", "created_at")[:5000]
+    )
+    spans: dict[str, list[tuple[datetime, str]]] = {}
+    for slug, previous, current, at in events:
+        spans.setdefault(slug, [(since, previous)]).append((at, current))
+    if not spans:
+        return ""
+    shown = sorted(spans, key=lambda slug: spans[slug][-1][0], reverse=True)[:limit]
+    label_w, bar_w, row_h = 330, 630, 16
+    total = window.total_seconds()
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="strips" role="img" '
+        f'viewBox="0 0 {label_w + bar_w} {row_h * len(shown) + 18}" '
+        f'aria-label="Health of the deployments that changed in the last '
+        f'{window.total_seconds() / 3600:g} hours">'
+    ]
+    for i, slug in enumerate(sorted(shown)):
+        y = i * row_h
+        parts.append(f'<text class="strip-label" x="0" y="{y + 11}">{escape(slug)}</text>')
+        points = spans[slug] + [(now, "")]
+        for (start, state), (end, _) in itertools.pairwise(points):
+            x = label_w + (start - since).total_seconds() / total * bar_w
+            w = max((end - start).total_seconds() / total * bar_w, 0.5)
+            parts.append(
+                f'<rect class="strip health-{escape(state)}" x="{x:.1f}" y="{y + 2}" '
+                f'width="{w:.1f}" height="{row_h - 4}"><title>{escape(slug)}: '
+                f"{escape(state)} from {start:%H:%M:%S}</title></rect>"
+            )
+    axis_y = row_h * len(shown) + 13
+    parts.append(
+        f'<text class="strip-axis" x="{label_w}" y="{axis_y}">{since:%H:%M}</text>'
+        f'<text class="strip-axis" x="{label_w + bar_w}" y="{axis_y}" text-anchor="end">'
+        f"{now:%H:%M} UTC</text></svg>"
+    )
+    return mark_safe("".join(parts))  # noqa: S308 - every value above is escaped
 
 
 # --------------------------------------------------------------------------- latency

@@ -147,6 +147,28 @@ def test_the_overview_draws_the_mesh_coloured_by_health_with_each_deployment(
     assert 'data-counter="down">1<' in html
 
 
+def test_the_health_timeline_draws_a_strip_for_each_deployment_that_changed(world):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from backends.models import HealthEvent
+    from dashboards import console_data
+
+    now = timezone.now()
+    deployment = Deployment.objects.get(slug=DOTTED)
+    for minutes, previous, current in [(60, "healthy", "down"), (30, "down", "healthy")]:
+        HealthEvent.objects.create(deployment=deployment, previous=previous, current=current,
+                                   source="check", reason="test",
+                                   created_at=now - timedelta(minutes=minutes))  # fmt: skip
+    svg = console_data.health_strips(now=now, window=timedelta(hours=2))
+    assert svg.count(f">{DOTTED}</text>") == 1
+    states = [part.split('"')[0] for part in svg.split('class="strip health-')[1:]]
+    assert states == ["healthy", "down", "healthy"]
+    assert svg.index("down from") < svg.rindex("healthy from")
+    assert console_data.health_strips(now=now + timedelta(hours=7)) == ""
+
+
 def test_a_region_whose_deployments_are_all_drained_is_grey_on_the_map(world, oscar, live_maps):
     Region.objects.filter(slug="westeurope").update(drained=True)
     html = verified(oscar).get("/console/").content.decode()
