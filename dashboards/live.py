@@ -13,8 +13,8 @@ the browser what changed, as JSON:
   change without an announcement.
 
 Only operators may connect (`dashboards.console.is_operator`, with the 2FA
-verification of the session); anyone else is closed with code 4403 before anything
-is sent.
+verification of the session); anyone else is refused at the handshake (HTTP 403,
+close code 4403 in the ASGI exchange) before anything is sent.
 """
 
 from __future__ import annotations

@@ -93,13 +93,16 @@
   function connect() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const socket = new WebSocket(`${scheme}//${location.host}${path}`);
-    socket.addEventListener("open", () => { delay = 1000; say("live", true); });
+    let opened = false;
+    socket.addEventListener("open", () => { opened = true; delay = 1000; say("live", true); });
     socket.addEventListener("message", (event) => {
       try { handle(JSON.parse(event.data)); } catch (err) { console.error("console live:", err); }
     });
     socket.addEventListener("close", (event) => {
-      if (event.code === 4403) { say("live updates refused: sign in again with your second factor"); return; }
-      say(`live updates lost; retrying in ${Math.round(delay / 1000)} s`);
+      // A refused handshake (signed out, or no second factor) never opens: the server
+      // answers 403 before the socket exists, so the browser reports 1006.
+      const why = opened ? "live updates lost" : "live updates unavailable (signed out?)";
+      say(`${why}; retrying in ${Math.round(delay / 1000)} s`);
       setTimeout(connect, delay);
       delay = Math.min(delay * 2, 30000);
     });
