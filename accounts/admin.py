@@ -5,7 +5,15 @@ from django.db import transaction
 from django.forms.models import BaseInlineFormSet
 
 from accounts.keycache import publish_change
-from accounts.models import ApiKey, Invitation, Membership, Organization, Role, User
+from accounts.models import (
+    ApiKey,
+    Invitation,
+    Membership,
+    OperatorAction,
+    Organization,
+    Role,
+    User,
+)
 from accounts.services import api_key_revoke
 
 
@@ -85,3 +93,22 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
         transaction.on_commit(lambda: publish_change(obj.lookup))
+
+
+@admin.register(OperatorAction)
+class OperatorActionAdmin(admin.ModelAdmin):
+    """The operator log, read-only: entries are written by `record_operator_action`."""
+
+    list_display = ("created_at", "actor_email", "action", "target", "reason")
+    list_filter = ("action",)
+    search_fields = ("actor_email", "target", "reason")
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -227,3 +227,25 @@ class ApiKey(models.Model):
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or self.expires_at > timezone.now()
+
+
+class OperatorAction(models.Model):
+    """What an operator did, to what, when and why (written only by
+    `accounts.operator_actions.record_operator_action`)."""
+
+    actor = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    #: kept as written, so the entry survives the account
+    actor_email = models.EmailField(blank=True)
+    action = models.CharField(max_length=40)
+    target = models.CharField(max_length=200)
+    reason = models.TextField()
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.actor_email or 'system'}: {self.action} {self.target}"

@@ -4,6 +4,7 @@ from django.contrib import admin, messages
 from django.shortcuts import redirect
 from django.urls import reverse
 
+from accounts.operator_actions import record_operator_action
 from backends.models import (
     AIModel,
     Chip,
@@ -17,11 +18,21 @@ from backends.models import (
 from backends.services import drain_set
 
 
+def _logged(request: Any, action: str, target: Any) -> None:
+    """The operator log's entry for a kill switch thrown from the admin (which asks no
+    reason: the console does)."""
+    kind = type(target).__name__.lower()
+    record_operator_action(
+        request.user, action, f"{kind}:{target.slug}", "from the admin (no reason asked)"
+    )
+
+
 @admin.action(description="Drain: route nothing more here (in-flight requests finish)")
 def drain(modeladmin: Any, request: Any, queryset: Any) -> None:
     for target in queryset:
         drain_set(target, drained=True, by=str(request.user))
         modeladmin.log_change(request, target, "Drained")
+        _logged(request, "drain", target)
     messages.warning(request, f"Drained {queryset.count()}; gateways stop routing there now.")
 
 
@@ -30,6 +41,7 @@ def undrain(modeladmin: Any, request: Any, queryset: Any) -> None:
     for target in queryset:
         drain_set(target, drained=False, by=str(request.user))
         modeladmin.log_change(request, target, "Undrained")
+        _logged(request, "undrain", target)
     messages.success(request, f"Undrained {queryset.count()}.")
 
 

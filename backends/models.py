@@ -319,6 +319,7 @@ class PlacementAction(models.Model):
 
     class Status(models.TextChoices):
         RECOMMENDED = "recommended", "Recommended (not applied)"
+        DISMISSED = "dismissed", "Dismissed by an operator"
         APPLIED = planner.APPLIED, "Applied"
         FAILED = planner.FAILED, "Failed"
 

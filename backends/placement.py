@@ -148,6 +148,17 @@ def latency_map(client: Any) -> RttMap:
     return load_world().with_live(livestate.read(client)).snapshot.latency
 
 
+def standing_recommendations(*, since: datetime) -> list[tuple[str, str]]:
+    """(deployment slug, kind) of proposals recommended since `since` that stand: still
+    waiting for an operator, or dismissed by one (not proposed again in the cooldown)."""
+    return list(
+        PlacementAction.objects.filter(
+            status__in=[PlacementAction.Status.RECOMMENDED, PlacementAction.Status.DISMISSED],
+            created_at__gte=since,
+        ).values_list("deployment__slug", "kind")
+    )
+
+
 def control_url(deployment: Deployment) -> str | None:
     """`{base}/d/<slug>/control` from an endpoint `{base}/d/<slug>/v1`; None where the
     backend has no control API (a provider's OpenAI-compatible endpoint)."""
@@ -233,10 +244,7 @@ def _run(
     )
     run = PlacementRun(mode=mode, plan=plan)
     if mode != ControlSettings.PlacementMode.APPLY:
-        standing = PlacementAction.objects.filter(
-            status=PlacementAction.Status.RECOMMENDED,
-            created_at__gte=now - timedelta(seconds=rules.cooldown_s),
-        ).values_list("deployment__slug", "kind")
+        standing = standing_recommendations(since=now - timedelta(seconds=rules.cooldown_s))
         fresh, run.standing = unrecorded(plan.actions, standing)
         for action in fresh:
             run.recorded.append(
@@ -312,3 +320,65 @@ def _record(
             created_at=now,
             applied_at=timezone.now() if status == PlacementAction.Status.APPLIED else None,
         )
+
+
+# --------------------------------------------------------------------------- operators decide
+
+
+def recommendation_apply(
+    action: PlacementAction, *, http: httpx.Client | None = None
+) -> PlacementAction:
+    """An operator applies a standing recommendation now, as apply mode would have.
+
+    The row is locked while the backend is asked, so two operators cannot apply it
+    twice; its status becomes applied or failed (with what the backend said), and an
+    applied action sets `Deployment.loaded` (every gateway hears of it). A load that no
+    longer fits its cluster's accelerators fails without calling the backend.
+    ValueError when the recommendation is no longer standing.
+    """
+    own_http = http is None
+    http = http or httpx.Client(timeout=CONTROL_TIMEOUT_S)
+    try:
+        with transaction.atomic():
+            row = _standing(action)
+            deployment = Deployment.objects.select_related("cluster").get(pk=row.deployment_id)
+            load = row.kind == LOAD
+            status: str
+            if load and not _fits(deployment.slug):
+                status, note = PlacementAction.Status.FAILED, "not applied: no free capacity left"
+            else:
+                status, note = _apply(deployment, load, http)
+            if status == PlacementAction.Status.APPLIED:
+                deployment.loaded = load
+                deployment.save(update_fields=["loaded"])
+                row.applied_at = timezone.now()
+            row.status = status
+            row.reason = f"{row.reason} {note[:1].upper()}{note[1:]} (by an operator)."
+            row.save(update_fields=["status", "reason", "applied_at"])
+            return row
+    finally:
+        if own_http:
+            http.close()
+
+
+def recommendation_dismiss(action: PlacementAction) -> PlacementAction:
+    """An operator turns a standing recommendation down: the planner does not propose it
+    again while it is in its cooldown. ValueError when it is no longer standing."""
+    with transaction.atomic():
+        row = _standing(action)
+        row.status = PlacementAction.Status.DISMISSED
+        row.save(update_fields=["status"])
+        return row
+
+
+def _standing(action: PlacementAction) -> PlacementAction:
+    row = PlacementAction.objects.select_for_update().get(pk=action.pk)
+    if row.status != PlacementAction.Status.RECOMMENDED:
+        raise ValueError(f"this recommendation is already {row.get_status_display().lower()}")
+    return row
+
+
+def _fits(slug: str) -> bool:
+    sites, capacity, _ = sites_from_catalog()
+    site = next(s for s in sites if s.slug == slug)
+    return Room.of(sites, capacity).fits(site)

@@ -1,8 +1,14 @@
-"""The operator console: the live maps of the mesh, and the switches to steer it.
+"""The operator console: the mesh, the latency map, placement, the kill switch, tenants
+and the log of what operators did.
 
-Staff only (and, by the 2FA middleware, verified staff). The page polls
-`maps.json` every second, so switching a simulated backend's fault shows its health,
-load and RTT changing as the control plane notices.
+Operators only: staff, and — unless `TESSERACT_STAFF_REQUIRE_2FA` is off — verified
+with their second factor in this session (the 2FA middleware sends them to verify
+first; `operator_only` refuses anyone it let through by mistake). Pages are rendered
+on the server; the overview follows the live maps over a WebSocket
+(`dashboards.live`), and `maps.json` serves the same rows to scripts.
+
+Every action an operator takes here is written with its reason through
+`accounts.operator_actions.record_operator_action`.
 """
 
 from __future__ import annotations
@@ -15,12 +21,16 @@ from typing import Any
 import httpx
 import redis
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, render
-from django.views.decorators.http import require_POST
+from django.db import transaction
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
 
+from accounts.models import User
+from accounts.operator_actions import REASON_MAX, record_operator_action
 from backends import livestate
 from backends.models import (
     ControlSettings,
@@ -28,66 +38,90 @@ from backends.models import (
     HealthEvent,
     LatencyProbe,
     PlacementAction,
+    Region,
     SessionMove,
 )
+from backends.placement import recommendation_apply, recommendation_dismiss
 from backends.services import KINDS, drain_by_slug
-from backends.world import INTRA_REGION_RTT_MS
+from dashboards import console_data
 
 FAULTS = ("none", "slow", "error", "down", "hang")
 
 
-def staff_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+def is_operator(user: Any) -> bool:
+    """Staff, verified with a second factor in this session where that is required."""
+    if not (isinstance(user, User) and user.is_active and user.is_staff):
+        return False
+    if not settings.TESSERACT_STAFF_REQUIRE_2FA:
+        return True
+    verified = getattr(user, "is_verified", None)  # set by django-otp's OTPMiddleware
+    return bool(verified and verified())
+
+
+def operator_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     @login_required
     @wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if not request.user.is_staff:
+        if not is_operator(request.user):
             raise PermissionDenied("The console is for Tesseract operators.")
         return view(request, *args, **kwargs)
 
     return wrapped
 
 
-@staff_only
+#: the console's sections, for its navigation
+SECTIONS = (
+    ("dashboards:console", "Mesh"),
+    ("dashboards:console_latency", "Latency"),
+    ("dashboards:console_placement", "Placement"),
+    ("dashboards:console_tenants", "Tenants"),
+    ("dashboards:console_audit", "Operator log"),
+)
+
+
+def _operator(request: HttpRequest) -> User:
+    user = request.user
+    assert isinstance(user, User)  # operator_only let only operators in
+    return user
+
+
+def _page(request: HttpRequest, template: str, section: str, **context: Any) -> HttpResponse:
+    context.update(sections=SECTIONS, section=section, reason_max=REASON_MAX)
+    return render(request, template, context)
+
+
+def _live() -> livestate.LiveMaps:
+    return livestate.read(redis.Redis.from_url(settings.REDIS_URL))
+
+
+@operator_only
+@require_GET
 def maps(request: HttpRequest) -> HttpResponse:
-    return render(
+    """The overview: the mesh on the map, every deployment, the health timeline."""
+    region = settings.TESSERACT_GATEWAY_REGION
+    statics = console_data.deployments_static()
+    live = _live()
+    rows = [console_data.deployment_row(s, live, region) for s in statics]
+    return _page(
         request,
         "dashboards/console_maps.html",
-        {"faults": list(FAULTS), "gateway_region": settings.TESSERACT_GATEWAY_REGION},
+        "dashboards:console",
+        faults=list(FAULTS),
+        gateway_region=region,
+        placement_mode=ControlSettings.current().get_placement_mode_display(),
+        rows=rows,
+        counters=console_data.counters(rows),
+        mesh_map=console_data.mesh_map(statics, rows),
+        health_events=console_data.health_timeline(),
+        health_strips=console_data.health_strips(),
+        regions=Region.objects.prefetch_related("clusters").order_by("name"),
     )
 
 
 def _maps_data() -> dict[str, Any]:
-    live = livestate.read(redis.Redis.from_url(settings.REDIS_URL))
     region = settings.TESSERACT_GATEWAY_REGION
-    latest_probe: dict[int, LatencyProbe] = {}
-    for probe in LatencyProbe.objects.order_by("-measured_at")[:500]:
-        latest_probe.setdefault(probe.cluster_id, probe)
-    rows = []
-    deployments = Deployment.objects.select_related("cluster__region", "chip", "model")
-    for d in deployments.order_by("cluster__region__name", "slug"):
-        state = live.deployments.get(d.slug, livestate.DeploymentLive(health=d.health))
-        dst = d.cluster.region.slug
-        last = latest_probe.get(d.cluster_id)
-        rows.append(
-            {
-                "slug": d.slug,
-                "region": dst,
-                "chip": d.chip.slug,
-                "model": d.model.slug,
-                "health": state.health,
-                "loaded": d.loaded if state.loaded is None else state.loaded,
-                "drained": d.drained or d.cluster.drained or d.cluster.region.drained,
-                "running": state.running,
-                "waiting": state.waiting,
-                "inflight": live.inflight.get(d.slug, 0),
-                "slots": d.concurrency_slots,
-                "ttft_profile_ms": round(d.ttft_ms, 1),
-                "ttft_observed_ms": state.observed_ttft_ms,
-                "rtt_ms": INTRA_REGION_RTT_MS if dst == region else live.rtt.get((region, dst)),
-                "probe": None if last is None else last.verdict,
-                "simulated": d.adapter == Deployment.Adapter.SIMULATOR,
-            }
-        )
+    live = _live()
+    rows = [console_data.deployment_row(s, live, region) for s in console_data.deployments_static()]
 
     def recent(qs: Any, fields: tuple[str, ...]) -> list[dict[str, Any]]:
         return [
@@ -100,6 +134,7 @@ def _maps_data() -> dict[str, Any]:
         "gateway_region": region,
         "placement_mode": ControlSettings.current().placement_mode,
         "deployments": rows,
+        "counters": console_data.counters(rows),
         "health_events": recent(
             HealthEvent.objects.all(),
             ("created_at", "deployment__slug", "previous", "current", "source", "reason"),
@@ -119,9 +154,30 @@ def _maps_data() -> dict[str, Any]:
     }
 
 
-@staff_only
+@operator_only
 def maps_json(request: HttpRequest) -> JsonResponse:
     return JsonResponse(_maps_data())
+
+
+@operator_only
+@require_GET
+def latency(request: HttpRequest) -> HttpResponse:
+    every_region = request.GET.get("rows") == "all"
+    return _page(
+        request,
+        "dashboards/console_latency.html",
+        "dashboards:console_latency",
+        matrix=console_data.latency_matrix(_live(), every_region=every_region),
+        every_region=every_region,
+        flagged=list(
+            LatencyProbe.objects.exclude(verdict=LatencyProbe.Verdict.OK)
+            .select_related("src_region", "cluster")
+            .order_by("-measured_at")[:20]
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- simulator faults
 
 
 def _control_url(d: Deployment) -> str:
@@ -131,7 +187,7 @@ def _control_url(d: Deployment) -> str:
     return base[: -len("/v1")] + "/control"
 
 
-@staff_only
+@operator_only
 @require_POST
 def fault(request: HttpRequest, slug: str) -> JsonResponse:
     """Switch a simulated backend's fault (for demonstrations and drills)."""
@@ -149,33 +205,176 @@ def fault(request: HttpRequest, slug: str) -> JsonResponse:
         )
 
 
-def _drained_from_body(body: bytes) -> bool:
-    """`{"drained": true|false}`; an empty body drains. ValueError on anything else."""
-    if not body.strip():
-        return True
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError('the body must be JSON, e.g. {"drained": true}') from None
-    if not isinstance(data, dict):
-        raise ValueError('the body must be a JSON object, e.g. {"drained": true}')
-    drained = data.get("drained", True)
-    if not isinstance(drained, bool):
+# --------------------------------------------------------------------------- kill switch
+
+
+def _reason(raw: Any) -> str:
+    """The operator's reason, required: ValueError when missing, blank or too long."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError("say why: a reason is required")
+    if len(raw.strip()) > REASON_MAX:
+        raise ValueError(f"the reason must be at most {REASON_MAX} characters")
+    return raw.strip()
+
+
+def _drain_request(request: HttpRequest) -> tuple[bool, str, bool]:
+    """(drained, reason, is_json) from a JSON body `{"drained": true, "reason": "…"}` or
+    the confirmation form; ValueError on anything else."""
+    if request.content_type == "application/json":
+        try:
+            data = json.loads(request.body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError(
+                'the body must be JSON, e.g. {"drained": true, "reason": "…"}'
+            ) from None
+        if not isinstance(data, dict):
+            raise ValueError(
+                'the body must be a JSON object, e.g. {"drained": true, "reason": "…"}'
+            )
+        drained = data.get("drained", True)
+        if not isinstance(drained, bool):
+            raise ValueError("drained must be true or false")
+        return drained, _reason(data.get("reason")), True
+    value = request.POST.get("drained", "true")
+    if value not in ("true", "false"):
         raise ValueError("drained must be true or false")
-    return drained
+    return value == "true", _reason(request.POST.get("reason")), False
 
 
-@staff_only
-@require_POST
-def drain(request: HttpRequest, kind: str, slug: str) -> JsonResponse:
+def _drain_target(kind: str, slug: str) -> Any:
+    return get_object_or_404(KINDS[kind], slug=slug)
+
+
+@operator_only
+def drain(request: HttpRequest, kind: str, slug: str) -> HttpResponse:
+    """The kill switch. GET: the confirmation page. POST: drain or undrain, with a reason
+    that the operator-action log keeps with who and when."""
     if kind not in KINDS:
         return JsonResponse({"error": f"kind must be one of {', '.join(KINDS)}"}, status=400)
+    if request.method == "GET":
+        target = _drain_target(kind, slug)
+        affected = _affected(kind, target)
+        return _page(
+            request,
+            "dashboards/console_drain.html",
+            "dashboards:console",
+            kind=kind,
+            target=target,
+            affected=affected,
+            drain_next=not target.drained,
+        )
+    if request.method != "POST":
+        return HttpResponse(status=405, headers={"Allow": "GET, POST"})
     try:
-        drained = _drained_from_body(request.body)
+        drained, reason, is_json = _drain_request(request)
     except ValueError as exc:
+        if request.content_type != "application/json":
+            messages.error(request, f"Nothing changed: {exc}.")
+            return redirect("dashboards:console_drain", kind=kind, slug=slug)
         return JsonResponse({"error": str(exc)}, status=400)
     try:
-        target = drain_by_slug(kind, slug, drained=drained, by=str(request.user))
+        with transaction.atomic():
+            target = drain_by_slug(kind, slug, drained=drained, by=_operator(request).email)
+            entry = record_operator_action(
+                _operator(request),
+                "drain" if drained else "undrain",
+                f"{kind}:{slug}",
+                reason,
+                details={"drained": drained},
+            )
     except KINDS[kind].DoesNotExist:
         return JsonResponse({"error": f"no {kind} named {slug!r}"}, status=404)
-    return JsonResponse({"kind": kind, "slug": slug, "drained": target.drained})
+    if is_json:
+        return JsonResponse(
+            {"kind": kind, "slug": slug, "drained": target.drained, "audit_id": entry.pk}
+        )
+    verb = "Drained" if drained else "Undrained"
+    messages.success(request, f"{verb} {kind} {slug}. Recorded in the operator log.")
+    return redirect("dashboards:console")
+
+
+def _affected(kind: str, target: Any) -> int:
+    """How many deployments the switch reaches."""
+    if kind == "deployment":
+        return 1
+    field = "cluster" if kind == "cluster" else "cluster__region"
+    return Deployment.objects.filter(**{field: target}).count()
+
+
+# --------------------------------------------------------------------------- placement
+
+
+@operator_only
+@require_GET
+def placement(request: HttpRequest) -> HttpResponse:
+    return _page(
+        request,
+        "dashboards/console_placement.html",
+        "dashboards:console_placement",
+        placement_mode=ControlSettings.current().get_placement_mode_display(),
+        recommendations=console_data.placement_recommendations(),
+        history=console_data.placement_history(),
+    )
+
+
+@operator_only
+@require_POST
+def placement_decide(request: HttpRequest, action_id: int, decision: str) -> HttpResponse:
+    """Apply or dismiss one standing recommendation; the decision is logged with its reason."""
+    if decision not in ("apply", "dismiss"):
+        raise Http404("A recommendation is applied or dismissed.")
+    action = get_object_or_404(PlacementAction.objects.select_related("deployment"), pk=action_id)
+    reason = (request.POST.get("reason") or "").strip()
+    if len(reason) > REASON_MAX:
+        messages.error(
+            request, f"Nothing changed: the reason must be at most {REASON_MAX} characters."
+        )
+        return redirect("dashboards:console_placement")
+    try:
+        if decision == "apply":
+            outcome = recommendation_apply(action)
+        else:
+            outcome = recommendation_dismiss(action)
+    except ValueError as exc:
+        messages.error(request, f"Nothing changed: {exc}.")
+        return redirect("dashboards:console_placement")
+    record_operator_action(
+        _operator(request),
+        f"placement.{decision}",
+        f"deployment:{action.deployment.slug}",
+        reason or f"{decision} the recommendation to {action.kind}",
+        details={"placement_action": action.pk, "kind": action.kind, "status": outcome.status},
+    )
+    if outcome.status == PlacementAction.Status.FAILED:
+        messages.error(request, f"Not applied: {outcome.reason}")
+    else:
+        messages.success(
+            request, f"{outcome.get_status_display()}: {action.kind} {action.deployment.slug}."
+        )
+    return redirect("dashboards:console_placement")
+
+
+# --------------------------------------------------------------------------- tenants, log
+
+
+@operator_only
+@require_GET
+def tenants(request: HttpRequest) -> HttpResponse:
+    return _page(
+        request,
+        "dashboards/console_tenants.html",
+        "dashboards:console_tenants",
+        tenants=console_data.tenant_rows(),
+        month=console_data.month_start(),
+    )
+
+
+@operator_only
+@require_GET
+def audit(request: HttpRequest) -> HttpResponse:
+    return _page(
+        request,
+        "dashboards/console_audit.html",
+        "dashboards:console_audit",
+        actions=console_data.operator_actions(),
+    )

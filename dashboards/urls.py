@@ -8,6 +8,15 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("console/", console.maps, name="console"),
     path("console/maps.json", console.maps_json, name="console_maps"),
+    path("console/latency/", console.latency, name="console_latency"),
+    path("console/placement/", console.placement, name="console_placement"),
+    path(
+        "console/placement/<int:action_id>/<str:decision>",
+        console.placement_decide,
+        name="console_placement_decide",
+    ),
+    path("console/tenants/", console.tenants, name="console_tenants"),
+    path("console/audit/", console.audit, name="console_audit"),
     # Deployment slugs carry the model's version ("...--llama-3.1-8b-instruct"): a
     # `slug` converter refuses the dot, so these take any single path segment.
     path("console/deployments/<str:slug>/fault", console.fault, name="console_fault"),

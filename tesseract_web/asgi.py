@@ -20,10 +20,13 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tesseract_web.settings")
 django_asgi = get_asgi_application()  # sets up Django before anything imports models
 
+from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from dashboards.live import ConsoleConsumer  # noqa: E402
 from routing.gateway.app import application as gateway_http  # noqa: E402
 from routing.gateway.ws import StreamConsumer  # noqa: E402
 
@@ -87,9 +90,17 @@ async def combined_http(scope, receive, send):
 
 
 # API keys authenticate the socket, not cookies, so no origin check applies.
-_websocket = URLRouter([path("v1/stream", StreamConsumer.as_asgi())])
+_stream = path("v1/stream", StreamConsumer.as_asgi())
+# The console's live view is signed in by the session cookie: only pages of this site
+# (ALLOWED_HOSTS) may open it, or any page on the web could ride an operator's session.
+_console = path(
+    "console/live",
+    AllowedHostsOriginValidator(AuthMiddlewareStack(ConsoleConsumer.as_asgi())),
+)
 
-gateway = ProtocolTypeRouter({"http": gateway_only_http, "websocket": _websocket})
-web = ProtocolTypeRouter({"http": web_only_http})
+gateway = ProtocolTypeRouter({"http": gateway_only_http, "websocket": URLRouter([_stream])})
+web = ProtocolTypeRouter({"http": web_only_http, "websocket": URLRouter([_console])})
 #: Tests and benchmarks only (see the module docstring).
-application = ProtocolTypeRouter({"http": combined_http, "websocket": _websocket})
+application = ProtocolTypeRouter(
+    {"http": combined_http, "websocket": URLRouter([_stream, _console])}
+)

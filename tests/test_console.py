@@ -55,7 +55,7 @@ def test_the_maps_show_live_health_from_redis(world, oscar, fresh_live_maps, set
 def test_an_operator_drains_a_region_from_the_console(world, oscar, settings):
     settings.TESSERACT_STAFF_REQUIRE_2FA = False
     response = login(oscar).post(
-        "/console/region/westeurope/drain", data=b'{"drained": true}',
+        "/console/region/westeurope/drain", data=b'{"drained": true, "reason": "drill"}',
         content_type="application/json",
     )  # fmt: skip
     assert response.json()["drained"] is True
@@ -101,13 +101,13 @@ def test_an_operator_drains_one_deployment_by_its_dotted_slug(world, oscar, sett
     settings.TESSERACT_STAFF_REQUIRE_2FA = False
     client = login(oscar)
     response = client.post(
-        f"/console/deployment/{DOTTED}/drain", data=b'{"drained": true}',
+        f"/console/deployment/{DOTTED}/drain", data=b'{"drained": true, "reason": "drill"}',
         content_type="application/json",
     )  # fmt: skip
     assert response.status_code == 200, response.content
     assert Deployment.objects.get(slug=DOTTED).drained
     response = client.post(
-        f"/console/deployment/{DOTTED}/drain", data=b'{"drained": false}',
+        f"/console/deployment/{DOTTED}/drain", data=b'{"drained": false, "reason": "drill over"}',
         content_type="application/json",
     )  # fmt: skip
     assert response.json()["drained"] is False
@@ -115,7 +115,16 @@ def test_an_operator_drains_one_deployment_by_its_dotted_slug(world, oscar, sett
 
 
 @pytest.mark.parametrize(
-    "body", [b"{not json", b"\xff\xfe", b"[1, 2]", b'"drained"', b'{"drained": "yes"}']
+    "body",
+    [
+        b"{not json",
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'"drained"',
+        b'{"drained": "yes", "reason": "drill"}',
+        b'{"drained": true}',
+        b'{"drained": true, "reason": 7}',
+    ],
 )
 def test_a_malformed_drain_body_is_a_400_and_drains_nothing(world, oscar, settings, body):
     settings.TESSERACT_STAFF_REQUIRE_2FA = False
@@ -131,7 +140,7 @@ def test_a_malformed_drain_body_is_a_400_and_drains_nothing(world, oscar, settin
 def test_draining_an_unknown_name_is_a_404(world, oscar, settings, kind):
     settings.TESSERACT_STAFF_REQUIRE_2FA = False
     response = login(oscar).post(
-        f"/console/{kind}/atlantis-9.9/drain", data=b'{"drained": true}',
+        f"/console/{kind}/atlantis-9.9/drain", data=b'{"drained": true, "reason": "drill"}',
         content_type="application/json",
     )  # fmt: skip
     assert response.status_code == 404
