@@ -5,6 +5,8 @@ the gateway's next routes avoid the drained deployment."""
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import openai
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -83,14 +85,25 @@ def test_a_deployment_drained_from_the_console_shows_live_and_the_next_requests_
         served = backend_of_a_request(gateway_url)
         operator_signs_in(browser, secret)
         row = page.locator(f'#deployments tr[data-slug="{served}"]')
-        expect(row.locator("td").nth(3)).to_have_text("no")
-        row.get_by_role("button", name="drain").click()
-        # The live table shows it (the page polls; no reload).
-        expect(page.locator(f'#deployments tr[data-slug="{served}"] td').nth(3)).to_have_text("yes")
+        expect(row).not_to_have_class(re.compile(r"\bdrained\b"))
+        expect(page.locator("#live-status")).to_have_class(re.compile(r"\bok\b"))  # connected
+        # A second tab asks for the drain, confirms it and gives the reason; the first
+        # one, never reloaded, shows it through the live view.
+        other = page.context.new_page()
+        other.goto(f"{browser.site.web_url}/console/deployment/{served}/drain")
+        expect(other.get_by_role("heading", name=re.compile("^Drain deployment"))).to_be_visible()
+        other.get_by_label(re.compile("^Why")).fill("e2e: the kill switch, clicked")
+        other.get_by_role("button", name=re.compile("^Yes, drain")).click()
+        expect(other.get_by_role("heading", name="The mesh, live")).to_be_visible()
+        expect(row).to_have_class(re.compile(r"\bdrained\b"))
         browser.look("console-with-a-drained-deployment")
         # The gateway hears of it (announced at once; at worst at its periodic refresh).
         eventually(lambda: planned_backend(gateway_url) != served)
         assert backend_of_a_request(gateway_url) != served
+        # The operator log says who, what and why.
+        browser.visit("/console/audit/")
+        expect(page.get_by_text("e2e: the kill switch, clicked")).to_be_visible()
+        browser.look("console-operator-log")
         browser.assert_accessible()
 
     browser(drain)
