@@ -140,6 +140,8 @@ _FAILOVER_REASONS = {
     "UpstreamTimeout": "timeout",
     "UpstreamConnectError": "connect",
     "UpstreamStatusError": "status",
+    "UpstreamRateLimited": "rate_limited",
+    "UpstreamAuthRejected": "credential_rejected",
 }
 
 
