@@ -214,3 +214,76 @@ def test_a_rejection_seen_by_a_gateway_marks_the_provider_misconfigured_and_mail
         assert not client.hexists(providers.REJECTED, "groq")
     finally:
         client.delete(providers.REJECTED)
+
+
+# --------------------------------------------------------------------------- the admin
+
+
+@pytest.fixture
+def operator_client(db):
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    from accounts.models import User
+    from accounts.services import backup_codes_regenerate
+    from tests.conftest import login
+
+    oscar = User.objects.create_superuser("oscar@example.com")
+    TOTPDevice.objects.create(user=oscar, confirmed=True)
+    client = login(oscar)
+    client.post("/account/2fa/verify/", {"token": backup_codes_regenerate(user=oscar)[0]})
+    return client
+
+
+def add_form(**fields) -> dict:
+    return {
+        "name": "Groq",
+        "slug": "groq",
+        "preset": "groq",
+        "base_url": "",
+        "auth_style": "none",
+        "auth_header": "",
+        "extra_headers": "{}",
+        "connect_timeout_s": "5",
+        "first_token_timeout_s": "",
+        "status": "active",
+        "credential": SECRET,
+        **fields,
+    }
+
+
+def test_an_operator_adds_a_provider_by_choosing_a_preset_and_pasting_a_key(operator_client, keys):
+    added = operator_client.post("/admin/backends/provider/add/", add_form())
+    assert added.status_code == 302, added.content.decode()[:2000]
+    provider = Provider.objects.get(slug="groq")
+    assert provider.base_url == PRESETS["groq"].base_url
+    assert provider.auth_style == "bearer"  # the preset's, over the form's default
+    assert providers.credential_reveal(provider).reveal() == SECRET
+    page = operator_client.get(f"/admin/backends/provider/{provider.pk}/change/").content.decode()
+    listing = operator_client.get("/admin/backends/provider/").content.decode()
+    assert "…WXYZ" in page
+    assert "…WXYZ" in listing
+    assert SECRET not in page
+    assert SECRET not in listing
+    assert provider.credential_sealed not in page
+
+
+def test_saving_a_provider_with_a_blank_credential_keeps_the_stored_one(operator_client, keys):
+    operator_client.post("/admin/backends/provider/add/", add_form())
+    provider = Provider.objects.get(slug="groq")
+    form = add_form(credential="", auth_style="bearer", connect_timeout_s="3")
+    changed = operator_client.post(f"/admin/backends/provider/{provider.pk}/change/", form)
+    assert changed.status_code == 302
+    provider.refresh_from_db()
+    assert provider.connect_timeout_s == 3
+    assert providers.credential_reveal(provider).reveal() == SECRET
+
+
+def test_without_sealing_keys_the_admin_refuses_the_key_and_stores_nothing(
+    operator_client, settings
+):
+    settings.TESSERACT_SEALING_KEYS = ""
+    refused = operator_client.post("/admin/backends/provider/add/", add_form())
+    assert refused.status_code == 200
+    assert "TESSERACT_SEALING_KEYS" in refused.content.decode()
+    assert SECRET not in refused.content.decode()
+    assert not Provider.objects.exists()
