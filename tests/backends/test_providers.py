@@ -221,17 +221,9 @@ def test_a_rejection_seen_by_a_gateway_marks_the_provider_misconfigured_and_mail
 
 @pytest.fixture
 def operator_client(db):
-    from django_otp.plugins.otp_totp.models import TOTPDevice
+    from tests.conftest import staff_login
 
-    from accounts.models import User
-    from accounts.services import backup_codes_regenerate
-    from tests.conftest import login
-
-    oscar = User.objects.create_superuser("oscar@example.com")
-    TOTPDevice.objects.create(user=oscar, confirmed=True)
-    client = login(oscar)
-    client.post("/account/2fa/verify/", {"token": backup_codes_regenerate(user=oscar)[0]})
-    return client
+    return staff_login("oscar@example.com")
 
 
 def add_form(**fields) -> dict:
