@@ -155,6 +155,16 @@ def test_the_world_reaches_a_provider_deployment_with_its_model_id_and_credentia
     assert SECRET not in repr(endpoint)
 
 
+def test_without_its_own_model_id_a_deployment_uses_its_providers_preset_id(groq_world):
+    provider, deployment = groq_world
+    Provider.objects.filter(pk=provider.pk).update(preset="groq")
+    Deployment.objects.filter(pk=deployment.pk).update(provider_model_id="")
+    endpoint = load_world().endpoints[deployment.slug]
+    assert endpoint.upstream_model == PRESETS["groq"].models[deployment.model.slug]
+    Provider.objects.filter(pk=provider.pk).update(preset="")
+    assert load_world().endpoints[deployment.slug].upstream_model == deployment.model.slug
+
+
 def test_a_named_header_provider_sends_the_bare_credential_in_that_header(groq_world):
     provider, deployment = groq_world
     Provider.objects.filter(pk=provider.pk).update(auth_style="header", auth_header="API-Key")
