@@ -54,6 +54,7 @@ from routing.gateway.upstream import (
     Upstream,
     UpstreamAuthRejected,
     UpstreamError,
+    UpstreamMisconfigured,
     UpstreamRateLimited,
     UpstreamRejected,
     UpstreamTimeout,
@@ -403,13 +404,27 @@ class Gateway:
     async def _send(self, call: Call, attempt: Attempt, timeout_s: float) -> aiohttp.ClientResponse:
         endpoint = attempt.endpoint
         assert endpoint is not None
-        return await self.upstream.open(
-            endpoint.url + UPSTREAM_PATHS[call.parsed.endpoint],
-            self._upstream_body(call.parsed, endpoint),
-            self._upstream_headers(call, endpoint),
-            timeout_s=timeout_s,
-            connect_timeout_s=endpoint.connect_timeout_s,
-        )
+        try:
+            return await self.upstream.open(
+                endpoint.url + UPSTREAM_PATHS[call.parsed.endpoint],
+                self._upstream_body(call.parsed, endpoint),
+                self._upstream_headers(call, endpoint),
+                timeout_s=timeout_s,
+                connect_timeout_s=endpoint.connect_timeout_s,
+            )
+        except UpstreamRejected as exc:
+            if exc.status != 404 or not endpoint.provider:
+                raise
+            # The catalog serves the model: a provider that does not know it has been
+            # given a wrong model id or URL. Fail over; tell the operators, not the client.
+            logger.error(
+                "provider %s answered 404 for %s (model id %r): check its base URL and the "
+                "deployment's provider_model_id",
+                endpoint.provider,
+                endpoint.backend_id,
+                endpoint.upstream_model,
+            )
+            raise UpstreamMisconfigured(exc.status, exc.body) from None
 
     async def _rejected(self, attempt: Attempt, exc: UpstreamRejected) -> list[Head | bytes]:
         """The backend refused the request itself (a 4xx): relay its answer in OpenAI's

@@ -142,6 +142,7 @@ _FAILOVER_REASONS = {
     "UpstreamStatusError": "status",
     "UpstreamRateLimited": "rate_limited",
     "UpstreamAuthRejected": "credential_rejected",
+    "UpstreamMisconfigured": "misconfigured",
 }
 
 

@@ -9,7 +9,8 @@ Cerebras, Together and the Tesseract simulator: POST `{base}/chat/completions` o
     ├── UpstreamTimeout      no answer in time
     └── UpstreamStatusError  5xx or 429
         ├── UpstreamRateLimited  429: the deployment rests for its Retry-After
-        └── UpstreamAuthRejected 401/403: the provider rejected *our* credential
+        ├── UpstreamAuthRejected 401/403: the provider rejected *our* credential
+        └── UpstreamMisconfigured 404 from a provider: our model id or URL is wrong
     UpstreamRejected         another 4xx: the request itself is wrong; not retried
 
 A provider's error body is kept on the exception for the operators (`body`) and never
@@ -71,6 +72,17 @@ class UpstreamRateLimited(UpstreamStatusError):
 
 class UpstreamAuthRejected(UpstreamStatusError):
     """401/403: the provider refused our credential. Not the client's fault."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(status, body)
+        self.public = "the backend is misconfigured"
+
+
+class UpstreamMisconfigured(UpstreamStatusError):
+    """A provider answered 404: the model id or the base URL we were given is wrong.
+
+    The client asked for a model the catalog serves; it is not told it does not exist.
+    """
 
     def __init__(self, status: int, body: bytes) -> None:
         super().__init__(status, body)

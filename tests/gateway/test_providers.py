@@ -212,6 +212,23 @@ def test_a_provider_that_refuses_us_and_is_the_only_choice_is_a_503_not_a_401(
     seen.assert_no_secret(mesh)
 
 
+def test_a_provider_that_does_not_know_our_model_id_is_failed_over_not_blamed_on_the_client(
+    mesh, api_key, groq, seen
+):
+    Deployment.objects.filter(slug=GROQ).update(provider_model_id="llama-3.3-70b-typo")
+    from routing.gateway.app import application
+
+    application.forget_world()
+    response = seen.keep(post(mesh, api_key, ASK))
+    assert response.status_code == 200, response.text
+    assert response.json()["tesseract"]["route"]["backend"] == HUB
+    assert any(
+        r.levelno == logging.ERROR and "provider_model_id" in r.getMessage()
+        for r in seen.caplog.records
+    )
+    seen.assert_no_secret(mesh)
+
+
 def test_a_429_rests_the_deployment_for_its_retry_after_and_traffic_returns_after(
     mesh, api_key, groq, seen, client
 ):
