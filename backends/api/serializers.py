@@ -90,6 +90,7 @@ class PresetSerializer(serializers.Serializer):
     notes = serializers.CharField()
     models = serializers.DictField(child=serializers.CharField())
     prices = serializers.SerializerMethodField()
+    speeds = serializers.SerializerMethodField()
 
     def get_prices(self, preset: Any) -> dict[str, dict[str, str]]:
         out = {}
@@ -100,5 +101,17 @@ class PresetSerializer(serializers.Serializer):
                     "input_per_mtok": str(price.input_per_mtok),
                     "output_per_mtok": str(price.output_per_mtok),
                     "source": price.source,
+                }
+        return out
+
+    def get_speeds(self, preset: Any) -> dict[str, dict[str, Any]]:
+        out = {}
+        for model in preset.models:
+            speed = preset.speed(model)
+            if speed is not None:
+                out[model] = {
+                    "ttft_ms": speed.ttft_ms,
+                    "decode_tokens_per_s": speed.decode_tokens_per_s,
+                    "source": speed.source,
                 }
         return out

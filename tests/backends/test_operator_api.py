@@ -94,6 +94,12 @@ def test_presets_list_model_ids_and_prices_with_their_source(oscar):
     price = groq["prices"]["llama-3.3-70b-instruct"]
     assert (price["input_per_mtok"], price["output_per_mtok"]) == ("0.59", "0.79")
     assert "groq/llama-3.3-70b-versatile" in price["source"]
+    speed = groq["speeds"]["llama-3.3-70b-instruct"]
+    assert speed["ttft_ms"] > 0
+    assert speed["decode_tokens_per_s"] > 100  # an LPU
+    assert "hw_provider_profiles.csv groq / Llama-3.1-70B-Instruct" in speed["source"]
+    assert presets["deepinfra"]["speeds"] == {}  # no row: nothing is invented
+    assert presets["vllm"]["prices"] == {}
     assert set(presets) >= {"cerebras", "sambanova", "together", "fireworks", "deepinfra",
                             "openai", "vllm", "sglang", "tgi", "llamacpp", "ollama"}  # fmt: skip
 

@@ -289,3 +289,37 @@ def test_without_sealing_keys_the_admin_refuses_the_key_and_stores_nothing(
     assert "TESSERACT_SEALING_KEYS" in refused.content.decode()
     assert SECRET not in refused.content.decode()
     assert not Provider.objects.exists()
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def test_every_presets_price_and_speed_row_exists_in_the_data():
+    for preset in PRESETS.values():
+        for model, key in preset.price_keys.items():
+            assert preset.price(model) is not None, (preset.key, key)
+        for model in {*preset.ttft_rows, *preset.decode_rows}:
+            speed = preset.speed(model)
+            assert speed is not None
+            if model in preset.ttft_rows:
+                assert speed.ttft_ms is not None, (preset.key, model)
+            if model in preset.decode_rows:
+                assert speed.decode_tokens_per_s is not None, (preset.key, model)
+
+
+def test_a_presets_speed_agrees_with_the_demo_worlds_profile_from_the_same_rows():
+    from backends.world import load_profiles
+
+    profile = load_profiles()[("groq-lpu", "llama-3.3-70b-instruct")]
+    speed = PRESETS["groq"].speed("llama-3.3-70b-instruct")
+    assert speed is not None
+    assert speed.decode_tokens_per_s == pytest.approx(profile.decode_tokens_per_s, abs=0.1)
+    assert speed.ttft_ms == pytest.approx(profile.ttft_ms, abs=0.1)
+
+
+def test_every_preset_maps_only_catalog_models_and_names_a_known_auth_style():
+    from backends.world import MODELS
+
+    for preset in PRESETS.values():
+        assert set(preset.models) <= set(MODELS), preset.key
+        assert preset.auth_style in Provider.Auth.values, preset.key
