@@ -176,17 +176,28 @@ def _provider_out(provider: Provider | None) -> bool:
     return provider is not None and provider.status != Provider.Status.ACTIVE
 
 
+#: (provider, problem) already logged by this process: a world is built every few
+#: seconds, the operators need to read a broken credential once, not every time
+_reported: set[tuple[str, str]] = set()
+
+
+def _report(provider: Provider, problem: str) -> None:
+    if (provider.slug, problem) not in _reported:
+        _reported.add((provider.slug, problem))
+        logger.error("provider %s: %s; its deployments are out of routing", provider.slug, problem)
+
+
 def _auth(provider: Provider | None) -> tuple[Auth | None, bool]:
     """The credential header of `provider`, unsealed; and whether it is usable."""
     if provider is None or provider.auth_style == Provider.Auth.NONE:
         return None, True
     if not provider.credential_sealed:
-        logger.error("provider %s has no credential: its deployments are out", provider.slug)
+        _report(provider, "no credential was entered")
         return None, False
     try:
         secret = sealing.unseal(provider.credential_sealed)
     except sealing.SealingError as exc:
-        logger.error("provider %s: %s; its deployments are out", provider.slug, exc)
+        _report(provider, str(exc))
         return None, False
     if provider.auth_style == Provider.Auth.BEARER:
         return Auth("authorization", sealing.Secret(f"Bearer {secret.reveal()}")), True

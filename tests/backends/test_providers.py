@@ -190,6 +190,16 @@ def test_a_credential_that_no_longer_opens_takes_the_provider_out_without_failin
     assert world.endpoints[deployment.slug].auth is None
 
 
+def test_a_provider_that_needs_a_credential_but_has_none_is_out_and_said_once(groq_world, caplog):
+    provider, deployment = groq_world
+    Provider.objects.filter(pk=provider.pk).update(credential_sealed="", slug="groq-unkeyed")
+    worlds = [load_world(), load_world()]
+    assert all(w.snapshot.backend(deployment.slug).state.health is Health.DOWN for w in worlds)
+    said = [r for r in caplog.records if "groq-unkeyed" in r.getMessage()]
+    assert len(said) == 1
+    assert "no credential" in said[0].getMessage()
+
+
 def test_the_model_id_in_an_answer_is_replaced_by_the_catalogs_slug(groq_world):
     _, deployment = groq_world
     endpoint = load_world().endpoints[deployment.slug]
