@@ -197,6 +197,19 @@ def _targets() -> list[Target]:
     return out
 
 
+async def check_targets(targets: list[Target], timeout_s: float) -> list[tuple[str, str]]:
+    """Each target's (outcome, reason). Targets that share a URL and a provider (a
+    hosted API's one endpoint, behind several of our deployments) are asked once: a
+    provider is not sent the same authenticated request many times a round."""
+    unique: dict[tuple[str, str], Target] = {}
+    for t in targets:
+        unique.setdefault((t.url, t.provider), t)
+    async with httpx.AsyncClient() as http:
+        answers = await asyncio.gather(*(_check(http, t, timeout_s) for t in unique.values()))
+    by_key = dict(zip(unique, answers, strict=True))
+    return [by_key[(t.url, t.provider)] for t in targets]
+
+
 def check_all(*, client: Any, timeout_s: float | None = None) -> dict[str, str]:
     """Check every deployment once, feed the state machine, sync the database.
 
@@ -206,11 +219,7 @@ def check_all(*, client: Any, timeout_s: float | None = None) -> dict[str, str]:
     targets = _targets()
     live = livestate.read(client).deployments
 
-    async def run() -> list[tuple[str, str]]:
-        async with httpx.AsyncClient() as http:
-            return await asyncio.gather(*(_check(http, t, timeout) for t in targets))
-
-    results = asyncio.run(run())
+    results = asyncio.run(check_targets(targets, timeout))
     for t, (outcome, reason) in zip(targets, results, strict=True):
         if outcome == REJECTED:
             providers.mark_rejected(client, t.provider, f"{reason} (health check of {t.slug})")

@@ -358,3 +358,31 @@ def test_a_provider_deployment_is_probed_at_its_providers_host(mesh, live):
     (target,) = probes._targets(live, [cluster.pk])
     assert target.url == "https://api.groq.com/openai/v1/models"
     assert target.any_answer is True
+
+
+def test_deployments_behind_one_provider_endpoint_are_health_checked_with_one_request():
+    import asyncio
+
+    from backends import health
+    from tests.servers import serve
+
+    asked: list[dict[str, str]] = []
+
+    async def provider(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        asked.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b'{"data":[]}'})
+
+    with serve(provider) as url:
+        targets = [
+            health.Target(slug, url + "/v1/models", 1000.0, 100.0, provider="groq",
+                          headers={"authorization": "Bearer k"})
+            for slug in ("a", "b", "c")
+        ]  # fmt: skip
+        results = asyncio.run(health.check_targets(targets, TIMEOUT_S))
+    assert [outcome for outcome, _ in results] == [health.OK] * 3
+    assert len(asked) == 1
+    assert asked[0]["authorization"] == "Bearer k"
