@@ -229,6 +229,34 @@ def test_a_provider_that_does_not_know_our_model_id_is_failed_over_not_blamed_on
     seen.assert_no_secret(mesh)
 
 
+def test_a_providers_5xx_before_the_first_token_fails_over(mesh, api_key, groq, seen):
+    mesh.fault(GROQ, fault="error", error_rate=1.0)
+    response = seen.keep(post(mesh, api_key, ASK))
+    assert response.status_code == 200, response.text
+    assert response.json()["tesseract"]["route"]["backend"] == HUB
+    assert response.json()["tesseract"]["attempts"] == 2
+    seen.assert_no_secret(mesh)
+
+
+def test_the_providers_own_first_token_timeout_sends_a_hung_request_elsewhere(
+    mesh, api_key, groq, seen
+):
+    Provider.objects.filter(pk=groq.pk).update(first_token_timeout_s=0.5)
+    from routing.gateway.app import application
+
+    application.forget_world()
+    mesh.fault(GROQ, fault="hang")
+    started = time.monotonic()
+    with mesh.stream(api_key, ASK) as response:
+        assert response.status_code == 200
+        text = "".join(response.iter_lines())
+    waited = time.monotonic() - started
+    assert f'"backend":"{HUB}"' in text.replace(" ", "")
+    # the global first-token timeout is 15 s: the provider's 0.5 s was used (a busy
+    # machine may add seconds, never ten)
+    assert 0.5 <= waited < 10
+
+
 def test_a_429_rests_the_deployment_for_its_retry_after_and_traffic_returns_after(
     mesh, api_key, groq, seen, client
 ):
