@@ -28,5 +28,6 @@ urlpatterns = [
     path("account/", include("accounts.urls")),
     path("", include("billing.urls")),
     path("api/", include("billing.api.urls")),
+    path("api/v1/operator/", include("backends.api.urls")),
     path("", include("dashboards.urls")),
 ]
