@@ -218,3 +218,7 @@ class ApiKey(models.Model):
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or self.expires_at > timezone.now()
+
+
+# The audit log's models live with its code (`accounts.audit`); Django finds them here.
+from accounts.audit import AuditChain, AuditEntry  # noqa: E402, F401

@@ -40,6 +40,7 @@ class Endpoint:
     price_output_per_mtok: float
     certifications: tuple[str, ...]
     jurisdictions: tuple[str, ...]
+    country: str = ""
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ def load_world() -> World:
             price_output_per_mtok=float(d.price_output_per_mtok),
             certifications=tuple(sorted(b.certifications)),
             jurisdictions=tuple(sorted(b.jurisdictions)),
+            country=b.country,
         )
         for d, b in zip(deployments, backends, strict=True)
     }

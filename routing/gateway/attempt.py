@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from accounts import audit_verify
 from accounts.keycache import ResolvedKey
 from backends.snapshot import Endpoint
 from billing import metering
@@ -207,6 +208,7 @@ class Attempt:
             output_tokens = self.counted_chunks if output_tokens is None else output_tokens
         if self.status == "error" and self.first_at is None:
             input_tokens = output_tokens = 0  # nothing was served: nothing is billed
+        plan = _plan_summary(self.plan)
         return metering.UsageRecord(
             request_id=call.request_id,
             org_id=call.key.org_id,
@@ -234,12 +236,28 @@ class Attempt:
             attempts=self.attempts,
             constraints=_constraints(call.parsed),
             backend_policy=(
-                {"certifications": list(e.certifications), "jurisdictions": list(e.jurisdictions)}
+                {
+                    "certifications": list(e.certifications),
+                    "jurisdictions": list(e.jurisdictions),
+                    "country": e.country,
+                }
                 if e
                 else {}
             ),
             trace_id=call.trace_id,
+            plan=plan,
+            plan_hash=audit_verify.plan_hash(plan),
         )
+
+
+def _plan_summary(plan: Plan) -> dict[str, Any]:
+    """What the audit log keeps of the plan: the backends the gateway could try, in
+    order, and what ranked them (a few dozen bytes, hashed in microseconds)."""
+    return {
+        "strategy": plan.strategy,
+        "snapshot_version": str(plan.snapshot_version),
+        "ranked": [c.backend_id for c in plan.choices],
+    }
 
 
 def _constraints(parsed: Parsed) -> dict[str, Any]:

@@ -1,0 +1,392 @@
+"""Proof of residency: every route and operator action is chained once, tampering is
+found, and a tenant downloads only its own proofs, which verify offline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from accounts import audit, audit_verify, services
+from accounts.audit import AuditChain, AuditEntry, Draft
+from billing import metering
+from billing.services import usage_events_drain
+from tests.billing import test_usage_metering as metering_tests
+from tests.conftest import login
+
+pytestmark = pytest.mark.redis
+
+stream = metering_tests.stream  # the fixture: a usage stream of the test's own
+publish, record = metering_tests.publish, metering_tests.record
+
+EU = {
+    "certifications": ["gdpr", "iso27001"],
+    "jurisdictions": ["EEA", "EU", "NL"],
+    "country": "NL",
+}
+
+
+DEPLOYMENT = "westeurope-tesseract-nvidia-h100--llama-3.1-8b-instruct"
+PLAN = {"strategy": "deadline", "snapshot_version": "3.1", "ranked": [DEPLOYMENT, "b"]}
+
+
+def eu_record(org, request_id: str, **changes) -> metering.UsageRecord:
+    fields = {
+        "constraints": {"jurisdictions": ["EU"], "compliance": ["gdpr"], "max_ttft_ms": 200.5},
+        "backend_policy": EU,
+        "plan": PLAN,
+        "plan_hash": audit_verify.plan_hash(PLAN),
+    }
+    return record(org, request_id, **{**fields, **changes})
+
+
+def route(org, request_id: str, **payload) -> Draft:
+    facts = {
+        "constraints": {"jurisdictions": ["EU"]},
+        "backend": {"deployment": "d", "region": "westeurope", **EU},
+        **payload,
+    }
+    return Draft(action="route", kind="route", request_id=request_id, payload=facts)
+
+
+def test_a_request_is_chained_once_however_often_its_record_is_delivered(acme, stream):
+    publish(eu_record(acme, "req-1"), eu_record(acme, "req-1"), eu_record(acme, "req-2"))
+    usage_events_drain(client=stream, consumer="first", max_batches=0)  # makes the group
+    # A worker reads the records, stores them, and dies before acknowledging them.
+    from billing.services import usage_events_record
+
+    entries = stream.xreadgroup(metering.GROUP, "doomed", {metering.STREAM: ">"}, count=3)
+    usage_events_record([metering.decode(fields[b"r"]) for _, fields in entries[0][1]])
+    usage_events_drain(client=stream, consumer="survivor", claim_idle_ms=0)
+    usage_events_drain(client=stream, consumer="survivor", claim_idle_ms=0)
+
+    routes = AuditEntry.objects.filter(kind="route").order_by("seq")
+    assert [e.request_id for e in routes] == ["req-1", "req-2"]
+    assert AuditChain.objects.get(key=audit.chain_key(acme.pk)).seq == routes.last().seq
+    assert audit.verify_stored().ok
+
+
+def test_a_route_entry_holds_the_facts_of_the_moment(acme, stream):
+    publish(eu_record(acme, "req-1"))
+    usage_events_drain(client=stream)
+    entry = AuditEntry.objects.get(request_id="req-1")
+    assert entry.org == acme
+    assert entry.payload["backend"] == {
+        "deployment": DEPLOYMENT,
+        "region": "westeurope",
+        "cluster": "westeurope-tesseract-nvidia-h100",
+        "chip": "nvidia-h100",
+        **EU,
+    }
+    assert entry.payload["constraints"]["max_ttft_ms"] == "200.5"  # no floats in the chain
+    assert entry.payload["plan"] == PLAN
+    assert entry.payload["plan_hash"] == audit_verify.plan_hash(PLAN)
+    assert audit.verify_stored().ok
+
+
+def test_two_organizations_have_chains_of_their_own(acme, globex, stream):
+    publish(eu_record(acme, "a-1"), eu_record(globex, "g-1"), eu_record(acme, "a-2"))
+    usage_events_drain(client=stream)
+    seqs = {e.request_id: (e.chain, e.seq) for e in AuditEntry.objects.filter(kind="route")}
+    acme_chain, globex_chain = audit.chain_key(acme.pk), audit.chain_key(globex.pk)
+    assert seqs["a-2"] == (acme_chain, seqs["a-1"][1] + 1)
+    assert seqs["g-1"][0] == globex_chain
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_writers_extend_one_chain_without_a_gap_or_a_duplicate(acme):
+    """Two drains redelivering the same requests, and a key revocation, all at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    def drain(worker: int) -> None:
+        try:
+            for i in range(10):
+                audit.append({acme.pk: [route(acme, f"req-{i}"), route(acme, f"req-{worker}-{i}")]})
+                audit.record("key.revoke", org_id=acme.pk, actor=f"worker-{worker}")
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(drain, range(3)))
+    routes = AuditEntry.objects.filter(kind="route")
+    assert routes.count() == 10 + 3 * 10
+    assert AuditEntry.objects.filter(action="key.revoke").count() == 3 * 10
+    assert audit.verify_stored().ok
+
+
+ALTERATIONS = {
+    "chain": "org:999999",
+    "seq": 999,
+    "at": datetime(2020, 1, 1, tzinfo=UTC),
+    "kind": "action",
+    "action": "key.create",
+    "actor": "mallory@example.com",
+    "reason": "nothing to see",
+    "request_id": "req-forged",
+    "payload": {"constraints": {}, "backend": None},
+    "prev_hash": "f" * 64,
+    "hash": "e" * 64,
+    "org_id": 999999,
+}
+
+
+@pytest.mark.parametrize("field", sorted(ALTERATIONS))
+def test_editing_any_field_of_any_row_is_found_and_the_row_named(acme, field):
+    audit.append({acme.pk: [route(acme, f"req-{i}") for i in range(3)]})
+    assert audit.verify_stored().ok
+    middle = AuditEntry.objects.get(request_id="req-1")
+    AuditEntry.objects.filter(pk=middle.pk).update(**{field: ALTERATIONS[field]})
+    report = audit.verify_stored()
+    assert not report.ok
+    assert any(p.startswith(f"row {middle.pk} ") for p in report.problems), report.problems
+
+
+def test_a_deleted_row_is_found_in_the_middle_and_at_the_end(acme):
+    audit.append({acme.pk: [route(acme, f"req-{i}") for i in range(3)]})
+    AuditEntry.objects.filter(request_id="req-1").delete()
+    assert any("gap" in p for p in audit.verify_stored().problems)
+    AuditEntry.objects.filter(request_id="req-2").delete()
+    problems = audit.verify_stored().problems
+    assert any("is not its last entry" in p for p in problems), problems
+
+
+def test_a_route_outside_its_policy_fails_verification(acme):
+    audit.append({acme.pk: [route(acme, "req-ok")]})
+    outside = route(acme, "req-us", constraints={"jurisdictions": ["EU"], "compliance": ["hipaa"]})
+    outside.payload["backend"].update(jurisdictions=["US"], country="US", region="eastus")
+    audit.append({acme.pk: [outside]})
+    problems = audit.verify_stored().problems
+    assert len(problems) == 2, problems
+    assert all("request req-us" in p and "policy not met" in p for p in problems)
+    assert any("lacks the certification(s) hipaa" in p for p in problems)
+    assert any("region eastus (jurisdictions US) is not in EU" in p for p in problems)
+
+
+def test_policy_checks_regions_and_countries_when_asked():
+    backend = {"deployment": "d", "region": "eastus", "country": "US", "jurisdictions": ["US"]}
+    assert (
+        audit_verify.policy_violations(
+            {"constraints": {"regions": ["eastus"], "countries": ["US"]}, "backend": backend}
+        )
+        == []
+    )
+    problems = audit_verify.policy_violations(
+        {"constraints": {"regions": ["westeurope"], "countries": ["NL"]}, "backend": backend}
+    )
+    assert problems == ["country US is not in NL", "region eastus is not in westeurope"]
+    assert (
+        audit_verify.policy_violations({"constraints": {"regions": ["x"]}, "backend": None}) == []
+    )
+
+
+# -------------------------------------------------------------------------- downloads
+
+
+def test_a_member_downloads_a_requests_proof_and_charlie_gets_404(
+    acme, globex, alice, bob, charlie
+):
+    audit.append({acme.pk: [route(acme, "req-acme")], globex.pk: [route(globex, "req-globex")]})
+    url = f"/orgs/{acme.slug}/proof/requests/req-acme/"
+    for member in (alice, bob):
+        response = login(member).get(url)
+        assert response.status_code == 200
+        assert "attachment" in response["Content-Disposition"]
+        assert audit_verify.verify_text(response.content.decode()).ok
+    assert login(charlie).get(url).status_code == 404
+    # Nor through his own organization, nor the other way round.
+    assert login(charlie).get(f"/orgs/{globex.slug}/proof/requests/req-acme/").status_code == 404
+    assert login(alice).get(f"/orgs/{acme.slug}/proof/requests/req-globex/").status_code == 404
+    assert login(charlie).get(f"/orgs/{acme.slug}/proof/months/2026-11/").status_code == 404
+
+
+def test_a_months_proof_holds_only_the_organizations_own_entries(acme, globex, alice):
+    audit.append({acme.pk: [route(acme, "req-a")], globex.pk: [route(globex, "req-g")]})
+    month = audit.AuditEntry.objects.get(request_id="req-a").at.strftime("%Y-%m")
+    response = login(alice).get(f"/orgs/{acme.slug}/proof/months/{month}/")
+    assert response.status_code == 200
+    text = b"".join(response.streaming_content).decode()
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert {e["chain"] for e in lines} == {audit.chain_key(acme.pk)}
+    assert "req-a" in text
+    assert "req-g" not in text
+    assert audit_verify.verify_text(text).ok
+    assert login(alice).get(f"/orgs/{acme.slug}/proof/months/2026-13/").status_code == 404
+
+
+def test_the_url_names_other_pages_link_to(acme):
+    from django.urls import reverse
+
+    assert reverse("audit:request_proof", args=[acme.slug, "req-1"]).endswith("/req-1/")
+    assert reverse("audit:month_proof", args=[acme.slug, "2026-11"]).endswith("/2026-11/")
+    assert reverse("audit:verifier").endswith("audit_verify.py")
+
+
+# ------------------------------------------------------------------- offline checking
+
+
+def _export(tmp_path: Path, org) -> Path:
+    month = AuditEntry.objects.filter(org=org).first().at.strftime("%Y-%m")
+    path = tmp_path / "proof.jsonl"
+    path.write_text("".join(audit.month_lines(org_id=org.pk, month=month)), encoding="utf-8")
+    return path
+
+
+def _standalone(path: Path) -> subprocess.CompletedProcess[str]:
+    """The verifier as a tenant runs it: a copy of the file, Python in isolated mode
+    (no site-packages, no project on the path)."""
+    script = path.parent / "audit_verify.py"
+    script.write_bytes(Path(audit_verify.__file__).read_bytes())
+    return subprocess.run(
+        [sys.executable, "-I", "-S", str(script), str(path)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=path.parent,
+    )  # fmt: skip
+
+
+def test_the_standalone_verifier_accepts_an_exported_month_and_finds_a_tampered_line(
+    acme, tmp_path
+):
+    services.api_key_create(org=acme, name="ci")
+    audit.append({acme.pk: [route(acme, f"req-{i}") for i in range(3)]})
+    path = _export(tmp_path, acme)
+    done = _standalone(path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 routes met their policy" in done.stdout
+
+    lines = path.read_text(encoding="utf-8").splitlines()
+    number = next(i for i, line in enumerate(lines, 1) if '"req-1"' in line)
+    lines[number - 1] = lines[number - 1].replace('"westeurope"', '"eastus"')
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    done = _standalone(path)
+    assert done.returncode == 1
+    assert f"line {number} (seq" in done.stdout
+    assert "request req-1" in done.stdout
+    assert "altered" in done.stdout
+
+
+def test_manage_py_audit_verify_checks_files_and_the_stored_log(acme, tmp_path, capsys):
+    audit.append({acme.pk: [route(acme, "req-1")]})
+    path = _export(tmp_path, acme)
+    call_command("audit_verify", "--file", str(path))
+    call_command("audit_verify")
+    assert "OK" in capsys.readouterr().out
+    AuditEntry.objects.filter(request_id="req-1").update(actor="mallory")
+    with pytest.raises(CommandError, match="verification failed"):
+        call_command("audit_verify")
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    lines[-1]["reason"] = "rewritten"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    with pytest.raises(CommandError, match="verification failed"):
+        call_command("audit_verify", "--file", str(path))
+
+
+# -------------------------------------------------------------------- operator actions
+
+
+def actions(org=None) -> list[tuple[str, str, str]]:
+    rows = AuditEntry.objects.filter(kind="action", org=org).order_by("seq")
+    return [(e.action, e.actor, e.reason) for e in rows]
+
+
+def test_key_creation_revocation_and_deletion_are_chained_with_who(acme, alice, bob):
+    issued = services.api_key_create(org=acme, name="ci", created_by=alice)
+    services.api_key_revoke(api_key=issued.api_key, by=bob)
+    services.api_key_revoke(api_key=issued.api_key, by=bob)  # twice is once
+    issued.api_key.delete()
+    keyed = [a for a in actions(acme) if a[0].startswith("key.")]
+    assert keyed == [
+        ("key.create", "alice@example.com", ""),
+        ("key.revoke", "bob@example.com", ""),
+        ("key.delete", "", ""),
+    ]
+    assert audit.verify_stored().ok
+
+
+def test_a_tier_change_is_chained_with_who_and_from_what(acme, alice):
+    from billing import subscriptions
+    from billing.models import SlaTier
+
+    subscriptions.billing_account_ensure(org=acme)
+    current = subscriptions.billing_account_ensure(org=acme).tier
+    other = SlaTier.objects.exclude(pk=current.pk).order_by("slug").first()
+    subscriptions.tier_change(org=acme, tier=other, changed_by=alice)
+    subscriptions.tier_change(org=acme, tier=other, changed_by=alice)  # no change, no entry
+    entry = AuditEntry.objects.filter(org=acme, action="tier.change").order_by("seq").last()
+    assert (entry.actor, entry.payload["previous"], entry.payload["tier"]) == (
+        "alice@example.com",
+        current.slug,
+        other.slug,
+    )
+    assert AuditEntry.objects.filter(org=acme, action="tier.change", actor=entry.actor).count() == 1
+
+
+@pytest.fixture
+def world(db):
+    from backends.demo import demo_world_load
+
+    return demo_world_load()
+
+
+def test_an_operator_drain_and_undrain_are_chained_with_who_and_why(world, settings):
+    from accounts.models import User
+
+    settings.TESSERACT_STAFF_REQUIRE_2FA = False
+    oscar = User.objects.create_user("oscar@example.com", "pw-oscar-123", is_staff=True)
+    for body in (b'{"drained": true, "reason": "fibre cut"}', b'{"drained": false}'):
+        response = login(oscar).post(
+            "/console/region/westeurope/drain", data=body, content_type="application/json"
+        )
+        assert response.status_code == 200
+    assert actions() == [
+        ("region.drain", "oscar@example.com", "fibre cut"),
+        ("region.undrain", "oscar@example.com", ""),
+    ]
+    bad = login(oscar).post(
+        "/console/region/westeurope/drain", data=b'{"reason": 7}', content_type="application/json"
+    )
+    assert bad.status_code == 400
+    assert len(actions()) == 2
+    assert audit.verify_stored().ok
+
+
+def test_an_applied_placement_is_chained_and_a_recommendation_is_not(world):
+    from backends.models import Deployment, PlacementAction
+    from backends.placement import _record
+    from backends.planner import LOAD, Action
+
+    deployment = Deployment.objects.order_by("slug").first()
+    action = Action(slug=deployment.slug, kind=LOAD, benefit=12.5, reason="demand in eastus")
+    now = datetime.now(tz=UTC)
+    _record(deployment, action, PlacementAction.Status.RECOMMENDED, now)
+    _record(deployment, action, PlacementAction.Status.APPLIED, now, note="applied: ready")
+    [entry] = AuditEntry.objects.filter(action="placement.load")
+    assert (entry.actor, entry.reason) == ("placement", "demand in eastus")
+    assert entry.payload["benefit"] == "12.5"
+    assert entry.payload["deployment"] == deployment.slug
+
+
+def test_a_fault_switched_from_the_console_is_chained_and_a_refused_one_is_not(
+    world, settings, monkeypatch
+):
+    import httpx
+
+    from accounts.models import User
+    from backends.models import Deployment
+    from dashboards import console
+
+    settings.TESSERACT_STAFF_REQUIRE_2FA = False
+    oscar = User.objects.create_user("oscar@example.com", "pw-oscar-123", is_staff=True)
+    slug = Deployment.objects.filter(adapter=Deployment.Adapter.SIMULATOR).first().slug
+    answers = iter([httpx.Response(200, json={"fault": "slow"}), httpx.Response(409, json={})])
+    monkeypatch.setattr(console.httpx, "post", lambda *a, **k: next(answers))
+    url = f"/console/deployments/{slug}/fault"
+    assert login(oscar).post(url, {"fault": "slow", "reason": "drill"}).status_code == 200
+    assert login(oscar).post(url, {"fault": "down"}).status_code == 409
+    assert actions() == [("deployment.fault", "oscar@example.com", "drill")]
