@@ -1,6 +1,6 @@
 """Verify a Tesseract proof-of-residency file with nothing but Python's standard library.
 
-    python3 audit_verify.py proof.jsonl [more.jsonl ...]
+    python3 audit_verify.py proof.jsonl [more.jsonl ...] [--within month.jsonl]
 
 A proof file (a month's, or one request's) is JSON Lines: a header, then the audit
 entries of one organization's chain in order. This script checks, offline:
@@ -13,6 +13,9 @@ entries of one organization's chain in order. This script checks, offline:
   that moment (the certifications it required are among the backend's, and its region,
   country and jurisdictions were allowed), and that backend was in the request's plan,
   whose hash matches.
+
+With `--within`, every entry of the files given must also be in that (sound) file,
+unchanged: a request's proof shown to be a link of its month's chain.
 
 It prints what it checked and every problem (naming the line, the entry's sequence
 number and its request id), and exits 0 when the file is sound, 1 when it is not, 2
@@ -137,6 +140,8 @@ class Report:
     last_seq: int | None = None
     last_hash: str | None = None
     problems: list[str] = field(default_factory=list)
+    #: (chain, seq) → (hash, where): every entry seen
+    seen: dict[tuple[str, int], tuple[str, str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -189,6 +194,8 @@ def verify_entries(
                     report.problems.append(f"{name}: policy not met: {problem}")
                 for problem in plan_violations(payload):
                     report.problems.append(f"{name}: {problem}")
+        if isinstance(seq := entry.get("seq"), int):
+            report.seen[(str(entry.get("chain")), seq)] = (str(entry.get("hash")), name)
         if report.first_seq is None:
             report.first_seq = entry.get("seq")
         report.last_seq, report.last_hash = entry.get("seq"), entry.get("hash")
@@ -241,19 +248,45 @@ def verify_text(text: str) -> Report:
     return report
 
 
+def _read(path: str) -> Report | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return verify_text(f.read())
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"{path}: cannot be read: {exc}", file=sys.stderr)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    paths = sys.argv[1:] if argv is None else argv
-    if not paths:
+    args = sys.argv[1:] if argv is None else list(argv)
+    within: Report | None = None
+    within_path = ""
+    if "--within" in args:
+        at = args.index("--within")
+        if at + 1 >= len(args):
+            print("--within needs a file", file=sys.stderr)
+            return 2
+        within_path = args.pop(at + 1)
+        args.pop(at)
+        within = _read(within_path)
+        if within is None:
+            return 2
+        if not within.ok:
+            print(f"{within_path}: FAILED — it cannot vouch for anything:", *within.problems,
+                  sep="\n  ")  # fmt: skip
+            return 1
+    if not args:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     status = 0
-    for path in paths:
-        try:
-            with open(path, encoding="utf-8") as f:
-                report = verify_text(f.read())
-        except (OSError, UnicodeDecodeError) as exc:
-            print(f"{path}: cannot be read: {exc}", file=sys.stderr)
+    for path in args:
+        report = _read(path)
+        if report is None:
             return 2
+        if within is not None:
+            for key, (digest, name) in report.seen.items():
+                if within.seen.get(key, ("",))[0] != digest:
+                    report.problems.append(f"{name}: not in {within_path} as it is here")
         for problem in report.problems:
             print(f"{path}: {problem}")
         if report.ok:

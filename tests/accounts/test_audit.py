@@ -239,13 +239,13 @@ def _export(tmp_path: Path, org) -> Path:
     return path
 
 
-def _standalone(path: Path) -> subprocess.CompletedProcess[str]:
+def _standalone(path: Path, *more: str) -> subprocess.CompletedProcess[str]:
     """The verifier as a tenant runs it: a copy of the file, Python in isolated mode
     (no site-packages, no project on the path)."""
     script = path.parent / "audit_verify.py"
     script.write_bytes(Path(audit_verify.__file__).read_bytes())
     return subprocess.run(
-        [sys.executable, "-I", "-S", str(script), str(path)],
+        [sys.executable, "-I", "-S", str(script), str(path), *more],
         capture_output=True, text=True, timeout=60, check=False, cwd=path.parent,
     )  # fmt: skip
 
@@ -390,3 +390,48 @@ def test_a_fault_switched_from_the_console_is_chained_and_a_refused_one_is_not(
     assert login(oscar).post(url, {"fault": "slow", "reason": "drill"}).status_code == 200
     assert login(oscar).post(url, {"fault": "down"}).status_code == 409
     assert actions() == [("deployment.fault", "oscar@example.com", "drill")]
+
+
+def test_a_months_proof_streams_in_chunks_from_the_web_process(acme, alice, monkeypatch):
+    """Under ASGI (the web process) the file is read from the database a chunk at a time."""
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    from accounts import audit_views
+
+    monkeypatch.setattr(audit_views, "CHUNK_LINES", 2)
+    audit.append({acme.pk: [route(acme, f"req-{i}") for i in range(5)]})
+    month = AuditEntry.objects.get(request_id="req-0").at.strftime("%Y-%m")
+    client = AsyncClient()
+    client.force_login(alice)
+    response = async_to_sync(client.get)(f"/orgs/{acme.slug}/proof/months/{month}/")
+    assert response.status_code == 200
+    assert response.is_async
+
+    async def parts() -> list[str]:
+        return [part.decode() async for part in response.streaming_content]
+
+    chunks = async_to_sync(parts)()
+    assert len(chunks) >= 3  # 2 lines each: the header, and at least 5 entries
+    text = "".join(chunks)
+    assert audit_verify.verify_text(text).ok
+    assert text.count('"kind": "route"') == 5
+
+
+def test_a_requests_proof_is_shown_to_be_a_link_of_its_months_chain(acme, tmp_path):
+    audit.append({acme.pk: [route(acme, f"req-{i}") for i in range(3)]})
+    month = _export(tmp_path, acme)
+    single = tmp_path / "req-1.jsonl"
+    single.write_text("".join(audit.request_lines(org=acme, request_id="req-1") or []))
+    done = _standalone(single, "--within", str(month))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    # A forged proof, rehashed to be consistent on its own, is not in the month's chain.
+    header, entry = (json.loads(line) for line in single.read_text().splitlines())
+    entry["payload"]["backend"]["region"] = "eastus"
+    entry["hash"] = audit_verify.entry_hash(entry)
+    single.write_text(json.dumps(header) + "\n" + json.dumps(entry) + "\n")
+    assert _standalone(single).returncode == 0
+    done = _standalone(single, "--within", str(month))
+    assert done.returncode == 1
+    assert f"not in {month} as it is here" in done.stdout
