@@ -65,10 +65,9 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     #: the backend's certifications, jurisdictions and country at decision time
     backend_policy: dict[str, object] = {}
     trace_id: str = ""
-    #: the plan as the audit log keeps it (strategy, snapshot, the ranked backends) and
-    #: its SHA-256 (`accounts.audit_verify.plan_hash`)
+    #: the plan as the audit log keeps it: strategy, snapshot, the ranked backends (the
+    #: drain adds its hash, `accounts.audit_verify.plan_hash`)
     plan: dict[str, object] = {}
-    plan_hash: str = ""
 
 
 _encoder = msgspec.json.Encoder()

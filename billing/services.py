@@ -13,7 +13,7 @@ import redis
 from django.core.mail import mail_admins
 from django.db import DataError, IntegrityError, transaction
 
-from accounts import audit
+from accounts import audit, audit_verify
 from billing import metering, pricebook, rating
 from billing.models import UsageDeadLetter, UsageEvent
 
@@ -77,10 +77,10 @@ def _route(record: metering.UsageRecord) -> audit.Draft:
         "api_key_id": record.api_key_id,
         "constraints": record.constraints,
         "backend": backend,
-        "plan_hash": record.plan_hash,
     }
     if record.plan:
-        payload["plan"] = record.plan
+        plan = audit.plain(record.plan)
+        payload["plan"], payload["plan_hash"] = plan, audit_verify.plan_hash(plan)
     return audit.Draft(
         action="route", kind=audit.ROUTE, actor="gateway", request_id=record.request_id,
         payload=payload,

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from accounts import audit_verify
 from accounts.keycache import ResolvedKey
 from backends.snapshot import Endpoint
 from billing import metering
@@ -208,7 +207,6 @@ class Attempt:
             output_tokens = self.counted_chunks if output_tokens is None else output_tokens
         if self.status == "error" and self.first_at is None:
             input_tokens = output_tokens = 0  # nothing was served: nothing is billed
-        plan = _plan_summary(self.plan)
         return metering.UsageRecord(
             request_id=call.request_id,
             org_id=call.key.org_id,
@@ -245,14 +243,14 @@ class Attempt:
                 else {}
             ),
             trace_id=call.trace_id,
-            plan=plan,
-            plan_hash=audit_verify.plan_hash(plan),
+            plan=_plan_summary(self.plan),
         )
 
 
 def _plan_summary(plan: Plan) -> dict[str, Any]:
     """What the audit log keeps of the plan: the backends the gateway could try, in
-    order, and what ranked them (a few dozen bytes, hashed in microseconds)."""
+    order, and what ranked them (a few dozen bytes; the drain hashes it, off the hot
+    path)."""
     return {
         "strategy": plan.strategy,
         "snapshot_version": str(plan.snapshot_version),

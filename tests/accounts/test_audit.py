@@ -41,7 +41,6 @@ def eu_record(org, request_id: str, **changes) -> metering.UsageRecord:
         "constraints": {"jurisdictions": ["EU"], "compliance": ["gdpr"], "max_ttft_ms": 200.5},
         "backend_policy": EU,
         "plan": PLAN,
-        "plan_hash": audit_verify.plan_hash(PLAN),
     }
     return record(org, request_id, **{**fields, **changes})
 
