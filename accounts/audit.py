@@ -166,7 +166,7 @@ def _locked(org_ids: Iterable[int | None]) -> dict[int | None, AuditChain]:
     in key order, so two writers locking several chains cannot deadlock."""
     wanted = {chain_key(o): o for o in org_ids}
     AuditChain.objects.bulk_create(
-        [AuditChain(key=k, org_id=o) for k, o in wanted.items()], ignore_conflicts=True
+        [AuditChain(key=k, org_id=o) for k, o in sorted(wanted.items())], ignore_conflicts=True
     )
     rows = AuditChain.objects.select_for_update().filter(key__in=wanted).order_by("key")
     return {chain.org_id: chain for chain in rows}

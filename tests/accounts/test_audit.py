@@ -434,3 +434,23 @@ def test_a_requests_proof_is_shown_to_be_a_link_of_its_months_chain(acme, tmp_pa
     done = _standalone(single, "--within", str(month))
     assert done.returncode == 1
     assert f"not in {month} as it is here" in done.stdout
+
+
+def test_the_admin_shows_the_log_and_cannot_change_it(acme):
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    from accounts.models import User
+    from tests.conftest import PASSWORD
+
+    ops = User.objects.create_superuser("ops@example.com", PASSWORD)
+    TOTPDevice.objects.create(user=ops, confirmed=True)
+    client = login(ops)
+    client.post("/account/2fa/verify/", {"token": services.backup_codes_regenerate(user=ops)[0]})
+    audit.append({acme.pk: [route(acme, "req-1")]})
+    entry = AuditEntry.objects.get(request_id="req-1")
+    listing = client.get("/admin/accounts/auditentry/")
+    assert listing.status_code == 200
+    assert "req-1" in listing.content.decode()
+    delete = client.post(f"/admin/accounts/auditentry/{entry.pk}/delete/", {"post": "yes"})
+    assert delete.status_code == 403
+    assert AuditEntry.objects.filter(pk=entry.pk).exists()
