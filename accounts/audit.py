@@ -16,10 +16,11 @@ an entry exists exactly when what it records was committed. A route is keyed by 
 request id (unique): the usage drain, which is at-least-once, appends it once.
 
 Who writes here: the usage drain (`billing.services`, one `route` entry per stored
-usage event), `backends.services.drain_set` and `backends.placement` (operator chain),
-the console's fault switch (`dashboards.console`), `billing.subscriptions` (tier
-changes) and `accounts.services`/`accounts.signals` (keys). This module sits in
-`accounts`, the lowest Django layer, so that every one of them may import it.
+usage event), `billing.subscriptions` (tier changes), `accounts.services` and
+`accounts.signals` (keys), and the operator log's one writer for every operator action
+(drains, faults, placement decisions: `record(action, actor=…, reason=…, target=…)`,
+no organization, so the operator chain). This module sits in `accounts`, the lowest
+Django layer, so that every one of them may import it.
 """
 
 from __future__ import annotations

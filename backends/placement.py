@@ -31,7 +31,6 @@ from django.db.models.fields.json import KT
 from django.utils import timezone
 from redis.exceptions import LockError
 
-from accounts import audit
 from backends import livestate
 from backends.models import Cluster, ControlSettings, Deployment, Health, PlacementAction
 from backends.planner import (
@@ -294,8 +293,7 @@ def _apply(deployment: Deployment, load: bool, http: httpx.Client) -> tuple[str,
 def _record(
     deployment: Deployment, action: Action, status: str, now: datetime, *, note: str = ""
 ) -> PlacementAction:
-    """Record one action; an applied one also sets `Deployment.loaded`. One that was
-    applied, or tried and failed, also goes to the operator chain of the audit log.
+    """Record one action; an applied one also sets `Deployment.loaded`.
 
     `save()`, not `queryset.update()`: the post_save signal announces the catalog change,
     so every gateway re-reads which copies are loaded (once, when this commits).
@@ -304,11 +302,6 @@ def _record(
         if status == PlacementAction.Status.APPLIED:
             deployment.loaded = action.kind == LOAD
             deployment.save(update_fields=["loaded"])
-        if status != PlacementAction.Status.RECOMMENDED:
-            audit.record(
-                f"placement.{action.kind}", actor="placement", reason=action.reason,
-                deployment=deployment.slug, status=status, note=note, benefit=action.benefit,
-            )  # fmt: skip
         return PlacementAction.objects.create(
             deployment=deployment,
             kind=action.kind,

@@ -6,7 +6,6 @@ import logging
 
 from django.db import transaction
 
-from accounts import audit
 from backends.models import Cluster, Deployment, Region
 
 logger = logging.getLogger(__name__)
@@ -15,23 +14,17 @@ Drainable = Region | Cluster | Deployment
 KINDS: dict[str, type[Drainable]] = {"region": Region, "cluster": Cluster, "deployment": Deployment}
 
 
-def drain_set(target: Drainable, *, drained: bool, by: str = "operator", reason: str = "") -> None:
+def drain_set(target: Drainable, *, drained: bool, by: str = "operator") -> None:
     """The kill switch: route nothing more to a region, a cluster or a deployment.
 
     The save announces a catalog change when it commits; every gateway reloads its
     world at once and stops routing there. Requests already in flight finish: nothing
-    is cut off. Draining twice is the same as once. Who did it, when and why goes to
-    the operator chain of the audit log (`accounts.audit`), with the change.
+    is cut off. Draining twice is the same as once.
     """
-    kind = type(target).__name__.lower()
     with transaction.atomic():
         type(target).objects.filter(pk=target.pk).select_for_update().first()
         target.drained = drained
         target.save(update_fields=["drained"])  # post_save → gateways reload
-        audit.record(
-            f"{kind}.{'drain' if drained else 'undrain'}", actor=by, reason=reason,
-            target=kind, slug=target.slug,
-        )  # fmt: skip
     logger.warning(
         "%s %s %s by %s",
         "drained" if drained else "undrained",
@@ -41,13 +34,11 @@ def drain_set(target: Drainable, *, drained: bool, by: str = "operator", reason:
     )
 
 
-def drain_by_slug(
-    kind: str, slug: str, *, drained: bool, by: str = "operator", reason: str = ""
-) -> Drainable:
+def drain_by_slug(kind: str, slug: str, *, drained: bool, by: str = "operator") -> Drainable:
     try:
         model = KINDS[kind]
     except KeyError:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}") from None
     target = model.objects.get(slug=slug)
-    drain_set(target, drained=drained, by=by, reason=reason)
+    drain_set(target, drained=drained, by=by)
     return target

@@ -21,7 +21,6 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_POST
 
-from accounts import audit
 from backends import livestate
 from backends.models import (
     ControlSettings,
@@ -142,13 +141,7 @@ def fault(request: HttpRequest, slug: str) -> JsonResponse:
         return JsonResponse({"error": f"fault must be one of {', '.join(FAULTS)}"}, status=400)
     try:
         response = httpx.post(_control_url(d), json={"fault": kind}, timeout=5)
-        answer = response.json()
-        if response.is_success:
-            audit.record(
-                "deployment.fault", actor=request.user, reason=request.POST.get("reason", ""),
-                deployment=d.slug, fault=kind,
-            )  # fmt: skip
-        return JsonResponse(answer, status=response.status_code)
+        return JsonResponse(response.json(), status=response.status_code)
     except (httpx.HTTPError, ValueError) as exc:
         return JsonResponse(
             {"error": f"the simulator did not take the switch ({exc.__class__.__name__})"},
@@ -156,11 +149,10 @@ def fault(request: HttpRequest, slug: str) -> JsonResponse:
         )
 
 
-def _drained_from_body(body: bytes) -> tuple[bool, str]:
-    """`{"drained": true|false, "reason": "…"}` → (drained, reason); an empty body
-    drains. ValueError on anything else."""
+def _drained_from_body(body: bytes) -> bool:
+    """`{"drained": true|false}`; an empty body drains. ValueError on anything else."""
     if not body.strip():
-        return True, ""
+        return True
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -170,10 +162,7 @@ def _drained_from_body(body: bytes) -> tuple[bool, str]:
     drained = data.get("drained", True)
     if not isinstance(drained, bool):
         raise ValueError("drained must be true or false")
-    reason = data.get("reason", "")
-    if not isinstance(reason, str) or "\x00" in reason or len(reason) > 2000:
-        raise ValueError("reason must be text (at most 2000 characters)")
-    return drained, reason
+    return drained
 
 
 @staff_only
@@ -182,11 +171,11 @@ def drain(request: HttpRequest, kind: str, slug: str) -> JsonResponse:
     if kind not in KINDS:
         return JsonResponse({"error": f"kind must be one of {', '.join(KINDS)}"}, status=400)
     try:
-        drained, reason = _drained_from_body(request.body)
+        drained = _drained_from_body(request.body)
     except ValueError as exc:
         return JsonResponse({"error": str(exc)}, status=400)
     try:
-        target = drain_by_slug(kind, slug, drained=drained, by=str(request.user), reason=reason)
+        target = drain_by_slug(kind, slug, drained=drained, by=str(request.user))
     except KINDS[kind].DoesNotExist:
         return JsonResponse({"error": f"no {kind} named {slug!r}"}, status=404)
     return JsonResponse({"kind": kind, "slug": slug, "drained": target.drained})

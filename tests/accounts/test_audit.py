@@ -326,69 +326,22 @@ def test_a_tier_change_is_chained_with_who_and_from_what(acme, alice):
     assert AuditEntry.objects.filter(org=acme, action="tier.change", actor=entry.actor).count() == 1
 
 
-@pytest.fixture
-def world(db):
-    from backends.demo import demo_world_load
-
-    return demo_world_load()
-
-
-def test_an_operator_drain_and_undrain_are_chained_with_who_and_why(world, settings):
-    from accounts.models import User
-
-    settings.TESSERACT_STAFF_REQUIRE_2FA = False
-    oscar = User.objects.create_user("oscar@example.com", "pw-oscar-123", is_staff=True)
-    for body in (b'{"drained": true, "reason": "fibre cut"}', b'{"drained": false}'):
-        response = login(oscar).post(
-            "/console/region/westeurope/drain", data=body, content_type="application/json"
-        )
-        assert response.status_code == 200
+def test_an_operator_action_goes_to_the_operator_chain_with_who_and_why(acme, alice):
+    """The call the operator log makes for every action (`record_operator_action`)."""
+    audit.record(
+        "drain", actor=alice, reason="fibre cut", target="region:westeurope",
+        details={"drained": True},
+    )  # fmt: skip
+    audit.record("undrain", actor=None, reason="", target="region:westeurope")
     assert actions() == [
-        ("region.drain", "oscar@example.com", "fibre cut"),
-        ("region.undrain", "oscar@example.com", ""),
+        ("drain", "alice@example.com", "fibre cut"),
+        ("undrain", "", ""),
     ]
-    bad = login(oscar).post(
-        "/console/region/westeurope/drain", data=b'{"reason": 7}', content_type="application/json"
-    )
-    assert bad.status_code == 400
-    assert len(actions()) == 2
+    entry = AuditEntry.objects.get(action="drain")
+    assert (entry.chain, entry.org_id) == (audit.OPERATOR_CHAIN, None)
+    assert entry.payload == {"target": "region:westeurope", "details": {"drained": True}}
+    assert not AuditEntry.objects.for_org(acme).filter(action__in=["drain", "undrain"]).exists()
     assert audit.verify_stored().ok
-
-
-def test_an_applied_placement_is_chained_and_a_recommendation_is_not(world):
-    from backends.models import Deployment, PlacementAction
-    from backends.placement import _record
-    from backends.planner import LOAD, Action
-
-    deployment = Deployment.objects.order_by("slug").first()
-    action = Action(slug=deployment.slug, kind=LOAD, benefit=12.5, reason="demand in eastus")
-    now = datetime.now(tz=UTC)
-    _record(deployment, action, PlacementAction.Status.RECOMMENDED, now)
-    _record(deployment, action, PlacementAction.Status.APPLIED, now, note="applied: ready")
-    [entry] = AuditEntry.objects.filter(action="placement.load")
-    assert (entry.actor, entry.reason) == ("placement", "demand in eastus")
-    assert entry.payload["benefit"] == "12.5"
-    assert entry.payload["deployment"] == deployment.slug
-
-
-def test_a_fault_switched_from_the_console_is_chained_and_a_refused_one_is_not(
-    world, settings, monkeypatch
-):
-    import httpx
-
-    from accounts.models import User
-    from backends.models import Deployment
-    from dashboards import console
-
-    settings.TESSERACT_STAFF_REQUIRE_2FA = False
-    oscar = User.objects.create_user("oscar@example.com", "pw-oscar-123", is_staff=True)
-    slug = Deployment.objects.filter(adapter=Deployment.Adapter.SIMULATOR).first().slug
-    answers = iter([httpx.Response(200, json={"fault": "slow"}), httpx.Response(409, json={})])
-    monkeypatch.setattr(console.httpx, "post", lambda *a, **k: next(answers))
-    url = f"/console/deployments/{slug}/fault"
-    assert login(oscar).post(url, {"fault": "slow", "reason": "drill"}).status_code == 200
-    assert login(oscar).post(url, {"fault": "down"}).status_code == 409
-    assert actions() == [("deployment.fault", "oscar@example.com", "drill")]
 
 
 def test_a_months_proof_streams_in_chunks_from_the_web_process(acme, alice, monkeypatch):

@@ -14,15 +14,10 @@ class Command(BaseCommand):
         parser.add_argument("kind", choices=sorted(KINDS))
         parser.add_argument("slug")
         parser.add_argument("--undo", action="store_true", help="undrain")
-        parser.add_argument("--reason", default="", help="why (kept in the audit log)")
 
-    def handle(
-        self, *args: Any, kind: str, slug: str, undo: bool, reason: str, **options: Any
-    ) -> None:
+    def handle(self, *args: Any, kind: str, slug: str, undo: bool, **options: Any) -> None:
         try:
-            target = drain_by_slug(
-                kind, slug, drained=not undo, by="manage.py drain", reason=reason
-            )
+            target = drain_by_slug(kind, slug, drained=not undo, by="manage.py drain")
         except KINDS[kind].DoesNotExist:
             raise CommandError(f"no {kind} {slug!r}") from None
         self.stdout.write(f"{'undrained' if undo else 'drained'} {kind} {target}")
