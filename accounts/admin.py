@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.forms.models import BaseInlineFormSet
 
+from accounts.audit import AuditEntry
 from accounts.keycache import publish_change
 from accounts.models import (
     ApiKey,
@@ -74,7 +75,7 @@ class InvitationAdmin(admin.ModelAdmin):
 @admin.action(description="Revoke selected keys")
 def revoke_keys(modeladmin, request, queryset):
     for key in queryset:
-        api_key_revoke(api_key=key)
+        api_key_revoke(api_key=key, by=request.user, reason="revoked in the admin")
 
 
 @admin.register(ApiKey)
@@ -103,6 +104,26 @@ class OperatorActionAdmin(admin.ModelAdmin):
     list_filter = ("action",)
     search_fields = ("actor_email", "target", "reason")
     date_hierarchy = "created_at"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """The audit log, to read: it is append-only (`manage.py audit_verify` checks it)."""
+
+    list_display = ("chain", "seq", "at", "action", "actor", "request_id")
+    list_filter = ("kind", "action")
+    search_fields = ("request_id", "actor", "chain")
+    ordering = ("-id",)
+    show_full_result_count = False
 
     def has_add_permission(self, request, obj=None):
         return False

@@ -249,3 +249,7 @@ class OperatorAction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor_email or 'system'}: {self.action} {self.target}"
+
+
+# The audit log's models live with its code (`accounts.audit`); Django finds them here.
+from accounts.audit import AuditChain, AuditEntry  # noqa: E402, F401

@@ -15,7 +15,7 @@ from django.utils.text import slugify
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from accounts import keycache, keys
+from accounts import audit, keycache, keys
 from accounts.models import (
     DEFAULT_SCOPES,
     ApiKey,
@@ -202,30 +202,43 @@ def api_key_create(
     if expires_at is not None and expires_at <= timezone.now():
         raise AccountsError("The expiry must be in the future.")
     new = keys.generate(settings.API_KEY_PEPPER)
-    api_key = ApiKey.objects.create(
-        org=org,
-        name=name.strip(),
-        created_by=created_by,
-        lookup=new.lookup,
-        digest=new.digest,
-        scopes=sorted(set(scopes)),
-        expires_at=expires_at,
-        default_regions=default_regions or [],
-        default_compliance=default_compliance or [],
-        default_max_latency_ms=default_max_latency_ms,
-        default_max_ttft_ms=default_max_ttft_ms,
-    )
+    with transaction.atomic():
+        api_key = ApiKey.objects.create(
+            org=org,
+            name=name.strip(),
+            created_by=created_by,
+            lookup=new.lookup,
+            digest=new.digest,
+            scopes=sorted(set(scopes)),
+            expires_at=expires_at,
+            default_regions=default_regions or [],
+            default_compliance=default_compliance or [],
+            default_max_latency_ms=default_max_latency_ms,
+            default_max_ttft_ms=default_max_ttft_ms,
+        )
+        audit.record(
+            "key.create", org_id=org.pk, actor=created_by or "", key_id=api_key.pk,
+            key=api_key.display_prefix, name=api_key.name, scopes=api_key.scopes,
+            expires_at=expires_at,
+        )  # fmt: skip
     # A process may hold a negative cache entry for this prefix: clear it everywhere.
     transaction.on_commit(lambda: keycache.publish_change(new.lookup))
     return IssuedKey(api_key=api_key, plaintext=new.plaintext)
 
 
-def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
-    """Revoke now. Every gateway process drops the key within a second (Redis pub/sub)."""
+def api_key_revoke(*, api_key: ApiKey, by: User | None = None, reason: str = "") -> ApiKey:
+    """Revoke now. Every gateway process drops the key within a second (Redis pub/sub).
+    The revocation (who, why) goes to the organization's audit chain, once."""
     if api_key.revoked_at is None:
-        ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
-            revoked_at=timezone.now()
-        )
+        with transaction.atomic():
+            revoked = ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
+                revoked_at=timezone.now()
+            )
+            if revoked:
+                audit.record(
+                    "key.revoke", org_id=api_key.org_id, actor=by or "", reason=reason,
+                    key_id=api_key.pk, key=api_key.display_prefix, name=api_key.name,
+                )  # fmt: skip
         api_key.refresh_from_db(fields=["revoked_at"])
     lookup = api_key.lookup
     transaction.on_commit(lambda: keycache.publish_change(lookup))

@@ -63,6 +63,7 @@ class Endpoint:
     price_output_per_mtok: float
     certifications: tuple[str, ...]
     jurisdictions: tuple[str, ...]
+    country: str = ""
     #: the provider's slug ("" without one) and its name for the model (sent upstream)
     provider: str = ""
     upstream_model: str = ""
@@ -280,6 +281,7 @@ def load_world() -> World:
             price_output_per_mtok=float(d.price_output_per_mtok),
             certifications=tuple(sorted(b.certifications)),
             jurisdictions=tuple(sorted(b.jurisdictions)),
+            country=b.country,
         )
         for d, b in zip(deployments, backends, strict=True)
     }

@@ -62,8 +62,12 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     sla_met: bool | None = None
     attempts: int = 1
     constraints: dict[str, object] = {}
+    #: the backend's certifications, jurisdictions and country at decision time
     backend_policy: dict[str, object] = {}
     trace_id: str = ""
+    #: the plan as the audit log keeps it: strategy, snapshot, the ranked backends (the
+    #: drain adds its hash, `accounts.audit_verify.plan_hash`)
+    plan: dict[str, object] = {}
 
 
 _encoder = msgspec.json.Encoder()

@@ -13,6 +13,7 @@ import redis
 from django.core.mail import mail_admins
 from django.db import DataError, IntegrityError, transaction
 
+from accounts import audit, audit_verify
 from billing import metering, pricebook, rating
 from billing.models import UsageDeadLetter, UsageEvent
 
@@ -52,11 +53,56 @@ def _row(record: metering.UsageRecord, charge: rating.Charge) -> UsageEvent:
     )
 
 
+def _route(record: metering.UsageRecord) -> audit.Draft:
+    """The request's entry in its organization's audit chain: where it ran, what the
+    place was then, and what it asked for (`accounts.audit`, proof of residency)."""
+    policy = record.backend_policy
+    backend = None
+    if record.deployment:
+        backend = {
+            "deployment": record.deployment,
+            "region": record.region,
+            "cluster": record.cluster,
+            "chip": record.chip,
+            "country": policy.get("country", ""),
+            "jurisdictions": policy.get("jurisdictions", []),
+            "certifications": policy.get("certifications", []),
+        }
+    payload = {
+        "requested_at": datetime.fromtimestamp(record.created_at, tz=UTC),
+        "endpoint": record.endpoint,
+        "model": record.model,
+        "served_model": record.served_model,
+        "status": record.status,
+        "api_key_id": record.api_key_id,
+        "constraints": record.constraints,
+        "backend": backend,
+    }
+    if record.plan:
+        plan = audit.plain(record.plan)
+        payload["plan"], payload["plan_hash"] = plan, audit_verify.plan_hash(plan)
+    return audit.Draft(
+        action="route", kind=audit.ROUTE, actor="gateway", request_id=record.request_id,
+        payload=payload,
+    )  # fmt: skip
+
+
+def _store(records: list[metering.UsageRecord], rows: list[UsageEvent]) -> None:
+    """The rows and their routes' audit entries, in one transaction; a request id
+    already stored is skipped, in both (a replay changes nothing)."""
+    with transaction.atomic():
+        UsageEvent.objects.bulk_create(rows, ignore_conflicts=True)
+        chains: dict[int | None, list[audit.Draft]] = {}
+        for r in records:
+            chains.setdefault(r.org_id, []).append(_route(r))
+        audit.append(chains)
+
+
 def usage_events_record(records: list[metering.UsageRecord]) -> int:
     """Insert usage events; a request id already recorded is skipped. Returns rows sent."""
     book = pricebook.for_records(records)  # rating: three queries per batch
     rows = [_row(r, pricebook.rate_record(book, r)) for r in records]
-    UsageEvent.objects.bulk_create(rows, ignore_conflicts=True)
+    _store(records, rows)
     return len(records)
 
 
@@ -159,11 +205,9 @@ def _insert(messages: list[_Message]) -> None:
     the database raises (it is down, a deadlock) propagates: nothing is acknowledged
     and the next drain tries again.
     """
+    stored = [m for m in messages if m.row is not None and m.record is not None]
     try:
-        with transaction.atomic():
-            UsageEvent.objects.bulk_create(
-                [m.row for m in messages if m.row is not None], ignore_conflicts=True
-            )
+        _store([m.record for m in stored if m.record], [m.row for m in stored if m.row])
     except _RECORD_REJECTED as exc:
         if len(messages) == 1:
             messages[0].reason = f"rejected by the database: {type(exc).__name__}: {exc}"

@@ -9,6 +9,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from accounts import audit
 from accounts.models import ApiKey, Organization, User
 from billing.models import ApiKeyLimits, BillingAccount, SlaTier, TierChange
 from billing.tiers import FREE
@@ -39,6 +40,10 @@ def billing_account_ensure(*, org: Organization, at: datetime | None = None) -> 
     )
     if created:
         TierChange.objects.create(org=org, tier=tier, effective_at=at)
+        audit.record(
+            "tier.change", org_id=org.pk, actor="tesseract", tier=tier.slug, previous=None,
+            effective_at=at,
+        )  # fmt: skip
     return account
 
 
@@ -56,11 +61,16 @@ def tier_change(
     account = BillingAccount.objects.select_for_update().get(pk=account.pk)
     if account.tier_id == tier.pk:
         return account
+    previous = account.tier.slug
     account.tier = tier
     account.save(update_fields=["tier"])
-    TierChange.objects.create(
+    change = TierChange.objects.create(
         org=org, tier=tier, effective_at=at or timezone.now(), changed_by=changed_by
     )
+    audit.record(
+        "tier.change", org_id=org.pk, actor=changed_by or "tesseract", tier=tier.slug,
+        previous=previous, effective_at=change.effective_at,
+    )  # fmt: skip
     return account
 
 

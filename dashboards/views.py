@@ -106,7 +106,7 @@ def api_key_create(request: HttpRequest, org_slug: str) -> HttpResponse:
 def api_key_revoke(request: HttpRequest, org_slug: str, key_id: int) -> HttpResponse:
     membership = _member(request, org_slug, "manage_keys")
     key = selectors.access_api_key(org=membership.org, key_id=key_id)
-    services.api_key_revoke(api_key=key)
+    services.api_key_revoke(api_key=key, by=membership.user)
     messages.success(request, f"Key {key.display_prefix} revoked.")
     return redirect("dashboards:org", org_slug=org_slug)
 

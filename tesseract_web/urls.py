@@ -26,6 +26,7 @@ urlpatterns = [
     path("health", dashboard_views.health, name="health"),
     path("admin/", admin.site.urls),
     path("account/", include("accounts.urls")),
+    path("", include("accounts.audit_urls")),
     path("", include("billing.urls")),
     path("api/", include("billing.api.urls")),
     path("api/v1/operator/", include("backends.api.urls")),

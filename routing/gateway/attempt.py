@@ -237,12 +237,28 @@ class Attempt:
             attempts=self.attempts,
             constraints=_constraints(call.parsed),
             backend_policy=(
-                {"certifications": list(e.certifications), "jurisdictions": list(e.jurisdictions)}
+                {
+                    "certifications": list(e.certifications),
+                    "jurisdictions": list(e.jurisdictions),
+                    "country": e.country,
+                }
                 if e
                 else {}
             ),
             trace_id=call.trace_id,
+            plan=_plan_summary(self.plan),
         )
+
+
+def _plan_summary(plan: Plan) -> dict[str, Any]:
+    """What the audit log keeps of the plan: the backends the gateway could try, in
+    order, and what ranked them (a few dozen bytes; the drain hashes it, off the hot
+    path)."""
+    return {
+        "strategy": plan.strategy,
+        "snapshot_version": str(plan.snapshot_version),
+        "ranked": [c.backend_id for c in plan.choices],
+    }
 
 
 def _constraints(parsed: Parsed) -> dict[str, Any]:
