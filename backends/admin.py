@@ -1,5 +1,6 @@
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.shortcuts import redirect
 from django.urls import reverse
@@ -11,9 +12,13 @@ from backends.models import (
     ControlSettings,
     Deployment,
     PlacementAction,
+    Provider,
     Region,
     RegionLatency,
 )
+from backends.presets import PRESETS
+from backends.providers import credential_set
+from backends.sealing import SealingError, seal
 from backends.services import drain_set
 
 
@@ -91,9 +96,95 @@ class DeploymentAdmin(admin.ModelAdmin):
         "drained",
         "health",
     )
-    list_filter = ("chip", "model", "adapter", "loaded", "drained", "health")
+    list_filter = ("chip", "model", "adapter", "provider", "loaded", "drained", "health")
     list_select_related = ("chip", "model", "cluster")
-    search_fields = ("slug",)
+    search_fields = ("slug", "provider_model_id")
+
+
+class ProviderForm(forms.ModelForm):
+    """Choose a preset and paste a key: the preset fills what the form leaves blank.
+
+    The credential is write-only: the field is never filled in again (only its last
+    four characters are shown), and leaving it blank keeps the one stored.
+    """
+
+    preset = forms.ChoiceField(
+        choices=[("", "— none: fill in every field —")]
+        + [(k, p.name) for k, p in sorted(PRESETS.items())],
+        required=False,
+        help_text="Fills the base URL, authentication and quirks left blank.",
+    )
+    base_url = forms.URLField(
+        required=False,
+        max_length=300,
+        assume_scheme="https",
+        help_text="The OpenAI-compatible base URL, ending in /v1. Blank: the preset's.",
+    )
+    credential = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="The provider's API key. Sealed at rest; never shown again. Blank: keep "
+        "the stored one.",
+    )
+
+    class Meta:
+        model = Provider
+        fields = (
+            "name", "slug", "preset", "base_url", "auth_style", "auth_header", "extra_headers",
+            "connect_timeout_s", "first_token_timeout_s", "ignores_include_usage", "status",
+        )  # fmt: skip
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        key = data.get("preset") or ""
+        if key:
+            chosen = PRESETS[key]
+            if not data.get("base_url"):
+                data["base_url"] = chosen.base_url
+            if not self.instance.pk:
+                data["auth_style"] = chosen.auth_style
+                data["auth_header"] = chosen.auth_header
+                data["ignores_include_usage"] = chosen.ignores_include_usage
+        if not data.get("base_url"):
+            self.add_error("base_url", "Give a base URL or choose a preset.")
+        if data.get("auth_style") == Provider.Auth.HEADER and not data.get("auth_header"):
+            self.add_error("auth_header", "Name the header that carries the credential.")
+        credential = data.get("credential") or ""
+        if any(c in credential for c in "\r\n\x00"):
+            self.add_error("credential", "The credential contains a line break.")
+        elif credential:
+            try:
+                seal(credential)  # the keys are there and work: nothing is saved otherwise
+            except SealingError as exc:
+                self.add_error("credential", str(exc))
+        return data
+
+
+@admin.register(Provider)
+class ProviderAdmin(admin.ModelAdmin):
+    form = ProviderForm
+    list_display = ("name", "slug", "base_url", "auth_style", "credential_hint", "status")
+    list_filter = ("status", "auth_style", "preset")
+    search_fields = ("name", "slug")
+    readonly_fields = ("credential_hint", "credential_set_at", "status_reason", "status_since")
+    prepopulated_fields = {"slug": ("name",)}
+
+    def get_fields(self, request: Any, obj: Any = None) -> Any:
+        return (*ProviderForm.Meta.fields, "credential", *self.readonly_fields)
+
+    @admin.display(description="credential")
+    def credential_hint(self, obj: Provider) -> str:
+        return obj.credential_hint or "—"
+
+    def save_model(self, request: Any, obj: Provider, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        credential = form.cleaned_data.get("credential") or ""
+        if credential:
+            try:
+                credential_set(obj, credential, by=str(request.user))
+            except (SealingError, ValueError) as exc:
+                messages.error(request, f"The credential was not stored: {exc}")
 
 
 @admin.register(PlacementAction)

@@ -14,6 +14,11 @@ Keys
   tesseract:live:inflight:<gateway process>
                               hash  deployment slug → requests that process has in flight
                               (rewritten a few times a second, expires if the process dies)
+  tesseract:live:cooling      hash  deployment slug → epoch seconds until which it rests
+                              (the provider answered 429; `Retry-After`)
+  tesseract:live:providers:rejected
+                              hash  provider slug → why its credential was rejected
+                              (`backends.providers`)
   tesseract:live              channel: a change happened (the message names what)
 
 Synchronous functions take a `redis.Redis` (Celery tasks, the loader thread); the
@@ -34,6 +39,11 @@ RTT = "tesseract:live:rtt"
 INFLIGHT_PREFIX = "tesseract:live:inflight:"
 INFLIGHT_TTL_S = 3
 CHANNEL = "tesseract:live"
+COOLING = "tesseract:live:cooling"
+REJECTED_PROVIDERS = "tesseract:live:providers:rejected"
+#: a cooldown asked for longer than this is capped (a provider's typo must not park a
+#: deployment for a day); the health checks still see it
+MAX_COOLDOWN_S = 600.0
 
 
 class DeploymentLive(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -117,8 +127,25 @@ async def ainflight_publish(client: Any, process: str, counts: Mapping[str, int]
         await pipe.execute()
 
 
+def encode_change(what: str, names: Iterable[str]) -> bytes:
+    return _encode({"what": what, "names": list(names)})
+
+
 def announce_change(client: Any, what: str, names: Iterable[str]) -> None:
-    client.publish(CHANNEL, _encode({"what": what, "names": list(names)}))
+    client.publish(CHANNEL, encode_change(what, names))
+
+
+async def acool(client: Any, slug: str, seconds: float, *, now: float | None = None) -> float:
+    """Rest `slug` for `seconds` (a provider's 429): every gateway routes around it
+    until then. Returns the epoch time it rests until (a longer rest already set wins)."""
+    now = time.time() if now is None else now
+    until = now + min(max(seconds, 0.0), MAX_COOLDOWN_S)
+    current = await client.hget(COOLING, slug)
+    if current is not None and float(current) >= until:
+        return float(current)
+    await client.hset(COOLING, slug, f"{until:.3f}")
+    await client.publish(CHANNEL, encode_change("cooling", [slug]))
+    return until
 
 
 # --------------------------------------------------------------------------- reading
@@ -128,14 +155,23 @@ class LiveMaps(msgspec.Struct, frozen=True):
     deployments: Mapping[str, DeploymentLive]
     rtt: Mapping[tuple[str, str], float]
     inflight: Mapping[str, int]
+    #: deployment slug → epoch seconds until which it rests (a provider's 429)
+    cooling: Mapping[str, float] = {}
+    #: providers whose credential a gateway saw rejected (401/403)
+    rejected_providers: frozenset[str] = frozenset()
 
     @classmethod
     def empty(cls) -> LiveMaps:
         return cls({}, {}, {})
 
+    def resting(self, slug: str, now: float) -> bool:
+        until = self.cooling.get(slug)
+        return until is not None and until > now
+
 
 def _maps(deployments: Mapping[bytes, bytes], health: Mapping[bytes, bytes],
-          rtt: Mapping[bytes, bytes],
+          rtt: Mapping[bytes, bytes], cooling: Mapping[bytes, bytes],
+          rejected: Mapping[bytes, bytes],
           per_process: Iterable[Mapping[bytes, bytes]]) -> LiveMaps:  # fmt: skip
     out_rtt = {}
     for pair, value in rtt.items():
@@ -154,6 +190,8 @@ def _maps(deployments: Mapping[bytes, bytes], health: Mapping[bytes, bytes],
         deployments=records,
         rtt=out_rtt,
         inflight=inflight,
+        cooling={k.decode(): float(v) for k, v in cooling.items()},
+        rejected_providers=frozenset(k.decode() for k in rejected),
     )
 
 
@@ -163,10 +201,12 @@ def read(client: Any) -> LiveMaps:
         pipe.hgetall(DEPLOYMENTS)
         pipe.hgetall(HEALTH)
         pipe.hgetall(RTT)
+        pipe.hgetall(COOLING)
+        pipe.hgetall(REJECTED_PROVIDERS)
         for key in processes:
             pipe.hgetall(key)
-        deployments, health, rtt, *per_process = pipe.execute()
-    return _maps(deployments, health, rtt, per_process)
+        deployments, health, rtt, cooling, rejected, *per_process = pipe.execute()
+    return _maps(deployments, health, rtt, cooling, rejected, per_process)
 
 
 async def aread(client: Any) -> LiveMaps:
@@ -175,7 +215,9 @@ async def aread(client: Any) -> LiveMaps:
         pipe.hgetall(DEPLOYMENTS)
         pipe.hgetall(HEALTH)
         pipe.hgetall(RTT)
+        pipe.hgetall(COOLING)
+        pipe.hgetall(REJECTED_PROVIDERS)
         for key in processes:
             pipe.hgetall(key)
-        deployments, health, rtt, *per_process = await pipe.execute()
-    return _maps(deployments, health, rtt, per_process)
+        deployments, health, rtt, cooling, rejected, *per_process = await pipe.execute()
+    return _maps(deployments, health, rtt, cooling, rejected, per_process)

@@ -194,6 +194,88 @@ class AIModel(models.Model):
         return self.slug
 
 
+class Provider(models.Model):
+    """Who serves deployments over an OpenAI-compatible API, and how to authenticate.
+
+    A hosted API (Groq, Cerebras, Together, OpenAI, …) or a server of one's own (vLLM,
+    SGLang, TGI, llama.cpp, Ollama). Its credential is kept sealed
+    (`backends.sealing`): `credential_sealed` is a Fernet token, `credential_last4`
+    all an operator ever sees again. `status` goes to MISCONFIGURED when the provider
+    rejects the credential (401/403): its deployments leave the plans until an
+    operator enters a working one (`backends.providers`).
+    """
+
+    class Auth(models.TextChoices):
+        BEARER = "bearer", "Authorization: Bearer <credential>"
+        HEADER = "header", "A named header (e.g. api-key: <credential>)"
+        NONE = "none", "None"
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        MISCONFIGURED = "misconfigured", "Misconfigured (credential rejected)"
+        DISABLED = "disabled", "Disabled by an operator"
+
+    slug = models.SlugField(max_length=60, unique=True)
+    name = models.CharField(max_length=120)
+    preset = models.CharField(
+        max_length=40, blank=True, help_text="The preset it was made from (backends.presets)."
+    )
+    base_url = models.URLField(
+        max_length=300, help_text="The OpenAI-compatible base URL, ending in /v1."
+    )
+    auth_style = models.CharField(max_length=8, choices=Auth.choices, default=Auth.BEARER)
+    auth_header = models.CharField(
+        max_length=80, blank=True, help_text="The header that carries the credential (HEADER)."
+    )
+    extra_headers = models.JSONField(
+        default=dict, blank=True, help_text="Sent with every request; never secrets."
+    )
+    connect_timeout_s = models.FloatField(default=5.0)
+    first_token_timeout_s = models.FloatField(
+        null=True, blank=True, help_text="Blank: TESSERACT_FIRST_TOKEN_TIMEOUT_S."
+    )
+    ignores_include_usage = models.BooleanField(
+        default=False,
+        help_text="Quirk: streams carry no usage; tokens are estimated (usage_source=estimated).",
+    )
+    credential_sealed = models.TextField(blank=True, editable=False)
+    credential_last4 = models.CharField(max_length=4, blank=True, editable=False)
+    credential_set_at = models.DateTimeField(null=True, blank=True, editable=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    status_reason = models.CharField(max_length=300, blank=True)
+    status_since = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~models.Q(auth_style="header", auth_header=""),
+                name="provider_header_auth_names_header",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(connect_timeout_s__gt=0)
+                & (
+                    models.Q(first_token_timeout_s__isnull=True)
+                    | models.Q(first_token_timeout_s__gt=0)
+                ),
+                name="provider_timeouts_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def has_credential(self) -> bool:
+        return bool(self.credential_sealed)
+
+    @property
+    def credential_hint(self) -> str:
+        """What the admin and the API show of the credential: `…abcd`, or nothing."""
+        return f"…{self.credential_last4}" if self.credential_sealed else ""
+
+
 class Deployment(models.Model):
     """A routable backend: one model served on one chip in one cluster.
 
@@ -210,7 +292,23 @@ class Deployment(models.Model):
     cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="deployments")
     chip = models.ForeignKey(Chip, on_delete=models.PROTECT, related_name="deployments")
     model = models.ForeignKey(AIModel, on_delete=models.PROTECT, related_name="deployments")
-    endpoint_url = models.URLField(blank=True)
+    endpoint_url = models.URLField(
+        blank=True, help_text="Blank: the provider's base URL. Ends in /v1."
+    )
+    provider = models.ForeignKey(
+        Provider,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="deployments",
+        help_text="Who serves it and how to authenticate; blank: no credentials sent.",
+    )
+    provider_model_id = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="The provider's own name for the model (sent upstream); blank: the "
+        "catalog's slug.",
+    )
     adapter = models.CharField(max_length=16, choices=Adapter.choices, default=Adapter.SIMULATOR)
     price_input_per_mtok = models.DecimalField(max_digits=10, decimal_places=4)
     price_output_per_mtok = models.DecimalField(max_digits=10, decimal_places=4)
@@ -254,6 +352,18 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+    @property
+    def base_url(self) -> str:
+        """Where to send requests: the deployment's own URL, else its provider's."""
+        if self.endpoint_url or self.provider is None:
+            return self.endpoint_url
+        return self.provider.base_url
+
+    @property
+    def upstream_model(self) -> str:
+        """The model id sent upstream: the provider's name for it, else the slug."""
+        return self.provider_model_id or self.model.slug
 
 
 # --------------------------------------------------------------------------- the maps

@@ -16,7 +16,7 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from backends.models import AIModel, Cluster, Deployment, Region, RegionLatency
+from backends.models import AIModel, Cluster, Deployment, Provider, Region, RegionLatency
 
 logger = logging.getLogger(__name__)
 
@@ -41,5 +41,5 @@ def world_changed() -> None:
 @receiver(post_save)
 @receiver(post_delete)
 def _catalog_changed(sender: type, **kwargs: Any) -> None:
-    if sender in (Region, RegionLatency, Cluster, AIModel, Deployment):
+    if sender in (Region, RegionLatency, Cluster, AIModel, Deployment, Provider):
         world_changed()

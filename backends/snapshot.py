@@ -6,23 +6,46 @@ immutable `Snapshot` plus what the gateway needs to reach each backend. The gate
 builds one per refresh, never per request.
 
 `World.with_live(maps)` lays the live maps from Redis (`backends.livestate`) over the
-catalog: health, load, observed speeds, what is loaded, probe-measured RTTs. It costs
-no query, so a gateway re-applies it whenever the control plane announces a change.
+catalog: health, load, observed speeds, what is loaded, probe-measured RTTs, and the
+deployments resting after a provider's 429 or whose provider rejected our credential
+(those count as DOWN). It costs no query, so a gateway re-applies it whenever the
+control plane announces a change.
+
+A deployment with a provider (`backends.models.Provider`) is reached with the
+provider's credential, unsealed here — when the world is built, never per request —
+and held only in memory, inside `Endpoint.auth` (a `Secret`, which never prints); the
+model id sent upstream is the provider's own (`Endpoint.upstream_model`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+import time
 from dataclasses import dataclass, field, replace
 from itertools import count
 
 from django.conf import settings
+from msgspec.structs import replace as msgspec_replace
 
+from backends import sealing
 from backends.livestate import LiveMaps
-from backends.models import Deployment, Region, RegionLatency
+from backends.models import Deployment, Provider, Region, RegionLatency
 from backends.world import INTRA_REGION_RTT_MS
 from routing.engine import Backend, Health, LatencyMap, LiveState, Snapshot, build_backend
 
+logger = logging.getLogger(__name__)
+
 _versions = count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """The header that carries a provider's credential; its value never prints."""
+
+    header: str
+    value: sealing.Secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +55,7 @@ class Endpoint:
     backend_id: str
     url: str  # the OpenAI-compatible base URL, ending in /v1
     adapter: str
-    model: str
+    model: str  # the catalog's slug: what the client is told served it
     region: str
     cluster: str
     chip: str
@@ -40,6 +63,43 @@ class Endpoint:
     price_output_per_mtok: float
     certifications: tuple[str, ...]
     jurisdictions: tuple[str, ...]
+    #: the provider's slug ("" without one) and its name for the model (sent upstream)
+    provider: str = ""
+    upstream_model: str = ""
+    #: the provider's extra headers (never secrets) and its credential header
+    headers: tuple[tuple[str, str], ...] = ()
+    auth: Auth | None = field(default=None, repr=False, compare=False)
+    connect_timeout_s: float | None = None
+    first_token_timeout_s: float | None = None
+    #: quirk: the server sends no usage in streams (tokens are then estimated)
+    ignores_include_usage: bool = False
+    #: finds `"model": "<upstream_model>"` in an answer, to name the catalog's slug
+    model_field: re.Pattern[bytes] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.upstream_model:
+            object.__setattr__(self, "upstream_model", self.model)
+        if self.upstream_model != self.model and self.model_field is None:
+            quoted = re.escape(_json_string(self.upstream_model))
+            object.__setattr__(self, "model_field", re.compile(rb'"model"\s*:\s*' + quoted))
+
+    def upstream_headers(self) -> dict[str, str]:
+        """The provider's headers, credential included: for the request, never a log."""
+        out = dict(self.headers)
+        if self.auth is not None:
+            out[self.auth.header] = self.auth.value.reveal()
+        return out
+
+    def own_model(self, payload: bytes, *, count: int = 1) -> bytes:
+        """`payload` with the provider's model id replaced by the catalog's slug."""
+        if self.model_field is None:
+            return payload
+        ours = b'"model":' + _json_string(self.model)
+        return self.model_field.sub(lambda _: ours, payload, count=count)
+
+
+def _json_string(value: str) -> bytes:
+    return json.dumps(value).encode()
 
 
 @dataclass(frozen=True)
@@ -58,7 +118,15 @@ class World:
     def with_live(self, maps: LiveMaps) -> World:
         """This world's catalog with `maps` laid over it (a new version)."""
         base = self.catalog or self.snapshot
-        backends = [_overlay(b, maps) for b in base.backends]
+        now = time.time()
+        rejected = maps.rejected_providers
+
+        def out(backend_id: str) -> bool:
+            endpoint = self.endpoints.get(backend_id)
+            provider = endpoint.provider if endpoint is not None else ""
+            return (bool(provider) and provider in rejected) or maps.resting(backend_id, now)
+
+        backends = [_overlay(b, maps, out=out(b.id)) for b in base.backends]
         latency = base.latency
         if maps.rtt:
             latency = replace(latency, rtt={**latency.rtt, **maps.rtt})
@@ -78,12 +146,16 @@ def _catalog_version(snapshot: Snapshot) -> str:
 _HEALTH = {"healthy": Health.HEALTHY, "degraded": Health.DEGRADED, "down": Health.DOWN}
 
 
-def _overlay(b: Backend, maps: LiveMaps) -> Backend:
+def _overlay(b: Backend, maps: LiveMaps, *, out: bool = False) -> Backend:
     live = maps.deployments.get(b.id)
     in_flight = maps.inflight.get(b.id, 0)
-    if live is None and not in_flight:
+    if live is None and not in_flight and not out:
         return b
     state = b.state
+    if out:  # resting after a 429, or its provider rejected our credential
+        state = replace(state, health=Health.DOWN)
+        if live is not None:
+            live = msgspec_replace(live, health="down")
     if live is not None:
         state = replace(
             state,
@@ -99,7 +171,29 @@ def _overlay(b: Backend, maps: LiveMaps) -> Backend:
     return replace(b, state=replace(state, in_flight=max(running, in_flight)))
 
 
-def _backend(d: Deployment) -> Backend:
+def _provider_out(provider: Provider | None) -> bool:
+    """The provider cannot be used: an operator disabled it, or it rejected our credential."""
+    return provider is not None and provider.status != Provider.Status.ACTIVE
+
+
+def _auth(provider: Provider | None) -> tuple[Auth | None, bool]:
+    """The credential header of `provider`, unsealed; and whether it is usable."""
+    if provider is None or provider.auth_style == Provider.Auth.NONE:
+        return None, True
+    if not provider.credential_sealed:
+        logger.error("provider %s has no credential: its deployments are out", provider.slug)
+        return None, False
+    try:
+        secret = sealing.unseal(provider.credential_sealed)
+    except sealing.SealingError as exc:
+        logger.error("provider %s: %s; its deployments are out", provider.slug, exc)
+        return None, False
+    if provider.auth_style == Provider.Auth.BEARER:
+        return Auth("authorization", sealing.Secret(f"Bearer {secret.reveal()}")), True
+    return Auth(provider.auth_header.strip().lower(), secret), True
+
+
+def _backend(d: Deployment, *, out: bool = False) -> Backend:
     region = d.cluster.region
     return build_backend(
         id=d.slug,
@@ -114,7 +208,7 @@ def _backend(d: Deployment) -> Backend:
         certifications=(*region.certifications, *d.cluster.certifications),
         jurisdictions=region.jurisdictions,
         state=LiveState(
-            health=_HEALTH[d.health],
+            health=Health.DOWN if out else _HEALTH[d.health],
             loaded=d.loaded,
             drained=d.drained or d.cluster.drained or region.drained,
         ),
@@ -124,8 +218,20 @@ def _backend(d: Deployment) -> Backend:
 def load_world() -> World:
     """Read the catalog into a fresh, versioned World (a few queries, no per-row ones)."""
     deployments = list(
-        Deployment.objects.select_related("cluster__region", "chip", "model").order_by("slug")
+        Deployment.objects.select_related("cluster__region", "chip", "model", "provider").order_by(
+            "slug"
+        )
     )
+    auths: dict[int, tuple[Auth | None, bool]] = {}
+    for d in deployments:
+        if d.provider_id is not None and d.provider_id not in auths:
+            auths[d.provider_id] = _auth(d.provider)
+
+    def usable(d: Deployment) -> bool:
+        if d.provider is None:
+            return True
+        return not _provider_out(d.provider) and auths[d.provider.pk][1]
+
     names = dict(Region.objects.values_list("pk", "slug"))
     rtt = {
         (names[src], names[dst]): p50
@@ -135,7 +241,7 @@ def load_world() -> World:
         slug: (lat, lon)
         for slug, lat, lon in Region.objects.values_list("slug", "latitude", "longitude")
     }
-    backends = [_backend(d) for d in deployments]
+    backends = [_backend(d, out=not usable(d)) for d in deployments]
     snapshot = Snapshot(
         backends,
         LatencyMap(rtt=rtt, coords=coords, intra_region_ms=INTRA_REGION_RTT_MS),
@@ -146,9 +252,16 @@ def load_world() -> World:
     endpoints = {
         d.slug: Endpoint(
             backend_id=d.slug,
-            url=d.endpoint_url.rstrip("/"),
+            url=d.base_url.rstrip("/"),
             adapter=d.adapter,
             model=d.model.slug,
+            upstream_model=d.upstream_model,
+            provider=d.provider.slug if d.provider else "",
+            headers=_extra_headers(d.provider),
+            auth=auths[d.provider.pk][0] if d.provider else None,
+            connect_timeout_s=d.provider.connect_timeout_s if d.provider else None,
+            first_token_timeout_s=d.provider.first_token_timeout_s if d.provider else None,
+            ignores_include_usage=bool(d.provider and d.provider.ignores_include_usage),
             region=d.cluster.region.slug,
             cluster=d.cluster.slug,
             chip=d.chip.slug,
@@ -165,3 +278,9 @@ def load_world() -> World:
         if b.region not in models[b.model]:
             models[b.model].append(b.region)
     return World(snapshot=snapshot, endpoints=endpoints, models=models, catalog=snapshot)
+
+
+def _extra_headers(provider: Provider | None) -> tuple[tuple[str, str], ...]:
+    if provider is None or not isinstance(provider.extra_headers, dict):
+        return ()
+    return tuple((str(k).lower(), str(v)) for k, v in sorted(provider.extra_headers.items()))

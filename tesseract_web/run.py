@@ -236,6 +236,12 @@ def main() -> int:
     call_command("load_demo_world")
     call_command("collectstatic", interactive=False, verbosity=0)
     logins = demo_accounts_ensure()
+    sealing = (
+        f"sealed with a LOCAL key generated into {Path(settings.VAR_DIR) / 'secrets.json'} "
+        "(no TESSERACT_SEALING_KEYS set; set one in production)"
+        if settings.TESSERACT_SEALING_KEYS_GENERATED
+        else "sealed with TESSERACT_SEALING_KEYS"
+    )
 
     supervisor = Supervisor(_children(host, port, web_port, str(settings.VAR_DIR)))
     supervisor.start_all()
@@ -252,6 +258,7 @@ def main() -> int:
     Metrics     {gateway_url}/metrics
     Health      {gateway_url}/health
     Backends    simulated at {settings.TESSERACT_SIMULATOR_URL}
+    Providers   credentials {sealing}
     Billing     {billing}: invoices at {web_url}/orgs/<slug>/invoices/
     API key     {logins.api_key}
                 (org "{logins.org.name}"; the previous demo key is revoked)

@@ -57,6 +57,14 @@ SECRET_KEY = _secret("SECRET_KEY")
 #: invalidate every key.
 API_KEY_PEPPER = _secret("API_KEY_PEPPER")
 
+#: Fernet keys sealing provider credentials (`backends.sealing`), comma-separated; the
+#: first seals, all unseal. Outside production one is generated into var/secrets.json
+#: when none is given; in production, providers cannot take a credential without it.
+TESSERACT_SEALING_KEYS = env_secret("TESSERACT_SEALING_KEYS", "") or ""
+TESSERACT_SEALING_KEYS_GENERATED = not TESSERACT_SEALING_KEYS and not PRODUCTION
+if TESSERACT_SEALING_KEYS_GENERATED:
+    TESSERACT_SEALING_KEYS = local_secrets.load_or_create(VAR_DIR)["TESSERACT_SEALING_KEYS"]
+
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
