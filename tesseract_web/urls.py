@@ -28,5 +28,6 @@ urlpatterns = [
     path("account/", include("accounts.urls")),
     path("", include("billing.urls")),
     path("api/", include("billing.api.urls")),
+    path("api/", include("backends.api")),  # /api/v1/clusters: an organization's own
     path("", include("dashboards.urls")),
 ]
