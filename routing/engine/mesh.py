@@ -139,6 +139,40 @@ class ModelIndex:
         clone._set_load(in_flight, queued)
         return clone
 
+    #: The per-backend arrays that `_set_load` does not derive.
+    _STATIC_ARRAYS = (
+        "base_ms", "has_mean_service", "health_factor", "mean_service", "ms_per_in",
+        "ms_per_out", "observed_ttft", "price_in", "price_out", "queue_limit", "slots",
+        "static_code", "static_ok", "zeros",
+    )  # fmt: skip
+
+    @classmethod
+    def merged(cls, public: ModelIndex | None, own: ModelIndex) -> ModelIndex:
+        """`public`'s backends followed by `own`'s, by concatenating their arrays: a
+        few µs per index, where building one from the backends costs µs per backend."""
+        if public is None:
+            return own
+        m = object.__new__(cls)
+        m.model = own.model
+        m.backends = public.backends + own.backends
+        m.ids = public.ids + own.ids
+        m.pos = dict(public.pos)
+        m.pos.update((bid, public.n + i) for i, bid in enumerate(own.ids))
+        m.regions = public.regions + own.regions
+        m.countries = public.countries + own.countries
+        m.n = public.n + own.n
+        for name in cls._STATIC_ARRAYS:
+            setattr(m, name, np.concatenate((getattr(public, name), getattr(own, name))))
+        m.any_mean_service = public.any_mean_service or own.any_mean_service
+        m.any_degraded = public.any_degraded or own.any_degraded
+        m._rtt_cache = {}
+        m._mask_cache = {}
+        m._set_load(
+            np.concatenate((public.in_flight, own.in_flight)),
+            np.concatenate((public.queued, own.queued)),
+        )
+        return m
+
     # ---------------------------------------------------------------- cached masks
 
     def rtt_from(self, key: object, compute) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -177,7 +211,8 @@ class Snapshot:
     Private clusters: a backend with an `org_id` belongs to that organization alone.
     The per-model indexes (`index(model)`) hold the public backends only; for every
     organization with private backends of a model, one more index holds the public
-    ones plus its own, built here once. `index(model, org_id)` picks that one (two
+    ones followed by its own, built here once by concatenating the public index's
+    arrays with those of its own backends. `index(model, org_id)` picks that one (two
     dictionary lookups), so a decision never even sees another organization's
     private backends: they cannot be chosen, excluded, counted or named.
     """
@@ -208,7 +243,8 @@ class Snapshot:
                 private.setdefault((b.org_id, b.model), []).append(b)
         self._by_model = {m: ModelIndex(m, bs) for m, bs in groups.items()}
         self._private = {
-            (org, m): ModelIndex(m, [*groups.get(m, ()), *bs]) for (org, m), bs in private.items()
+            (org, m): ModelIndex.merged(self._by_model.get(m), ModelIndex(m, bs))
+            for (org, m), bs in private.items()
         }
         #: model -> the (org, model) keys of its private indexes
         self._private_keys: dict[str, tuple[tuple[int, str], ...]] = {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from routing.engine import Request, route
+from routing.engine import Health, Request, route
 from tests.engine.mini_world import make_backend, make_snapshot
 
 ALICE, BOB = 1, 2
@@ -94,3 +94,21 @@ def test_public_load_reaches_both_the_public_and_the_private_indexes():
     snap = world().with_load({"public-frankfurt": (10, 10)})
     assert route(snap, req(org_id=BOB)).status == "infeasible"
     assert route(snap, req(org_id=ALICE)).primary.backend_id == "alice-paris"
+
+
+def test_an_organization_routes_on_its_index_exactly_as_if_its_backends_were_public():
+    backends = [
+        make_backend("public-frankfurt", "frankfurt", in_flight=3),
+        make_backend("public-virginia", "virginia", health=Health.DEGRADED),
+        replace(make_backend("alice-paris", "paris", queued=2, slots=1), org_id=ALICE),
+        replace(make_backend("alice-tokyo", "tokyo"), org_id=ALICE),
+    ]
+    as_public = make_snapshot(*(replace(b, org_id=None) for b in backends))
+    for r in (req(), req(max_ttft_ms=150.0), req(client_region="tokyo", input_tokens=20_000)):
+        mine = route(make_snapshot(*backends), replace(r, org_id=ALICE)).to_dict()
+        public = route(as_public, r).to_dict()
+        for plan in (mine, public):
+            plan.pop("snapshot_version", None)
+            # (listed in index order: public backends first, then the organization's)
+            plan["excluded"] = sorted(plan.get("excluded", []), key=lambda e: e["backend_id"])
+        assert mine == public
