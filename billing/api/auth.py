@@ -73,8 +73,7 @@ class Caller:
 
 #: A manage key may do what an admin may; budgets and members stay with owners.
 KEY_PERMISSIONS = ROLE_PERMISSIONS[Role.ADMIN] | {"view_billing"}
-#: Owners alone register and change private clusters (where the organization's data goes).
-ROLE_EXTRA: dict[str, set[str]] = {Role.OWNER: {"view_billing", "manage_clusters"}}
+ROLE_EXTRA: dict[str, set[str]] = {Role.OWNER: {"view_billing"}}
 
 
 def caller(request: Request) -> Caller:
