@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.db import transaction
 from django.utils.text import slugify
 
@@ -147,6 +150,28 @@ def private_cluster_delete(cluster: Cluster) -> None:
 PRIVATE_PROVIDER_BASE_URL = "https://private-cluster.invalid/v1"
 
 
+def _reachable_for_a_tenant(url: str) -> str:
+    """`url`, unless it names this machine or its link-local neighbours (a cloud's
+    metadata service): the gateways and the control plane call it for a tenant.
+    (A host name is not resolved here: the deployment's network policy must still
+    keep the gateways off internal services.)"""
+    if settings.TESSERACT_PRIVATE_ENDPOINTS_ALLOW_LOCAL:
+        return url
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https") or not host:
+        raise PrivateClusterError("The endpoint URL must be http(s)://host/….")
+    if host == "localhost" or host.endswith(".localhost"):
+        raise PrivateClusterError("The endpoint URL may not name this machine.")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return url
+    if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
+        raise PrivateClusterError(f"The endpoint URL may not use the address {ip}.")
+    return url
+
+
 @transaction.atomic
 def private_cluster_auth_set(
     cluster: Cluster,
@@ -219,7 +244,7 @@ def private_deployment_create(
         cluster=cluster,
         chip_id=cluster.chip_id,
         model=model,
-        endpoint_url=endpoint_url,
+        endpoint_url=_reachable_for_a_tenant(endpoint_url),
         adapter=Deployment.Adapter.OPENAI,
         provider_id=cluster.provider_id,  # the cluster's credential, if it has one
         # Not billed at provider prices: the tier's platform fee applies (billing.rating).
@@ -236,6 +261,8 @@ def private_deployment_update(deployment: Deployment, **changes: Any) -> Deploym
     unknown = set(changes) - allowed
     if unknown:
         raise PrivateClusterError(f"These cannot be changed: {', '.join(sorted(unknown))}.")
+    if "endpoint_url" in changes:
+        _reachable_for_a_tenant(changes["endpoint_url"])
     for field, value in changes.items():
         setattr(deployment, field, value)
     deployment.save(update_fields=list(changes) or None)

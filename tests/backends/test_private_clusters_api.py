@@ -114,6 +114,32 @@ def test_bad_deployment_input_is_a_clear_400_and_creates_nothing(alice, basement
     assert Deployment.objects.filter(cluster__slug=basement["slug"]).count() == 1
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/v1",
+        "http://169.254.169.254/latest/meta-data",
+        "http://localhost/v1",
+        "http://[::1]:8000/v1",
+        "http://0.0.0.0/v1",
+    ],
+)
+def test_an_endpoint_on_this_machine_or_its_metadata_service_is_refused(alice, basement, url):
+    api = login(alice)
+    base = f"/api/v1/clusters/{basement['slug']}/deployments"
+    other = Deployment.objects.exclude(model__slug=deployment_body()["model"]).first()
+    made = api.post(
+        base, deployment_body(model=other.model.slug, endpoint_url=url), content_type=JSON
+    )
+    assert made.status_code == 400
+    assert "endpoint URL" in made.json()["error"]["message"]
+    moved = api.patch(f"{base}/{basement['deployment']}", {"endpoint_url": url}, content_type=JSON)
+    assert moved.status_code == 400
+    kept = Deployment.objects.get(slug=basement["deployment"])
+    assert kept.endpoint_url == "https://gpu.acme.example/v1"
+    assert Deployment.objects.filter(cluster__slug=basement["slug"]).count() == 1
+
+
 def test_a_second_deployment_of_the_same_model_is_refused(alice, basement):
     url = f"/api/v1/clusters/{basement['slug']}/deployments"
     answer = login(alice).post(url, deployment_body(), content_type=JSON)

@@ -116,8 +116,9 @@ def _profile(d: DeploymentSpec) -> dict[str, Any]:
 
 
 @pytest.fixture
-def private(mesh, cast, box, world_spec) -> dict[str, Any]:
+def private(mesh, cast, box, world_spec, settings) -> dict[str, Any]:
     """Alice registers her cluster and its two models through the management API."""
+    settings.TESSERACT_PRIVATE_ENDPOINTS_ALLOW_LOCAL = True  # her "server" is on loopback
     _counting, url, deployment = box
     AIModel.objects.create(
         slug=SECRET_MODEL, name="Acme secret", family="acme", parameters_b=Decimal(7),
