@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -31,7 +31,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from backends import livestate
+from backends import livestate, providers
 from backends.models import Deployment, Health, HealthEvent
 from backends.snapshot import load_world
 
@@ -125,6 +125,13 @@ class Target:
     url: str
     expected_rtt_ms: float
     profile_ttft_ms: float
+    #: the provider's slug and its headers, credential included (never printed)
+    provider: str = ""
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+#: what `_check` reports when the provider refused our credential (401/403)
+REJECTED = "rejected"
 
 
 def health_url(endpoint_url: str, adapter: str) -> str:
@@ -138,10 +145,12 @@ def health_url(endpoint_url: str, adapter: str) -> str:
 async def _check(client: httpx.AsyncClient, t: Target, timeout_s: float) -> tuple[str, str]:
     started = time.perf_counter()
     try:
-        response = await client.get(t.url, timeout=timeout_s)
+        response = await client.get(t.url, timeout=timeout_s, headers=t.headers)
     except httpx.HTTPError as exc:
         return FAIL, f"no answer: {type(exc).__name__}"
     elapsed_ms = (time.perf_counter() - started) * 1000
+    if response.status_code in (401, 403) and t.provider:
+        return REJECTED, f"HTTP {response.status_code}: the provider rejected our credential"
     if response.status_code >= 500:
         status = _status(response)
         if status in ("unloaded", "loading"):
@@ -163,18 +172,26 @@ def _status(response: httpx.Response) -> str:
 
 
 def _targets() -> list[Target]:
+    """Every deployment with somewhere to reach it, as the gateway would reach it: a
+    provider's deployments are checked with its credential (an authenticated
+    `GET /v1/models`), unsealed in the world this builds."""
     world = load_world()  # the expected RTT, as the gateway sees it
     region = settings.TESSERACT_GATEWAY_REGION
     latency = world.snapshot.latency
+    profiles = dict(Deployment.objects.values_list("slug", "ttft_ms"))
     out = []
-    for d in Deployment.objects.select_related("cluster__region").exclude(endpoint_url=""):
-        rtt = latency.rtt_ms(region, d.cluster.region.slug)
+    for slug, e in world.endpoints.items():
+        if not e.url or slug not in profiles:
+            continue
+        rtt = latency.rtt_ms(region, e.region)
         out.append(
             Target(
-                d.slug,
-                health_url(d.endpoint_url, d.adapter),
+                slug,
+                health_url(e.url, e.adapter),
                 rtt if rtt != float("inf") else 300.0,
-                d.ttft_ms,
+                profiles[slug],
+                provider=e.provider,
+                headers=e.upstream_headers(),
             )
         )
     return out
@@ -195,6 +212,9 @@ def check_all(*, client: Any, timeout_s: float | None = None) -> dict[str, str]:
 
     results = asyncio.run(run())
     for t, (outcome, reason) in zip(targets, results, strict=True):
+        if outcome == REJECTED:
+            providers.mark_rejected(client, t.provider, f"{reason} (health check of {t.slug})")
+            outcome = FAIL
         observed = live.get(t.slug)
         ttft = observed.observed_ttft_ms if observed is not None else None
         if outcome == OK and ttft is not None and ttft > t.profile_ttft_ms * SLOW_TTFT_FACTOR:
@@ -202,6 +222,7 @@ def check_all(*, client: Any, timeout_s: float | None = None) -> dict[str, str]:
             reason = f"observed TTFT {ttft:.0f} ms against a profile of {t.profile_ttft_ms:.0f} ms"
         observe(client, t.slug, outcome, source=HealthEvent.Source.CHECK, reason=reason)
     states = sync_to_database(client)
+    providers.sync_rejections(client)  # a provider the gateways saw refuse us: alert
     return {t.slug: states.get(t.slug, Health.HEALTHY.value) for t in targets}
 
 

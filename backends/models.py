@@ -352,8 +352,8 @@ class Deployment(models.Model):
     provider_model_id = models.CharField(
         max_length=200,
         blank=True,
-        help_text="The provider's own name for the model (sent upstream); blank: the "
-        "catalog's slug.",
+        help_text="The provider's own name for the model (sent upstream); blank: its "
+        "preset's id for the model, else the catalog's slug.",
     )
     adapter = models.CharField(max_length=16, choices=Adapter.choices, default=Adapter.SIMULATOR)
     price_input_per_mtok = models.DecimalField(max_digits=10, decimal_places=4)
@@ -410,8 +410,17 @@ class Deployment(models.Model):
 
     @property
     def upstream_model(self) -> str:
-        """The model id sent upstream: the provider's name for it, else the slug."""
-        return self.provider_model_id or self.model.slug
+        """The model id sent upstream: the deployment's `provider_model_id`, else its
+        provider's preset's id for the model, else the catalog's slug."""
+        if self.provider_model_id:
+            return self.provider_model_id
+        if self.provider is not None and self.provider.preset:
+            from backends.presets import PRESETS
+
+            preset = PRESETS.get(self.provider.preset)
+            if preset is not None and self.model.slug in preset.models:
+                return preset.models[self.model.slug]
+        return self.model.slug
 
     @property
     def org_id(self) -> int | None:

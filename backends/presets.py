@@ -4,9 +4,12 @@ An operator adds a provider by choosing a preset and pasting a key (admin: Backe
 Providers › Add): the preset fills in the base URL, how it authenticates, the provider's
 own ids for the catalog's models, and its known quirks. List prices come from
 `data/llm_api_prices_litellm_llama.csv` (litellm's price table; see
-`data/PROVENANCE.md`), each with the row it was read from; a self-hosted server has
-no list price (you pay for the hardware), and a preset without a row says so rather
-than inventing one.
+`data/PROVENANCE.md`), each with the row it was read from, and so do published speeds
+(`data/hw_provider_profiles.csv`: TTFTs measured by thefastest.ai, which include the
+measuring client's network, and per-request decode speeds; a model measured only as
+Llama 3 or 3.1 stands for its 3.3 successor of the same size, as in `world.py`). A
+self-hosted server has no list price and no published speed (it depends on your
+hardware), and a preset without a row says so rather than inventing one.
 
 Model ids are each provider's published names at the time of writing; a provider
 renames models now and then, so they are defaults the operator can change per
@@ -17,11 +20,12 @@ llama.cpp, Ollama) serve whatever was loaded: their ids are the usual ones.
 from __future__ import annotations
 
 import csv
+import statistics
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
 
-from backends.world import PRICES_CSV
+from backends.world import PRICES_CSV, PROFILES_CSV
 
 SMALL, MEDIUM, LARGE = "llama-3.1-8b-instruct", "llama-3.3-70b-instruct", "llama-3.1-405b-instruct"
 _HF = {
@@ -39,6 +43,24 @@ class Price:
 
 
 @dataclass(frozen=True)
+class Speed:
+    """Published speeds of one model at one provider (`data/hw_provider_profiles.csv`).
+
+    `ttft_ms` is the smallest median over the measuring clients' cities (it includes
+    their network round trip); `decode_tokens_per_s` the median per-request speed.
+    Either is None where the data has no row.
+    """
+
+    ttft_ms: float | None
+    decode_tokens_per_s: float | None
+    source: str
+
+
+#: (backend, model) of hw_provider_profiles.csv: which rows measure a preset's model
+Rows = tuple[str, str]
+
+
+@dataclass(frozen=True)
 class Preset:
     key: str
     name: str
@@ -52,10 +74,45 @@ class Preset:
     ignores_include_usage: bool = False
     self_hosted: bool = False
     notes: str = ""
+    #: catalog model slug → the profile rows of its TTFT and of its decode speed
+    ttft_rows: dict[str, Rows] = field(default_factory=dict)
+    decode_rows: dict[str, Rows] = field(default_factory=dict)
 
     def price(self, model: str) -> Price | None:
         key = self.price_keys.get(model)
         return None if key is None else list_price(key)
+
+    def speed(self, model: str) -> Speed | None:
+        ttft_key, decode_key = self.ttft_rows.get(model), self.decode_rows.get(model)
+        if ttft_key is None and decode_key is None:
+            return None
+        ttft = [float(r["ttft_p50_s"]) * 1000 for r in _profile_rows(ttft_key, "ttft_p50_s")]
+        decode = [
+            float(r["decode_tok_s_per_user_p50"])
+            for r in _profile_rows(decode_key, "decode_tok_s_per_user_p50")
+        ]
+        sources = [
+            f"{what}: hw_provider_profiles.csv {key[0]} / {key[1]}"
+            for what, key in (("ttft", ttft_key), ("decode", decode_key))
+            if key is not None
+        ]
+        return Speed(
+            round(min(ttft), 1) if ttft else None,
+            round(statistics.median(decode), 1) if decode else None,
+            "; ".join(sources),
+        )
+
+
+@cache
+def _profiles() -> list[dict[str, str]]:
+    with PROFILES_CSV.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _profile_rows(key: Rows | None, column: str) -> list[dict[str, str]]:
+    if key is None:
+        return []
+    return [r for r in _profiles() if (r["backend"], r["model"]) == key and r[column].strip()]
 
 
 @cache
@@ -89,11 +146,17 @@ PRESETS: dict[str, Preset] = {
             "groq", "Groq", "https://api.groq.com/openai/v1", "bearer",
             models={SMALL: "llama-3.1-8b-instant", MEDIUM: "llama-3.3-70b-versatile"},
             price_keys={SMALL: "groq/llama-3.1-8b-instant", MEDIUM: "groq/llama-3.3-70b-versatile"},
+            ttft_rows={SMALL: ("groq.com", "Llama-3-8B-Instruct"),
+                       MEDIUM: ("groq.com", "Llama-3-70B-Instruct")},
+            decode_rows={SMALL: ("groq", "Llama-3.1-8B-Instruct"),
+                         MEDIUM: ("groq", "Llama-3.1-70B-Instruct")},
         ),
         Preset(
             "cerebras", "Cerebras", "https://api.cerebras.ai/v1", "bearer",
             models={SMALL: "llama3.1-8b", MEDIUM: "llama-3.3-70b"},
             price_keys={SMALL: "cerebras/llama3.1-8b", MEDIUM: "cerebras/llama-3.3-70b"},
+            decode_rows={SMALL: ("cerebras", "Llama-3.1-8B-Instruct"),
+                         MEDIUM: ("cerebras", "Llama-3.1-70B-Instruct")},
         ),
         Preset(
             "sambanova", "SambaNova Cloud", "https://api.sambanova.ai/v1", "bearer",
@@ -102,6 +165,9 @@ PRESETS: dict[str, Preset] = {
             price_keys={SMALL: "sambanova/Meta-Llama-3.1-8B-Instruct",
                         MEDIUM: "sambanova/Meta-Llama-3.3-70B-Instruct",
                         LARGE: "sambanova/Meta-Llama-3.1-405B-Instruct"},
+            decode_rows={SMALL: ("sambanova", "Llama-3.1-8B-Instruct"),
+                         MEDIUM: ("sambanova", "Llama-3.1-70B-Instruct"),
+                         LARGE: ("sambanova", "Llama-3.1-405B-Instruct")},
         ),
         Preset(
             "together", "Together AI", "https://api.together.xyz/v1", "bearer",
@@ -111,6 +177,10 @@ PRESETS: dict[str, Preset] = {
             price_keys={SMALL: "together_ai/meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo",
                         MEDIUM: "together_ai/meta-llama/Llama-3.3-70B-Instruct-Turbo",
                         LARGE: "together_ai/meta-llama/Meta-Llama-3.1-405B-Instruct-Turbo"},
+            ttft_rows={SMALL: ("together.ai", "Llama-3-8B-Instruct"),
+                       MEDIUM: ("together.ai", "Llama-3-70B-Instruct")},
+            decode_rows={SMALL: ("together.ai", "Llama-3-8B-Instruct"),
+                         MEDIUM: ("together.ai", "Llama-3-70B-Instruct")},
         ),
         Preset(
             "fireworks", "Fireworks AI", "https://api.fireworks.ai/inference/v1", "bearer",
@@ -123,6 +193,11 @@ PRESETS: dict[str, Preset] = {
                              MEDIUM: "accounts/fireworks/models/llama-v3p3-70b-instruct",
                              LARGE: "accounts/fireworks/models/llama-v3p1-405b-instruct"}.items()
             },
+            ttft_rows={SMALL: ("fireworks.ai", "Llama-3-8B-Instruct"),
+                       MEDIUM: ("fireworks.ai", "Llama-3-70B-Instruct")},
+            decode_rows={SMALL: ("fireworks", "Llama-3.1-8B-Instruct"),
+                         MEDIUM: ("fireworks", "Llama-3.1-70B-Instruct"),
+                         LARGE: ("fireworks", "Llama-3.1-405B-Instruct")},
         ),
         Preset(
             "deepinfra", "DeepInfra", "https://api.deepinfra.com/v1/openai", "bearer",

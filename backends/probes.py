@@ -106,6 +106,9 @@ class Target:
     cluster: str
     region: str
     url: str
+    #: a provider's server: any answer below 500 (a 401 to a probe without credentials)
+    #: has made the round trip, so it counts
+    any_answer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,12 @@ def moved(published: float | None, value: float) -> bool:
 def probe_url(endpoint_url: str) -> str:
     """`http://host/d/<slug>/v1` → `http://host/d/<slug>/health`."""
     return endpoint_url.rstrip("/").removesuffix("/v1") + "/health"
+
+
+def provider_probe_url(base_url: str) -> str:
+    """A provider's `GET {base}/models`: every OpenAI-compatible server has it (the
+    probe sends no credential; the 401 it may get back is as good a round trip)."""
+    return base_url.rstrip("/") + "/models"
 
 
 @contextmanager
@@ -269,17 +278,22 @@ def _targets(client: Any, cluster_ids: list[int] | None) -> list[Target]:
     best: dict[int, tuple[tuple[bool, bool, str], Target]] = {}
     rows = (
         Deployment.objects.filter(cluster__in=clusters, drained=False)
-        .exclude(endpoint_url="")
+        .exclude(endpoint_url="", provider__isnull=True)
         .values_list("cluster_id", "cluster__slug", "cluster__region__slug", "slug",
-                     "endpoint_url", "loaded")
+                     "endpoint_url", "loaded", "provider__base_url")
     )  # fmt: skip
-    for cluster_id, cluster, region, slug, url, loaded in rows:
+    for cluster_id, cluster, region, slug, url, loaded, provider_url in rows:
         state = live.get(slug)
         if state is not None and state.loaded is not None:
             loaded = state.loaded
         rank = (state is not None and state.health == Health.DOWN, not loaded, slug)
+        if provider_url is not None:  # a real server: its own host, its model list
+            target = Target(cluster_id, cluster, region,
+                            provider_probe_url(url or provider_url), any_answer=True)  # fmt: skip
+        else:
+            target = Target(cluster_id, cluster, region, probe_url(url))
         if cluster_id not in best or rank < best[cluster_id][0]:
-            best[cluster_id] = (rank, Target(cluster_id, cluster, region, probe_url(url)))
+            best[cluster_id] = (rank, target)
     return sorted((t for _, t in best.values()), key=lambda t: t.cluster)
 
 
@@ -340,7 +354,8 @@ async def _measure(
     except (httpx.HTTPError, TimeoutError) as exc:
         return Measurement(None, time.time(), f"no answer: {type(exc).__name__}")
     ended = time.perf_counter()
-    if not response.is_success:
+    answered = response.status_code < 500 if target.any_answer else response.is_success
+    if not answered:
         return Measurement(None, time.time(), f"HTTP {response.status_code}")
     wall_ms = (marks.get(_ANSWERED, ended) - marks.get(_SENT, started)) * 1000
     return Measurement(wall_ms / _time_scale(response), time.time())

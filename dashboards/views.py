@@ -171,7 +171,7 @@ def invitation_create(request: HttpRequest, org_slug: str) -> HttpResponse:
 
 # --------------------------------------------------------------------------- private clusters
 # The organization's own clusters (bring your own deployment); the same services as the
-# management API (`backends/api.py`). Members see them; owners change them.
+# management API (`backends/api/clusters.py`). Members see them; owners change them.
 
 
 def _clusters_page(

@@ -28,6 +28,7 @@ urlpatterns = [
     path("account/", include("accounts.urls")),
     path("", include("billing.urls")),
     path("api/", include("billing.api.urls")),
-    path("api/", include("backends.api")),  # /api/v1/clusters: an organization's own
+    path("api/", include("backends.api.clusters")),  # /api/v1/clusters: an org's own
+    path("api/v1/operator/", include("backends.api.urls")),
     path("", include("dashboards.urls")),
 ]

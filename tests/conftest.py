@@ -48,6 +48,17 @@ def login(user: User) -> Client:
     return client
 
 
+def staff_login(email: str) -> Client:
+    """A superuser signed in and past the second factor (what the admin requires)."""
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    user = User.objects.create_superuser(email)
+    TOTPDevice.objects.create(user=user, confirmed=True)
+    client = login(user)
+    client.post("/account/2fa/verify/", {"token": services.backup_codes_regenerate(user=user)[0]})
+    return client
+
+
 @pytest.fixture(autouse=True)
 def _default_tiers(request: pytest.FixtureRequest) -> None:
     """The tiers the migrations seed, back after a transactional test flushed them.

@@ -67,10 +67,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHOW = (
     "import json, django; django.setup(); from django.conf import settings as s; "
     "print(json.dumps({'debug': s.DEBUG, 'secret': s.SECRET_KEY, 'pepper': s.API_KEY_PEPPER, "
-    "'secure_cookies': s.SESSION_COOKIE_SECURE}))"
+    "'secure_cookies': s.SESSION_COOKIE_SECURE, 'sealing': s.TESSERACT_SEALING_KEYS, "
+    "'sealing_generated': s.TESSERACT_SEALING_KEYS_GENERATED}))"
 )
 CONFIG = ("DEBUG", "SECRET_KEY", "API_KEY_PEPPER", "TESSERACT_ENV", "SECRET_KEY_FILE",
-          "API_KEY_PEPPER_FILE", "SESSION_COOKIE_SECURE")  # fmt: skip
+          "API_KEY_PEPPER_FILE", "SESSION_COOKIE_SECURE", "TESSERACT_SEALING_KEYS",
+          "TESSERACT_SEALING_KEYS_FILE")  # fmt: skip
 
 
 def settings_in_a_fresh_process(var_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -108,6 +110,31 @@ def test_local_secrets_are_generated_once_and_kept_private(tmp_path):
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
     given = json.loads(settings_in_a_fresh_process(tmp_path, SECRET_KEY="from-env").stdout)
     assert given["secret"] == "from-env"
+
+
+def test_a_local_run_generates_a_sealing_key_once_and_says_so_unless_one_is_given(tmp_path):
+    first = json.loads(settings_in_a_fresh_process(tmp_path).stdout)
+    again = json.loads(settings_in_a_fresh_process(tmp_path).stdout)
+    assert first["sealing_generated"] is True
+    assert first["sealing"] == again["sealing"]
+    assert (
+        json.loads((tmp_path / "secrets.json").read_text())["TESSERACT_SEALING_KEYS"]
+        == (first["sealing"])
+    )
+    key_file = tmp_path / "sealing"
+    key_file.write_text("k1,k2\n")
+    given = settings_in_a_fresh_process(tmp_path, TESSERACT_SEALING_KEYS_FILE=str(key_file))
+    shown = json.loads(given.stdout)
+    assert (shown["sealing"], shown["sealing_generated"]) == ("k1,k2", False)
+
+
+def test_production_generates_no_sealing_key(tmp_path):
+    run = settings_in_a_fresh_process(
+        tmp_path, TESSERACT_ENV="production", SECRET_KEY="s", API_KEY_PEPPER="p"
+    )
+    shown = json.loads(run.stdout)
+    assert (shown["sealing"], shown["sealing_generated"]) == ("", False)
+    assert not (tmp_path / "secrets.json").exists()
 
 
 def test_production_refuses_to_start_without_its_secrets(tmp_path):

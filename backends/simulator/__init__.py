@@ -24,7 +24,7 @@ URL layout (one process, many deployments of `backends.world.demo_world()`):
 Control (POST JSON to /d/<slug>/control; every field optional, `fault` applied first
 and resetting the others):
 
-    {"fault": "none"|"error"|"slow"|"down"|"hang",
+    {"fault": "none"|"error"|"slow"|"down"|"hang"|"rate_limited",
      "error_rate": 0..1,          # "error": 500 before the first token, with this chance
      "slow_factor": x,            # "slow": every delay of this deployment × x
      "error_after_tokens": n,     # streams drop the connection after n tokens; a
@@ -33,7 +33,12 @@ and resetting the others):
                                   # gives up (the slot stays held); a non-streamed
                                   # request never answers (null clears it)
      "loaded": false|true,        # unload (503 model_not_loaded) / load (cold start)
-     "concurrency_slots": n, "max_waiting": n}
+     "concurrency_slots": n, "max_waiting": n,
+     "retry_after_s": x,          # "rate_limited": every generation gets 429 with
+                                  # this Retry-After (default 1)
+     "persona": {...}|null}       # behave like a real provider: its auth header and
+                                  # keys, its own model id, its error bodies, a server
+                                  # that ignores include_usage (see `persona.py`)
 
 "down" answers every request (and the health check) with 503 at once; "hang" never
 answers completions, models or health until the client gives up, and holds no slot. Like the

@@ -11,10 +11,12 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from backends.world import WorldSpec
 
+from .persona import render_error
 from .protocol import (
     SYSTEM_FINGERPRINT,
     ApiError,
@@ -155,7 +157,8 @@ class Simulator:
                 extra = []
                 if exc.retry_after is not None:
                     extra.append((b"retry-after", str(max(1, round(exc.retry_after))).encode()))
-                await _respond(send, exc.status, exc.body(), extra=extra)
+                body = render_error(exc, getattr(exc, "style", "openai"))
+                await _respond(send, exc.status, body, extra=extra)
         elif scope["type"] == "lifespan":
             while True:
                 message = await receive()
@@ -177,26 +180,12 @@ class Simulator:
                     f"No simulated deployment {slug!r}; GET /deployments lists them.",
                     code="deployment_not_found",
                 )
-            if rest in ("v1/chat/completions", "v1/completions"):
-                if method != "POST":
-                    raise _method_not_allowed(method, "POST")
-                await self._generate(dep, rest == "v1/chat/completions", receive, send)
-            elif rest == "v1/models":
-                self._check_up(dep)
-                if dep.fault.kind == "hang":
-                    await self._until_disconnect(
-                        receive, asyncio.get_running_loop().create_future()
-                    )
-                    return
-                await _respond(send, 200, self._models_body(dep))
-            elif rest == "health":
-                await self._health(dep, receive, send)
-            elif rest == "metrics":
-                await _respond(send, 200, self._metrics_body(dep), b"text/plain; version=0.0.4")
-            elif rest == "control":
-                await self._control(dep, method, receive, send)
-            else:
-                raise ApiError(404, f"Unknown path {path!r}.", code="not_found")
+            try:
+                await self._deployment(dep, rest, path, method, scope, receive, send)
+            except ApiError as exc:
+                if dep.persona is not None:
+                    exc.style = dep.persona.error_style  # type: ignore[attr-defined]
+                raise
         elif path == "/health":
             body = {
                 "status": "ok",
@@ -232,6 +221,32 @@ class Simulator:
         else:
             raise ApiError(404, f"Unknown path {path!r}.", code="not_found")
 
+    async def _deployment(
+        self, dep: SimDeployment, rest: str, path: str, method: str, scope: Scope,
+        receive: Receive, send: Send,
+    ) -> None:  # fmt: skip
+        if rest in ("v1/chat/completions", "v1/completions"):
+            if method != "POST":
+                raise _method_not_allowed(method, "POST")
+            credential = dep.persona.authorize(scope["headers"]) if dep.persona else None
+            await self._generate(dep, rest == "v1/chat/completions", receive, send, credential)
+        elif rest == "v1/models":
+            if dep.persona is not None:
+                dep.persona.authorize(scope["headers"])
+            self._check_up(dep)
+            if dep.fault.kind == "hang":
+                await self._until_disconnect(receive, asyncio.get_running_loop().create_future())
+                return
+            await _respond(send, 200, self._models_body(dep))
+        elif rest == "health":
+            await self._health(dep, receive, send)
+        elif rest == "metrics":
+            await _respond(send, 200, self._metrics_body(dep), b"text/plain; version=0.0.4")
+        elif rest == "control":
+            await self._control(dep, method, receive, send)
+        else:
+            raise ApiError(404, f"Unknown path {path!r}.", code="not_found")
+
     # ------------------------------------------------------------------ endpoints
 
     def _check_up(self, dep: SimDeployment) -> None:
@@ -260,11 +275,11 @@ class Simulator:
 
     def _models_body(self, dep: SimDeployment) -> bytes:
         model = {
-            "id": dep.model,
+            "id": dep.model_id,
             "object": "model",
             "created": 0,
             "owned_by": SYSTEM_FINGERPRINT,
-            "root": dep.model,
+            "root": dep.model_id,
             "max_model_len": dep.context_length,
         }
         return _json({"object": "list", "data": [model]})
@@ -291,7 +306,7 @@ class Simulator:
             ]
 
         return dep.metrics.render(
-            model=dep.model, running=dep.slots.running, waiting=dep.slots.waiting, extra=extra
+            model=dep.model_id, running=dep.slots.running, waiting=dep.slots.waiting, extra=extra
         )
 
     async def _health(self, dep: SimDeployment, receive: Receive, send: Send) -> None:
@@ -334,19 +349,41 @@ class Simulator:
 
     # ------------------------------------------------------------------ generation
 
-    async def _generate(self, dep: SimDeployment, chat: bool, receive: Receive, send: Send) -> None:
-        req = parse_request(await _read_body(receive), chat=chat, context_length=dep.context_length)
-        if req.model != dep.model:
+    async def _generate(
+        self,
+        dep: SimDeployment,
+        chat: bool,
+        receive: Receive,
+        send: Send,
+        credential: str | None = None,
+    ) -> None:
+        raw = await _read_body(receive)
+        if dep.persona is not None:
+            dep.persona.seen.append((credential, _asked_model(raw)))
+        req = parse_request(raw, chat=chat, context_length=dep.context_length)
+        if req.model != dep.model_id:
             raise ApiError(
                 404,
                 f"The model `{req.model}` does not exist on this deployment (it serves "
-                f"`{dep.model}`).",
+                f"`{dep.model_id}`).",
                 param="model",
                 code="model_not_found",
             )
+        if dep.persona is not None and dep.persona.ignores_include_usage:
+            req = replace(req, include_usage=False)
         loop = asyncio.get_running_loop()
         self._check_ready(dep, loop.time())
         fault = dep.fault
+        if fault.kind == "rate_limited":
+            dep.metrics.finished("rate_limited")
+            raise ApiError(
+                429,
+                f"Rate limit reached for model `{dep.model_id}`: please try again in "
+                f"{fault.retry_after_s:g}s.",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                retry_after=fault.retry_after_s,
+            )
         failed = fault.kind == "error" and dep.rng.random() < fault.error_rate
         scale = self._scale(dep)
         if fault.kind == "hang":
@@ -370,7 +407,7 @@ class Simulator:
         if stall_after is not None and stall_after < n:
             metrics.generation_tokens += stall_after
             if req.stream:
-                writer = ChunkWriter(req, model=dep.model, created=int(time.time()))
+                writer = ChunkWriter(req, model=dep.model_id, created=int(time.time()))
                 await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
                 body = writer.start() + writer.tokens(stall_after)
                 await send({"type": "http.response.body", "body": body, "more_body": True})
@@ -381,7 +418,7 @@ class Simulator:
             metrics.finished("abort")
             if not req.stream:
                 raise _injected_error(after=abort_after)
-            writer = ChunkWriter(req, model=dep.model, created=int(time.time()))
+            writer = ChunkWriter(req, model=dep.model_id, created=int(time.time()))
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             body = writer.start() + writer.tokens(abort_after)
             await send({"type": "http.response.body", "body": body, "more_body": True})
@@ -391,13 +428,13 @@ class Simulator:
         metrics.e2e.observe(0.0)
         metrics.finished(finish_reason(req))
         if req.stream:
-            writer = ChunkWriter(req, model=dep.model, created=int(time.time()))
+            writer = ChunkWriter(req, model=dep.model_id, created=int(time.time()))
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             body = writer.start() + writer.tokens(n) + writer.finish()
             await send({"type": "http.response.body", "body": body})
         else:
             await _respond(
-                send, 200, completion_body(req, model=dep.model, created=int(time.time()))
+                send, 200, completion_body(req, model=dep.model_id, created=int(time.time()))
             )
 
     async def _timed(
@@ -468,13 +505,13 @@ class Simulator:
                     metrics.ttft.observe(first_ready - arrival)
                     metrics.e2e.observe(compute_end - arrival)
                     metrics.finished(finish_reason(req))
-                    body = completion_body(req, model=dep.model, created=int(time.time()))
+                    body = completion_body(req, model=dep.model_id, created=int(time.time()))
                     await _respond(send, 200, body)
                     return
                 first_due = first_ready + half_rtt
                 await _sleep_until(loop, first_due)
                 metrics.ttft.observe(first_ready - arrival)
-                writer = ChunkWriter(req, model=dep.model, created=int(time.time()))
+                writer = ChunkWriter(req, model=dep.model_id, created=int(time.time()))
                 await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
                 pending = await _stream_tokens(send, writer, produced, first_due, interval)
                 if stall_after is not None:
@@ -549,6 +586,16 @@ async def _stream_tokens(
             pending = b""
         next_due = first_due + writer.sent * interval
         await asyncio.sleep(max(next_due - loop.time(), MIN_BATCH_S))
+
+
+def _asked_model(raw: bytes) -> str | None:
+    """The `model` a request body names, for a persona's record (None: unreadable)."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) else None
 
 
 def _parse_json(raw: bytes) -> Any:

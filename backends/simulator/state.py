@@ -15,9 +15,10 @@ from typing import Any
 from backends.world import DeploymentSpec, WorldSpec, cold_start_s
 
 from .metrics import Metrics
+from .persona import Persona
 from .protocol import invalid
 
-FAULTS = ("none", "error", "slow", "down", "hang")
+FAULTS = ("none", "error", "slow", "down", "hang", "rate_limited")
 
 
 class Slots:
@@ -79,6 +80,8 @@ class Fault:
     #: a stream stops sending after this many tokens and keeps the connection open
     #: until the client gives up (None: never); a non-streamed request never answers
     stall_after_tokens: int | None = None
+    #: "rate_limited": every generation gets 429 with this Retry-After (seconds)
+    retry_after_s: float = 1.0
 
 
 @dataclass
@@ -99,6 +102,8 @@ class SimDeployment:
     loading_until: float | None = None
     metrics: Metrics = field(default_factory=Metrics)
     rng: random.Random = field(default_factory=lambda: random.Random(0))
+    #: behaves like a real provider's API (`persona.py`); None: the plain simulator
+    persona: Persona | None = None
 
     @classmethod
     def build(cls, world: WorldSpec, spec: DeploymentSpec, gateway_region: str) -> SimDeployment:
@@ -118,6 +123,13 @@ class SimDeployment:
 
     @property
     def model(self) -> str:
+        return self.spec.model
+
+    @property
+    def model_id(self) -> str:
+        """The id requests must name and answers carry: the persona's own, or the slug."""
+        if self.persona is not None and self.persona.model_id:
+            return self.persona.model_id
         return self.spec.model
 
     @property
@@ -150,7 +162,7 @@ class SimDeployment:
             raise invalid("the control body must be a JSON object")
         known = {
             "fault", "error_rate", "slow_factor", "error_after_tokens", "stall_after_tokens",
-            "loaded", "concurrency_slots", "max_waiting",
+            "loaded", "concurrency_slots", "max_waiting", "retry_after_s", "persona",
         }  # fmt: skip
         unknown = set(body) - known
         if unknown:
@@ -174,6 +186,11 @@ class SimDeployment:
             if value is not None:
                 value = int(_number(body, "stall_after_tokens", low=0, high=math.inf, integer=True))
             new.stall_after_tokens = value
+        if "retry_after_s" in body:
+            new.retry_after_s = _number(body, "retry_after_s", low=0.0, high=86400.0)
+        persona: Persona | bool | None = False  # False: unchanged
+        if "persona" in body:
+            persona = None if body["persona"] is None else Persona.parse(body["persona"])
         slots = max_waiting = None
         if "concurrency_slots" in body:
             slots = int(_number(body, "concurrency_slots", low=1, high=math.inf, integer=True))
@@ -185,6 +202,8 @@ class SimDeployment:
 
         # Validated: apply.
         self.fault = new
+        if persona is not False:
+            self.persona = persona  # type: ignore[assignment]
         if slots is not None:
             self.slots.resize(slots)
         if max_waiting is not None:
@@ -223,7 +242,9 @@ class SimDeployment:
                 "slow_factor": self.fault.slow_factor,
                 "error_after_tokens": self.fault.error_after_tokens,
                 "stall_after_tokens": self.fault.stall_after_tokens,
+                "retry_after_s": self.fault.retry_after_s,
             },
+            "persona": None if self.persona is None else self.persona.state(),
             "loaded": availability == "ready",
             "availability": availability,
             "loading_remaining_s": (

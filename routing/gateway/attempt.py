@@ -184,6 +184,9 @@ class Attempt:
                 "cluster": e.cluster,
                 "chip": e.chip,
                 "model": e.model,
+                # who served it, under which of its own model ids
+                "provider": e.provider or None,
+                "provider_model": e.upstream_model,
             },
             "strategy": self.plan.strategy,
             "degraded": None if self.plan.degraded is None else self.plan.degraded.to_dict(),

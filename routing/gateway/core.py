@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -31,7 +32,7 @@ import msgspec
 from django.conf import settings
 from redis import exceptions as redis_errors
 
-from backends import health
+from backends import health, livestate, providers
 from backends.snapshot import Endpoint, World
 from billing import metering
 from routing.engine import DEFAULT_STRATEGY, STRATEGIES, Choice, Plan, route
@@ -51,7 +52,10 @@ from routing.gateway.parse import Parsed
 from routing.gateway.upstream import (
     StreamGuard,
     Upstream,
+    UpstreamAuthRejected,
     UpstreamError,
+    UpstreamMisconfigured,
+    UpstreamRateLimited,
     UpstreamRejected,
     UpstreamTimeout,
     read_body,
@@ -218,19 +222,42 @@ class Gateway:
 
     def _upstream_body(self, parsed: Parsed, endpoint: Endpoint) -> bytes:
         body = dict(parsed.body)
-        body["model"] = endpoint.model
+        body["model"] = endpoint.upstream_model  # the provider's own id for the model
         if parsed.stream:
             options = dict(body.get("stream_options") or {})
             options["include_usage"] = True  # we meter from the backend's own count
             body["stream_options"] = options
         return _encode(body)
 
-    def _upstream_headers(self, call: Call) -> dict[str, str]:
+    def _upstream_headers(self, call: Call, endpoint: Endpoint) -> dict[str, str]:
         return {
+            **endpoint.upstream_headers(),  # the provider's extra headers and credential
             "content-type": "application/json",
             "x-request-id": call.request_id,
             **call.trace.upstream_headers(),  # traceparent: a new span per attempt
         }
+
+    def _provider_failed(self, endpoint: Endpoint, exc: UpstreamError) -> None:
+        """A provider's 429 rests the deployment; its 401/403 takes the provider out.
+
+        Both are announced in Redis, so every gateway routes around them within
+        milliseconds; neither is the backend's ill health (no passive failure).
+        """
+        job: Any
+        if isinstance(exc, UpstreamRateLimited):
+            job = livestate.acool(self.redis, endpoint.backend_id, exc.retry_after_s)
+            logger.warning(
+                "%s is rate-limited by its provider: resting it for %.1f s",
+                endpoint.backend_id,
+                exc.retry_after_s,
+            )
+        else:
+            status = exc.status if isinstance(exc, UpstreamAuthRejected) else 0
+            reason = providers.rejection_reason(status, endpoint.backend_id)
+            job = providers.amark_rejected(self.redis, endpoint.provider, reason)
+        task = asyncio.get_running_loop().create_task(job)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _publish(self, attempt: Attempt, end: float) -> None:
         if attempt.published:
@@ -297,14 +324,14 @@ class Gateway:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
+                endpoint = world.endpoints[choice.backend_id]
                 budget = attempt_budget(
                     choice.prediction,
                     remaining_s=remaining,
-                    first_token_s=first_token_limit,
+                    first_token_s=endpoint.first_token_timeout_s or first_token_limit,
                     stream=parsed.stream,
                     last=n == len(choices) - 1,
                 )
-                endpoint = world.endpoints[choice.backend_id]
                 attempt.choice, attempt.endpoint = choice, endpoint
                 attempt.attempts += 1
                 attempt.sent_at = time.perf_counter()
@@ -325,7 +352,12 @@ class Gateway:
                     self._served(session, attempt)
                     return
                 except UpstreamError as exc:
-                    self._passive(choice.backend_id, exc)
+                    if isinstance(exc, UpstreamRateLimited) or (
+                        isinstance(exc, UpstreamAuthRejected) and endpoint.provider
+                    ):
+                        self._provider_failed(endpoint, exc)  # not the backend's ill health
+                    else:
+                        self._passive(choice.backend_id, exc)
                     if attempt.first_at is not None:
                         raise  # after the first token there is no going back
                     observability.failed_over(endpoint, exc)
@@ -349,7 +381,12 @@ class Gateway:
                 last = attempt.choice.backend_id if attempt.choice else "?"
                 error = BackendUnavailable(
                     f"Every backend the policy allows failed ({attempt.attempts} tried); "
-                    f"the last, {last}: {_public(last_error)}."
+                    f"the last, {last}: {_public(last_error)}.",
+                    retry_after_s=(
+                        max(1, math.ceil(last_error.retry_after_s))
+                        if isinstance(last_error, UpstreamRateLimited)
+                        else None
+                    ),
                 )
             await self._publish(attempt, time.perf_counter())
             error.extra_headers = attempt.limit_headers()
@@ -369,19 +406,39 @@ class Gateway:
     async def _send(self, call: Call, attempt: Attempt, timeout_s: float) -> aiohttp.ClientResponse:
         endpoint = attempt.endpoint
         assert endpoint is not None
-        return await self.upstream.open(
-            endpoint.url + UPSTREAM_PATHS[call.parsed.endpoint],
-            self._upstream_body(call.parsed, endpoint),
-            self._upstream_headers(call),
-            timeout_s=timeout_s,
-        )
+        try:
+            return await self.upstream.open(
+                endpoint.url + UPSTREAM_PATHS[call.parsed.endpoint],
+                self._upstream_body(call.parsed, endpoint),
+                self._upstream_headers(call, endpoint),
+                timeout_s=timeout_s,
+                connect_timeout_s=endpoint.connect_timeout_s,
+            )
+        except UpstreamRejected as exc:
+            if exc.status != 404 or not endpoint.provider:
+                raise
+            # The catalog serves the model: a provider that does not know it has been
+            # given a wrong model id or URL. Fail over; tell the operators, not the client.
+            logger.error(
+                "provider %s answered 404 for %s (model id %r): check its base URL and the "
+                "deployment's provider_model_id",
+                endpoint.provider,
+                endpoint.backend_id,
+                endpoint.upstream_model,
+            )
+            raise UpstreamMisconfigured(exc.status, exc.body) from None
 
     async def _rejected(self, attempt: Attempt, exc: UpstreamRejected) -> list[Head | bytes]:
-        """The backend refused the request itself (a 4xx): relay its answer, no failover."""
+        """The backend refused the request itself (a 4xx): relay its answer in OpenAI's
+        shape, naming the catalog's model, with no failover."""
         attempt.status = "error"
         await self._publish(attempt, time.perf_counter())
         headers = [(b"content-type", b"application/json"), *attempt.limit_headers()]
-        return [Head(exc.status, headers), exc.body]
+        assert attempt.endpoint is not None
+        return [
+            Head(exc.status, headers),
+            openai_error_body(exc.status, exc.body, attempt.endpoint),
+        ]
 
     async def _whole(
         self, call: Call, attempt: Attempt, budget: float
@@ -409,7 +466,9 @@ class Gateway:
             )
         await self._publish(attempt, end)
         yield Head(200, attempt.headers(b"application/json", end))
-        yield _splice(payload, attempt.info(end))
+        endpoint = attempt.endpoint
+        assert endpoint is not None
+        yield _splice(endpoint.own_model(payload), attempt.info(end))
 
     async def _stream(
         self, call: Call, attempt: Attempt, budget: float, deadline: float
@@ -441,6 +500,10 @@ class Gateway:
 
         pending: list[bytes] = [] if first == b"[DONE]" else [first]
         usage: _Usage | None = None
+        endpoint = attempt.endpoint
+        assert endpoint is not None
+        #: the provider names the model its own way: each chunk gets the catalog's slug
+        mapped = endpoint if endpoint.model_field is not None else None
         try:
 
             async def rest() -> AsyncIterator[bytes]:
@@ -459,7 +522,7 @@ class Gateway:
                         continue  # re-sent below, with the route, if the client asked
                 if _HAS_TEXT.search(data):
                     attempt.counted_chunks += 1  # ~1 token each: the estimate if usage is missing
-                yield data
+                yield data if mapped is None else mapped.own_model(data)
         except UpstreamError as exc:
             attempt.status = "error"
             attempt.failure = exc
@@ -485,7 +548,7 @@ class Gateway:
             if call.parsed.endpoint == "chat.completions"
             else "text_completion",
             "created": head.created,
-            "model": head.model,
+            "model": head.model if mapped is None else endpoint.model,
             "choices": [],
             "tesseract": attempt.info(end),
         }
@@ -536,6 +599,50 @@ def _mid_stream_error(
 def _public(error: Exception) -> str:
     """What a client may read of a backend's failure: never its URL, host or port."""
     return error.public if isinstance(error, UpstreamError) else "it failed"
+
+
+def openai_error_body(status: int, body: bytes, endpoint: Endpoint) -> bytes:
+    """A backend's 4xx answer in OpenAI's shape, naming the catalog's model.
+
+    OpenAI-shaped answers (`{"error": {"message": …}}`) pass with the provider's model
+    id replaced; others (TGI's `{"error": "…", "error_type": …}`, plain text) become
+    `{"error": {"message", "type": "invalid_request_error", "param", "code"}}`.
+    """
+    message: str | None = None
+    code: Any = None
+    param: Any = None
+    kind: Any = None
+    try:
+        decoded = msgspec.json.decode(body) if body else None
+    except msgspec.DecodeError:
+        decoded = None
+    if isinstance(decoded, dict):
+        error = decoded.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            message, code, param = error["message"], error.get("code"), error.get("param")
+            kind = error.get("type")
+        elif isinstance(error, str):
+            message, code = error, decoded.get("error_type")
+        elif isinstance(decoded.get("message"), str):
+            message, code = decoded["message"], decoded.get("code")
+        elif isinstance(decoded.get("detail"), str):
+            message = decoded["detail"]
+    elif body and decoded is None:
+        message = body[:500].decode("utf-8", "replace").strip() or None
+    if message is None:
+        message = f"The backend refused the request ({status})."
+    if endpoint.upstream_model != endpoint.model:
+        message = message.replace(endpoint.upstream_model, endpoint.model)
+    return _encode(
+        {
+            "error": {
+                "message": message[:1000],
+                "type": kind if isinstance(kind, str) and kind else "invalid_request_error",
+                "param": param if isinstance(param, str) else None,
+                "code": code if isinstance(code, str | int) else None,
+            }
+        }
+    )
 
 
 def _splice(payload: bytes, info: dict[str, Any]) -> bytes:

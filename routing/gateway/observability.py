@@ -140,6 +140,9 @@ _FAILOVER_REASONS = {
     "UpstreamTimeout": "timeout",
     "UpstreamConnectError": "connect",
     "UpstreamStatusError": "status",
+    "UpstreamRateLimited": "rate_limited",
+    "UpstreamAuthRejected": "credential_rejected",
+    "UpstreamMisconfigured": "misconfigured",
 }
 
 

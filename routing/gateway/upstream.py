@@ -8,7 +8,14 @@ Cerebras, Together and the Tesseract simulator: POST `{base}/chat/completions` o
     ├── UpstreamConnectError can't connect, or the connection dropped
     ├── UpstreamTimeout      no answer in time
     └── UpstreamStatusError  5xx or 429
-    UpstreamRejected         4xx other than 429: the request itself is wrong; not retried
+        ├── UpstreamRateLimited  429: the deployment rests for its Retry-After
+        ├── UpstreamAuthRejected 401/403: the provider rejected *our* credential
+        └── UpstreamMisconfigured 404 from a provider: our model id or URL is wrong
+    UpstreamRejected         another 4xx: the request itself is wrong; not retried
+
+A provider's error body is kept on the exception for the operators (`body`) and never
+goes into its message, which the logs and the health reasons carry: a provider may
+echo the credential it refused.
 
 aiohttp rather than httpx: measured on this machine, the same forwarding loop served
 about twice the requests per second with aiohttp (see bench/README.md).
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import aiohttp
 
@@ -48,6 +56,56 @@ class UpstreamStatusError(UpstreamError):
         self.status = status
         self.body = body
         self.public = f"the backend answered {status}"
+
+
+class UpstreamRateLimited(UpstreamStatusError):
+    """429: the provider wants this deployment left alone for `retry_after_s`."""
+
+    #: without a usable Retry-After, the deployment rests this long
+    DEFAULT_RETRY_AFTER_S = 5.0
+
+    def __init__(self, status: int, body: bytes, retry_after_s: float) -> None:
+        super().__init__(status, body)
+        self.retry_after_s = retry_after_s
+        self.public = "the backend is rate-limited"
+
+
+class UpstreamAuthRejected(UpstreamStatusError):
+    """401/403: the provider refused our credential. Not the client's fault."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(status, body)
+        self.public = "the backend is misconfigured"
+
+
+class UpstreamMisconfigured(UpstreamStatusError):
+    """A provider answered 404: the model id or the base URL we were given is wrong.
+
+    The client asked for a model the catalog serves; it is not told it does not exist.
+    """
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(status, body)
+        self.public = "the backend is misconfigured"
+
+
+def retry_after_s(value: str | None, *, now: float | None = None) -> float:
+    """Seconds from a Retry-After header (seconds or an HTTP date); a default otherwise."""
+    import email.utils
+    import time
+
+    if value:
+        value = value.strip()
+        try:
+            return max(float(value), 0.0)
+        except ValueError:
+            pass
+        try:
+            when = email.utils.parsedate_to_datetime(value).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return UpstreamRateLimited.DEFAULT_RETRY_AFTER_S
+        return max(when - (time.time() if now is None else now), 0.0)
+    return UpstreamRateLimited.DEFAULT_RETRY_AFTER_S
 
 
 class UpstreamRejected(Exception):
@@ -82,17 +140,31 @@ class Upstream:
             await self._session.close()
 
     async def open(
-        self, url: str, body: bytes, headers: dict[str, str], *, timeout_s: float
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        timeout_s: float,
+        connect_timeout_s: float | None = None,
     ) -> aiohttp.ClientResponse:
         """POST and wait for the response head; raise an `UpstreamError` on failure."""
+        options: dict[str, Any] = {}
+        if connect_timeout_s is not None:  # the provider's; the whole wait is `timeout_s`
+            options["timeout"] = aiohttp.ClientTimeout(sock_connect=connect_timeout_s)
         try:
             async with asyncio.timeout(timeout_s):
-                response = await self.session().post(url, data=body, headers=headers)
-        except TimeoutError as exc:
+                response = await self.session().post(url, data=body, headers=headers, **options)
+        except TimeoutError as exc:  # aiohttp's connect timeout is one too
             raise UpstreamTimeout(f"no response from {url} in {timeout_s:.1f}s") from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise UpstreamConnectError(f"{url}: {exc}") from exc
-        if response.status >= 500 or response.status == 429:
+        if response.status == 429:
+            wait = retry_after_s(response.headers.get("retry-after"))
+            raise UpstreamRateLimited(429, await _read_quietly(response), wait)
+        if response.status in (401, 403):
+            raise UpstreamAuthRejected(response.status, await _read_quietly(response))
+        if response.status >= 500:
             payload = await _read_quietly(response)
             raise UpstreamStatusError(response.status, payload)
         if response.status >= 400:

@@ -155,6 +155,16 @@ def test_the_world_reaches_a_provider_deployment_with_its_model_id_and_credentia
     assert SECRET not in repr(endpoint)
 
 
+def test_without_its_own_model_id_a_deployment_uses_its_providers_preset_id(groq_world):
+    provider, deployment = groq_world
+    Provider.objects.filter(pk=provider.pk).update(preset="groq")
+    Deployment.objects.filter(pk=deployment.pk).update(provider_model_id="")
+    endpoint = load_world().endpoints[deployment.slug]
+    assert endpoint.upstream_model == PRESETS["groq"].models[deployment.model.slug]
+    Provider.objects.filter(pk=provider.pk).update(preset="")
+    assert load_world().endpoints[deployment.slug].upstream_model == deployment.model.slug
+
+
 def test_a_named_header_provider_sends_the_bare_credential_in_that_header(groq_world):
     provider, deployment = groq_world
     Provider.objects.filter(pk=provider.pk).update(auth_style="header", auth_header="API-Key")
@@ -214,3 +224,102 @@ def test_a_rejection_seen_by_a_gateway_marks_the_provider_misconfigured_and_mail
         assert not client.hexists(providers.REJECTED, "groq")
     finally:
         client.delete(providers.REJECTED)
+
+
+# --------------------------------------------------------------------------- the admin
+
+
+@pytest.fixture
+def operator_client(db):
+    from tests.conftest import staff_login
+
+    return staff_login("oscar@example.com")
+
+
+def add_form(**fields) -> dict:
+    return {
+        "name": "Groq",
+        "slug": "groq",
+        "preset": "groq",
+        "base_url": "",
+        "auth_style": "none",
+        "auth_header": "",
+        "extra_headers": "{}",
+        "connect_timeout_s": "5",
+        "first_token_timeout_s": "",
+        "status": "active",
+        "credential": SECRET,
+        **fields,
+    }
+
+
+def test_an_operator_adds_a_provider_by_choosing_a_preset_and_pasting_a_key(operator_client, keys):
+    added = operator_client.post("/admin/backends/provider/add/", add_form())
+    assert added.status_code == 302, added.content.decode()[:2000]
+    provider = Provider.objects.get(slug="groq")
+    assert provider.base_url == PRESETS["groq"].base_url
+    assert provider.auth_style == "bearer"  # the preset's, over the form's default
+    assert providers.credential_reveal(provider).reveal() == SECRET
+    page = operator_client.get(f"/admin/backends/provider/{provider.pk}/change/").content.decode()
+    listing = operator_client.get("/admin/backends/provider/").content.decode()
+    assert "…WXYZ" in page
+    assert "…WXYZ" in listing
+    assert SECRET not in page
+    assert SECRET not in listing
+    assert provider.credential_sealed not in page
+
+
+def test_saving_a_provider_with_a_blank_credential_keeps_the_stored_one(operator_client, keys):
+    operator_client.post("/admin/backends/provider/add/", add_form())
+    provider = Provider.objects.get(slug="groq")
+    form = add_form(credential="", auth_style="bearer", connect_timeout_s="3")
+    changed = operator_client.post(f"/admin/backends/provider/{provider.pk}/change/", form)
+    assert changed.status_code == 302
+    provider.refresh_from_db()
+    assert provider.connect_timeout_s == 3
+    assert providers.credential_reveal(provider).reveal() == SECRET
+
+
+def test_without_sealing_keys_the_admin_refuses_the_key_and_stores_nothing(
+    operator_client, settings
+):
+    settings.TESSERACT_SEALING_KEYS = ""
+    refused = operator_client.post("/admin/backends/provider/add/", add_form())
+    assert refused.status_code == 200
+    assert "TESSERACT_SEALING_KEYS" in refused.content.decode()
+    assert SECRET not in refused.content.decode()
+    assert not Provider.objects.exists()
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def test_every_presets_price_and_speed_row_exists_in_the_data():
+    for preset in PRESETS.values():
+        for model, key in preset.price_keys.items():
+            assert preset.price(model) is not None, (preset.key, key)
+        for model in {*preset.ttft_rows, *preset.decode_rows}:
+            speed = preset.speed(model)
+            assert speed is not None
+            if model in preset.ttft_rows:
+                assert speed.ttft_ms is not None, (preset.key, model)
+            if model in preset.decode_rows:
+                assert speed.decode_tokens_per_s is not None, (preset.key, model)
+
+
+def test_a_presets_speed_agrees_with_the_demo_worlds_profile_from_the_same_rows():
+    from backends.world import load_profiles
+
+    profile = load_profiles()[("groq-lpu", "llama-3.3-70b-instruct")]
+    speed = PRESETS["groq"].speed("llama-3.3-70b-instruct")
+    assert speed is not None
+    assert speed.decode_tokens_per_s == pytest.approx(profile.decode_tokens_per_s, abs=0.1)
+    assert speed.ttft_ms == pytest.approx(profile.ttft_ms, abs=0.1)
+
+
+def test_every_preset_maps_only_catalog_models_and_names_a_known_auth_style():
+    from backends.world import MODELS
+
+    for preset in PRESETS.values():
+        assert set(preset.models) <= set(MODELS), preset.key
+        assert preset.auth_style in Provider.Auth.values, preset.key

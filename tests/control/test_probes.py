@@ -306,3 +306,55 @@ def test_only_a_move_past_the_threshold_is_worth_announcing():
 def test_the_health_url_is_beside_the_openai_base_url():
     assert probes.probe_url("http://sim:8100/d/x/v1") == "http://sim:8100/d/x/health"
     assert probes.probe_url("http://vllm:8000/v1/") == "http://vllm:8000/health"
+
+
+# --------------------------------------------------------------------------- real servers
+
+
+def _slow_401(delay_s: float) -> Any:
+    """A provider's host: it refuses a request without a credential, one path away."""
+    import asyncio
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(delay_s)
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b'{"error":"no key"}'})
+
+    return app
+
+
+def test_a_provider_probe_counts_a_401_as_a_round_trip_and_a_simulator_probe_does_not():
+    import asyncio
+
+    from tests.servers import serve
+
+    with serve(_slow_401(0.05)) as url:
+        provider = probes.Target(1, "c", "r", probes.provider_probe_url(url + "/v1"), True)
+        simulated = probes.Target(1, "c", "r", url + "/health")
+
+        async def measure() -> list[probes.Measurement]:
+            async with probes.http_client(TIMEOUT_S) as http:
+                return [await probes._measure(http, t, 0, TIMEOUT_S) for t in (provider, simulated)]
+
+        answered, refused = asyncio.run(measure())
+    assert answered.rtt_ms is not None
+    assert answered.rtt_ms >= 50 - EARLY_MS
+    assert refused.rtt_ms is None
+    assert refused.error == "HTTP 401"
+
+
+def test_a_provider_deployment_is_probed_at_its_providers_host(mesh, live):
+    from backends.models import Deployment, Provider
+
+    mesh()
+    provider = Provider.objects.create(
+        slug="groq", name="Groq", base_url="https://api.groq.com/openai/v1", auth_style="none"
+    )
+    cluster = Cluster.objects.get(slug="swedencentral-groq-groq-lpu")
+    Deployment.objects.filter(cluster=cluster).update(provider=provider, endpoint_url="")
+    (target,) = probes._targets(live, [cluster.pk])
+    assert target.url == "https://api.groq.com/openai/v1/models"
+    assert target.any_answer is True

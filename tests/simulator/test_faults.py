@@ -166,6 +166,7 @@ def test_fault_none_clears_every_fault(world):
         "slow_factor": 3,
         "error_after_tokens": 2,
         "stall_after_tokens": 4,
+        "retry_after_s": 1.0,
     }
     assert cleared.json()["fault"]["fault"] == "none"
     assert cleared.json()["fault"]["error_after_tokens"] is None

@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('accounts', '0001_initial'),
-        ('backends', '0004_providers_sealed_credentials'),
+        ('backends', '0005_provider_model_id_falls_back_to_preset'),
     ]
 
     operations = [
