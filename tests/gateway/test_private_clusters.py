@@ -293,3 +293,53 @@ def test_the_control_plane_checks_and_probes_alices_cluster_like_any_other(
     cluster = Cluster.objects.get(slug=private["cluster"])
     probes.probe_clusters(client=client, cluster_ids=[cluster.pk], timeout_s=10)
     assert LatencyProbe.objects.filter(cluster=cluster).exists()
+
+
+ALICES_KEY = "acme-vllm-key-0123456789-wxyz"
+
+
+def test_alices_credential_and_model_id_reach_her_server_and_nothing_else(
+    mesh, cast, box, private, caplog
+):
+    counting, url, _ = box
+    cluster = private["cluster"]
+    mine = private["deployments"][private["model"]]
+    alice = login(cast["alice"].user)
+    changed = alice.patch(
+        f"/api/v1/clusters/{cluster}",
+        {"credential": ALICES_KEY, "auth_style": "header", "auth_header": "api-key"},
+        content_type="application/json",
+    )
+    assert changed.status_code == 200
+    assert changed.json()["credential_hint"] == "…wxyz"
+    renamed = alice.patch(
+        f"/api/v1/clusters/{cluster}/deployments/{mine}",
+        {"provider_model_id": "acme/llama-local"},
+        content_type="application/json",
+    )
+    assert renamed.status_code == 200
+    # Her server now wants that key, in that header, and its own name for the model.
+    persona = {"auth_header": "api-key", "keys": [ALICES_KEY], "model_id": "acme/llama-local"}
+    control = httpx.post(f"{url}/d/{BOX}/control", json={"persona": persona})
+    control.raise_for_status()
+    application.forget_world()
+
+    deadline = time.monotonic() + 30
+    while True:  # until the gateway's world holds the credential (the save announced it)
+        answer = chat(mesh, cast["alice"].key, private["model"])
+        if answer.status_code == 200 or time.monotonic() > deadline:
+            break
+        application.forget_world()
+        time.sleep(0.1)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model"] == private["model"]  # the catalog's name comes back
+    assert answer.json()["tesseract"]["route"]["backend"] == mine
+    seen = counting.app.deployments[BOX].persona.seen
+    assert seen[-1] == (ALICES_KEY, "acme/llama-local")
+
+    before = len(seen)
+    bobs = chat(mesh, cast["bob"].key, private["model"])
+    assert bobs.status_code == 200
+    assert len(seen) == before  # bob's request went elsewhere, and without her key
+    for shown in (answer.text, bobs.text, changed.content.decode(), caplog.text):
+        assert ALICES_KEY not in shown
