@@ -94,7 +94,9 @@ class Role(models.TextChoices):
 
 #: What each role may do. Owners alone manage billing and other owners.
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
-    Role.OWNER: frozenset({"view", "use_keys", "manage_keys", "manage_members", "manage_billing"}),
+    Role.OWNER: frozenset(
+        {"view", "use_keys", "manage_keys", "manage_members", "manage_billing", "manage_clusters"}
+    ),
     Role.ADMIN: frozenset({"view", "use_keys", "manage_keys", "manage_members"}),
     Role.DEVELOPER: frozenset({"view", "use_keys", "manage_keys"}),
     Role.VIEWER: frozenset({"view"}),

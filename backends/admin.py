@@ -82,9 +82,12 @@ class ChipAdmin(admin.ModelAdmin):
 @admin.register(Cluster)
 class ClusterAdmin(admin.ModelAdmin):
     actions = (drain, undrain)
-    list_display = ("name", "region", "chip", "operator", "owner", "accelerators", "drained")
+    list_display = (
+        "name", "region", "chip", "operator", "owner", "organization", "accelerators", "drained",
+    )  # fmt: skip
     list_filter = ("owner", "chip", "drained")
-    list_select_related = ("region", "chip")
+    list_select_related = ("region", "chip", "organization")
+    raw_id_fields = ("organization",)  # blank: public; set: that organization's private cluster
 
 
 @admin.register(AIModel)

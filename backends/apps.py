@@ -13,6 +13,8 @@ class BackendsConfig(AppConfig):
 
         if deployment_costs not in pricebook.COST_LOADERS:
             pricebook.COST_LOADERS.append(deployment_costs)  # rating reads the catalog's costs
+        if private_deployments not in pricebook.PRIVATE_LOADERS:
+            pricebook.PRIVATE_LOADERS.append(private_deployments)  # billed at the platform fee
 
 
 def deployment_costs(slugs: set[str]) -> dict[str, Any]:
@@ -26,3 +28,14 @@ def deployment_costs(slugs: set[str]) -> dict[str, Any]:
             "slug", "price_input_per_mtok", "price_output_per_mtok"
         )
     }
+
+
+def private_deployments(slugs: set[str]) -> set[str]:
+    """Which of `slugs` are private clusters' deployments (one query)."""
+    from backends.models import Deployment
+
+    return set(
+        Deployment.objects.filter(slug__in=slugs)
+        .exclude(cluster__organization=None)
+        .values_list("slug", flat=True)
+    )

@@ -12,6 +12,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from accounts.types import Tenant
 from backends import planner
 from backends.world import jurisdictions
 
@@ -19,6 +20,7 @@ from backends.world import jurisdictions
 class Owner(models.TextChoices):
     TESSERACT = "tesseract", "Tesseract-owned"
     PARTNER = "partner", "Partner"
+    CUSTOMER = "customer", "A customer's own (private cluster)"
 
 
 class Health(models.TextChoices):
@@ -139,8 +141,24 @@ class Chip(models.Model):
         return self.name
 
 
+class ClusterQuerySet(models.QuerySet["Cluster"]):
+    def public(self) -> ClusterQuerySet:
+        return self.filter(organization__isnull=True)
+
+    def for_org(self, org: Tenant) -> ClusterQuerySet:
+        """An organization's own private clusters (tenancy: `accounts.querysets`)."""
+        return self.filter(organization=org)
+
+
 class Cluster(models.Model):
-    """A group of accelerators of one kind in one region, run by us or a partner."""
+    """A group of accelerators of one kind in one region, run by us or a partner.
+
+    A cluster with an `organization` is that organization's private cluster (bring
+    your own deployment): only its keys are routed to its deployments, no other
+    organization can see it, and its tokens are billed at the tier's platform fee,
+    not at provider prices. Its slug starts with `o<org id>-`, so a name clash can
+    only ever be with the organization's own clusters.
+    """
 
     slug = models.SlugField(max_length=80, unique=True)
     name = models.CharField(max_length=120)
@@ -156,6 +174,25 @@ class Cluster(models.Model):
         "A backend is certified for its region's tags plus these.",
     )
     drained = models.BooleanField(default=False, help_text="Kill switch: route nothing here.")
+    organization = models.ForeignKey(
+        "accounts.Organization",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="private_clusters",
+        help_text="Blank: a public cluster. Set: this organization's private cluster.",
+    )
+    provider = models.ForeignKey(
+        "Provider",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="A private cluster's own provider row: how to authenticate to its "
+        "endpoints, with the credential its organization entered (sealed).",
+    )
+
+    objects = ClusterQuerySet.as_manager()
 
     class Meta:
         ordering = ["region__name", "name"]
@@ -276,6 +313,15 @@ class Provider(models.Model):
         return f"…{self.credential_last4}" if self.credential_sealed else ""
 
 
+class DeploymentQuerySet(models.QuerySet["Deployment"]):
+    def public(self) -> DeploymentQuerySet:
+        return self.filter(cluster__organization__isnull=True)
+
+    def for_org(self, org: Tenant) -> DeploymentQuerySet:
+        """An organization's own private deployments."""
+        return self.filter(cluster__organization=org)
+
+
 class Deployment(models.Model):
     """A routable backend: one model served on one chip in one cluster.
 
@@ -328,6 +374,8 @@ class Deployment(models.Model):
     health_since = models.DateTimeField(null=True, blank=True)
     profile_source = models.TextField(blank=True, help_text="Where the profile numbers come from.")
 
+    objects = DeploymentQuerySet.as_manager()
+
     class Meta:
         ordering = ["slug"]
         constraints = [
@@ -373,6 +421,11 @@ class Deployment(models.Model):
             if preset is not None and self.model.slug in preset.models:
                 return preset.models[self.model.slug]
         return self.model.slug
+
+    @property
+    def org_id(self) -> int | None:
+        """The organization whose private deployment this is (None: public)."""
+        return self.cluster.organization_id
 
 
 # --------------------------------------------------------------------------- the maps

@@ -66,9 +66,13 @@ def demand_by_region(*, since: datetime, default_region: str) -> dict[tuple[str,
     """(client region, model) -> requests since `since`, across every tenant.
 
     A control-plane aggregate, never shown to a tenant: it names no organisation.
+    Requests served by an organization's private cluster are its own traffic, not
+    demand for the public mesh, and are left out.
     """
+    private = Deployment.objects.exclude(cluster__organization=None).values("slug")
     rows = (
         UsageEvent.objects.filter(created_at__gte=since)
+        .exclude(deployment__in=private)
         .values("model", client_region=KT("constraints__client_region"))
         .annotate(requests=Count("id"))
         .order_by()
@@ -93,12 +97,16 @@ def served_by_deployment(*, since: datetime) -> dict[str, int]:
 
 
 def sites_from_catalog() -> tuple[list[Site], dict[str, int], dict[str, Deployment]]:
-    """The planner's view of every deployment, each cluster's capacity, and the rows."""
+    """The planner's view of every public deployment, each cluster's capacity, and the rows.
+
+    Private clusters are their organizations' own: placement never loads or unloads
+    a model there, nor counts on them to serve public demand.
+    """
     deployments = {
         d.slug: d
-        for d in Deployment.objects.select_related("cluster__region", "chip", "model").order_by(
-            "slug"
-        )
+        for d in Deployment.objects.public()
+        .select_related("cluster__region", "chip", "model")
+        .order_by("slug")
     }
     sites = []
     for d in deployments.values():
@@ -121,7 +129,7 @@ def sites_from_catalog() -> tuple[list[Site], dict[str, int], dict[str, Deployme
                 ),
             )
         )
-    capacity = dict(Cluster.objects.values_list("slug", "accelerators"))
+    capacity = dict(Cluster.objects.public().values_list("slug", "accelerators"))
     return sites, capacity, deployments
 
 

@@ -76,6 +76,8 @@ class Endpoint:
     ignores_include_usage: bool = False
     #: finds `"model": "<upstream_model>"` in an answer, to name the catalog's slug
     model_field: re.Pattern[bytes] | None = field(default=None, repr=False, compare=False)
+    #: None: a public backend; else the organization whose private cluster this is
+    org_id: int | None = None
 
     def __post_init__(self) -> None:
         if not self.upstream_model:
@@ -83,6 +85,9 @@ class Endpoint:
         if self.upstream_model != self.model and self.model_field is None:
             quoted = re.escape(_json_string(self.upstream_model))
             object.__setattr__(self, "model_field", re.compile(rb'"model"\s*:\s*' + quoted))
+
+    def visible_to(self, org_id: int | None) -> bool:
+        return self.org_id is None or self.org_id == org_id
 
     def upstream_headers(self) -> dict[str, str]:
         """The provider's headers, credential included: for the request, never a log."""
@@ -107,7 +112,8 @@ def _json_string(value: str) -> bytes:
 class World:
     snapshot: Snapshot
     endpoints: dict[str, Endpoint]
-    models: dict[str, list[str]] = field(default_factory=dict)  # model -> regions serving it
+    #: model -> regions serving it, public backends only (`models_for` adds an org's own)
+    models: dict[str, list[str]] = field(default_factory=dict)
     #: the catalog's own snapshot, before any live maps were laid over it
     catalog: Snapshot | None = None
     live: LiveMaps = field(default_factory=LiveMaps.empty)
@@ -115,6 +121,10 @@ class World:
     @property
     def version(self) -> int | str:
         return self.snapshot.version
+
+    def endpoints_for(self, org_id: int | None) -> list[Endpoint]:
+        """The endpoints `org_id` may know of: the public ones and its own private ones."""
+        return [e for e in self.endpoints.values() if e.visible_to(org_id)]
 
     def with_live(self, maps: LiveMaps) -> World:
         """This world's catalog with `maps` laid over it (a new version)."""
@@ -217,6 +227,7 @@ def _backend(d: Deployment, *, out: bool = False) -> Backend:
         cluster=d.cluster.slug,
         chip=d.chip.slug,
         owner=d.cluster.owner,
+        org_id=d.cluster.organization_id,
         certifications=(*region.certifications, *d.cluster.certifications),
         jurisdictions=region.jurisdictions,
         state=LiveState(
@@ -282,11 +293,14 @@ def load_world() -> World:
             certifications=tuple(sorted(b.certifications)),
             jurisdictions=tuple(sorted(b.jurisdictions)),
             country=b.country,
+            org_id=b.org_id,
         )
         for d, b in zip(deployments, backends, strict=True)
     }
     models: dict[str, list[str]] = {}
     for b in backends:
+        if b.org_id is not None:
+            continue  # a private cluster's models are listed to its organization only
         models.setdefault(b.model, [])
         if b.region not in models[b.model]:
             models[b.model].append(b.region)

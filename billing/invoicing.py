@@ -6,7 +6,9 @@ An invoice covers one calendar month in UTC, `[1st 00:00, next 1st 00:00)`, and 
   a new list price mid-month splits a line, so every line states the price it bills):
   requests, input and output tokens, unit prices per 1M tokens, and the amount, which is
   the exact sum of the line's stored charges rounded **once, half-up to the cent**;
-  requests that produced no tokens are billed nothing and appear on no line;
+  requests that produced no tokens are billed nothing and appear on no line; what the
+  organization's own private cluster served is on lines of its own, at the tier's
+  platform fee (per request, plus per 1M tokens) instead of a token price;
 * the **base fee** of the tier the organization is on at the end of the month;
 * one **SLA credit** per objective of that tier that the month's measured attainment
   missed, of `credit_pct` of the usage amount (rounded half-up), stating the measured
@@ -163,21 +165,35 @@ def _usage(org: Organization, start: datetime, end: datetime) -> Any:
     return UsageEvent.objects.for_org(org).filter(created_at__gte=start, created_at__lt=end)
 
 
+#: One usage line per served model × region × unit prices (× platform fee per request,
+#: set only on what an organization's private cluster served).
+_LINE_KEYS = (
+    "served_model",
+    "region",
+    "price_input_per_mtok_usd",
+    "price_output_per_mtok_usd",
+    "fee_per_request_usd",
+)
+
+
 def usage_lines(org: Organization, start: datetime, end: datetime) -> list[LineDraft]:
     """The month's usage lines: token sums in SQL (integers, exact on every database),
     amounts from them × the unit prices (equal to the sum of the stored charges)."""
     groups = (
         _usage(org, start, end)
         .exclude(input_tokens=0, output_tokens=0)
-        .values("served_model", "region", "price_input_per_mtok_usd", "price_output_per_mtok_usd")
+        .values(*_LINE_KEYS)
         .annotate(requests=Count("pk"), tin=Sum("input_tokens"), tout=Sum("output_tokens"))
-        .order_by("served_model", "region", "price_input_per_mtok_usd", "price_output_per_mtok_usd")
+        .order_by(*_LINE_KEYS)
     )
     lines = []
     for g in groups:
         pin, pout = g["price_input_per_mtok_usd"], g["price_output_per_mtok_usd"]
+        per_request = g["fee_per_request_usd"]
         if pin is not None and pout is not None:
             exact = (g["tin"] * pin + g["tout"] * pout) / MTOK
+            if per_request is not None:  # a private cluster: the platform fee per request
+                exact += g["requests"] * per_request
         else:  # rated from the gateway's recorded cost: sum the stored charges themselves
             charges = (
                 _usage(org, start, end)
@@ -188,10 +204,16 @@ def usage_lines(org: Organization, start: datetime, end: datetime) -> list[LineD
             )
             exact = sum(charges, ZERO)
         where = g["region"] or "unrouted"
+        description = f"{g['served_model']} in {where}"
+        if per_request is not None:
+            description += (
+                f", your private cluster: platform fee ${per_request.normalize():f} a request"
+                f" + ${pin.normalize():f} per 1M tokens"
+            )
         lines.append(
             LineDraft(
                 kind=InvoiceLine.Kind.USAGE,
-                description=f"{g['served_model']} in {where}",
+                description=description,
                 model=g["served_model"],
                 region=g["region"],
                 requests=g["requests"],

@@ -65,6 +65,14 @@ class UsageEvent(models.Model):
         max_digits=16, decimal_places=6, null=True, help_text="Our price, USD per 1M tokens."
     )
     price_output_per_mtok_usd = models.DecimalField(max_digits=16, decimal_places=6, null=True)
+    fee_per_request_usd = models.DecimalField(
+        max_digits=16,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="Served by the organization's private cluster: the platform fee per "
+        "request included in the charge (its token prices are the fee per 1M tokens).",
+    )
 
     objects = OrgOwnedQuerySet.as_manager()
 
@@ -183,11 +191,11 @@ class SlaTier(models.Model):
     )
     private_cluster_fee_per_request_usd = _rate(
         default=0,
-        help_text="Platform fee on a private cluster's requests (not billed yet).",
+        help_text="Platform fee on each request a private cluster serves.",
     )
     private_cluster_fee_per_mtok_usd = _rate(
         default=0,
-        help_text="Platform fee per 1M tokens on a private cluster (not billed yet).",
+        help_text="Platform fee per 1M tokens a private cluster serves (input and output).",
     )
     stripe_plan_id = models.CharField(
         max_length=80, blank=True, help_text="Set by the Stripe sync."

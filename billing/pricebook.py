@@ -16,6 +16,10 @@ from billing.tiers import FREE
 #: (`backends.apps`); billing never imports it.
 CostLoader = Callable[[set[str]], dict[str, rating.Price]]
 COST_LOADERS: list[CostLoader] = []
+#: Deployment slugs → those that are private clusters' (billed at the platform fee),
+#: registered by the catalog the same way.
+PrivateLoader = Callable[[set[str]], set[str]]
+PRIVATE_LOADERS: list[PrivateLoader] = []
 
 
 def _costs(slugs: set[str]) -> dict[str, rating.Price]:
@@ -28,15 +32,27 @@ def _costs(slugs: set[str]) -> dict[str, rating.Price]:
 def load(
     *, org_ids: Iterable[int], deployments: Iterable[str], models: Iterable[str]
 ) -> rating.PriceBook:
-    """Three queries, whatever the batch's size (one through `COST_LOADERS`)."""
-    costs = _costs(set(deployments))
+    """Four queries, whatever the batch's size (two through the loaders)."""
+    slugs = set(deployments)
+    costs = _costs(slugs)
+    private: set[str] = set()
+    for find_private in PRIVATE_LOADERS:
+        private |= find_private(slugs)
     margins: defaultdict[int, list[tuple[float, Decimal]]] = defaultdict(list)
-    for org_id, since, margin in (
+    fees: defaultdict[int, list[tuple[float, rating.PlatformFee]]] = defaultdict(list)
+    for org_id, since, margin, per_request, per_mtok in (
         TierChange.objects.filter(org_id__in=set(org_ids))
         .order_by("org_id", "effective_at", "pk")
-        .values_list("org_id", "effective_at", "tier__price_margin_pct")
+        .values_list(
+            "org_id",
+            "effective_at",
+            "tier__price_margin_pct",
+            "tier__private_cluster_fee_per_request_usd",
+            "tier__private_cluster_fee_per_mtok_usd",
+        )
     ):
         margins[org_id].append((since.timestamp(), margin))
+        fees[org_id].append((since.timestamp(), rating.PlatformFee(per_request, per_mtok)))
     list_prices: defaultdict[str, list[tuple[float, rating.Price]]] = defaultdict(list)
     for model, since, pin, pout in (
         ListPrice.objects.filter(model__in=set(models))
@@ -49,6 +65,11 @@ def load(
         margins=dict(margins),
         list_prices=dict(list_prices),
         default_margin_pct=FREE.price_margin_pct,
+        private=frozenset(private),
+        fees=dict(fees),
+        default_fee=rating.PlatformFee(
+            FREE.private_cluster_fee_per_request_usd, FREE.private_cluster_fee_per_mtok_usd
+        ),
     )
 
 
@@ -80,4 +101,5 @@ def charge_fields(charge: rating.Charge) -> dict[str, Any]:
         "charge_usd": charge.amount,
         "price_input_per_mtok_usd": price.input_per_mtok if price else None,
         "price_output_per_mtok_usd": price.output_per_mtok if price else None,
+        "fee_per_request_usd": charge.per_request,
     }

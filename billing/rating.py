@@ -11,6 +11,9 @@ The rules, in one place:
   price / 1M, kept with every digit (at most 12 decimal places: a 6-place rate divided
   by 1M). It is computed once, by the usage drain, and stored on the `UsageEvent`, so
   a later change of price or tier never rewrites history.
+* **A private cluster** (an organization's own deployment) is not billed at provider
+  prices, nor at a list price: its requests pay the platform fee of the tier in force,
+  `fee per request + tokens × fee per 1M tokens / 1M` (input and output alike).
 * **Failed and cancelled requests** are charged for the tokens the backend actually
   produced and counted, nothing more: the gateway records zero tokens for a request
   that failed before its first token, and the tokens streamed so far for one that
@@ -49,7 +52,21 @@ class Charge:
 
     price: Price | None
     amount: Decimal
-    basis: str  # "list", "margin", "recorded-cost" or "nothing-served"
+    basis: str  # "list", "margin", "platform-fee", "recorded-cost" or "nothing-served"
+    #: the platform fee per request included in `amount` (private clusters only)
+    per_request: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformFee:
+    """What a tier charges for a request served by the organization's own cluster."""
+
+    per_request: Decimal
+    per_mtok: Decimal
+
+    def charge(self, input_tokens: int, output_tokens: int) -> Decimal:
+        """Exact, like `charge`: the request fee plus every token at the per-1M fee."""
+        return self.per_request + (input_tokens + output_tokens) * self.per_mtok / MTOK
 
 
 def with_margin(cost: Price, margin_pct: Decimal) -> Price:
@@ -91,17 +108,25 @@ class PriceBook:
 
     `costs`: deployment slug → provider cost. `margins`: org id → [(since, margin %)]
     sorted by time. `list_prices`: model slug → [(since, Price)] sorted by time.
-    Times are unix seconds.
+    `private`: the slugs of private clusters' deployments; `fees`: org id →
+    [(since, PlatformFee)] sorted by time. Times are unix seconds.
     """
 
     costs: Mapping[str, Price] = field(default_factory=dict)
     margins: Mapping[int, Sequence[tuple[float, Decimal]]] = field(default_factory=dict)
     list_prices: Mapping[str, Sequence[tuple[float, Price]]] = field(default_factory=dict)
     default_margin_pct: Decimal = ZERO
+    private: frozenset[str] = frozenset()
+    fees: Mapping[int, Sequence[tuple[float, PlatformFee]]] = field(default_factory=dict)
+    default_fee: PlatformFee = PlatformFee(ZERO, ZERO)
 
     def margin(self, *, org_id: int, at: float) -> Decimal:
         margin = _in_force(self.margins.get(org_id, ()), at, extend_back=True)
         return self.default_margin_pct if margin is None else Decimal(str(margin))
+
+    def platform_fee(self, *, org_id: int, at: float) -> PlatformFee:
+        fee = _in_force(self.fees.get(org_id, ()), at, extend_back=True)
+        return fee if isinstance(fee, PlatformFee) else self.default_fee
 
     def price(self, *, org_id: int, deployment: str, model: str, at: float) -> Charge | None:
         """Our price at `at` (as a zero charge naming its basis), or None if unknown."""
@@ -129,6 +154,14 @@ class PriceBook:
         catalog (then our charge is that cost × (1 + margin), and no unit price)."""
         if input_tokens == 0 and output_tokens == 0:
             return Charge(None, ZERO, "nothing-served")
+        if deployment in self.private:
+            fee = self.platform_fee(org_id=org_id, at=at)
+            return Charge(
+                Price(fee.per_mtok, fee.per_mtok),
+                fee.charge(input_tokens, output_tokens),
+                "platform-fee",
+                per_request=fee.per_request,
+            )
         priced = self.price(org_id=org_id, deployment=deployment, model=model, at=at)
         if priced is not None and priced.price is not None:
             return Charge(

@@ -3,6 +3,7 @@ from __future__ import annotations
 from django import forms
 
 from accounts.models import DEFAULT_SCOPES, Role, Scope
+from backends.models import AIModel, Certification, Chip, Provider, Region
 
 
 class ApiKeyCreateForm(forms.Form):
@@ -49,3 +50,43 @@ class ApiKeyCreateForm(forms.Form):
 class InvitationForm(forms.Form):
     email = forms.EmailField()
     role = forms.ChoiceField(choices=Role.choices, initial=Role.DEVELOPER)
+
+
+# --------------------------------------------------------------------------- private clusters
+
+
+class PrivateClusterForm(forms.Form):
+    """Register one of the organization's own clusters (`backends.services`)."""
+
+    name = forms.CharField(max_length=100)
+    region = forms.ModelChoiceField(queryset=Region.objects.order_by("name"), to_field_name="slug")
+    chip = forms.ModelChoiceField(queryset=Chip.objects.order_by("name"), to_field_name="slug")
+    accelerators = forms.IntegerField(min_value=1)
+    certifications = forms.MultipleChoiceField(
+        choices=Certification.choices, required=False, widget=forms.CheckboxSelectMultiple
+    )
+    credential = forms.CharField(
+        required=False,
+        max_length=4000,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="The key its endpoints expect; sealed, never shown again.",
+    )
+    auth_style = forms.ChoiceField(choices=Provider.Auth.choices, initial=Provider.Auth.BEARER)
+    auth_header = forms.CharField(required=False, max_length=80, help_text="For header auth.")
+
+
+class PrivateDeploymentForm(forms.Form):
+    """A model the cluster serves, where, and the profile it declares."""
+
+    model = forms.ModelChoiceField(queryset=AIModel.objects.order_by("slug"), to_field_name="slug")
+    endpoint_url = forms.URLField(
+        max_length=200, assume_scheme="https", help_text="Its OpenAI-compatible base URL."
+    )
+    provider_model_id = forms.CharField(
+        required=False, max_length=200, help_text="The server's own name for the model."
+    )
+    concurrency_slots = forms.IntegerField(min_value=1)
+    ttft_ms = forms.FloatField(min_value=0.001)
+    reference_prompt_tokens = forms.IntegerField(min_value=1, initial=1000)
+    prefill_tokens_per_s = forms.FloatField(min_value=0.001)
+    decode_tokens_per_s = forms.FloatField(min_value=0.001)

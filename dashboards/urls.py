@@ -25,6 +25,17 @@ urlpatterns = [
     path("orgs/<slug:org_slug>/members/", views.members, name="members"),
     path("orgs/<slug:org_slug>/members/invite/", views.invitation_create, name="invitation_create"),
     path("orgs/<slug:org_slug>/keys/", views.api_key_create, name="api_key_create"),
+    path("orgs/<slug:org_slug>/clusters/", views.clusters, name="clusters"),
+    path(
+        "orgs/<slug:org_slug>/clusters/<str:slug>/deployments/",
+        views.private_deployment_create,
+        name="private_deployment_create",
+    ),
+    path(
+        "orgs/<slug:org_slug>/clusters/<str:slug>/delete/",
+        views.private_cluster_delete,
+        name="private_cluster_delete",
+    ),
     path(
         "orgs/<slug:org_slug>/keys/<int:key_id>/revoke/",
         views.api_key_revoke,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import connection
+from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -10,8 +10,15 @@ from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
 from accounts.models import Membership, User
+from backends import selectors as catalog_selectors
+from backends import services as catalog
 from backends.models import Deployment, Region, RegionLatency
-from dashboards.forms import ApiKeyCreateForm, InvitationForm
+from dashboards.forms import (
+    ApiKeyCreateForm,
+    InvitationForm,
+    PrivateClusterForm,
+    PrivateDeploymentForm,
+)
 
 
 def health(request: HttpRequest) -> JsonResponse:
@@ -160,3 +167,80 @@ def invitation_create(request: HttpRequest, org_slug: str) -> HttpResponse:
     )
     response["Cache-Control"] = "no-store"
     return response
+
+
+# --------------------------------------------------------------------------- private clusters
+# The organization's own clusters (bring your own deployment); the same services as the
+# management API (`backends/api/clusters.py`). Members see them; owners change them.
+
+
+def _clusters_page(
+    request: HttpRequest,
+    membership: Membership,
+    form: PrivateClusterForm | None = None,
+    deployment_form: PrivateDeploymentForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    context = {
+        "org": membership.org,
+        "membership": membership,
+        "can_manage": membership.can("manage_clusters"),
+        "clusters": catalog_selectors.private_cluster_list(org=membership.org),
+        "form": form or PrivateClusterForm(),
+        "deployment_form": deployment_form or PrivateDeploymentForm(),
+    }
+    return render(request, "dashboards/clusters.html", context, status=status)
+
+
+@login_required
+def clusters(request: HttpRequest, org_slug: str) -> HttpResponse:
+    if request.method != "POST":
+        return _clusters_page(request, _member(request, org_slug))
+    membership = _member(request, org_slug, "manage_clusters")
+    form = PrivateClusterForm(request.POST)
+    if not form.is_valid():
+        return _clusters_page(request, membership, form, status=400)
+    data = dict(form.cleaned_data)
+    auth = {k: data.pop(k) for k in ("credential", "auth_style", "auth_header")}
+    try:
+        with transaction.atomic():
+            cluster = catalog.private_cluster_create(org=membership.org, **data)
+            if auth["credential"] or auth["auth_style"] != "bearer":
+                catalog.private_cluster_auth_set(
+                    cluster,
+                    credential=auth["credential"] or None,
+                    auth_style=auth["auth_style"],
+                    auth_header=auth["auth_header"],
+                )
+    except catalog.PrivateClusterError as exc:
+        form.add_error(None, str(exc))
+        return _clusters_page(request, membership, form, status=400)
+    messages.success(request, f"Cluster {cluster.name} registered.")
+    return redirect("dashboards:clusters", org_slug=org_slug)
+
+
+@login_required
+@require_POST
+def private_deployment_create(request: HttpRequest, org_slug: str, slug: str) -> HttpResponse:
+    membership = _member(request, org_slug, "manage_clusters")
+    cluster = catalog_selectors.access_private_cluster(org=membership.org, slug=slug)
+    form = PrivateDeploymentForm(request.POST)
+    if not form.is_valid():
+        return _clusters_page(request, membership, deployment_form=form, status=400)
+    try:
+        catalog.private_deployment_create(cluster=cluster, **form.cleaned_data)
+    except catalog.PrivateClusterError as exc:
+        form.add_error(None, str(exc))
+        return _clusters_page(request, membership, deployment_form=form, status=400)
+    messages.success(request, f"{form.cleaned_data['model'].slug} added to {cluster.name}.")
+    return redirect("dashboards:clusters", org_slug=org_slug)
+
+
+@login_required
+@require_POST
+def private_cluster_delete(request: HttpRequest, org_slug: str, slug: str) -> HttpResponse:
+    membership = _member(request, org_slug, "manage_clusters")
+    cluster = catalog_selectors.access_private_cluster(org=membership.org, slug=slug)
+    catalog.private_cluster_delete(cluster)
+    messages.success(request, f"Cluster {cluster.name} removed.")
+    return redirect("dashboards:clusters", org_slug=org_slug)

@@ -249,6 +249,11 @@ TESSERACT_STALL_TIMEOUT_S = env_int("TESSERACT_STALL_TIMEOUT_S", 10, minimum=1)
 #: much silence (seconds).
 TESSERACT_AFFINITY_TTL_S = env_int("TESSERACT_AFFINITY_TTL_S", 900, minimum=1)
 
+#: Whether an organization may register a private cluster endpoint on this machine's
+#: own addresses (loopback, link-local such as a cloud's metadata service, 0.0.0.0):
+#: never in production, where the gateways and workers would call them for a tenant.
+TESSERACT_PRIVATE_ENDPOINTS_ALLOW_LOCAL = env_bool("TESSERACT_PRIVATE_ENDPOINTS_ALLOW_LOCAL", False)
+
 #: Active health checks: how often, and how long one may take (seconds).
 TESSERACT_HEALTH_INTERVAL_S = env_int("TESSERACT_HEALTH_INTERVAL_S", 2, minimum=1)
 TESSERACT_HEALTH_TIMEOUT_S = env_int("TESSERACT_HEALTH_TIMEOUT_S", 2, minimum=1)

@@ -29,6 +29,7 @@ urlpatterns = [
     path("", include("accounts.audit_urls")),
     path("", include("billing.urls")),
     path("api/", include("billing.api.urls")),
+    path("api/", include("backends.api.clusters")),  # /api/v1/clusters: an org's own
     path("api/v1/operator/", include("backends.api.urls")),
     path("", include("dashboards.urls")),
 ]

@@ -109,6 +109,8 @@ class Backend:
 
     `certifications` are lower-case tags ("hipaa", "soc2", "gdpr", ...);
     `jurisdictions` are the legal areas the site belongs to ("FR", "EU", "EEA").
+    `org_id` is None for a public backend; otherwise the backend is an organization's
+    private cluster, which only that organization's requests may see or route to.
     A backend accepts up to `max_queue` requests waiting beyond its
     `concurrency_slots` (None: as many as it has slots); past that it is full.
     """
@@ -126,6 +128,7 @@ class Backend:
     jurisdictions: frozenset[str] = frozenset()
     max_queue: int | None = None
     state: LiveState = field(default_factory=LiveState)
+    org_id: int | None = None
 
     @property
     def queue_limit(self) -> int:
@@ -146,6 +149,7 @@ def build_backend(
     certifications: Iterable[str] = (),
     jurisdictions: Iterable[str] = (),
     state: LiveState | None = None,
+    org_id: int | None = None,
 ) -> Backend:
     """The one builder of an engine `Backend`, whatever the source: the catalog's rows
     (`backends/snapshot.py`) and the world spec (`bench/worlds.py`) both call it.
@@ -163,6 +167,7 @@ def build_backend(
         certifications=frozenset(c.lower() for c in certifications),
         jurisdictions=frozenset(jurisdictions),
         state=LiveState() if state is None else state,
+        org_id=org_id,
     )
 
 
@@ -233,6 +238,9 @@ class Request:
       prompt in its KV cache, so it skips prefilling them; every other backend pays
       the full prefill (the recompute cost of moving the session).
     * Client location: `client_region`, or `client_lat`/`client_lon`.
+    * `org_id`: the calling organization. Its private backends join the public ones;
+      no other organization's private backend is ever a candidate, an exclusion or a
+      count in the plan. None: public backends only.
     * Degradation the caller allows when nothing meets the SLA: `fallback_models`,
       tried in order; then `allow_relaxed_deadline` (serve the fastest policy-allowed
       backend late rather than refuse). Compliance and residency are never relaxed.
@@ -258,6 +266,7 @@ class Request:
     client_lon: float | None = None
     fallback_models: tuple[str, ...] = ()
     allow_relaxed_deadline: bool = False
+    org_id: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.priority <= 5:

@@ -139,6 +139,40 @@ class ModelIndex:
         clone._set_load(in_flight, queued)
         return clone
 
+    #: The per-backend arrays that `_set_load` does not derive.
+    _STATIC_ARRAYS = (
+        "base_ms", "has_mean_service", "health_factor", "mean_service", "ms_per_in",
+        "ms_per_out", "observed_ttft", "price_in", "price_out", "queue_limit", "slots",
+        "static_code", "static_ok", "zeros",
+    )  # fmt: skip
+
+    @classmethod
+    def merged(cls, public: ModelIndex | None, own: ModelIndex) -> ModelIndex:
+        """`public`'s backends followed by `own`'s, by concatenating their arrays: a
+        few µs per index, where building one from the backends costs µs per backend."""
+        if public is None:
+            return own
+        m = object.__new__(cls)
+        m.model = own.model
+        m.backends = public.backends + own.backends
+        m.ids = public.ids + own.ids
+        m.pos = dict(public.pos)
+        m.pos.update((bid, public.n + i) for i, bid in enumerate(own.ids))
+        m.regions = public.regions + own.regions
+        m.countries = public.countries + own.countries
+        m.n = public.n + own.n
+        for name in cls._STATIC_ARRAYS:
+            setattr(m, name, np.concatenate((getattr(public, name), getattr(own, name))))
+        m.any_mean_service = public.any_mean_service or own.any_mean_service
+        m.any_degraded = public.any_degraded or own.any_degraded
+        m._rtt_cache = {}
+        m._mask_cache = {}
+        m._set_load(
+            np.concatenate((public.in_flight, own.in_flight)),
+            np.concatenate((public.queued, own.queued)),
+        )
+        return m
+
     # ---------------------------------------------------------------- cached masks
 
     def rtt_from(self, key: object, compute) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -173,10 +207,19 @@ class Snapshot:
     at least the gateway's round trip to the backend). None: unknown, and such a
     request is routed with zero network time (only for worlds with no gateway, as in
     unit tests).
+
+    Private clusters: a backend with an `org_id` belongs to that organization alone.
+    The per-model indexes (`index(model)`) hold the public backends only; for every
+    organization with private backends of a model, one more index holds the public
+    ones followed by its own, built here once by concatenating the public index's
+    arrays with those of its own backends. `index(model, org_id)` picks that one (two
+    dictionary lookups), so a decision never even sees another organization's
+    private backends: they cannot be chosen, excluded, counted or named.
     """
 
     __slots__ = (
-        "_by_id", "_by_model", "_client_cache", "backends", "gateway_region", "latency", "version",
+        "_by_id", "_by_model", "_client_cache", "_private", "_private_keys", "_private_models",
+        "backends", "gateway_region", "latency", "version",
     )  # fmt: skip
 
     def __init__(
@@ -192,9 +235,24 @@ class Snapshot:
         self.version = version
         self.gateway_region = gateway_region
         groups: dict[str, list[Backend]] = {}
+        private: dict[tuple[int, str], list[Backend]] = {}
         for b in self.backends:
-            groups.setdefault(b.model, []).append(b)
+            if b.org_id is None:
+                groups.setdefault(b.model, []).append(b)
+            else:
+                private.setdefault((b.org_id, b.model), []).append(b)
         self._by_model = {m: ModelIndex(m, bs) for m, bs in groups.items()}
+        self._private = {
+            (org, m): ModelIndex.merged(self._by_model.get(m), ModelIndex(m, bs))
+            for (org, m), bs in private.items()
+        }
+        #: model -> the (org, model) keys of its private indexes
+        self._private_keys: dict[str, tuple[tuple[int, str], ...]] = {}
+        models: dict[int, set[str]] = {}
+        for org, m in self._private:
+            self._private_keys[m] = (*self._private_keys.get(m, ()), (org, m))
+            models.setdefault(org, set()).add(m)
+        self._private_models = {org: frozenset(ms) for org, ms in models.items()}
         self._by_id = {b.id: b for b in self.backends}
         if len(self._by_id) != len(self.backends):
             raise ValueError("backend ids must be unique")
@@ -202,10 +260,26 @@ class Snapshot:
 
     @property
     def models(self) -> frozenset[str]:
+        """The models public backends serve."""
         return frozenset(self._by_model)
 
-    def index(self, model: str) -> ModelIndex | None:
+    def models_for(self, org_id: int | None) -> frozenset[str]:
+        """The models `org_id` can route to: the public ones and its private ones."""
+        own = self._private_models.get(org_id) if org_id is not None else None
+        return self.models | own if own else self.models
+
+    def index(self, model: str, org_id: int | None = None) -> ModelIndex | None:
+        """`model`'s candidates as `org_id` sees them (None: public backends only)."""
+        if org_id is not None and self._private:
+            idx = self._private.get((org_id, model))
+            if idx is not None:
+                return idx
         return self._by_model.get(model)
+
+    def visible(self, backend_id: str, org_id: int | None) -> bool:
+        """Whether `org_id` may know of this backend (a public one, or its own)."""
+        b = self._by_id.get(backend_id)
+        return b is not None and (b.org_id is None or b.org_id == org_id)
 
     def backend(self, backend_id: str) -> Backend:
         return self._by_id[backend_id]
@@ -216,39 +290,34 @@ class Snapshot:
         *,
         models: Iterable[str] | None = None,
         version: int | str | None = None,
+        org_id: int | None = None,
     ) -> Snapshot:
         """A snapshot with new live counters for the backends in `load`.
 
         Values are `(in_flight, queued)` or `(in_flight, queued, mean_service_ms)`
         (None: no estimate). Static indexes and caches are shared. With `models`, only
         those models' counters are refreshed (the others keep the old ones): the
-        simulator uses this to pay only for the model it is about to route.
+        simulator uses this to pay only for the model it is about to route. With
+        `org_id`, only the indexes that organization routes on are refreshed.
         """
         clone = self._clone()
         if version is not None:
             clone.version = version
         by_model = dict(self._by_model)
-        for m in self._by_model if models is None else models:
-            idx = self._by_model.get(m)
-            if idx is None:
+        private = dict(self._private) if self._private else self._private
+        for m in self._by_model.keys() | self._private_keys.keys() if models is None else models:
+            own = (org_id, m) if org_id is not None else None
+            if own is not None and own in private:
+                private[own] = _loaded(private[own], load)
                 continue
-            fl, qu = idx.in_flight.tolist(), idx.queued.tolist()
-            ms = None
-            for i, bid in enumerate(idx.ids):
-                got = load.get(bid)
-                if got is None:
-                    continue
-                fl[i], qu[i] = got[0], got[1]
-                if len(got) > 2:
-                    if ms is None:
-                        ms = idx.mean_service.tolist()
-                    ms[i] = math.nan if got[2] is None else got[2]
-            by_model[m] = idx.with_load(
-                np.array(fl, dtype=float),
-                np.array(qu, dtype=float),
-                None if ms is None else np.array(ms, dtype=float),
-            )
+            idx = self._by_model.get(m)
+            if idx is not None:
+                by_model[m] = _loaded(idx, load)
+            if org_id is None:
+                for key in self._private_keys.get(m, ()):
+                    private[key] = _loaded(private[key], load)
         clone._by_model = by_model
+        clone._private = private
         return clone
 
     def at_gateway(self, region: str | None) -> Snapshot:
@@ -272,3 +341,23 @@ class Snapshot:
                 self._client_cache.clear()
             got = self._client_cache[key] = self.latency.nearest_region(lat, lon)
         return got
+
+
+def _loaded(idx: ModelIndex, load: Mapping[str, tuple]) -> ModelIndex:
+    """`idx` with the counters of its backends in `load` (see `Snapshot.with_load`)."""
+    fl, qu = idx.in_flight.tolist(), idx.queued.tolist()
+    ms = None
+    for i, bid in enumerate(idx.ids):
+        got = load.get(bid)
+        if got is None:
+            continue
+        fl[i], qu[i] = got[0], got[1]
+        if len(got) > 2:
+            if ms is None:
+                ms = idx.mean_service.tolist()
+            ms[i] = math.nan if got[2] is None else got[2]
+    return idx.with_load(
+        np.array(fl, dtype=float),
+        np.array(qu, dtype=float),
+        None if ms is None else np.array(ms, dtype=float),
+    )

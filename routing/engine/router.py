@@ -68,7 +68,7 @@ def route(
             late.status = "degraded"
             late.degraded = Degradation("relaxed_deadline", request.model, request.model, why)
             return late
-    idx = snapshot.index(request.model)
+    idx = snapshot.index(request.model, request.org_id)
     return Plan(
         status="infeasible",
         strategy=strat.name,
@@ -85,7 +85,7 @@ def route(
 def _plan_for(
     snapshot: Snapshot, request: Request, model: str, strat: Strategy, sla: bool, max_fallbacks: int
 ) -> tuple[Plan | None, Infeasibility | None, Callable[[], tuple[Exclusion, ...]] | None]:
-    idx = snapshot.index(model)
+    idx = snapshot.index(model, request.org_id)
     if idx is None or idx.n == 0:
         return None, Infeasibility(model, "model_not_served", f"no backend serves {model}"), None
     req = request if model == request.model else _retarget(request, model)

@@ -380,19 +380,14 @@ class GatewayApp:
         world = await self.gateway.holder.get()
         allowed = set(key.default_regions)
         required = set(key.default_compliance)
+        # The public backends and this key's organization's private ones: another
+        # organization's private cluster is never listed, nor its models.
+        places: dict[str, set[tuple[str, str, bool]]] = {}
+        for e in world.endpoints_for(key.org_id):
+            if (not allowed or e.region in allowed) and required <= set(e.certifications):
+                places.setdefault(e.model, set()).add((e.region, e.chip, e.org_id is not None))
         data = []
-        for model in sorted(world.models):
-            places = sorted(
-                {
-                    (e.region, e.chip)
-                    for e in world.endpoints.values()
-                    if e.model == model
-                    and (not allowed or e.region in allowed)
-                    and required <= set(e.certifications)
-                }
-            )
-            if not places:
-                continue
+        for model in sorted(places):
             data.append(
                 {
                     "id": model,
@@ -400,8 +395,9 @@ class GatewayApp:
                     "created": 0,
                     "owned_by": "tesseract",
                     "tesseract": {
-                        "regions": sorted({r for r, _ in places}),
-                        "chips": sorted({c for _, c in places}),
+                        "regions": sorted({r for r, _, _ in places[model]}),
+                        "chips": sorted({c for _, c, _ in places[model]}),
+                        "private_regions": sorted({r for r, _, p in places[model] if p}),
                     },
                 }
             )

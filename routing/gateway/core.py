@@ -177,7 +177,9 @@ class Gateway:
         self, parsed: Parsed, strategy: str | None, org_id: int | None
     ) -> tuple[World, Plan, _Session | None]:
         world = await self.holder.get()
-        snapshot = self.inflight.apply(self.holder.snapshot(world), parsed.route.model)
+        snapshot = self.inflight.apply(
+            self.holder.snapshot(world), parsed.route.model, parsed.route.org_id
+        )
         request, session = parsed.route, None
         session_id = request.session_id
         if session_id is not None and org_id is not None:

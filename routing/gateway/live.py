@@ -511,7 +511,7 @@ class InFlight:
     def finish(self, backend_id: str) -> None:
         self._counts[backend_id] -= 1
 
-    def apply(self, snapshot: Snapshot, model: str) -> Snapshot:
+    def apply(self, snapshot: Snapshot, model: str, org_id: int | None = None) -> Snapshot:
         """The snapshot with this process's in-flight counts for `model`'s backends.
 
         The snapshot's own count (the backend's, or all gateways' from the live maps)
@@ -522,9 +522,12 @@ class InFlight:
             return snapshot
         load = {}
         for i in ids:
-            state = snapshot.backend(i).state
+            try:
+                state = snapshot.backend(i).state
+            except KeyError:  # it left the catalog (e.g. its private cluster was removed)
+                continue
             load[i] = (max(self._counts[i], state.in_flight), state.queued)
-        return snapshot.with_load(load, models=(model,))
+        return snapshot.with_load(load, models=(model,), org_id=org_id)
 
     def counts(self) -> dict[str, int]:
         return {slug: n for slug, n in self._counts.items() if n > 0}

@@ -376,6 +376,7 @@ def parse_body(
         client_lon=opts.client_lon,
         fallback_models=tuple(opts.fallback_models or ()),
         allow_relaxed_deadline=bool(opts.allow_relaxed_deadline),
+        org_id=key.org_id,  # its private clusters join the candidates; no one else's
     )
     body.pop("tesseract", None)
     include_usage = bool(typed.stream_options and typed.stream_options.include_usage)

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('backends', '0005_provider_model_id_falls_back_to_preset'),
+        ('backends', '0006_private_clusters'),
     ]
 
     operations = [
