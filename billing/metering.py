@@ -64,6 +64,9 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     constraints: dict[str, object] = {}
     backend_policy: dict[str, object] = {}
     trace_id: str = ""
+    # -- developer dashboard (issue 11): the request's own story -----------------------
+    #: the deployments the gateway sent it to, in order (the last one answered, or failed)
+    tried: list[str] = []
 
 
 _encoder = msgspec.json.Encoder()

@@ -65,11 +65,19 @@ class UsageEvent(models.Model):
         max_digits=16, decimal_places=6, null=True, help_text="Our price, USD per 1M tokens."
     )
     price_output_per_mtok_usd = models.DecimalField(max_digits=16, decimal_places=6, null=True)
+    # -- developer dashboard (issue 11) --------------------------------------------------
+    tried_backends = models.JSONField(
+        default=list, blank=True, help_text="Deployments tried, in order; the last served it."
+    )
 
     objects = OrgOwnedQuerySet.as_manager()
 
     class Meta:
-        indexes = [models.Index(fields=["org", "created_at"])]
+        indexes = [
+            models.Index(fields=["org", "created_at"]),
+            # The request log: newest first by (created_at, id), keyset-paginated.
+            models.Index(fields=["org", "created_at", "id"], name="usage_log_keyset"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(cost_usd__gte=0), name="usageevent_cost_not_negative"

@@ -48,6 +48,7 @@ def _row(record: metering.UsageRecord, charge: rating.Charge) -> UsageEvent:
         constraints=record.constraints,
         backend_policy=record.backend_policy,
         trace_id=record.trace_id,
+        tried_backends=record.tried,
         **pricebook.charge_fields(charge),  # our price, fixed now (billing.rating)
     )
 

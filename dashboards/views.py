@@ -11,7 +11,8 @@ from django.views.decorators.http import require_POST
 from accounts import selectors, services
 from accounts.models import Membership, User
 from backends.models import Deployment, Region, RegionLatency
-from dashboards.forms import ApiKeyCreateForm, InvitationForm
+from dashboards.forms import InvitationForm
+from dashboards.scoping import nav_context, org_view
 
 
 def health(request: HttpRequest) -> JsonResponse:
@@ -52,91 +53,37 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboards/home.html", {"orgs": orgs})
 
 
-def _member(request: HttpRequest, org_slug: str, permission: str = "view") -> Membership:
-    """The signed-in user's membership of the org, or 404 (see `access_membership`)."""
-    user = request.user
-    assert isinstance(user, User)  # login_required ran first
-    return selectors.access_membership(user=user, org_slug=org_slug, permission=permission)
-
-
-def _org_page(
-    request: HttpRequest, membership: Membership, form: ApiKeyCreateForm, status: int = 200
-) -> HttpResponse:
-    context = {
-        "org": membership.org,
-        "membership": membership,
-        "keys": selectors.api_key_list(org=membership.org),
-        "form": form,
-    }
-    return render(request, "dashboards/org.html", context, status=status)
-
-
-@login_required
-def org_dashboard(request: HttpRequest, org_slug: str) -> HttpResponse:
-    membership = _member(request, org_slug)
-    return _org_page(request, membership, ApiKeyCreateForm())
-
-
-@login_required
-@require_POST
-def api_key_create(request: HttpRequest, org_slug: str) -> HttpResponse:
-    membership = _member(request, org_slug, "manage_keys")
-    form = ApiKeyCreateForm(request.POST)
-    if not form.is_valid():
-        return _org_page(request, membership, form, status=400)
-    try:
-        issued = services.api_key_create(
-            org=membership.org,
-            created_by=membership.user,
-            **form.cleaned_data,
-        )
-    except services.AccountsError as exc:
-        form.add_error(None, str(exc))
-        return _org_page(request, membership, form, status=400)
-    # The plaintext is rendered into this one response and never stored.
-    response = render(
-        request, "dashboards/key_created.html", {"org": membership.org, "issued": issued}
-    )
-    response["Cache-Control"] = "no-store"
-    return response
-
-
-@login_required
-@require_POST
-def api_key_revoke(request: HttpRequest, org_slug: str, key_id: int) -> HttpResponse:
-    membership = _member(request, org_slug, "manage_keys")
-    key = selectors.access_api_key(org=membership.org, key_id=key_id)
-    services.api_key_revoke(api_key=key)
-    messages.success(request, f"Key {key.display_prefix} revoked.")
-    return redirect("dashboards:org", org_slug=org_slug)
-
-
 def _members_page(
     request: HttpRequest, membership: Membership, form: InvitationForm, status: int = 200
 ) -> HttpResponse:
+    can_invite = membership.can("manage_members")
     context = {
-        "org": membership.org,
-        "membership": membership,
+        **nav_context(membership, "members"),
         "members": selectors.member_list(org=membership.org),
-        "invitations": (
-            selectors.invitation_open_list(org=membership.org)
-            if membership.can("manage_members")
-            else []
-        ),
+        "invitations": selectors.invitation_open_list(org=membership.org) if can_invite else [],
+        "can_invite": can_invite,
         "form": form,
     }
     return render(request, "dashboards/members.html", context, status=status)
 
 
-@login_required
-def members(request: HttpRequest, org_slug: str) -> HttpResponse:
-    return _members_page(request, _member(request, org_slug), InvitationForm())
-
-
-@login_required
+@org_view("manage_keys")
 @require_POST
-def invitation_create(request: HttpRequest, org_slug: str) -> HttpResponse:
-    membership = _member(request, org_slug, "manage_members")
+def api_key_revoke(request: HttpRequest, membership: Membership, key_id: int) -> HttpResponse:
+    key = selectors.access_api_key(org=membership.org, key_id=key_id)
+    services.api_key_revoke(api_key=key)
+    messages.success(request, f"Key {key.display_prefix} revoked.")
+    return redirect("dashboards:keys", org_slug=membership.org.slug)
+
+
+@org_view()
+def members(request: HttpRequest, membership: Membership) -> HttpResponse:
+    return _members_page(request, membership, InvitationForm())
+
+
+@org_view("manage_members")
+@require_POST
+def invitation_create(request: HttpRequest, membership: Membership) -> HttpResponse:
     form = InvitationForm(request.POST)
     if not form.is_valid():
         return _members_page(request, membership, form, status=400)
@@ -156,7 +103,7 @@ def invitation_create(request: HttpRequest, org_slug: str) -> HttpResponse:
     response = render(
         request,
         "dashboards/invitation_created.html",
-        {"org": membership.org, "invitation": issued.invitation, "link": link},
+        {**nav_context(membership, "members"), "invitation": issued.invitation, "link": link},
     )
     response["Cache-Control"] = "no-store"
     return response

@@ -239,6 +239,7 @@ class Attempt:
                 else {}
             ),
             trace_id=call.trace_id,
+            tried=[c.backend_id for c in self.plan.choices[: self.attempts]],
         )
 
 
