@@ -362,3 +362,58 @@ def test_main_pages_make_a_fixed_number_of_queries_whatever_the_volume(
     with django_assert_max_num_queries(limit):
         response = client.get(f"/orgs/{acme.slug}/{page}")
     assert response.status_code == 200
+
+
+def test_the_explainer_ranks_the_candidates_and_says_why_every_other_lost(alice, acme):
+    from backends.demo import demo_world_load
+    from backends.models import Deployment
+
+    demo_world_load()
+    query = "model=llama-3.1-8b-instruct&jurisdictions=EU&max_ttft_ms=5000"
+    response = login(alice).get(f"/orgs/{acme.slug}/explain/?{query}")
+    assert response.status_code == 200
+    result = response.context["result"]
+    eu = {
+        d.slug
+        for d in Deployment.objects.select_related("cluster__region", "model")
+        if d.model.slug == "llama-3.1-8b-instruct" and "EU" in d.cluster.region.jurisdictions
+    }
+    ranked = {c["backend_id"] for c in result["ranked"]}
+    assert ranked
+    assert ranked <= eu
+    excluded = {e["backend_id"]: e["code"] for e in result["excluded"]}
+    assert "residency" in excluded.values()
+    # every candidate of the model is either ranked or excluded with its reason
+    everyone = {d.slug for d in Deployment.objects.filter(model__slug="llama-3.1-8b-instruct")}
+    assert everyone <= ranked | set(excluded)
+    page = response.content.decode()
+    assert "Why the others lost" in page
+
+
+def test_a_request_s_page_recomputes_its_plan_from_the_stored_constraints(alice, acme):
+    from backends.demo import demo_world_load
+    from backends.models import Deployment
+
+    demo_world_load()
+    eight_b = list(
+        Deployment.objects.filter(model__slug="llama-3.1-8b-instruct").select_related(
+            "cluster__region"
+        )
+    )
+    inside = next(d for d in eight_b if "EU" in d.cluster.region.jurisdictions)
+    outside = next(d for d in eight_b if "EU" not in d.cluster.region.jurisdictions)
+    client = login(alice)
+    for served, ranked in ((inside, True), (outside, False)):
+        e = event(
+            acme,
+            model="llama-3.1-8b-instruct",
+            deployment=served.slug,
+            constraints={"jurisdictions": ["EU"], "max_ttft_ms": 5000},
+        )
+        response = client.get(f"/orgs/{acme.slug}/requests/{e.request_id}/")
+        why = response.context["why"]
+        assert why.plan is not None
+        assert why.plan["ranked"]
+        assert (why.rank is not None) is ranked
+        if not ranked:
+            assert "is not in today" in response.content.decode()
