@@ -70,8 +70,9 @@ def overview(request: HttpRequest, membership: Membership) -> HttpResponse:
     period, chosen = _period(request)
     account = billing_selectors.billing_account(org=org)
     tier = account.tier
-    days = usage.daily(org, period)
-    whole = usage.totals(usage.in_period(org, period))
+    rows = usage.rows(org, period)
+    days = usage.daily(rows, period)
+    whole = usage.totals(rows)
     month = usage.month_to_date(org)
     cap = account.monthly_cap_usd
     objective = tier.latency_objective_pct
@@ -149,9 +150,10 @@ def usage_page(request: HttpRequest, membership: Membership) -> HttpResponse:
     if dimension not in ("model", "region", "key"):
         dimension = "model"
     tier = billing_selectors.billing_account(org=org).tier
-    days = usage.daily(org, period)
+    rows = usage.rows(org, period)
+    days = usage.daily(rows, period)
     labels = [d.strftime("%b %d") for d in period.days]
-    split = usage.by_dimension(org, period, dimension)
+    split = usage.by_dimension(org, rows, period, dimension)
 
     def chart(measure: str, title: str, unit: str = "") -> Any:
         table: dict[str, list[Any]] = getattr(split, measure)
@@ -188,7 +190,7 @@ def usage_page(request: HttpRequest, membership: Membership) -> HttpResponse:
         ),
         objective_label=f"{tier.name} objective",
     )
-    rows = [
+    table = [
         {"name": n, "requests": r, "tokens": t, "spend": s} for n, (r, t, s) in split.totals.items()
     ]
     return _page(
@@ -206,7 +208,7 @@ def usage_page(request: HttpRequest, membership: Membership) -> HttpResponse:
             "tokens_chart": chart("tokens", f"Tokens per day by {dimension}"),
             "latency_chart": latency,
             "attainment_chart": attainment,
-            "rows": rows,
+            "rows": table,
             "tier": tier,
         },
     )
@@ -219,7 +221,7 @@ def usage_page(request: HttpRequest, membership: Membership) -> HttpResponse:
 def world_map(request: HttpRequest, membership: Membership) -> HttpResponse:
     org = membership.org
     period, chosen = _period(request)
-    volumes = usage.by_region(org, period)
+    volumes = usage.by_region(usage.rows(org, period))
     regions = {
         r.slug: r
         for r in Region.objects.filter(slug__in=[v.region for v in volumes]).only(
@@ -281,7 +283,7 @@ def request_log(request: HttpRequest, membership: Membership) -> HttpResponse:
             "form": form,
             "page": page,
             "query": query.urlencode(),
-            "choices": usage.filter_choices(org, usage.Period.last_days(90)),
+            "choices": usage.filter_choices(usage.rows(org, usage.Period.last_days(90))),
         },
         status=status,
     )

@@ -1,70 +1,34 @@
 """What the developer dashboard reads about an organization's requests.
 
-Every read starts from `UsageEvent.objects.for_org(org)` — the one tenancy filter
-(`accounts.querysets`) — with `org` taken from the caller's membership
-(`dashboards.scoping.org_view`). The series are grouped by day in the database over
-the `(org, created_at)` index, a fixed number of queries per page whatever the
-volume; percentiles use PostgreSQL's `percentile_cont` (on SQLite, the development
-default, they are computed in Python from the same rows).
+Every read starts from the org handed over by the caller's membership
+(`dashboards.scoping.org_view`) through `for_org` — the one tenancy filter
+(`accounts.querysets`). The charts read the daily rollup (`billing.rollup`): whole
+past days from `UsageDay`, and the days not built yet (today, a dirty day) summed on
+the fly from the `(org, created_at)` index by the same `aggregate` — a fixed number of
+queries per page, whatever the volume. Sums are exact; TTFT percentiles come from the
+rollup's 5% buckets (within 2.5%). The request log reads `UsageEvent` by keyset.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection
-from django.db.models import (
-    Aggregate,
-    Count,
-    F,
-    FloatField,
-    Q,
-    QuerySet,
-    Sum,
-)
-from django.db.models.functions import TruncDate
+from django.db.models import Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
 from accounts.models import Organization
-from billing.models import UsageEvent
+from billing import rollup
+from billing.models import UsageDay, UsageEvent
 
 PAGE_SIZE = 50
-
-
-class Percentile(Aggregate):
-    """`percentile_cont(p) WITHIN GROUP (ORDER BY expr)` (PostgreSQL)."""
-
-    function = "percentile_cont"
-    template = "%(function)s(%(p)s) WITHIN GROUP (ORDER BY %(expressions)s)"
-    output_field = FloatField()
-
-    def __init__(self, expression: Any, p: float, **extra: Any) -> None:
-        if not 0 <= p <= 1:
-            raise ValueError("p is a fraction")
-        super().__init__(expression, p=repr(float(p)), **extra)
-
-
-def _percentiles_in_db() -> bool:
-    return connection.vendor == "postgresql"
-
-
-def percentile(values: Sequence[float], p: float) -> float | None:
-    """Linear interpolation between closest ranks: what `percentile_cont` computes."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = p * (len(ordered) - 1)
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 # ------------------------------------------------------------------------- periods
@@ -88,16 +52,14 @@ class Period:
         days = {"7": 7, "30": 30, "90": 90}.get(value or "", 30)
         return cls.last_days(days, today=today)
 
+    @classmethod
+    def this_month(cls, now: datetime | None = None) -> Period:
+        today = (now or timezone.now()).astimezone(UTC).date()
+        return cls(today.replace(day=1), today + timedelta(days=1))
+
     @property
     def days(self) -> list[date]:
         return [self.start + timedelta(days=i) for i in range((self.end - self.start).days)]
-
-    @property
-    def bounds(self) -> tuple[datetime, datetime]:
-        return (
-            datetime.combine(self.start, datetime.min.time(), tzinfo=UTC),
-            datetime.combine(self.end, datetime.min.time(), tzinfo=UTC),
-        )
 
     @property
     def length(self) -> int:
@@ -114,21 +76,35 @@ def events(org: Organization) -> QuerySet[UsageEvent]:
     return UsageEvent.objects.for_org(org)
 
 
-def in_period(org: Organization, period: Period) -> QuerySet[UsageEvent]:
-    start, end = period.bounds
-    return events(org).filter(created_at__gte=start, created_at__lt=end)
+# ------------------------------------------------------------------ rollup rows
 
 
-# ----------------------------------------------------------------------- daily sums
+def rows(org: Organization, period: Period) -> list[rollup.Row]:
+    """The org's rollup rows of the period: stored for built days, computed for the
+    rest (at most four queries)."""
+    days = period.days
+    built = rollup.built_days(days)
+    out = rollup.stored_rows(UsageDay.objects.for_org(org).filter(day__in=built))
+    raw = [d for d in days if d not in built]
+    if raw:
+        ranges = Q()
+        for first, last in _runs(raw):
+            start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+            end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+            ranges |= Q(created_at__gte=start, created_at__lt=end)
+        out += rollup.aggregate(events(org).filter(ranges)).get(org.pk, [])
+    return out
 
-_SUMS = {
-    "requests": Count("id"),
-    "tokens": Sum(F("input_tokens") + F("output_tokens")),
-    "spend": Sum("charge_usd"),
-    "errors": Count("id", filter=Q(status=UsageEvent.Status.ERROR)),
-    "sla_known": Count("id", filter=Q(sla_met__isnull=False, status=UsageEvent.Status.OK)),
-    "sla_met": Count("id", filter=Q(sla_met=True, status=UsageEvent.Status.OK)),
-}
+
+def _runs(days: list[date]) -> list[tuple[date, date]]:
+    """Consecutive days as (first, last) pairs."""
+    runs: list[tuple[date, date]] = []
+    for d in sorted(days):
+        if runs and runs[-1][1] + timedelta(days=1) == d:
+            runs[-1] = (runs[-1][0], d)
+        else:
+            runs.append((d, d))
+    return runs
 
 
 @dataclass(kw_only=True)
@@ -141,8 +117,17 @@ class Totals:
     errors: int = 0
     sla_known: int = 0
     sla_met: int = 0
-    p50: float | None = None
-    p99: float | None = None
+    ttft_hist: dict[int, int] = field(default_factory=dict)
+
+    def add(self, row: rollup.Row) -> None:
+        self.requests += row.requests
+        self.tokens += row.input_tokens + row.output_tokens
+        self.spend += row.charge_usd
+        self.errors += row.errors
+        self.sla_known += row.sla_known
+        self.sla_met += row.sla_met
+        for k, n in row.ttft_hist.items():
+            self.ttft_hist[k] = self.ttft_hist.get(k, 0) + n
 
     @property
     def error_rate(self) -> float | None:
@@ -152,66 +137,34 @@ class Totals:
     def attainment(self) -> float | None:
         return self.sla_met / self.sla_known if self.sla_known else None
 
+    @property
+    def p50(self) -> float | None:
+        return rollup.hist_percentile(self.ttft_hist, 0.5)
+
+    @property
+    def p99(self) -> float | None:
+        return rollup.hist_percentile(self.ttft_hist, 0.99)
+
 
 @dataclass(kw_only=True)
 class Day(Totals):
     day: date
 
 
-def _ttft_percentiles(
-    qs: QuerySet[UsageEvent], group: str | None
-) -> dict[Any, tuple[float | None, float | None]]:
-    """p50 and p99 time to first token of completed requests, per `group` value (or
-    under the key None for all of `qs`)."""
-    ok = qs.filter(status=UsageEvent.Status.OK, ttft_ms__isnull=False)
-    if _percentiles_in_db():
-        if group is None:
-            row = ok.aggregate(p50=Percentile("ttft_ms", 0.5), p99=Percentile("ttft_ms", 0.99))
-            return {None: (row["p50"], row["p99"])}
-        rows = ok.values(group).annotate(
-            p50=Percentile("ttft_ms", 0.5), p99=Percentile("ttft_ms", 0.99)
-        )
-        return {r[group]: (r["p50"], r["p99"]) for r in rows}
-    buckets: dict[Any, list[float]] = defaultdict(list)
-    if group is None:
-        buckets[None] = [v for v in ok.values_list("ttft_ms", flat=True) if v is not None]
-    else:
-        for key, v in ok.values_list(group, "ttft_ms"):
-            buckets[key].append(v)
-    return {k: (percentile(v, 0.5), percentile(v, 0.99)) for k, v in buckets.items()}
+def totals(of: Iterable[rollup.Row]) -> Totals:
+    out = Totals()
+    for row in of:
+        out.add(row)
+    return out
 
 
-def daily(org: Organization, period: Period) -> list[Day]:
-    """One `Day` per day of the period (empty days included): two queries."""
-    qs = in_period(org, period).annotate(day=TruncDate("created_at", tzinfo=UTC))
+def daily(of: Iterable[rollup.Row], period: Period) -> list[Day]:
+    """One `Day` per day of the period, empty days included."""
     by_day = {d: Day(day=d) for d in period.days}
-    rows: Any = qs.values("day").annotate(**_SUMS).order_by("day")
-    for row in rows:
-        day = by_day.get(row["day"])
-        if day is None:
-            continue
-        day.requests, day.errors = row["requests"], row["errors"]
-        day.tokens, day.spend = row["tokens"] or 0, row["spend"] or Decimal(0)
-        day.sla_known, day.sla_met = row["sla_known"], row["sla_met"]
-    for d, (p50, p99) in _ttft_percentiles(qs, "day").items():
-        if d in by_day:
-            by_day[d].p50, by_day[d].p99 = p50, p99
+    for row in of:
+        if row.day in by_day:
+            by_day[row.day].add(row)
     return list(by_day.values())
-
-
-def totals(qs: QuerySet[UsageEvent]) -> Totals:
-    row = qs.aggregate(**_SUMS)
-    p50, p99 = _ttft_percentiles(qs, None).get(None, (None, None))
-    return Totals(
-        requests=row["requests"],
-        tokens=row["tokens"] or 0,
-        spend=row["spend"] or Decimal(0),
-        errors=row["errors"],
-        sla_known=row["sla_known"],
-        sla_met=row["sla_met"],
-        p50=p50,
-        p99=p99,
-    )
 
 
 @dataclass
@@ -226,34 +179,31 @@ class Breakdown:
     totals: dict[str, tuple[int, int, Decimal]] = field(default_factory=dict)
 
 
-def by_dimension(org: Organization, period: Period, dimension: str, *, top: int = 6) -> Breakdown:
+def by_dimension(
+    org: Organization, of: list[rollup.Row], period: Period, dimension: str, *, top: int = 6
+) -> Breakdown:
     """Daily requests, tokens and spend per model, region or key (the `top` by
-    requests named, the rest summed as 'other'): one query."""
-    column = {"model": "model", "region": "region", "key": "api_key_id"}[dimension]
-    qs = in_period(org, period).annotate(day=TruncDate("created_at", tzinfo=UTC))
-    rows = list(
-        qs.values("day", column).annotate(
-            requests=_SUMS["requests"], tokens=_SUMS["tokens"], spend=_SUMS["spend"]
-        )
-    )
+    requests named, the rest summed as 'other')."""
+    attribute = {"model": "model", "region": "region", "key": "api_key_id"}[dimension]
     names: dict[Any, str] = {}
     if dimension == "key":
         from accounts.models import ApiKey
 
-        ids = {r[column] for r in rows if r[column] is not None}
+        ids = {r.api_key_id for r in of if r.api_key_id is not None}
         names = {
             k.pk: f"{k.name} ({k.display_prefix})"
             for k in ApiKey.objects.for_org(org).filter(pk__in=ids)
         }
 
-    def label(value: Any) -> str:
+    def label(row: rollup.Row) -> str:
+        value = getattr(row, attribute)
         if dimension == "key":
             return names.get(value, "deleted key" if value is None else f"key {value}")
         return str(value or "(none)")
 
     volume: dict[str, int] = defaultdict(int)
-    for r in rows:
-        volume[label(r[column])] += r["requests"]
+    for r in of:
+        volume[label(r)] += r.requests
     ranked = sorted(volume, key=lambda n: (-volume[n], n))
     shown = ranked[:top]
     if len(ranked) > top:
@@ -267,15 +217,15 @@ def by_dimension(org: Organization, period: Period, dimension: str, *, top: int 
         tokens={s: [0] * n for s in shown},
         spend={s: [Decimal(0)] * n for s in shown},
     )
-    for r in rows:
-        i = index.get(r["day"])
+    for r in of:
+        i = index.get(r.day)
         if i is None:
             continue
-        name = label(r[column])
+        name = label(r)
         name = name if name in out.requests else "other"
-        out.requests[name][i] += r["requests"]
-        out.tokens[name][i] += r["tokens"] or 0
-        out.spend[name][i] += r["spend"] or Decimal(0)
+        out.requests[name][i] += r.requests
+        out.tokens[name][i] += r.input_tokens + r.output_tokens
+        out.spend[name][i] += r.charge_usd
     for s in shown:
         out.totals[s] = (sum(out.requests[s]), sum(out.tokens[s]), sum(out.spend[s], Decimal(0)))
     return out
@@ -293,17 +243,15 @@ class RegionVolume:
         return self.sla_met / self.sla_known if self.sla_known else None
 
 
-def by_region(org: Organization, period: Period) -> list[RegionVolume]:
-    rows = (
-        in_period(org, period)
-        .exclude(region="")
-        .values("region")
-        .annotate(
-            requests=_SUMS["requests"], sla_known=_SUMS["sla_known"], sla_met=_SUMS["sla_met"]
-        )
-        .order_by("-requests")
+def by_region(of: Iterable[rollup.Row]) -> list[RegionVolume]:
+    sums: dict[str, Totals] = defaultdict(Totals)
+    for r in of:
+        if r.region:
+            sums[r.region].add(r)
+    return sorted(
+        (RegionVolume(name, t.requests, t.sla_known, t.sla_met) for name, t in sums.items()),
+        key=lambda v: (-v.requests, v.region),
     )
-    return [RegionVolume(r["region"], r["requests"], r["sla_known"], r["sla_met"]) for r in rows]
 
 
 # ----------------------------------------------------------------------- request log
@@ -407,18 +355,17 @@ def access_event(org: Organization, request_id: str) -> UsageEvent:
     return event
 
 
-def filter_choices(org: Organization, period: Period) -> dict[str, list[str]]:
-    """The models and regions the org used in the period (for the filter menus)."""
-    qs = in_period(org, period)
+def filter_choices(of: Iterable[rollup.Row]) -> dict[str, list[str]]:
+    """The models and regions in these rows (for the filter menus)."""
+    of = list(of)
     return {
-        "models": sorted(qs.values_list("model", flat=True).distinct()),
-        "regions": sorted(r for r in qs.values_list("region", flat=True).distinct() if r),
+        "models": sorted({r.model for r in of}),
+        "regions": sorted({r.region for r in of if r.region}),
     }
 
 
 def month_to_date(org: Organization, now: datetime | None = None) -> Totals:
-    now = now or timezone.now()
-    return totals(events(org).filter(created_at__gte=month_start(now), created_at__lte=now))
+    return totals(rows(org, Period.this_month(now)))
 
 
 def projected_month(spend: Decimal, now: datetime | None = None) -> Decimal:
