@@ -117,7 +117,8 @@ def line_chart(
         )
     shown = max(1, math.ceil(n / 8))
     for i, label in enumerate(labels):
-        if i % shown == 0 or i == n - 1:
+        crowded = i != n - 1 and n - 1 - i < shown / 2  # too near the last label
+        if (i % shown == 0 and not crowded) or i == n - 1:
             x, _ = xy(i, 0)
             parts.append(
                 f'<text x="{_fmt(x)}" y="{height - 8}" text-anchor="middle" class="tick">'

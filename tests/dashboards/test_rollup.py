@@ -154,3 +154,16 @@ def test_histogram_percentiles_are_within_two_and_a_half_percent_of_the_exact_on
         exact = ordered[int(p * (len(ordered) - 1))]  # the value whose bucket is reported
         assert got is not None
         assert abs(got - exact) / exact < 0.025  # 5%-wide buckets, read at their middle
+
+
+def test_the_command_rebuilds_days_written_outside_the_drain(acme):
+    from django.core.management import call_command
+
+    rollup_usage()  # yesterday built, empty
+    event(acme, created_at=_yesterday_at(3))  # a direct write: no drain, no dirty mark
+    day = rollup.today() - timedelta(days=1)
+    assert not UsageDay.objects.filter(org=acme, day=day).exists()
+
+    call_command("rollup_usage", "--rebuild", "2")
+
+    assert UsageDay.objects.get(org=acme, day=day).requests == 1
