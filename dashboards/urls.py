@@ -32,6 +32,14 @@ urlpatterns = [
     ),
     path("orgs/<slug:org_slug>/members/", views.members, name="members"),
     path("orgs/<slug:org_slug>/members/invite/", views.invitation_create, name="invitation_create"),
+    path(
+        "orgs/<slug:org_slug>/members/<int:member_id>/role/", views.member_role, name="member_role"
+    ),
+    path(
+        "orgs/<slug:org_slug>/members/<int:member_id>/remove/",
+        views.member_remove,
+        name="member_remove",
+    ),
     path("orgs/<slug:org_slug>/billing/", org_pages.billing, name="billing"),
     path("orgs/<slug:org_slug>/quickstart/", org_pages.quickstart, name="quickstart"),
 ]

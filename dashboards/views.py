@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import connection
@@ -9,7 +11,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
-from accounts.models import Membership, User
+from accounts.models import Membership, Role, User
 from backends.models import Deployment, Region, RegionLatency
 from dashboards.forms import InvitationForm
 from dashboards.scoping import nav_context, org_view
@@ -54,11 +56,17 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 def _members_page(
-    request: HttpRequest, membership: Membership, form: InvitationForm, status: int = 200
+    request: HttpRequest,
+    membership: Membership,
+    form: InvitationForm,
+    status: int = 200,
+    error: str = "",
 ) -> HttpResponse:
     can_invite = membership.can("manage_members")
     context = {
         **nav_context(membership, "members"),
+        "error": error,
+        "roles": Role.choices,
         "members": selectors.member_list(org=membership.org),
         "invitations": selectors.invitation_open_list(org=membership.org) if can_invite else [],
         "can_invite": can_invite,
@@ -107,3 +115,56 @@ def invitation_create(request: HttpRequest, membership: Membership) -> HttpRespo
     )
     response["Cache-Control"] = "no-store"
     return response
+
+
+def _may_change(membership: Membership, target: Membership, role: str | None) -> str:
+    """Why `membership` may not give `target` this role (None: remove it); "" if it may.
+    Owners alone manage owners."""
+    if membership.role != Role.OWNER and (target.role == Role.OWNER or role == Role.OWNER):
+        return "Only an owner can change an owner, or make someone an owner."
+    return ""
+
+
+def _member_change(
+    request: HttpRequest, membership: Membership, error: str, change: Any, done: str
+) -> HttpResponse:
+    """Run `change` unless there is already an `error`; a refusal renders the page
+    with it (400, nothing changed), success goes back to the members."""
+    if not error:
+        try:
+            change()
+        except services.AccountsError as exc:
+            error = str(exc)
+    if error:
+        return _members_page(request, membership, InvitationForm(), status=400, error=error)
+    messages.success(request, done)
+    return redirect("dashboards:members", org_slug=membership.org.slug)
+
+
+@org_view("manage_members")
+@require_POST
+def member_role(request: HttpRequest, membership: Membership, member_id: int) -> HttpResponse:
+    target = selectors.access_member(org=membership.org, membership_id=member_id)
+    role = request.POST.get("role", "")
+    if role not in Role.values:
+        return _member_change(request, membership, f"Unknown role {role!r}.", None, "")
+    return _member_change(
+        request,
+        membership,
+        _may_change(membership, target, role),
+        lambda: services.membership_role_set(membership=target, role=role),
+        f"{target.user.email} is now {Role(role).label.lower()}.",
+    )
+
+
+@org_view("manage_members")
+@require_POST
+def member_remove(request: HttpRequest, membership: Membership, member_id: int) -> HttpResponse:
+    target = selectors.access_member(org=membership.org, membership_id=member_id)
+    return _member_change(
+        request,
+        membership,
+        _may_change(membership, target, None),
+        lambda: services.membership_remove(membership=target),
+        f"{target.user.email} was removed from {membership.org.name}.",
+    )

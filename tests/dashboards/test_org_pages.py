@@ -417,3 +417,50 @@ def test_a_request_s_page_recomputes_its_plan_from_the_stored_constraints(alice,
         assert (why.rank is not None) is ranked
         if not ranked:
             assert "is not in today" in response.content.decode()
+
+
+def test_an_owner_changes_a_role_and_removes_a_member(alice, acme, bob):
+    from accounts.models import Membership
+
+    client = login(alice)
+    bobs = Membership.objects.get(org=acme, user=bob)
+    assert (
+        client.post(f"/orgs/{acme.slug}/members/{bobs.pk}/role/", {"role": "billing"}).status_code
+        == 302
+    )
+    bobs.refresh_from_db()
+    assert bobs.role == Role.BILLING
+    assert client.post(f"/orgs/{acme.slug}/members/{bobs.pk}/remove/").status_code == 302
+    assert not Membership.objects.filter(pk=bobs.pk).exists()
+
+
+def test_the_last_owner_cannot_be_demoted_and_an_unknown_role_changes_nothing(alice, acme):
+    from accounts.models import Membership
+
+    client = login(alice)
+    mine = Membership.objects.get(org=acme, user=alice)
+    response = client.post(f"/orgs/{acme.slug}/members/{mine.pk}/role/", {"role": "viewer"})
+    assert response.status_code == 400
+    assert "last owner" in response.content.decode()
+    response = client.post(f"/orgs/{acme.slug}/members/{mine.pk}/role/", {"role": "emperor"})
+    assert response.status_code == 400
+    mine.refresh_from_db()
+    assert mine.role == Role.OWNER
+
+
+def test_an_admin_cannot_touch_an_owner_and_a_developer_cannot_manage_members(
+    alice, acme, bob, charlie, globex
+):
+    from accounts.models import Membership
+
+    services.membership_add(org=acme, user=bob, role=Role.ADMIN)
+    alices = Membership.objects.get(org=acme, user=alice)
+    response = login(bob).post(f"/orgs/{acme.slug}/members/{alices.pk}/remove/")
+    assert response.status_code == 400
+    assert "Only an owner" in response.content.decode()
+    services.membership_add(org=acme, user=bob, role=Role.DEVELOPER)
+    assert login(bob).post(f"/orgs/{acme.slug}/members/{alices.pk}/remove/").status_code == 404
+    # charlie, through his own org's URL, cannot reach Acme's memberships either
+    url = f"/orgs/{globex.slug}/members/{alices.pk}/role/"
+    assert login(charlie).post(url, {"role": "viewer"}).status_code == 404
+    assert Membership.objects.filter(pk=alices.pk, role=Role.OWNER).exists()
