@@ -89,16 +89,20 @@ class Role(models.TextChoices):
     OWNER = "owner", "Owner"
     ADMIN = "admin", "Admin"
     DEVELOPER = "developer", "Developer"
+    BILLING = "billing", "Billing"
     VIEWER = "viewer", "Viewer"
 
 
-#: What each role may do. Owners alone manage billing and other owners.
+#: What each role may do. Owners alone manage other owners; owners and billing members
+#: manage billing.
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     Role.OWNER: frozenset(
         {"view", "use_keys", "manage_keys", "manage_members", "manage_billing", "manage_clusters"}
     ),
     Role.ADMIN: frozenset({"view", "use_keys", "manage_keys", "manage_members"}),
     Role.DEVELOPER: frozenset({"view", "use_keys", "manage_keys"}),
+    # Finance: the bills, the tier and the budget; no keys, no members.
+    Role.BILLING: frozenset({"view", "manage_billing"}),
     Role.VIEWER: frozenset({"view"}),
 }
 

@@ -36,6 +36,19 @@ def member_list(*, org: Organization) -> list[Membership]:
     return list(Membership.objects.for_org(org).select_related("user").order_by("user__email"))
 
 
+def access_member(*, org: Organization, membership_id: int) -> Membership:
+    """One of the org's memberships, or 404."""
+    member = (
+        Membership.objects.for_org(org)
+        .select_related("user", "org")
+        .filter(pk=membership_id)
+        .first()
+    )
+    if member is None:
+        raise Http404("No such member.")
+    return member
+
+
 def invitation_open_list(*, org: Organization) -> list[Invitation]:
     return list(
         Invitation.objects.for_org(org).filter(accepted_at__isnull=True).order_by("-created_at")

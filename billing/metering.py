@@ -68,6 +68,9 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     #: the plan as the audit log keeps it: strategy, snapshot, the ranked backends (the
     #: drain adds its hash, `accounts.audit_verify.plan_hash`)
     plan: dict[str, object] = {}
+    # -- developer dashboard (issue 11): the request's own story -----------------------
+    #: the deployments the gateway sent it to, in order (the last one answered, or failed)
+    tried: list[str] = []
 
 
 _encoder = msgspec.json.Encoder()

@@ -73,11 +73,19 @@ class UsageEvent(models.Model):
         help_text="Served by the organization's private cluster: the platform fee per "
         "request included in the charge (its token prices are the fee per 1M tokens).",
     )
+    # -- developer dashboard (issue 11) --------------------------------------------------
+    tried_backends = models.JSONField(
+        default=list, blank=True, help_text="Deployments tried, in order; the last served it."
+    )
 
     objects = OrgOwnedQuerySet.as_manager()
 
     class Meta:
-        indexes = [models.Index(fields=["org", "created_at"])]
+        indexes = [
+            models.Index(fields=["org", "created_at"]),
+            # The request log: newest first by (created_at, id), keyset-paginated.
+            models.Index(fields=["org", "created_at", "id"], name="usage_log_keyset"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(cost_usd__gte=0), name="usageevent_cost_not_negative"
@@ -467,3 +475,51 @@ class BudgetAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.org} {self.month} {self.threshold_pct}%"
+
+
+# ====================================================================== daily rollup
+# The developer dashboard's charts (issue 11) read whole past days from here.
+
+
+class UsageDay(models.Model):
+    """One organization's usage of one day, model, region and key, summed from
+    UsageEvent by `billing.rollup` (exact sums; TTFT as a histogram of 5% buckets).
+
+    A day is rebuilt whole (delete and insert in one transaction) and only counts once
+    `UsageRollupDay` marks it built and clean: the build is idempotent, and a late
+    usage record for a built day marks it dirty until it is rebuilt.
+    """
+
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    model = models.CharField(max_length=80)
+    region = models.CharField(max_length=40)
+    api_key_id = models.BigIntegerField(null=True, help_text="No foreign key: keys may go.")
+    requests = models.PositiveIntegerField()
+    input_tokens = models.PositiveBigIntegerField()
+    output_tokens = models.PositiveBigIntegerField()
+    charge_usd = _charge()
+    errors = models.PositiveIntegerField()
+    sla_known = models.PositiveIntegerField()
+    sla_met = models.PositiveIntegerField()
+    ttft_hist = models.JSONField(default=dict, help_text="5%-bucket index → completed requests")
+
+    objects = OrgOwnedQuerySet.as_manager()
+
+    class Meta:
+        indexes = [models.Index(fields=["org", "day"])]
+
+    def __str__(self) -> str:
+        return f"{self.org_id} {self.day} {self.model} {self.region}: {self.requests}"
+
+
+class UsageRollupDay(models.Model):
+    """A day whose `UsageDay` rows are built for every organization; `dirty`: a usage
+    record for it arrived after the build (readers use the raw events until rebuilt)."""
+
+    day = models.DateField(unique=True)
+    built_at = models.DateTimeField(default=timezone.now)
+    dirty = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return f"{self.day}{' (dirty)' if self.dirty else ''}"

@@ -14,7 +14,7 @@ from django.core.mail import mail_admins
 from django.db import DataError, IntegrityError, transaction
 
 from accounts import audit, audit_verify
-from billing import metering, pricebook, rating
+from billing import metering, pricebook, rating, rollup
 from billing.models import UsageDeadLetter, UsageEvent
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ def _row(record: metering.UsageRecord, charge: rating.Charge) -> UsageEvent:
         constraints=record.constraints,
         backend_policy=record.backend_policy,
         trace_id=record.trace_id,
+        tried_backends=record.tried,
         **pricebook.charge_fields(charge),  # our price, fixed now (billing.rating)
     )
 
@@ -103,6 +104,9 @@ def usage_events_record(records: list[metering.UsageRecord]) -> int:
     book = pricebook.for_records(records)  # rating: three queries per batch
     rows = [_row(r, pricebook.rate_record(book, r)) for r in records]
     _store(records, rows)
+    # A record of a day the daily rollup already built makes that day dirty (rebuilt by
+    # billing.tasks.rollup_usage); today's records, the usual case, cost no query.
+    rollup.mark_late(datetime.fromtimestamp(r.created_at, tz=UTC).date() for r in records)
     return len(records)
 
 

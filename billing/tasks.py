@@ -4,7 +4,7 @@ import redis
 from celery import shared_task
 from django.conf import settings
 
-from billing import metering
+from billing import metering, rollup
 from billing.services import usage_events_drain
 
 
@@ -18,3 +18,13 @@ def drain_usage(claim_idle_ms: int = metering.CLAIM_IDLE_MS, batch: int = 500) -
     return usage_events_drain(
         client=redis.Redis.from_url(settings.REDIS_URL), claim_idle_ms=claim_idle_ms, batch=batch
     )
+
+
+@shared_task(time_limit=600, ignore_result=True)
+def rollup_usage() -> int:
+    """Build the daily usage rollup of every finished day not built yet, and rebuild
+    the dirty ones (`billing.rollup`). Safe to run twice: a day is rebuilt whole."""
+    days = rollup.days_to_build()
+    for day in days:
+        rollup.build_day(day)
+    return len(days)

@@ -1,4 +1,4 @@
-"""The organization's invoices, for its owners (the members who may manage billing)."""
+"""The organization's invoices, for the members who may manage billing."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from billing import pdf, selectors
 
 
 def _billing_member(request: HttpRequest, org_slug: str) -> Membership:
-    """Owners only (`manage_billing`); anyone else, teammate or stranger, gets 404."""
+    """Owners and billing members (`manage_billing`); anyone else gets 404."""
     user = request.user
     assert isinstance(user, User)
     return account_selectors.access_membership(

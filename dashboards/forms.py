@@ -1,12 +1,37 @@
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 from django import forms
 
-from accounts.models import DEFAULT_SCOPES, Role, Scope
+from accounts.models import DEFAULT_SCOPES, ApiKey, Role, Scope
 from backends.models import AIModel, Certification, Chip, Provider, Region
+from billing.models import SlaTier, UsageEvent
+from dashboards.usage import LogFilters
 
 
-class ApiKeyCreateForm(forms.Form):
+class ApiKeyLimitsForm(forms.Form):
+    """A key's own limits, tighter than the organization's; empty: the org's."""
+
+    requests_per_minute = forms.IntegerField(required=False, min_value=1)
+    tokens_per_minute = forms.IntegerField(required=False, min_value=1)
+    monthly_budget_usd = forms.DecimalField(
+        required=False, min_value=Decimal(0), max_digits=14, decimal_places=2
+    )
+
+
+class ApiKeyCreateForm(ApiKeyLimitsForm):
+    field_order = (
+        "name",
+        "scopes",
+        "expires_at",
+        "default_regions",
+        "default_compliance",
+        "default_max_latency_ms",
+        "default_max_ttft_ms",
+    )
+
     name = forms.CharField(max_length=100)
     scopes = forms.MultipleChoiceField(
         choices=Scope.choices, initial=list(DEFAULT_SCOPES), widget=forms.CheckboxSelectMultiple
@@ -22,6 +47,7 @@ class ApiKeyCreateForm(forms.Form):
     )
     default_max_latency_ms = forms.IntegerField(required=False, min_value=1)
     default_max_ttft_ms = forms.IntegerField(required=False, min_value=1)
+    # ... and, inherited, the key's own limits (requests/min, tokens/min, budget).
 
     @staticmethod
     def _split(value: str) -> list[str]:
@@ -50,6 +76,102 @@ class ApiKeyCreateForm(forms.Form):
 class InvitationForm(forms.Form):
     email = forms.EmailField()
     role = forms.ChoiceField(choices=Role.choices, initial=Role.DEVELOPER)
+
+
+class BudgetForm(forms.Form):
+    monthly_budget_usd = forms.DecimalField(
+        required=False,
+        min_value=Decimal(0),
+        max_digits=14,
+        decimal_places=2,
+        help_text="Empty: the tier's cap.",
+    )
+
+
+class TierForm(forms.Form):
+    tier = forms.ModelChoiceField(queryset=SlaTier.objects.all(), empty_label=None)
+
+
+class LogFilterForm(forms.Form):
+    """The request log's filters (GET); every field optional."""
+
+    since = forms.DateTimeField(
+        required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    until = forms.DateTimeField(
+        required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
+    )
+    model = forms.CharField(required=False, max_length=80)
+    region = forms.CharField(required=False, max_length=40)
+    key = forms.TypedChoiceField(required=False, coerce=int, empty_value=None)
+    status = forms.ChoiceField(
+        required=False, choices=[("", "any status"), *UsageEvent.Status.choices]
+    )
+    sla = forms.ChoiceField(
+        required=False,
+        choices=[("", "met or missed"), ("met", "SLA met"), ("missed", "SLA missed")],
+        label="SLA",
+    )
+
+    def __init__(self, *args: Any, keys: list[ApiKey], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["key"]
+        assert isinstance(field, forms.TypedChoiceField)
+        field.choices = [("", "any key"), *((k.pk, f"{k.name} ({k.display_prefix})") for k in keys)]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        since, until = data.get("since"), data.get("until")
+        if since and until and since >= until:
+            raise forms.ValidationError("'since' must be before 'until'.")
+        return data
+
+    def filters(self) -> LogFilters:
+        d = self.cleaned_data
+        return LogFilters(
+            since=d.get("since"),
+            until=d.get("until"),
+            model=d.get("model") or "",
+            region=d.get("region") or "",
+            key_id=d.get("key"),
+            status=d.get("status") or "",
+            sla=d.get("sla") or "",
+        )
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+class ExplainForm(forms.Form):
+    """A `/v1/route` body, as a form."""
+
+    model = forms.CharField(max_length=80, initial="llama-3.3-70b-instruct")
+    max_ttft_ms = forms.IntegerField(required=False, min_value=1, label="Deadline (TTFT, ms)")
+    max_latency_ms = forms.IntegerField(required=False, min_value=1, label="Total latency (ms)")
+    compliance = forms.CharField(required=False, help_text="Comma-separated, e.g. hipaa, gdpr.")
+    jurisdictions = forms.CharField(required=False, help_text="Comma-separated, e.g. EU, US.")
+    client_region = forms.CharField(required=False, max_length=40, help_text="e.g. francecentral")
+    input_tokens = forms.IntegerField(required=False, min_value=1, initial=500)
+    max_tokens = forms.IntegerField(required=False, min_value=1, initial=200)
+
+    def route_body(self) -> dict[str, Any]:
+        d = self.cleaned_data
+        tesseract: dict[str, Any] = {}
+        for name in ("max_ttft_ms", "max_latency_ms"):
+            if d.get(name) is not None:
+                tesseract[name] = d[name]
+        for name in ("compliance", "jurisdictions"):
+            if d.get(name):
+                tesseract[name] = _csv(d[name])
+        if d.get("client_region"):
+            tesseract["client_region"] = d["client_region"].strip()
+        body: dict[str, Any] = {"model": d["model"].strip(), "tesseract": tesseract}
+        if d.get("input_tokens"):
+            body["input_tokens"] = d["input_tokens"]
+        if d.get("max_tokens"):
+            body["max_tokens"] = d["max_tokens"]
+        return body
 
 
 # --------------------------------------------------------------------------- private clusters

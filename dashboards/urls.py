@@ -1,6 +1,6 @@
 from django.urls import path
 
-from dashboards import console, views
+from dashboards import console, org_pages, views
 
 app_name = "dashboards"
 
@@ -21,10 +21,19 @@ urlpatterns = [
     # `slug` converter refuses the dot, so these take any single path segment.
     path("console/deployments/<str:slug>/fault", console.fault, name="console_fault"),
     path("console/<str:kind>/<str:slug>/drain", console.drain, name="console_drain"),
-    path("orgs/<slug:org_slug>/", views.org_dashboard, name="org"),
-    path("orgs/<slug:org_slug>/members/", views.members, name="members"),
-    path("orgs/<slug:org_slug>/members/invite/", views.invitation_create, name="invitation_create"),
-    path("orgs/<slug:org_slug>/keys/", views.api_key_create, name="api_key_create"),
+    # The developer dashboard: every page is an `@org_view` (dashboards.scoping).
+    path("orgs/<slug:org_slug>/", org_pages.overview, name="org"),
+    path("orgs/<slug:org_slug>/usage/", org_pages.usage_page, name="usage"),
+    path("orgs/<slug:org_slug>/map/", org_pages.world_map, name="map"),
+    path("orgs/<slug:org_slug>/requests/", org_pages.request_log, name="requests"),
+    path(
+        "orgs/<slug:org_slug>/requests/<str:request_id>/",
+        org_pages.request_detail,
+        name="request",
+    ),
+    path("orgs/<slug:org_slug>/explain/", org_pages.route_explainer, name="explain"),
+    path("orgs/<slug:org_slug>/keys/", org_pages.keys, name="keys"),
+    path("orgs/<slug:org_slug>/keys/<int:key_id>/limits/", org_pages.key_limits, name="key_limits"),
     path("orgs/<slug:org_slug>/clusters/", views.clusters, name="clusters"),
     path(
         "orgs/<slug:org_slug>/clusters/<str:slug>/deployments/",
@@ -41,4 +50,16 @@ urlpatterns = [
         views.api_key_revoke,
         name="api_key_revoke",
     ),
+    path("orgs/<slug:org_slug>/members/", views.members, name="members"),
+    path("orgs/<slug:org_slug>/members/invite/", views.invitation_create, name="invitation_create"),
+    path(
+        "orgs/<slug:org_slug>/members/<int:member_id>/role/", views.member_role, name="member_role"
+    ),
+    path(
+        "orgs/<slug:org_slug>/members/<int:member_id>/remove/",
+        views.member_remove,
+        name="member_remove",
+    ),
+    path("orgs/<slug:org_slug>/billing/", org_pages.billing, name="billing"),
+    path("orgs/<slug:org_slug>/quickstart/", org_pages.quickstart, name="quickstart"),
 ]

@@ -1,24 +1,22 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import connection, transaction
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
-from accounts.models import Membership, User
+from accounts.models import Membership, Role, User
 from backends import selectors as catalog_selectors
 from backends import services as catalog
 from backends.models import Deployment, Region, RegionLatency
-from dashboards.forms import (
-    ApiKeyCreateForm,
-    InvitationForm,
-    PrivateClusterForm,
-    PrivateDeploymentForm,
-)
+from dashboards.forms import InvitationForm, PrivateClusterForm, PrivateDeploymentForm
+from dashboards.scoping import nav_context, org_view
 
 
 def health(request: HttpRequest) -> JsonResponse:
@@ -59,91 +57,43 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboards/home.html", {"orgs": orgs})
 
 
-def _member(request: HttpRequest, org_slug: str, permission: str = "view") -> Membership:
-    """The signed-in user's membership of the org, or 404 (see `access_membership`)."""
-    user = request.user
-    assert isinstance(user, User)  # login_required ran first
-    return selectors.access_membership(user=user, org_slug=org_slug, permission=permission)
-
-
-def _org_page(
-    request: HttpRequest, membership: Membership, form: ApiKeyCreateForm, status: int = 200
-) -> HttpResponse:
-    context = {
-        "org": membership.org,
-        "membership": membership,
-        "keys": selectors.api_key_list(org=membership.org),
-        "form": form,
-    }
-    return render(request, "dashboards/org.html", context, status=status)
-
-
-@login_required
-def org_dashboard(request: HttpRequest, org_slug: str) -> HttpResponse:
-    membership = _member(request, org_slug)
-    return _org_page(request, membership, ApiKeyCreateForm())
-
-
-@login_required
-@require_POST
-def api_key_create(request: HttpRequest, org_slug: str) -> HttpResponse:
-    membership = _member(request, org_slug, "manage_keys")
-    form = ApiKeyCreateForm(request.POST)
-    if not form.is_valid():
-        return _org_page(request, membership, form, status=400)
-    try:
-        issued = services.api_key_create(
-            org=membership.org,
-            created_by=membership.user,
-            **form.cleaned_data,
-        )
-    except services.AccountsError as exc:
-        form.add_error(None, str(exc))
-        return _org_page(request, membership, form, status=400)
-    # The plaintext is rendered into this one response and never stored.
-    response = render(
-        request, "dashboards/key_created.html", {"org": membership.org, "issued": issued}
-    )
-    response["Cache-Control"] = "no-store"
-    return response
-
-
-@login_required
-@require_POST
-def api_key_revoke(request: HttpRequest, org_slug: str, key_id: int) -> HttpResponse:
-    membership = _member(request, org_slug, "manage_keys")
-    key = selectors.access_api_key(org=membership.org, key_id=key_id)
-    services.api_key_revoke(api_key=key, by=membership.user)
-    messages.success(request, f"Key {key.display_prefix} revoked.")
-    return redirect("dashboards:org", org_slug=org_slug)
-
-
 def _members_page(
-    request: HttpRequest, membership: Membership, form: InvitationForm, status: int = 200
+    request: HttpRequest,
+    membership: Membership,
+    form: InvitationForm,
+    status: int = 200,
+    error: str = "",
 ) -> HttpResponse:
+    can_invite = membership.can("manage_members")
     context = {
-        "org": membership.org,
-        "membership": membership,
+        **nav_context(membership, "members"),
+        "error": error,
+        "roles": Role.choices,
         "members": selectors.member_list(org=membership.org),
-        "invitations": (
-            selectors.invitation_open_list(org=membership.org)
-            if membership.can("manage_members")
-            else []
-        ),
+        "invitations": selectors.invitation_open_list(org=membership.org) if can_invite else [],
+        "can_invite": can_invite,
         "form": form,
     }
     return render(request, "dashboards/members.html", context, status=status)
 
 
-@login_required
-def members(request: HttpRequest, org_slug: str) -> HttpResponse:
-    return _members_page(request, _member(request, org_slug), InvitationForm())
-
-
-@login_required
+@org_view("manage_keys")
 @require_POST
-def invitation_create(request: HttpRequest, org_slug: str) -> HttpResponse:
-    membership = _member(request, org_slug, "manage_members")
+def api_key_revoke(request: HttpRequest, membership: Membership, key_id: int) -> HttpResponse:
+    key = selectors.access_api_key(org=membership.org, key_id=key_id)
+    services.api_key_revoke(api_key=key, by=membership.user)
+    messages.success(request, f"Key {key.display_prefix} revoked.")
+    return redirect("dashboards:keys", org_slug=membership.org.slug)
+
+
+@org_view()
+def members(request: HttpRequest, membership: Membership) -> HttpResponse:
+    return _members_page(request, membership, InvitationForm())
+
+
+@org_view("manage_members")
+@require_POST
+def invitation_create(request: HttpRequest, membership: Membership) -> HttpResponse:
     form = InvitationForm(request.POST)
     if not form.is_valid():
         return _members_page(request, membership, form, status=400)
@@ -163,10 +113,63 @@ def invitation_create(request: HttpRequest, org_slug: str) -> HttpResponse:
     response = render(
         request,
         "dashboards/invitation_created.html",
-        {"org": membership.org, "invitation": issued.invitation, "link": link},
+        {**nav_context(membership, "members"), "invitation": issued.invitation, "link": link},
     )
     response["Cache-Control"] = "no-store"
     return response
+
+
+def _may_change(membership: Membership, target: Membership, role: str | None) -> str:
+    """Why `membership` may not give `target` this role (None: remove it); "" if it may.
+    Owners alone manage owners."""
+    if membership.role != Role.OWNER and (target.role == Role.OWNER or role == Role.OWNER):
+        return "Only an owner can change an owner, or make someone an owner."
+    return ""
+
+
+def _member_change(
+    request: HttpRequest, membership: Membership, error: str, change: Any, done: str
+) -> HttpResponse:
+    """Run `change` unless there is already an `error`; a refusal renders the page
+    with it (400, nothing changed), success goes back to the members."""
+    if not error:
+        try:
+            change()
+        except services.AccountsError as exc:
+            error = str(exc)
+    if error:
+        return _members_page(request, membership, InvitationForm(), status=400, error=error)
+    messages.success(request, done)
+    return redirect("dashboards:members", org_slug=membership.org.slug)
+
+
+@org_view("manage_members")
+@require_POST
+def member_role(request: HttpRequest, membership: Membership, member_id: int) -> HttpResponse:
+    target = selectors.access_member(org=membership.org, membership_id=member_id)
+    role = request.POST.get("role", "")
+    if role not in Role.values:
+        return _member_change(request, membership, f"Unknown role {role!r}.", None, "")
+    return _member_change(
+        request,
+        membership,
+        _may_change(membership, target, role),
+        lambda: services.membership_role_set(membership=target, role=role),
+        f"{target.user.email} is now {Role(role).label.lower()}.",
+    )
+
+
+@org_view("manage_members")
+@require_POST
+def member_remove(request: HttpRequest, membership: Membership, member_id: int) -> HttpResponse:
+    target = selectors.access_member(org=membership.org, membership_id=member_id)
+    return _member_change(
+        request,
+        membership,
+        _may_change(membership, target, None),
+        lambda: services.membership_remove(membership=target),
+        f"{target.user.email} was removed from {membership.org.name}.",
+    )
 
 
 # --------------------------------------------------------------------------- private clusters
@@ -182,8 +185,7 @@ def _clusters_page(
     status: int = 200,
 ) -> HttpResponse:
     context = {
-        "org": membership.org,
-        "membership": membership,
+        **nav_context(membership, "clusters"),
         "can_manage": membership.can("manage_clusters"),
         "clusters": catalog_selectors.private_cluster_list(org=membership.org),
         "form": form or PrivateClusterForm(),
@@ -192,11 +194,12 @@ def _clusters_page(
     return render(request, "dashboards/clusters.html", context, status=status)
 
 
-@login_required
-def clusters(request: HttpRequest, org_slug: str) -> HttpResponse:
+@org_view()
+def clusters(request: HttpRequest, membership: Membership) -> HttpResponse:
     if request.method != "POST":
-        return _clusters_page(request, _member(request, org_slug))
-    membership = _member(request, org_slug, "manage_clusters")
+        return _clusters_page(request, membership)
+    if not membership.can("manage_clusters"):
+        raise Http404("No such organization.")  # as `access_membership` answers
     form = PrivateClusterForm(request.POST)
     if not form.is_valid():
         return _clusters_page(request, membership, form, status=400)
@@ -216,13 +219,12 @@ def clusters(request: HttpRequest, org_slug: str) -> HttpResponse:
         form.add_error(None, str(exc))
         return _clusters_page(request, membership, form, status=400)
     messages.success(request, f"Cluster {cluster.name} registered.")
-    return redirect("dashboards:clusters", org_slug=org_slug)
+    return redirect("dashboards:clusters", org_slug=membership.org.slug)
 
 
-@login_required
+@org_view("manage_clusters")
 @require_POST
-def private_deployment_create(request: HttpRequest, org_slug: str, slug: str) -> HttpResponse:
-    membership = _member(request, org_slug, "manage_clusters")
+def private_deployment_create(request: HttpRequest, membership: Membership, slug: str) -> HttpResponse:
     cluster = catalog_selectors.access_private_cluster(org=membership.org, slug=slug)
     form = PrivateDeploymentForm(request.POST)
     if not form.is_valid():
@@ -233,14 +235,13 @@ def private_deployment_create(request: HttpRequest, org_slug: str, slug: str) ->
         form.add_error(None, str(exc))
         return _clusters_page(request, membership, deployment_form=form, status=400)
     messages.success(request, f"{form.cleaned_data['model'].slug} added to {cluster.name}.")
-    return redirect("dashboards:clusters", org_slug=org_slug)
+    return redirect("dashboards:clusters", org_slug=membership.org.slug)
 
 
-@login_required
+@org_view("manage_clusters")
 @require_POST
-def private_cluster_delete(request: HttpRequest, org_slug: str, slug: str) -> HttpResponse:
-    membership = _member(request, org_slug, "manage_clusters")
+def private_cluster_delete(request: HttpRequest, membership: Membership, slug: str) -> HttpResponse:
     cluster = catalog_selectors.access_private_cluster(org=membership.org, slug=slug)
     catalog.private_cluster_delete(cluster)
     messages.success(request, f"Cluster {cluster.name} removed.")
-    return redirect("dashboards:clusters", org_slug=org_slug)
+    return redirect("dashboards:clusters", org_slug=membership.org.slug)

@@ -247,6 +247,7 @@ class Attempt:
             ),
             trace_id=call.trace_id,
             plan=_plan_summary(self.plan),
+            tried=[c.backend_id for c in self.plan.choices[: self.attempts]],
         )
 
 

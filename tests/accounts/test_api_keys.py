@@ -195,7 +195,7 @@ def test_the_key_is_shown_once_and_never_again(alice, acme):
     plaintext = response.context["issued"].plaintext
     assert plaintext in response.content.decode()
 
-    page = client.get(f"/orgs/{acme.slug}/").content.decode()
+    page = client.get(f"/orgs/{acme.slug}/keys/").content.decode()
     assert plaintext not in page
     assert plaintext[:12] in page  # the prefix identifies it
     assert ApiKey.objects.get(name="laptop").scopes == ["inference", "read"]

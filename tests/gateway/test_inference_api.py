@@ -156,6 +156,7 @@ def test_failover_moves_to_the_next_backend_before_the_first_token(mesh, api_key
     [event] = usage()
     assert event.attempts == 2
     assert event.deployment == info["route"]["backend"]
+    assert event.tried_backends == [primary, event.deployment]
 
 
 def test_an_eu_only_request_fails_closed_when_every_eu_backend_fails(mesh, api_key, usage):
