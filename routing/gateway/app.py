@@ -165,7 +165,8 @@ def _listeners_ended(future: asyncio.Future[Any]) -> None:
     if future.cancelled():
         return
     with contextlib.suppress(asyncio.CancelledError):
-        if (error := future.exception()) is not None:
+        error = future.exception()
+        if error is not None and not isinstance(error, asyncio.CancelledError):
             logger.error("gateway listeners stopped: %r", error, exc_info=error)
 
 

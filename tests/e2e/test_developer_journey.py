@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import openai
+from django.conf import settings
 from django.core import mail
 from django_otp.oath import TOTP
 from playwright.sync_api import expect
@@ -125,7 +126,7 @@ def sign_up_with_2fa(browser: Browser) -> tuple[str, list[str]]:
     """A new developer, signed up and enrolled, on their organization's page."""
     sign_up(browser)
     secret, codes = enrol_totp(browser)
-    expect(browser.page.get_by_role("heading", name=ORG)).to_be_visible()
+    expect_overview(browser.page)
     return secret, codes
 
 
@@ -149,11 +150,19 @@ def sign_in_with_code(browser: Browser, secret: str) -> None:
     wait_until_codes_are_taken(EMAIL)
     page.get_by_label("Code", exact=True).fill(totp_code(secret, after_step=last_step(EMAIL)))
     page.get_by_role("button", name="Verify").click()
-    expect(page.get_by_role("heading", name=ORG)).to_be_visible()
+    expect_overview(page)
+
+
+def expect_overview(page: Any) -> None:
+    """The organization's overview: its name heads the navigation."""
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    expect(page.get_by_role("navigation", name=ORG)).to_be_visible()
 
 
 def create_key(browser: Browser) -> str:
     page = browser.page
+    page.get_by_role("link", name="API keys").click()
+    expect(page.get_by_role("heading", name="API keys")).to_be_visible()
     page.locator("#id_name").fill("e2e laptop")
     page.get_by_role("button", name="Create key").click()
     expect(page.get_by_role("heading", name="Key created")).to_be_visible()
@@ -161,7 +170,7 @@ def create_key(browser: Browser) -> str:
     assert key.startswith("tsk_")
     browser.look("key-created")
     page.get_by_role("link", name="Done").click()
-    expect(page.get_by_role("heading", name=ORG)).to_be_visible()
+    expect(page.get_by_role("heading", name="API keys")).to_be_visible()
     return key
 
 
@@ -176,26 +185,37 @@ def call_gateway(browser: Browser, key: str) -> dict[str, Any]:
     completion = reply.parse()
     assert completion.choices[0].message.content
     return {
+        "backend": completion.model_extra["tesseract"]["route"]["backend"],
         "route": reply.headers["x-tesseract-route"],
         "trace_id": reply.headers["x-tesseract-trace-id"],
     }
 
 
 def see_the_request(browser: Browser, org_slug: str, request: dict[str, Any]) -> None:
-    """The call shows on the organization's pages.
+    """The call shows in the request log, and opens to its route, its latency
+    breakdown and its proof of residency."""
+    import redis
 
-    Today that is the key's "last used" time on the organization page. (Where the
-    request log exists, extend this: open it, find `request["trace_id"]`, and check
-    its route `request["route"]` and its latency breakdown.)
-    """
+    from billing.services import usage_events_drain
+
     page = browser.page
-    row = page.get_by_role("row").filter(has_text="e2e laptop")
-    deadline = time.monotonic() + 120  # the gateway records the use off its hot path
-    while "never" in row.locator("td").nth(4).inner_text():
-        assert time.monotonic() < deadline, "the key's use never showed on the org page"
-        time.sleep(0.5)
-        browser.visit(f"/orgs/{org_slug}/")
-    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d", row.locator("td").nth(4).inner_text())
+    # The billing worker's job, done here: the usage stream into the database.
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    in_thread(lambda: usage_events_drain(client=client, claim_idle_ms=0))
+    browser.visit(f"/orgs/{org_slug}/requests/")
+    rows = page.get_by_role("row").filter(has_text=MODEL)
+    expect(rows).to_have_count(1)
+    browser.look("request-log")
+    rows.first.get_by_role("link").first.click()
+    expect(page.get_by_role("heading", name=re.compile("^Request"))).to_be_visible()
+    expect(page.locator("dd code", has_text=request["backend"])).to_be_visible()
+    expect(page.get_by_text(request["trace_id"])).to_be_visible()
+    expect(page.get_by_role("heading", name="Latency breakdown")).to_be_visible()
+    proof = page.get_by_role("link", name="Download proof of residency")
+    answer = page.request.get(browser.site.web_url + (proof.get_attribute("href") or ""))
+    assert answer.ok, answer.status
+    assert request["backend"] in answer.text()
+    browser.look("request-detail")
 
 
 def test_a_developer_signs_up_turns_on_2fa_creates_a_key_and_sees_their_first_request(browser):
@@ -214,7 +234,11 @@ def first_hour(browser: Browser) -> None:
     request = call_gateway(browser, key)
     assert request["route"]
     see_the_request(browser, org_slug, request)
-    browser.look("org-with-a-used-key")
+    browser.visit(f"/orgs/{org_slug}/")
+    browser.look("org-with-a-first-request")
+    for page_name in ("usage", "map", "explain", "keys", "billing", "quickstart", "clusters"):
+        browser.visit(f"/orgs/{org_slug}/{page_name}/")
+        browser.look(f"org-{page_name}")
 
     browser.visit(f"/orgs/{org_slug}/members/")
     browser.look("members")
@@ -256,5 +280,5 @@ def lost_phone_and_password(browser: Browser) -> None:
     sign_in_with_password(page, new_password)
     page.get_by_label("Code", exact=True).fill(codes[0])
     page.get_by_role("button", name="Verify").click()
-    expect(page.get_by_role("heading", name=ORG)).to_be_visible()
+    expect_overview(page)
     browser.assert_accessible()
