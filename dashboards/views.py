@@ -224,7 +224,9 @@ def clusters(request: HttpRequest, membership: Membership) -> HttpResponse:
 
 @org_view("manage_clusters")
 @require_POST
-def private_deployment_create(request: HttpRequest, membership: Membership, slug: str) -> HttpResponse:
+def private_deployment_create(
+    request: HttpRequest, membership: Membership, slug: str
+) -> HttpResponse:
     cluster = catalog_selectors.access_private_cluster(org=membership.org, slug=slug)
     form = PrivateDeploymentForm(request.POST)
     if not form.is_valid():
