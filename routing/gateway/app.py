@@ -153,30 +153,11 @@ class KeyAuth:
             logger.warning("could not record an API key's last use: %s", future.exception())
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-def _listeners_ended(future: asyncio.Future[Any]) -> None:
-    """Say why the listeners stopped (a cancel at shutdown is not news)."""
-    if future.cancelled():
-        return
-    with contextlib.suppress(asyncio.CancelledError):
-        error = future.exception()
-        if error is not None and not isinstance(error, asyncio.CancelledError):
-            logger.error("gateway listeners stopped: %r", error, exc_info=error)
-
-
 class GatewayApp:
     def __init__(self, gateway: Gateway | None = None, auth: KeyAuth | None = None) -> None:
         self._gateway = gateway
         self.auth = auth or KeyAuth()
         self._listener: asyncio.Future[Any] | None = None
-        self._owned = False  # made here (not injected): made again on another loop
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.routes: dict[str, tuple[str, Callable[..., Awaitable[None]]]] = {
             "/v1/chat/completions": ("POST", self.completions),
             "/v1/completions": ("POST", self.completions),
@@ -187,33 +168,12 @@ class GatewayApp:
 
     @property
     def gateway(self) -> Gateway:
-        """The gateway and its listeners, bound to the running event loop.
-
-        Its Redis and upstream clients belong to the loop that made them. A process
-        serves from one loop, but a test process runs many servers one after another:
-        a gateway made here on a loop that has gone is made again (an injected one is
-        kept), and a listener that has stopped — its loop gone, or an error it could
-        not survive — is started again rather than leaving this process deaf to
-        catalog changes.
-        """
-        loop = _running_loop()
-        moved = loop is not None and self._loop is not None and loop is not self._loop
-        if self._owned and moved:
-            self._gateway = None  # its clients belong to a loop that is not this one
         if self._gateway is None:
             redis = connect_redis(settings.REDIS_URL)
             self._gateway = Gateway(
                 holder=WorldHolder(redis=redis), upstream=Upstream(), redis=redis
             )
-            self._owned, self._listener = True, None
-        if self._loop is None:
-            self._loop = loop
-        listener = self._listener
-        if loop is not None and (
-            listener is None or listener.done() or listener.get_loop() is not loop
-        ):
-            if listener is not None and listener.done():
-                logger.warning("gateway listeners had stopped: starting them again")
+        if self._listener is None:
             gateway = self._gateway
             process = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
             self._listener = asyncio.ensure_future(
@@ -222,7 +182,6 @@ class GatewayApp:
                     share_inflight(gateway.inflight, gateway.redis, process),
                 )
             )
-            self._listener.add_done_callback(_listeners_ended)
         return self._gateway
 
     async def aclose(self) -> None:
