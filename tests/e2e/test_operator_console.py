@@ -14,7 +14,8 @@ from playwright.sync_api import expect
 
 from accounts import services
 from accounts.models import User
-from tests.e2e.conftest import Browser
+from backends.models import Deployment
+from tests.e2e.conftest import Browser, in_thread
 from tests.e2e.test_developer_journey import MODEL, totp_code
 from tests.gateway.test_control_plane import eventually
 
@@ -83,27 +84,42 @@ def test_a_deployment_drained_from_the_console_shows_live_and_the_next_requests_
         page = browser.page
         gateway_url = browser.site.gateway_url
         served = backend_of_a_request(gateway_url)
+        region = in_region(served)
         operator_signs_in(browser, secret)
         row = page.locator(f'#deployments tr[data-slug="{served}"]')
         expect(row).not_to_have_class(re.compile(r"\bdrained\b"))
         expect(page.locator("#live-status")).to_have_class(re.compile(r"\bok\b"))  # connected
-        # A second tab asks for the drain, confirms it and gives the reason; the first
-        # one, never reloaded, shows it through the live view.
+        # A second tab drains the whole region, confirmed with a reason; the first one,
+        # never reloaded, shows it through the live view.
         other = page.context.new_page()
-        other.goto(f"{browser.site.web_url}/console/deployment/{served}/drain")
-        expect(other.get_by_role("heading", name=re.compile("^Drain deployment"))).to_be_visible()
+        other.goto(f"{browser.site.web_url}/console/region/{region}/drain")
+        expect(other.get_by_role("heading", name=re.compile("^Drain region"))).to_be_visible()
         other.get_by_label(re.compile("^Why")).fill("e2e: the kill switch, clicked")
         other.get_by_role("button", name=re.compile("^Yes, drain")).click()
         expect(other.get_by_role("heading", name="The mesh, live")).to_be_visible()
         expect(row).to_have_class(re.compile(r"\bdrained\b"))
-        browser.look("console-with-a-drained-deployment")
-        # The gateway hears of it (announced at once; at worst at its periodic refresh).
+        browser.look("console-with-a-drained-region")
+        # The gateway hears of it (announced at once; at worst at its periodic refresh),
+        # and the next requests run outside the region.
         eventually(lambda: planned_backend(gateway_url) != served)
-        assert backend_of_a_request(gateway_url) != served
-        # The operator log says who, what and why.
+        after = backend_of_a_request(gateway_url)
+        assert in_region(after) != region
+        # The operator log says who, what and why; the other console pages.
         browser.visit("/console/audit/")
         expect(page.get_by_text("e2e: the kill switch, clicked")).to_be_visible()
         browser.look("console-operator-log")
+        for name in ("latency", "placement", "tenants"):
+            browser.visit(f"/console/{name}/")
+            browser.look(f"console-{name}")
         browser.assert_accessible()
+
+    def in_region(slug: str) -> str:
+        return in_thread(
+            lambda: (
+                Deployment.objects.select_related("cluster__region")
+                .get(slug=slug)
+                .cluster.region.slug
+            )
+        )
 
     browser(drain)
