@@ -120,8 +120,9 @@ def line_chart(
         crowded = i != n - 1 and n - 1 - i < shown / 2  # too near the last label
         if (i % shown == 0 and not crowded) or i == n - 1:
             x, _ = xy(i, 0)
+            anchor = "end" if i == n - 1 and n > 1 else "middle"  # the last one stays inside
             parts.append(
-                f'<text x="{_fmt(x)}" y="{height - 8}" text-anchor="middle" class="tick">'
+                f'<text x="{_fmt(x)}" y="{height - 8}" text-anchor="{anchor}" class="tick">'
                 f"{escape(label)}</text>"
             )
     if objective is not None:
@@ -136,16 +137,17 @@ def line_chart(
         colour = PALETTE[s_i % len(PALETTE)]
         d: list[str] = []
         pen = False
-        for i, value in enumerate(s.values):
+        values = s.values
+        for i, value in enumerate(values):
             if value is None:
                 pen = False
                 continue
             x, y = xy(i, value)
             d.append(f"{'L' if pen else 'M'}{_fmt(x)},{_fmt(y)}")
             pen = True
-        if n == 1 and d:
-            x, y = xy(0, s.values[0] or 0)
-            parts.append(f'<circle cx="{_fmt(x)}" cy="{_fmt(y)}" r="3" fill="{colour}"/>')
+            # A day with no neighbour draws no line: a dot shows it.
+            if (i == 0 or values[i - 1] is None) and (i == n - 1 or values[i + 1] is None):
+                parts.append(f'<circle cx="{_fmt(x)}" cy="{_fmt(y)}" r="3" fill="{colour}"/>')
         parts.append(
             f'<path d="{" ".join(d)}" fill="none" stroke="{colour}" stroke-width="2" '
             f'stroke-linejoin="round"><title>{escape(s.name)}</title></path>'
