@@ -94,10 +94,21 @@ class Role(models.TextChoices):
 
 
 #: What each role may do. Owners alone manage other owners; owners and billing members
-#: manage billing.
+#: manage billing. Only owners grant the `manage` scope: a manage key acts for the whole
+#: organization (`billing.api.auth.KEY_PERMISSIONS`), so a developer who could mint one
+#: would hold more than their role.
+GRANT_MANAGE_SCOPE = "grant_manage_scope"
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     Role.OWNER: frozenset(
-        {"view", "use_keys", "manage_keys", "manage_members", "manage_billing", "manage_clusters"}
+        {
+            "view",
+            "use_keys",
+            "manage_keys",
+            "manage_members",
+            "manage_billing",
+            "manage_clusters",
+            GRANT_MANAGE_SCOPE,
+        }
     ),
     Role.ADMIN: frozenset({"view", "use_keys", "manage_keys", "manage_members"}),
     Role.DEVELOPER: frozenset({"view", "use_keys", "manage_keys"}),

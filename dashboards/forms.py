@@ -49,6 +49,15 @@ class ApiKeyCreateForm(ApiKeyLimitsForm):
     default_max_ttft_ms = forms.IntegerField(required=False, min_value=1)
     # ... and, inherited, the key's own limits (requests/min, tokens/min, budget).
 
+    def __init__(self, *args: Any, can_grant_manage: bool = False, **kwargs: Any) -> None:
+        """Only those who may grant `manage` (owners) are offered it; a forged POST of
+        it by anyone else fails validation like any other unknown choice."""
+        super().__init__(*args, **kwargs)
+        if not can_grant_manage:
+            field = self.fields["scopes"]
+            assert isinstance(field, forms.MultipleChoiceField)
+            field.choices = [(v, label) for v, label in Scope.choices if v != Scope.MANAGE]
+
     @staticmethod
     def _split(value: str) -> list[str]:
         return [item.strip().lower() for item in value.split(",") if item.strip()]

@@ -19,7 +19,7 @@ from django.urls import NoReverseMatch, reverse
 
 from accounts import selectors as account_selectors
 from accounts import services as account_services
-from accounts.models import Membership
+from accounts.models import GRANT_MANAGE_SCOPE, Membership
 from backends.models import Region
 from billing import selectors as billing_selectors
 from billing import subscriptions
@@ -371,14 +371,18 @@ def _keys_page(
     )
 
 
+def _key_form(membership: Membership, data: Any = None) -> ApiKeyCreateForm:
+    return ApiKeyCreateForm(data, can_grant_manage=membership.can(GRANT_MANAGE_SCOPE))
+
+
 @org_view()
 def keys(request: HttpRequest, membership: Membership) -> HttpResponse:
     """GET: the org's keys. POST: create one (manage_keys), revealed once."""
     if request.method != "POST":
-        return _keys_page(request, membership, ApiKeyCreateForm())
+        return _keys_page(request, membership, _key_form(membership))
     if not membership.can("manage_keys"):
         raise Http404("No such organization.")
-    form = ApiKeyCreateForm(request.POST)
+    form = _key_form(membership, request.POST)
     if not form.is_valid():
         return _keys_page(request, membership, form, status=400)
     data = dict(form.cleaned_data)

@@ -1,6 +1,7 @@
 """The management API for an organization's own private clusters (bring your own
 deployment): `/api/v1/clusters…`, scoped to the caller's organization like the rest
-of the management API (`billing.api.auth`). Members read; owners write. Anything of
+of the management API (`billing.api.auth`). Members read; owners and `manage`-scope
+keys (which only owners mint) write. Anything of
 another organization, and any public cluster, is a 404 (`backends.selectors`).
 
 It lives with the catalog, not in `billing.api`, because billing sits below the
@@ -23,7 +24,8 @@ from backends.models import AIModel, Certification, Chip, Cluster, Deployment, P
 from billing.api.auth import Caller, require
 from billing.api.views import ManagementView
 
-#: Writes are the owners' (a private cluster changes where the organization's data goes).
+#: Writes are the owners' and their manage keys' (a private cluster changes where the
+#: organization's data goes).
 WRITE = "manage_clusters"
 
 

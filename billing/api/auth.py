@@ -71,8 +71,10 @@ class Caller:
         return permission in self.permissions
 
 
-#: A manage key may do what an admin may; budgets and members stay with owners.
-KEY_PERMISSIONS = ROLE_PERMISSIONS[Role.ADMIN] | {"view_billing"}
+#: A manage key (only an owner mints one) may do what an admin may, read billing, and
+#: register the organization's private clusters (automation's main use of the API);
+#: budgets, tiers and minting further manage keys stay with owners' sessions.
+KEY_PERMISSIONS = ROLE_PERMISSIONS[Role.ADMIN] | {"view_billing", "manage_clusters"}
 ROLE_EXTRA: dict[str, set[str]] = {Role.OWNER: {"view_billing"}}
 
 

@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 
 from accounts import selectors as account_selectors
 from accounts import services as account_services
-from accounts.models import ApiKey, Scope
+from accounts.models import GRANT_MANAGE_SCOPE, ApiKey, Scope
 from billing import pdf, selectors, subscriptions
 from billing.api import serializers as s
 from billing.api.auth import ManageKeyAuthentication, require
@@ -88,7 +88,7 @@ class KeyListView(ManagementView):
         body = s.KeyCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         scopes = body.validated_data.get("scopes")
-        if scopes and Scope.MANAGE in scopes and not c.can("manage_billing"):
+        if scopes and Scope.MANAGE in scopes and not c.can(GRANT_MANAGE_SCOPE):
             raise exceptions.PermissionDenied("Only owners may create keys with the manage scope.")
         try:
             issued = account_services.api_key_create(

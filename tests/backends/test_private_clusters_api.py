@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.test import Client
 
+from accounts import services as account_services
 from backends.demo import demo_world_load
 from backends.models import Cluster, Deployment
 from tests.conftest import login
@@ -77,6 +79,33 @@ def test_a_teammate_reads_but_only_owners_write(bob, basement):
     )
     assert Cluster.objects.get(slug=basement["slug"]).accelerators == 8
     assert Cluster.objects.filter(organization__isnull=False).count() == 1
+
+
+def test_an_owners_manage_key_registers_and_removes_a_cluster_like_a_terraform_run_would(
+    world, alice, acme
+):
+    secret = account_services.api_key_create(
+        org=acme, name="terraform", created_by=alice, scopes=["manage"]
+    ).plaintext
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    made = api.post("/api/v1/clusters", cluster_body(), content_type=JSON)
+    assert made.status_code == 201, made.content
+    slug = made.json()["slug"]
+    dep = api.post(f"/api/v1/clusters/{slug}/deployments", deployment_body(), content_type=JSON)
+    assert dep.status_code == 201, dep.content
+    assert Cluster.objects.get(slug=slug).organization == acme
+    assert api.delete(f"/api/v1/clusters/{slug}").status_code == 204
+    assert not Cluster.objects.filter(slug=slug).exists()
+
+
+def test_a_key_without_the_manage_scope_cannot_write_clusters(world, alice, acme):
+    secret = account_services.api_key_create(
+        org=acme, name="app", created_by=alice, scopes=["inference", "read"]
+    ).plaintext
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    answer = api.post("/api/v1/clusters", cluster_body(), content_type=JSON)
+    assert answer.status_code == 403
+    assert not Cluster.objects.filter(organization__isnull=False).exists()
 
 
 @pytest.mark.parametrize(

@@ -243,6 +243,22 @@ def test_a_billing_member_sees_invoices_but_cannot_create_keys(acme, bob):
     assert not ApiKey.objects.exists()
 
 
+def test_a_developer_cannot_mint_a_manage_key_which_would_act_for_the_whole_organization(acme, bob):
+    client = login(bob)  # a developer: may create keys, not grant `manage`
+    assert 'value="manage"' not in client.get(f"/orgs/{acme.slug}/keys/").content.decode()
+    response = client.post(f"/orgs/{acme.slug}/keys/", {"name": "x", "scopes": ["manage"]})
+    assert response.status_code == 400
+    assert not ApiKey.objects.exists()
+
+
+def test_an_owner_mints_a_manage_key_in_the_dashboard(alice, acme):
+    client = login(alice)
+    assert 'value="manage"' in client.get(f"/orgs/{acme.slug}/keys/").content.decode()
+    response = client.post(f"/orgs/{acme.slug}/keys/", {"name": "ci", "scopes": ["manage"]})
+    assert response.status_code == 200
+    assert ApiKey.objects.get(name="ci").scopes == ["manage"]
+
+
 def test_a_developer_cannot_open_billing(acme, bob):
     assert login(bob).get(f"/orgs/{acme.slug}/billing/").status_code == 404
 
