@@ -325,3 +325,36 @@ def test_an_event_loop_that_ended_mid_admission_leaves_nothing_that_blocks_the_n
     verdict = asyncio.run(next_loop())
     assert verdict.status == limits.OK
     assert verdict.requests_remaining == 49
+
+
+def test_a_tier_s_new_platform_fee_reaches_every_gateway_s_cached_keys_at_once(
+    db, alice, bob, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A fee edited (or a tier changed) republishes the keys it prices, so no gateway
+    keeps reserving at the old fee."""
+    from accounts import keycache
+    from billing.models import SlaTier
+    from billing.subscriptions import tier_change
+    from tests.tiers import ensure_default_tiers
+
+    ensure_default_tiers()
+    published: list[str] = []
+    monkeypatch.setattr(keycache, "publish_change", published.append)
+    acme = services.organization_create(name="Acme", owner=alice)
+    initech = services.organization_create(name="Initech", owner=bob)
+    alices = services.api_key_create(org=acme, name="k").api_key
+    bobs = services.api_key_create(org=initech, name="k").api_key
+    pro = SlaTier.objects.get(slug="pro")
+    with django_capture_on_commit_callbacks(execute=True):
+        tier_change(org=acme, tier=pro)
+    assert published == [alices.lookup]
+
+    published.clear()
+    pro.private_cluster_fee_per_request_usd = Decimal("0.0002")
+    with django_capture_on_commit_callbacks(execute=True):
+        pro.save()
+    assert published == [alices.lookup]  # bob's org is not on Pro
+    assert limits.load(key_id=alices.pk, org_id=acme.pk).platform_fee.per_request == Decimal(
+        "0.0002"
+    )
+    assert bobs.lookup not in published
