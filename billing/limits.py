@@ -1,9 +1,10 @@
 """Rate limits and budgets on the hot path: one atomic Redis script per request.
 
-**What admission needs rides in the resolved key.** `load` reads the org's tier, its
-budget, the key's own limits and the suspension once, when the key cache loads a key
-(`accounts.keycache`, through the loader hook this app registers in `ready()`); a
-change to any of them republishes the org's keys on the key cache's channel
+**What admission needs rides in the resolved key.** `load` reads the org's tier (its
+limits, margin and platform fee), its budget, the key's own limits and the suspension
+once, when the key cache loads a key (`accounts.keycache`, through the loader hook this
+app registers in `ready()`); a change to any of them (a tier edited or changed
+included) republishes the org's keys on the key cache's channel
 (`keys_changed`), so every gateway process drops them within milliseconds. The
 deployment's cost is in the world snapshot. The hot path itself never queries.
 
@@ -22,10 +23,15 @@ per key and month (`...:spend:{org:N}:YYYY-MM:org`), in nano-dollars (1e-9 USD, 
 integer: exact in Lua's doubles up to $9M). Admission reserves the request's worst-case
 charge (`worst_case`, rounded up to the nano-dollar) if `spend + reserve <= cap`, in the
 same script as the rate limits, so no two requests can both take the last dollar.
+The worst case is the most any one of the plan's candidates would charge for the
+request's tokens (`charge`, the drain's rule): a public deployment its provider cost
+with the tier's margin, the organization's own private cluster (`PLATFORM_FEE`; no
+provider cost) the tier's platform fee, per request plus per token. The fee rides in
+the limits (`Limits.platform_fee`, loaded with the tier), so pricing stays off the DB.
 Settlement (`settle_args`, run in the usage XADD's pipeline) replaces the reservation
-with the actual charge (`billing.rating.charge`, the drain's function, at the same
-price; rounded up to the nano-dollar), so a failed or cancelled request releases
-everything but the tokens it was served.
+with the actual charge (`charge` again, for the candidate that served it; rounded up to
+the nano-dollar), so the live spend equals what the drain stores, and a failed or
+cancelled request releases everything but the tokens it was served.
 
 **A Redis restart cannot grant a second budget.** A spend counter that is missing while
 a cap applies makes the script answer "seed me" instead of admitting: the gateway then
@@ -43,13 +49,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
-from typing import Any
+from typing import Any, Literal
 
 from redis.exceptions import NoScriptError
 
@@ -68,6 +75,9 @@ BUDGET_ORG, BUDGET_KEY = 5, 6
 SEED_ORG, SEED_KEY = 7, 8
 
 
+NO_FEE = rating.PlatformFee(rating.ZERO, rating.ZERO)
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """A key's limits in force, as the gateway needs them (None: no limit)."""
@@ -81,6 +91,8 @@ class Limits:
     key_cap_usd: Decimal | None
     margin_pct: Decimal
     suspended_reason: str | None = None
+    #: what a request served by the org's own private cluster pays (the tier's)
+    platform_fee: rating.PlatformFee = NO_FEE
 
 
 UNLIMITED = Limits("none", None, None, None, None, None, None, rating.ZERO)
@@ -108,6 +120,9 @@ def load(*, key_id: int, org_id: int) -> Limits:
         key_cap_usd=own.monthly_budget_usd if own else None,
         margin_pct=tier.price_margin_pct,
         suspended_reason=suspended,
+        platform_fee=rating.PlatformFee(
+            tier.private_cluster_fee_per_request_usd, tier.private_cluster_fee_per_mtok_usd
+        ),
     )
 
 
@@ -165,16 +180,37 @@ def price(cost: rating.Price, limits: Limits) -> rating.Price:
     return _with_margin(cost, limits.margin_pct)
 
 
+class Billing(enum.Enum):
+    PLATFORM_FEE = "platform-fee"
+
+
+#: A candidate billed at the tier's platform fee: the organization's own private cluster
+#: (`billing.rating.PriceBook.rate`), whatever its provider cost.
+PLATFORM_FEE = Billing.PLATFORM_FEE
+#: How a candidate is billed: its provider cost (with the tier's margin), or the fee.
+Rate = rating.Price | Literal[Billing.PLATFORM_FEE]
+
+
+def charge(rate: Rate, limits: Limits, *, input_tokens: int, output_tokens: int) -> Decimal:
+    """What a candidate charges for these tokens, by the drain's rule (`billing.rating`):
+    the platform fee for a private cluster, our price (cost with margin) for the rest."""
+    if rate is PLATFORM_FEE:
+        return limits.platform_fee.charge(input_tokens, output_tokens)
+    return rating.charge(price(rate, limits), input_tokens, output_tokens)
+
+
 def worst_case(
-    costs: list[rating.Price], limits: Limits, *, input_tokens: int, output_tokens: int
+    rates: Sequence[Rate], limits: Limits, *, input_tokens: int, output_tokens: int
 ) -> Decimal:
-    """The most a request can cost: its tokens at the dearest candidate's price."""
-    if not costs:
-        return rating.ZERO
-    highest = rating.Price(
-        max(c.input_per_mtok for c in costs), max(c.output_per_mtok for c in costs)
+    """The most a request can cost: what the dearest of its candidates would charge for
+    its tokens (one candidate serves it; failover never leaves the plan)."""
+    return max(
+        (
+            charge(rate, limits, input_tokens=input_tokens, output_tokens=output_tokens)
+            for rate in rates
+        ),
+        default=rating.ZERO,
     )
-    return rating.charge(price(highest, limits), input_tokens, output_tokens)
 
 
 def month_of(now: datetime) -> str:

@@ -10,6 +10,11 @@ and otherwise returns a `Ticket`: the reservation, and the x-ratelimit-* headers
 answer carries. `settlement` turns the ticket and the usage record into the settle
 script's call, which the usage publisher runs in the XADD's pipeline.
 
+Both price a backend as the drain does (`rate`): a public one at its provider cost with
+the tier's margin, the organization's own private cluster at the tier's platform fee
+(per request and per token; it has no provider cost), so the reservation covers what
+any candidate would charge and the settled spend is the charge the drain stores.
+
 `TESSERACT_LIMITS=0` switches rate limits and budgets off (suspension still applies):
 for the benchmark's "off" run only.
 """
@@ -51,6 +56,12 @@ def cost(endpoint: Endpoint) -> rating.Price:
     return _cost(endpoint.price_input_per_mtok, endpoint.price_output_per_mtok)
 
 
+def rate(endpoint: Endpoint) -> limits.Rate:
+    """How a request this backend serves is billed (`billing.rating.PriceBook.rate`): a
+    private cluster's at the platform fee, any other at its cost with the margin."""
+    return limits.PLATFORM_FEE if endpoint.org_id is not None else cost(endpoint)
+
+
 @functools.lru_cache(maxsize=4096)
 def _cost(input_per_mtok: float, output_per_mtok: float) -> rating.Price:
     return rating.Price(Decimal(str(input_per_mtok)), Decimal(str(output_per_mtok)))
@@ -77,9 +88,9 @@ class Admission:
             return None
         r = call.parsed.route
         tokens = r.input_tokens + r.max_output_tokens
-        costs = [cost(world.endpoints[c.backend_id]) for c in plan.choices]
+        rates = [rate(world.endpoints[c.backend_id]) for c in plan.choices]
         worst = limits.worst_case(
-            costs, lim, input_tokens=r.input_tokens, output_tokens=r.max_output_tokens
+            rates, lim, input_tokens=r.input_tokens, output_tokens=r.max_output_tokens
         )
         reserve = limits.to_nano(worst)
         now = datetime.now(UTC)
@@ -131,14 +142,19 @@ class Admission:
     def settlement(
         self, ticket: Ticket | None, endpoint: Endpoint | None, record: metering.UsageRecord
     ) -> tuple[Any, Sequence[str], list[Any]] | None:
-        """The settle script's call: the actual charge (`billing.rating`, the drain's
-        function and price) replaces the reservation; unused tokens go back."""
+        """The settle script's call: the actual charge (the drain's rule: the platform
+        fee on a private cluster, else cost with margin) replaces the reservation;
+        unused tokens go back. Nothing served costs nothing, fee included."""
         if ticket is None:
             return None
         actual = rating.ZERO
         if endpoint is not None and (record.input_tokens or record.output_tokens):
-            price = limits.price(cost(endpoint), ticket.limits)
-            actual = rating.charge(price, record.input_tokens, record.output_tokens)
+            actual = limits.charge(
+                rate(endpoint),
+                ticket.limits,
+                input_tokens=record.input_tokens,
+                output_tokens=record.output_tokens,
+            )
         args = limits.settle_args(
             ticket.verdict,
             reserved_tokens=ticket.tokens,

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 
 from accounts import services
-from billing import limits
+from billing import limits, rating
 from billing.models import UsageEvent
 
 LIMITS = limits.Limits("test", 50, None, None, None, None, None, Decimal(0))
@@ -136,15 +136,55 @@ def test_resets_read_like_openai_s(ms, text):
     assert limits.reset_text(ms) == text
 
 
-def test_the_worst_case_is_priced_at_the_dearest_candidate_with_the_tier_margin():
+def test_the_worst_case_is_the_dearest_candidate_s_charge_with_the_tier_margin():
     lim = limits.Limits("pro", None, None, None, None, None, None, Decimal("20"))
     costs = [
         limits.rating.Price(Decimal("1"), Decimal("2")),
         limits.rating.Price(Decimal("3"), Decimal("1")),
     ]
-    # 3 × 1.2 = 3.6 per 1M input, 2 × 1.2 = 2.4 per 1M output
-    expected = (1000 * Decimal("3.6") + 500 * Decimal("2.4")) / 1_000_000
+    # The first: 1.2 per 1M input, 2.4 per 1M output: $0.0024 for 1000 in + 500 out.
+    # The second: 3.6 and 1.2: $0.0042, the dearest (one candidate serves the request).
+    expected = (1000 * Decimal("3.6") + 500 * Decimal("1.2")) / 1_000_000
     assert limits.worst_case(costs, lim, input_tokens=1000, output_tokens=500) == expected
+    assert limits.worst_case([], lim, input_tokens=1000, output_tokens=500) == 0
+
+
+PRO_FEE = rating.PlatformFee(per_request=Decimal("0.0001"), per_mtok=Decimal("0.05"))
+
+
+def test_a_private_candidate_counts_its_platform_fee_and_the_dearest_candidate_is_reserved():
+    lim = limits.Limits(
+        "pro", None, None, None, None, None, None, Decimal("20"), platform_fee=PRO_FEE
+    )
+    cheap = rating.Price(Decimal("0.01"), Decimal("0.02"))  # $0.000024 for 1000 + 500
+    dear = rating.Price(Decimal("3"), Decimal("1"))  # $0.0042
+    own = limits.PLATFORM_FEE  # the org's private cluster: its provider cost is zero
+    fee = Decimal("0.0001") + 1500 * Decimal("0.05") / 1_000_000  # $0.000175
+    tokens = {"input_tokens": 1000, "output_tokens": 500}
+    assert limits.worst_case([own], lim, **tokens) == fee
+    assert limits.worst_case([cheap, own], lim, **tokens) == fee
+    assert limits.worst_case([own, cheap], lim, **tokens) == fee
+    assert limits.worst_case([dear, own, cheap], lim, **tokens) == Decimal("0.0042")
+    # What each would charge is the drain's rule (`billing.rating`).
+    assert limits.charge(own, lim, **tokens) == PRO_FEE.charge(1000, 500)
+    assert limits.charge(cheap, lim, **tokens) == rating.charge(
+        rating.with_margin(cheap, Decimal("20")), 1000, 500
+    )
+
+
+def test_the_limits_a_key_loads_carry_its_tier_s_platform_fee(db, alice):
+    from billing.models import SlaTier
+    from billing.subscriptions import tier_change
+    from tests.tiers import ensure_default_tiers
+
+    ensure_default_tiers()
+    org = services.organization_create(name="Acme", owner=alice)
+    key = services.api_key_create(org=org, name="k").api_key
+    tier_change(org=org, tier=SlaTier.objects.get(slug="pro"))
+    assert limits.load(key_id=key.pk, org_id=org.pk).platform_fee == PRO_FEE
+    tier_change(org=org, tier=SlaTier.objects.get(slug="enterprise"))
+    enterprise = limits.load(key_id=key.pk, org_id=org.pk).platform_fee
+    assert enterprise == rating.PlatformFee(Decimal("0.00005"), Decimal("0.02"))
 
 
 UNLIMITED_BUT_BUDGET = limits.Limits(
@@ -285,3 +325,36 @@ def test_an_event_loop_that_ended_mid_admission_leaves_nothing_that_blocks_the_n
     verdict = asyncio.run(next_loop())
     assert verdict.status == limits.OK
     assert verdict.requests_remaining == 49
+
+
+def test_a_tier_s_new_platform_fee_reaches_every_gateway_s_cached_keys_at_once(
+    db, alice, bob, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A fee edited (or a tier changed) republishes the keys it prices, so no gateway
+    keeps reserving at the old fee."""
+    from accounts import keycache
+    from billing.models import SlaTier
+    from billing.subscriptions import tier_change
+    from tests.tiers import ensure_default_tiers
+
+    ensure_default_tiers()
+    published: list[str] = []
+    monkeypatch.setattr(keycache, "publish_change", published.append)
+    acme = services.organization_create(name="Acme", owner=alice)
+    initech = services.organization_create(name="Initech", owner=bob)
+    alices = services.api_key_create(org=acme, name="k").api_key
+    bobs = services.api_key_create(org=initech, name="k").api_key
+    pro = SlaTier.objects.get(slug="pro")
+    with django_capture_on_commit_callbacks(execute=True):
+        tier_change(org=acme, tier=pro)
+    assert published == [alices.lookup]
+
+    published.clear()
+    pro.private_cluster_fee_per_request_usd = Decimal("0.0002")
+    with django_capture_on_commit_callbacks(execute=True):
+        pro.save()
+    assert published == [alices.lookup]  # bob's org is not on Pro
+    assert limits.load(key_id=alices.pk, org_id=acme.pk).platform_fee.per_request == Decimal(
+        "0.0002"
+    )
+    assert bobs.lookup not in published

@@ -22,11 +22,16 @@ import httpx
 import pytest
 import redis
 from django.conf import settings
+from django.utils import timezone
 
 from accounts import services
 from backends.models import AIModel
 from backends.simulator import create_app
 from backends.world import DeploymentSpec, WorldSpec
+from billing import limits
+from billing.models import SlaTier
+from billing.subscriptions import budget_set, tier_change
+from billing.tiers import ENTERPRISE
 from routing.gateway.app import application
 from tests import tiers
 from tests.conftest import login
@@ -343,3 +348,74 @@ def test_alices_credential_and_model_id_reach_her_server_and_nothing_else(
     assert len(seen) == before  # bob's request went elsewhere, and without her key
     for shown in (answer.text, bobs.text, changed.content.decode(), caplog.text):
         assert ALICES_KEY not in shown
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def _tier_with_fee(slug: str, *, per_request: str, per_mtok: str) -> SlaTier:
+    """A tier whose limits no test reaches, with the given private-cluster platform fee."""
+    fields = {
+        **ENTERPRISE.fields(),
+        "name": slug,
+        "requests_per_minute": 1_000_000,
+        "tokens_per_minute": 1_000_000_000,
+        "private_cluster_fee_per_request_usd": Decimal(per_request),
+        "private_cluster_fee_per_mtok_usd": Decimal(per_mtok),
+    }
+    fields.pop("slug")
+    return SlaTier.objects.create(slug=slug, **fields)
+
+
+def _org_spend_nano(org_id: int) -> int:
+    month = limits.month_of(timezone.now())
+    spend = limits.redis_keys(org_id=org_id, key_id=None, month=month)[2]
+    return int(redis.Redis.from_url(settings.REDIS_URL).get(spend) or 0)
+
+
+def test_a_private_cluster_s_platform_fee_is_reserved_so_a_budget_that_cannot_hold_it_refuses_429(
+    mesh, cast, box, private, usage
+):
+    """Alice's own cluster costs no provider price, but each request pays her tier's
+    platform fee: $0.004 a request here, against a $0.01 budget. Two fit; the third is
+    refused before it reaches her cluster, as insufficient_quota."""
+    counting, _, _ = box
+    org = cast["alice"].org
+    tier_change(org=org, tier=_tier_with_fee("tests-dear-fee", per_request="0.004", per_mtok="0"))
+    budget_set(org=org, monthly_budget_usd=Decimal("0.01"))
+    key = services.api_key_create(org=org, name="budget").plaintext  # loads the new limits
+    before = sum(counting.hits.values())
+
+    answers = [chat(mesh, key, SECRET_MODEL) for _ in range(3)]
+
+    assert [a.status_code for a in answers] == [200, 200, 429], [a.text for a in answers]
+    error = answers[2].json()["error"]
+    assert error["code"] == "insufficient_quota"
+    assert "could cost up to $0.004000" in error["message"]
+    assert "cap $0.01" in error["message"]
+    assert sum(counting.hits.values()) == before + 2  # the refused one never reached it
+    events = usage()
+    assert [e.charge_usd for e in events] == [Decimal("0.004")] * 2
+    assert _org_spend_nano(org.pk) == limits.to_nano(Decimal("0.008"))
+
+
+def test_after_a_private_cluster_s_request_the_live_spend_equals_the_stored_charge(
+    mesh, cast, private, usage
+):
+    org = cast["alice"].org
+    # Pro's fee: $0.0001 a request and $0.05 per 1M tokens (a budget: the spend is counted)
+    pro_fee = _tier_with_fee("tests-pro-fee", per_request="0.0001", per_mtok="0.05")
+    tier_change(org=org, tier=pro_fee)
+    key = services.api_key_create(org=org, name="spend").plaintext
+    for model in (SECRET_MODEL, private["model"]):
+        answer = chat(mesh, key, model)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["tesseract"]["route"]["backend"] == private["deployments"][model]
+
+    events = usage()
+    assert len(events) == 2
+    assert all(e.fee_per_request_usd == Decimal("0.0001") for e in events)
+    stored = sum((e.charge_usd for e in events), Decimal(0))
+    tokens = sum(e.input_tokens + e.output_tokens for e in events)
+    assert stored == 2 * Decimal("0.0001") + tokens * Decimal("0.05") / 10**6
+    assert _org_spend_nano(org.pk) == limits.to_nano(stored)
