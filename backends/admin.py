@@ -147,7 +147,8 @@ class ProviderForm(forms.ModelForm):
         model = Provider
         fields = (
             "name", "slug", "preset", "base_url", "auth_style", "auth_header", "extra_headers",
-            "connect_timeout_s", "first_token_timeout_s", "ignores_include_usage", "status",
+            "connect_timeout_s", "first_token_timeout_s", "ignores_include_usage",
+            "exposes_metrics", "status",
         )  # fmt: skip
 
     def clean(self) -> dict[str, Any]:
@@ -161,6 +162,7 @@ class ProviderForm(forms.ModelForm):
                 data["auth_style"] = chosen.auth_style
                 data["auth_header"] = chosen.auth_header
                 data["ignores_include_usage"] = chosen.ignores_include_usage
+                data["exposes_metrics"] = chosen.exposes_metrics
         if not data.get("base_url"):
             self.add_error("base_url", "Give a base URL or choose a preset.")
         if data.get("auth_style") == Provider.Auth.HEADER and not data.get("auth_header"):

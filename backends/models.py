@@ -275,6 +275,12 @@ class Provider(models.Model):
         default=False,
         help_text="Quirk: streams carry no usage; tokens are estimated (usage_source=estimated).",
     )
+    exposes_metrics = models.BooleanField(
+        default=False,
+        help_text="The server serves Prometheus /metrics beside its /v1 (vLLM, SGLang, TGI, "
+        "llama.cpp): scraped with the credential for running and waiting requests. "
+        "Hosted APIs do not.",
+    )
     credential_sealed = models.TextField(blank=True, editable=False)
     credential_last4 = models.CharField(max_length=4, blank=True, editable=False)
     credential_set_at = models.DateTimeField(null=True, blank=True, editable=False)

@@ -73,6 +73,9 @@ class Preset:
     price_keys: dict[str, str] = field(default_factory=dict)
     ignores_include_usage: bool = False
     self_hosted: bool = False
+    #: the server serves Prometheus /metrics beside /v1, with gauges
+    #: `backends.resources` reads (hosted APIs serve none)
+    exposes_metrics: bool = False
     notes: str = ""
     #: catalog model slug → the profile rows of its TTFT and of its decode speed
     ttft_rows: dict[str, Rows] = field(default_factory=dict)
@@ -214,22 +217,27 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "vllm", "vLLM (self-hosted)", "http://127.0.0.1:8000/v1", "bearer", models=_HF,
-            self_hosted=True, notes="Bearer only when started with --api-key; else choose none.",
+            self_hosted=True, exposes_metrics=True,
+            notes="Bearer only when started with --api-key; else choose none.",
         ),
         Preset(
             "sglang", "SGLang (self-hosted)", "http://127.0.0.1:30000/v1", "bearer", models=_HF,
-            self_hosted=True, notes="Bearer only when started with --api-key; else choose none.",
+            self_hosted=True, exposes_metrics=True,
+            notes="Bearer only when started with --api-key; else choose none. /metrics "
+            "only when started with --enable-metrics.",
         ),
         Preset(
             "tgi", "Text Generation Inference (self-hosted)", "http://127.0.0.1:8080/v1", "none",
             models=dict.fromkeys(_HF, "tgi"), self_hosted=True, ignores_include_usage=True,
+            exposes_metrics=True,
             notes="Serves one model under the id 'tgi'. Versions that ignore stream_options "
             "send no usage in streams: tokens are estimated (usage_source=estimated).",
         ),
         Preset(
             "llamacpp", "llama.cpp server (self-hosted)", "http://127.0.0.1:8080/v1", "none",
-            models=_HF, self_hosted=True,
-            notes="Serves the one model it loaded whatever id is asked; bearer with --api-key.",
+            models=_HF, self_hosted=True, exposes_metrics=True,
+            notes="Serves the one model it loaded whatever id is asked; bearer with --api-key; "
+            "/metrics only when started with --metrics.",
         ),
         Preset(
             "ollama", "Ollama (self-hosted)", "http://127.0.0.1:11434/v1", "none",

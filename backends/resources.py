@@ -2,17 +2,34 @@
 
 Two periodic jobs write it into the live maps (`backends.livestate`):
 
-* `scrape_metrics` (every `TESSERACT_SCRAPE_INTERVAL_S`): each deployment's Prometheus
-  endpoint beside its OpenAI base URL (`/d/<slug>/v1` → `/d/<slug>/metrics`; vLLM serves
-  `/metrics` beside `/v1`), all at once. `running` and `waiting` are vLLM's
-  `vllm:num_requests_running` and `vllm:num_requests_waiting` (summed over the series);
+* `scrape_metrics` (every `TESSERACT_SCRAPE_INTERVAL_S`): the Prometheus endpoint beside
+  each deployment's OpenAI base URL (`/d/<slug>/v1` → `/d/<slug>/metrics`; vLLM serves
+  `/metrics` beside `/v1`), all at once. The targets are read from the world the catalog
+  builds (`backends.snapshot.load_world`), as the health check reads them
+  (`backends.health`): a provider's deployment is scraped at its provider's base URL
+  (or its own), with the provider's headers and credential — the same header and scheme
+  as the health check's authenticated `GET /v1/models`, unsealed in that world, never
+  logged. Only servers that serve metrics are scraped: a provider says whether its
+  server does (`Provider.exposes_metrics`, from its preset: vLLM, SGLang, TGI and
+  llama.cpp do; Groq, OpenAI and the other hosted APIs have no `/metrics`, and an
+  operator adding a provider by hand ticks it or not); a deployment without a provider
+  (the simulator) always is. `running` and `waiting` are each server's own gauges
+  (`RUNNING`, `WAITING`, summed over the series; the first name found is read, a
+  server exposing only its own): vLLM's `vllm:num_requests_running` / `…_waiting`,
+  SGLang's `sglang:num_running_reqs` / `sglang:num_queue_reqs` (with
+  `--enable-metrics`), TGI's `tgi_batch_current_size` / `tgi_queue_size`, llama.cpp's
+  `llamacpp:requests_processing` / `llamacpp:requests_deferred` (with `--metrics`).
   `loaded` is `tesseract_simulator_model_loaded` where the backend exposes it (the
   simulator: 0 while the model is unloaded or a cold start runs, for a model that is
   loading is not loaded). A backend exposing no such gauge leaves `loaded` to the
-  catalog (None). A scrape that fails changes nothing: whether a backend is up is the
-  health checks' call (`backends.health`), and stale counts beat invented zeros.
-  prometheus-client is not a dependency; `parse_metrics` reads the text format 0.0.4
-  strictly (a malformed line is an error, not a guess).
+  catalog (None). A scrape that fails — no answer, a 401 for a refused credential, a
+  body that is not the text format — changes nothing: whether a backend is up, and
+  whether its provider still takes our credential, is the health checks' call
+  (`backends.health`), and stale counts beat invented zeros. The failure is logged at
+  DEBUG with the URL and the status only (a provider's 401 may repeat the credential
+  it was sent; its body is never looked at). prometheus-client is not a dependency;
+  `parse_metrics` reads the text format 0.0.4 strictly (a malformed line is an error,
+  not a guess).
 
 * `fold_observed` (every `TESSERACT_OBSERVED_INTERVAL_S`): completed requests
   (`UsageEvent` rows, across tenants: the control plane aggregates, it shows nobody
@@ -42,7 +59,7 @@ import math
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -53,6 +70,7 @@ from django.utils import timezone
 from backends import livestate
 from backends.models import Deployment
 from backends.probes import ewma, exclusive, http_client
+from backends.snapshot import load_world
 from billing.models import UsageEvent
 from routing.engine import Profile
 
@@ -67,8 +85,16 @@ SCRAPE_TIMEOUT_S = 0.9
 SCRAPE_TIME_LIMIT_S = 10
 FOLD_TIME_LIMIT_S = 30
 
-RUNNING = "vllm:num_requests_running"
-WAITING = "vllm:num_requests_waiting"
+#: The gauges of running and waiting requests as each server names them (a server
+#: exposes only its own; the first found is read): vLLM, SGLang, TGI, llama.cpp.
+RUNNING = (
+    "vllm:num_requests_running", "sglang:num_running_reqs", "tgi_batch_current_size",
+    "llamacpp:requests_processing",
+)  # fmt: skip
+WAITING = (
+    "vllm:num_requests_waiting", "sglang:num_queue_reqs", "tgi_queue_size",
+    "llamacpp:requests_deferred",
+)  # fmt: skip
 LOADED = "tesseract_simulator_model_loaded"
 
 #: Events read per query, and at most this many queries per run (the rest waits for
@@ -148,8 +174,9 @@ def reading(samples: Iterable[Sample]) -> Reading:
         if math.isfinite(s.value):
             values.setdefault(s.name, []).append(s.value)
 
-    def total(name: str) -> int | None:
-        return round(sum(values[name])) if name in values else None
+    def total(names: tuple[str, ...]) -> int | None:
+        found = next((values[n] for n in names if n in values), None)
+        return None if found is None else round(sum(found))
 
     loaded = values.get(LOADED)
     return Reading(
@@ -167,50 +194,75 @@ def metrics_url(endpoint_url: str) -> str:
     return endpoint_url.rstrip("/").removesuffix("/v1") + "/metrics"
 
 
+@dataclass(frozen=True)
+class Target:
+    slug: str
+    url: str
+    #: the provider's headers, credential included (never printed)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+
+
 def scrape_metrics(
     *,
     client: Any,
     deployment_ids: Iterable[int] | None = None,
     timeout_s: float = SCRAPE_TIMEOUT_S,
 ) -> dict[str, int]:
-    """Scrape every deployment that is not drained (or those of `deployment_ids`) once.
+    """Scrape every deployment that is not drained and whose server exposes metrics (or
+    those of `deployment_ids`) once.
 
     Returns how many answered, failed, and changed the live map (announced together).
     """
     with exclusive(client, SCRAPE_LOCK, SCRAPE_TIME_LIMIT_S) as mine:
         if not mine:
             return {"skipped": 1}
-        deployments = Deployment.objects.filter(
-            drained=False, cluster__drained=False, cluster__region__drained=False
-        ).exclude(endpoint_url="")
-        if deployment_ids is not None:
-            deployments = deployments.filter(pk__in=list(deployment_ids))
-        targets = list(deployments.order_by("slug").values_list("slug", "endpoint_url"))
+        targets = _targets(deployment_ids)
         readings = asyncio.run(_scrape_all(targets, timeout_s))
         changed = []
-        for (slug, _), r in zip(targets, readings, strict=True):
+        for t, r in zip(targets, readings, strict=True):
             if r is not None and livestate.deployment_update(
-                client, slug, announce=False, **r.changes()
+                client, t.slug, announce=False, **r.changes()
             ):
-                changed.append(slug)
+                changed.append(t.slug)
         if changed:
             livestate.announce_change(client, "deployments", changed)
         answered = sum(r is not None for r in readings)
         return {"scraped": answered, "failed": len(targets) - answered, "changed": len(changed)}
 
 
-async def _scrape_all(targets: list[tuple[str, str]], timeout_s: float) -> list[Reading | None]:
+def _targets(deployment_ids: Iterable[int] | None) -> list[Target]:
+    """Where to scrape, reached as the gateway and the health check reach each backend
+    (`backends.health`): from the world the catalog builds, so a provider's deployments
+    carry its headers and credential, unsealed there. Hosted APIs serve no metrics
+    (`Endpoint.exposes_metrics`) and are left out."""
+    world = load_world()
+    drained = {b.id for b in world.snapshot.backends if b.state.drained}
+    wanted = None
+    if deployment_ids is not None:
+        ids = list(deployment_ids)
+        wanted = set(Deployment.objects.filter(pk__in=ids).values_list("slug", flat=True))
+    return [
+        Target(slug, metrics_url(e.url), e.upstream_headers())
+        for slug, e in sorted(world.endpoints.items())
+        if e.url and e.exposes_metrics and slug not in drained
+        and (wanted is None or slug in wanted)
+    ]  # fmt: skip
+
+
+async def _scrape_all(targets: list[Target], timeout_s: float) -> list[Reading | None]:
     async with http_client(timeout_s) as http:
-        return await asyncio.gather(*(_scrape(http, slug, url) for slug, url in targets))
+        return await asyncio.gather(*(_scrape(http, t) for t in targets))
 
 
-async def _scrape(http: httpx.AsyncClient, slug: str, endpoint_url: str) -> Reading | None:
+async def _scrape(http: httpx.AsyncClient, t: Target) -> Reading | None:
     try:
-        response = await http.get(metrics_url(endpoint_url))
+        response = await http.get(t.url, headers=t.headers)
         response.raise_for_status()
         return reading(parse_metrics(response.text))
     except (httpx.HTTPError, MetricsFormatError) as exc:
-        logger.debug("scrape of %s failed: %s", slug, exc)
+        # Names the URL and the status, never the headers or the body (a provider's
+        # 401 may repeat the credential it was sent).
+        logger.debug("scrape of %s failed: %s", t.slug, exc)
         return None
 
 

@@ -74,6 +74,10 @@ class Endpoint:
     first_token_timeout_s: float | None = None
     #: quirk: the server sends no usage in streams (tokens are then estimated)
     ignores_include_usage: bool = False
+    #: it serves Prometheus /metrics beside its /v1 (`backends.resources` scrapes it):
+    #: a provider says whether (`Provider.exposes_metrics`); a deployment without one
+    #: (the simulator, a server at its own URL) is scraped, as it always was
+    exposes_metrics: bool = True
     #: finds `"model": "<upstream_model>"` in an answer, to name the catalog's slug
     model_field: re.Pattern[bytes] | None = field(default=None, repr=False, compare=False)
     #: None: a public backend; else the organization whose private cluster this is
@@ -285,6 +289,7 @@ def load_world() -> World:
             connect_timeout_s=d.provider.connect_timeout_s if d.provider else None,
             first_token_timeout_s=d.provider.first_token_timeout_s if d.provider else None,
             ignores_include_usage=bool(d.provider and d.provider.ignores_include_usage),
+            exposes_metrics=d.provider.exposes_metrics if d.provider else True,
             region=d.cluster.region.slug,
             cluster=d.cluster.slug,
             chip=d.chip.slug,

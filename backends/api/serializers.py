@@ -33,9 +33,9 @@ class ProviderSerializer(serializers.ModelSerializer):
         model = Provider
         fields = (
             "slug", "name", "preset", "base_url", "auth_style", "auth_header", "extra_headers",
-            "connect_timeout_s", "first_token_timeout_s", "ignores_include_usage", "status",
-            "status_reason", "status_since", "credential", "credential_hint",
-            "credential_set_at", "deployments",
+            "connect_timeout_s", "first_token_timeout_s", "ignores_include_usage",
+            "exposes_metrics", "status", "status_reason", "status_since", "credential",
+            "credential_hint", "credential_set_at", "deployments",
         )  # fmt: skip
         read_only_fields = ("status_reason", "status_since", "credential_set_at")
 
@@ -66,6 +66,7 @@ class ProviderSerializer(serializers.ModelSerializer):
             attrs.setdefault("auth_style", chosen.auth_style)
             attrs.setdefault("auth_header", chosen.auth_header)
             attrs.setdefault("ignores_include_usage", chosen.ignores_include_usage)
+            attrs.setdefault("exposes_metrics", chosen.exposes_metrics)
         merged = {
             "base_url": getattr(self.instance, "base_url", ""),
             "auth_style": getattr(self.instance, "auth_style", Provider.Auth.BEARER),
@@ -87,6 +88,7 @@ class PresetSerializer(serializers.Serializer):
     auth_header = serializers.CharField()
     self_hosted = serializers.BooleanField()
     ignores_include_usage = serializers.BooleanField()
+    exposes_metrics = serializers.BooleanField()
     notes = serializers.CharField()
     models = serializers.DictField(child=serializers.CharField())
     prices = serializers.SerializerMethodField()

@@ -241,6 +241,8 @@ class Simulator:
         elif rest == "health":
             await self._health(dep, receive, send)
         elif rest == "metrics":
+            if dep.persona is not None:  # as behind an authenticating proxy (persona.py)
+                dep.persona.authorize(scope["headers"])
             await _respond(send, 200, self._metrics_body(dep), b"text/plain; version=0.0.4")
         elif rest == "control":
             await self._control(dep, method, receive, send)

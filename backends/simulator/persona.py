@@ -14,7 +14,10 @@ clear); every field is optional:
                                       # "error_type": "…"}, or "plain" {"error": "…"}
      "ignores_include_usage": false}  # streams never carry usage, whatever is asked
 
-A missing or refused credential gets 401, whose body repeats the credential it was
+The credential guards the deployment's `/metrics` as well as its API, as an
+authenticating proxy in front of a server does (vLLM's own `--api-key` guards `/v1`
+only), so a test can prove the scrape carries the credential. A missing or refused
+credential gets 401, whose body repeats the credential it was
 sent — the worst a real provider does — so tests can prove Tesseract never passes it
 on. Which credential
 and which model id each request carried is kept in `seen` for the tests.

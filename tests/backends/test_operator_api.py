@@ -47,6 +47,22 @@ def test_an_operator_adds_a_provider_from_a_preset_and_the_key_never_comes_back(
     assert providers.credential_reveal(provider).reveal() == SECRET
 
 
+def test_a_self_hosted_server_from_its_preset_is_scraped_and_a_hosted_api_is_not(oscar):
+    vllm = post(oscar, URL, {"slug": "vllm-here", "name": "vLLM", "preset": "vllm",
+                             "credential": SECRET})  # fmt: skip
+    groq = post(oscar, URL, {"slug": "groq", "name": "Groq", "preset": "groq",
+                             "credential": SECRET})  # fmt: skip
+    by_hand = post(oscar, URL, {"slug": "ours", "name": "Ours", "base_url": "http://10.0.0.7/v1",
+                                "auth_style": "none", "exposes_metrics": True})  # fmt: skip
+    assert (vllm.status_code, groq.status_code, by_hand.status_code) == (201, 201, 201)
+    assert vllm.json()["exposes_metrics"] is True
+    assert groq.json()["exposes_metrics"] is False
+    assert by_hand.json()["exposes_metrics"] is True
+    presets = oscar.get("/api/v1/operator/presets").json()
+    scraped = {p["key"] for p in presets if p["exposes_metrics"]}
+    assert scraped == {"vllm", "sglang", "tgi", "llamacpp"}
+
+
 def test_a_new_credential_puts_a_misconfigured_provider_back(oscar):
     post(oscar, URL, {"slug": "groq", "name": "Groq", "preset": "groq", "credential": SECRET})
     Provider.objects.filter(slug="groq").update(status=Provider.Status.MISCONFIGURED)

@@ -7,11 +7,13 @@ points at it; the live maps are in the real Redis, under keys private to each te
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -24,12 +26,14 @@ import redis
 from django.utils import timezone
 
 from accounts.models import Organization
-from backends import livestate, resources
-from backends.models import Deployment
+from backends import livestate, providers, resources
+from backends.models import Deployment, Provider
+from backends.presets import PRESETS
 from backends.simulator import Simulator
 from backends.tasks.resources import fold_observed_speeds
 from billing.models import UsageEvent
 from routing.engine import Profile
+from tests import leaks
 
 #: 1 ms from the gateway (westeurope); 8B: 128 slots, 288 tokens/s, 14 s cold start;
 #: 70B: 17 ms TTFT floor (50 ms at the 480-token reference prompt), 58.6 tokens/s.
@@ -130,22 +134,29 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
 # --------------------------------------------------------------------------- scraping
 
 
-def test_scraping_reports_running_and_waiting_of_a_busy_deployment(mesh, live):
-    m = mesh(time_scale=1.0)
-    m.control(WESTEUROPE_8B, concurrency_slots=2)
-    slots = m.simulator.deployments[WESTEUROPE_8B].slots
-
+@contextmanager
+def two_running_three_waiting(m: Mesh, slug: str) -> Iterator[None]:
+    """`slug` with two slots, two requests running and three waiting, for the block."""
+    m.control(slug, concurrency_slots=2)
+    slots = m.simulator.deployments[slug].slots
     with ThreadPoolExecutor(5) as pool:
         # 800 tokens hold a slot 2.8 s: time for all five to arrive on a busy machine.
-        calls = [pool.submit(m.chat, WESTEUROPE_8B, max_tokens=800) for _ in range(5)]
+        calls = [pool.submit(m.chat, slug, max_tokens=800) for _ in range(5)]
         wait_until(lambda: (slots.running, slots.waiting) == (2, 3))
+        yield
+        m.control(slug, concurrency_slots=8)  # let the queue through
+        for call in calls:
+            call.result()
+
+
+def test_scraping_reports_running_and_waiting_of_a_busy_deployment(mesh, live):
+    m = mesh(time_scale=1.0)
+
+    with two_running_three_waiting(m, WESTEUROPE_8B):
         busy = resources.scrape_metrics(
             client=live, deployment_ids=m.ids(WESTEUROPE_8B), timeout_s=SCRAPE_TIMEOUT_S
         )
         busy_record = record(live, WESTEUROPE_8B)
-        m.control(WESTEUROPE_8B, concurrency_slots=8)  # let the queue through
-        for call in calls:
-            call.result()
     idle = resources.scrape_metrics(
         client=live, deployment_ids=m.ids(WESTEUROPE_8B), timeout_s=SCRAPE_TIMEOUT_S
     )
@@ -215,6 +226,115 @@ def test_drained_deployments_are_not_scraped(mesh, live):
     )
 
     assert counts == {"scraped": 0, "failed": 0, "changed": 0}
+
+
+# ----------------------------------------------------------- scraping a provider's server
+
+KEY = "vllm_test_key_7c1e9a4b2d8f6e3a5c0b9d7fQX2W"
+
+
+def self_hosted(m: Mesh, slug: str, preset: str = "vllm", **persona: Any) -> Provider:
+    """`slug` served through a provider made from `preset`, holding our sealed KEY: no
+    URL of its own, the provider's base URL is the simulated server's /v1; the server
+    wants the key on its API and its /metrics (`persona`)."""
+    chosen = PRESETS[preset]
+    provider = Provider.objects.create(
+        slug=f"{preset}-here", name=chosen.name, preset=preset,
+        base_url=f"{m.url}/d/{slug}/v1", auth_style=chosen.auth_style,
+        exposes_metrics=chosen.exposes_metrics,
+    )  # fmt: skip
+    providers.credential_set(provider, KEY)
+    Deployment.objects.filter(slug=slug).update(
+        provider=provider, endpoint_url="", adapter=Deployment.Adapter.OPENAI
+    )
+    m.control(slug, persona={"auth_header": "authorization", "keys": [KEY], **persona})
+    return provider
+
+
+@pytest.fixture
+def seen(caplog) -> leaks.Captured:
+    caplog.set_level(logging.DEBUG)
+    return leaks.Captured(caplog, KEY)
+
+
+def live_map(client: redis.Redis) -> str:
+    return repr(client.hgetall(livestate.DEPLOYMENTS))
+
+
+def test_a_vllm_servers_running_and_waiting_reach_the_live_map_through_a_scrape_with_our_key(
+    mesh, live, seen
+):
+    m = mesh(time_scale=1.0)
+
+    # Busy first (the chats carry no key), then the server starts wanting one.
+    with two_running_three_waiting(m, WESTEUROPE_8B):
+        self_hosted(m, WESTEUROPE_8B)
+        counts = resources.scrape_metrics(
+            client=live, deployment_ids=m.ids(WESTEUROPE_8B), timeout_s=SCRAPE_TIMEOUT_S
+        )
+        busy = record(live, WESTEUROPE_8B)
+
+    assert counts == {"scraped": 1, "failed": 0, "changed": 1}
+    assert (busy.running, busy.waiting) == (2, 3)
+    seen.assert_no_secret(live_map(live))
+
+
+def test_a_hosted_api_is_not_scraped(mesh, live):
+    m = mesh()
+    self_hosted(m, WESTEUROPE_8B, preset="groq")
+    # Reached at a URL of its own, as the demo's partner clusters are: still not scraped.
+    Deployment.objects.filter(slug=WESTEUROPE_8B).update(
+        endpoint_url=f"{m.url}/d/{WESTEUROPE_8B}/v1"
+    )
+
+    counts = resources.scrape_metrics(
+        client=live, deployment_ids=m.ids(WESTEUROPE_8B), timeout_s=SCRAPE_TIMEOUT_S
+    )
+
+    assert not PRESETS["groq"].exposes_metrics
+    assert counts == {"scraped": 0, "failed": 0, "changed": 0}
+    assert livestate.deployment_get(live, WESTEUROPE_8B).running is None
+
+
+def test_a_provider_added_by_hand_says_whether_its_server_is_scraped(mesh, live):
+    m = mesh()
+    provider = self_hosted(m, WESTEUROPE_8B, preset="groq")
+    Provider.objects.filter(pk=provider.pk).update(exposes_metrics=True)
+
+    counts = resources.scrape_metrics(
+        client=live, deployment_ids=m.ids(WESTEUROPE_8B), timeout_s=SCRAPE_TIMEOUT_S
+    )
+
+    assert counts == {"scraped": 1, "failed": 0, "changed": 1}
+
+
+def test_a_refused_key_reads_nothing_and_leaves_the_live_map_alone(mesh, live, seen):
+    m = mesh()
+    self_hosted(m, WESTEUROPE_8B, keys=["vllm_another_key"])  # ours was revoked
+    livestate.deployment_update(live, WESTEUROPE_8B, running=5, waiting=1, loaded=True)
+    before = record(live, WESTEUROPE_8B)
+
+    counts = resources.scrape_metrics(
+        client=live, deployment_ids=m.ids(WESTEUROPE_8B), timeout_s=SCRAPE_TIMEOUT_S
+    )
+
+    assert counts == {"scraped": 0, "failed": 1, "changed": 0}
+    assert record(live, WESTEUROPE_8B) == before
+    # The server's 401 repeats the key it was sent: nothing of it may reach a log line.
+    assert any("scrape of" in r.getMessage() for r in seen.caplog.records)
+    seen.assert_no_secret(live_map(live))
+
+
+def test_the_gauges_of_sglang_tgi_and_llama_cpp_read_as_running_and_waiting():
+    servers = {
+        "sglang": 'sglang:num_running_reqs{model_name="m"} 4\n'
+        'sglang:num_queue_reqs{model_name="m"} 2',
+        "tgi": "tgi_batch_current_size 4\ntgi_queue_size 2",
+        "llama.cpp": "llamacpp:requests_processing 4\nllamacpp:requests_deferred 2",
+    }
+    for server, text in servers.items():
+        got = resources.reading(resources.parse_metrics(text))
+        assert (got.running, got.waiting) == (4, 2), server
 
 
 def test_the_metrics_parser_reads_the_text_format():

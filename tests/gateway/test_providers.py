@@ -21,6 +21,7 @@ from django.core import mail
 from backends import health, livestate, providers
 from backends.models import Deployment, Provider
 from backends.presets import PRESETS
+from tests import leaks
 
 SEVENTY = "llama-3.3-70b-instruct"
 GROQ = f"swedencentral-groq-groq-lpu--{SEVENTY}"
@@ -41,34 +42,17 @@ def client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
-class Captured:
-    """Everything a test saw, to be scanned for the key at the end."""
-
-    def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
-        self.caplog = caplog
-        self.texts: list[str] = []
-
-    def keep(self, response: httpx.Response) -> httpx.Response:
-        self.texts.append(json.dumps(dict(response.headers)) + response.text)
-        return response
+class Captured(leaks.Captured):
+    """Everything a test saw, the gateway's /metrics included, scanned for the key."""
 
     def assert_no_secret(self, mesh) -> None:
-        metrics = httpx.get(f"{mesh.gateway_url}/metrics").text
-        everything = [
-            self.caplog.text,
-            metrics,
-            *self.texts,
-            *(m.subject + m.body for m in mail.outbox),
-        ]
-        everything += [repr(r.args) + str(r.exc_info) for r in self.caplog.records]
-        assert not [t for t in everything if KEY in t], "the credential leaked"
-        assert not [t for t in everything if f"Bearer {KEY}" in t]
+        super().assert_no_secret(httpx.get(f"{mesh.gateway_url}/metrics").text)
 
 
 @pytest.fixture
 def seen(caplog) -> Captured:
     caplog.set_level(logging.DEBUG)
-    return Captured(caplog)
+    return Captured(caplog, KEY)
 
 
 def attach(mesh, slugs: list[str], **persona) -> Provider:

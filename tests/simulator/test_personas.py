@@ -62,6 +62,24 @@ def test_a_bearer_persona_takes_the_key_after_bearer(world):
     assert ok.status_code == 200
 
 
+def test_a_persona_that_wants_a_key_guards_its_metrics_with_it_too(world):
+    app = Simulator(world, time_scale=0)
+    metrics = f"{BASE}/metrics"
+    before, _, missing, wrong, right = calls(
+        app,
+        ("GET", metrics, None, {}),
+        persona(auth_header="authorization"),
+        ("GET", metrics, None, {}),
+        ("GET", metrics, None, {"authorization": "Bearer sk-other"}),
+        ("GET", metrics, None, {"authorization": f"Bearer {KEY}"}),
+    )
+    assert before.status_code == 200  # no persona: open, as before
+    assert (missing.status_code, wrong.status_code) == (401, 401)
+    assert "vllm:num_requests_running" not in missing.text + wrong.text
+    assert right.status_code == 200
+    assert "vllm:num_requests_running" in right.text
+
+
 @pytest.mark.parametrize(
     ("style", "body"),
     [
