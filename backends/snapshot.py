@@ -7,9 +7,12 @@ builds one per refresh, never per request.
 
 `World.with_live(maps)` lays the live maps from Redis (`backends.livestate`) over the
 catalog: health, load, observed speeds, what is loaded, probe-measured RTTs, and the
-deployments resting after a provider's 429 or whose provider rejected our credential
-(those count as DOWN). It costs no query, so a gateway re-applies it whenever the
-control plane announces a change.
+deployments resting after a provider's 429 (`LiveState.out` = "cooling") or whose
+provider rejected our credential ("provider_out", as for a provider the catalog has
+MISCONFIGURED, DISABLED or without a credential). Those stay in the snapshot, out of
+routing: a plan names them, and a request whose policy allows only them is told the
+backends are out (503), not that its policy matches nothing (422). It costs no query,
+so a gateway re-applies it whenever the control plane announces a change.
 
 A deployment with a provider (`backends.models.Provider`) is reached with the
 provider's credential, unsealed here — when the world is built, never per request —
@@ -27,13 +30,21 @@ from dataclasses import dataclass, field, replace
 from itertools import count
 
 from django.conf import settings
-from msgspec.structs import replace as msgspec_replace
 
 from backends import sealing
 from backends.livestate import LiveMaps
 from backends.models import Deployment, Provider, Region, RegionLatency
 from backends.world import INTRA_REGION_RTT_MS
-from routing.engine import Backend, Health, LatencyMap, LiveState, Snapshot, build_backend
+from routing.engine import (
+    OUT_COOLING,
+    OUT_PROVIDER,
+    Backend,
+    Health,
+    LatencyMap,
+    LiveState,
+    Snapshot,
+    build_backend,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -136,10 +147,12 @@ class World:
         now = time.time()
         rejected = maps.rejected_providers
 
-        def out(backend_id: str) -> bool:
+        def out(backend_id: str) -> str:
             endpoint = self.endpoints.get(backend_id)
             provider = endpoint.provider if endpoint is not None else ""
-            return (bool(provider) and provider in rejected) or maps.resting(backend_id, now)
+            if provider and provider in rejected:
+                return OUT_PROVIDER
+            return OUT_COOLING if maps.resting(backend_id, now) else ""
 
         backends = [_overlay(b, maps, out=out(b.id)) for b in base.backends]
         latency = base.latency
@@ -161,16 +174,14 @@ def _catalog_version(snapshot: Snapshot) -> str:
 _HEALTH = {"healthy": Health.HEALTHY, "degraded": Health.DEGRADED, "down": Health.DOWN}
 
 
-def _overlay(b: Backend, maps: LiveMaps, *, out: bool = False) -> Backend:
+def _overlay(b: Backend, maps: LiveMaps, *, out: str = "") -> Backend:
     live = maps.deployments.get(b.id)
     in_flight = maps.inflight.get(b.id, 0)
     if live is None and not in_flight and not out:
         return b
     state = b.state
-    if out:  # resting after a 429, or its provider rejected our credential
-        state = replace(state, health=Health.DOWN)
-        if live is not None:
-            live = msgspec_replace(live, health="down")
+    if out and not state.out:  # resting after a 429, or its provider rejected our credential
+        state = replace(state, out=out)
     if live is not None:
         state = replace(
             state,
@@ -219,7 +230,7 @@ def _auth(provider: Provider | None) -> tuple[Auth | None, bool]:
     return Auth(provider.auth_header.strip().lower(), secret), True
 
 
-def _backend(d: Deployment, *, out: bool = False) -> Backend:
+def _backend(d: Deployment, *, out: str = "") -> Backend:
     region = d.cluster.region
     return build_backend(
         id=d.slug,
@@ -235,9 +246,10 @@ def _backend(d: Deployment, *, out: bool = False) -> Backend:
         certifications=(*region.certifications, *d.cluster.certifications),
         jurisdictions=region.jurisdictions,
         state=LiveState(
-            health=Health.DOWN if out else _HEALTH[d.health],
+            health=_HEALTH[d.health],
             loaded=d.loaded,
             drained=d.drained or d.cluster.drained or region.drained,
+            out=out,
         ),
     )
 
@@ -268,7 +280,7 @@ def load_world() -> World:
         slug: (lat, lon)
         for slug, lat, lon in Region.objects.values_list("slug", "latitude", "longitude")
     }
-    backends = [_backend(d, out=not usable(d)) for d in deployments]
+    backends = [_backend(d, out="" if usable(d) else OUT_PROVIDER) for d in deployments]
     snapshot = Snapshot(
         backends,
         LatencyMap(rtt=rtt, coords=coords, intra_region_ms=INTRA_REGION_RTT_MS),

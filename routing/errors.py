@@ -7,12 +7,22 @@
     ├── PermissionDenied                  403 invalid_request_error / permission_denied
     ├── ModelNotFound                     404 invalid_request_error / model_not_found
     ├── RouteNotFound                     404 invalid_request_error / unknown_url
-    ├── SlaUnsatisfiable                  422 invalid_request_error / sla_unsatisfiable
+    ├── SlaUnsatisfiable                  422 invalid_request_error / sla_unsatisfiable,
+    │                                         policy_unsatisfiable
     ├── RateLimited                       429 rate_limit_error (Retry-After)
     ├── BudgetExceeded                    429 insufficient_quota (Retry-After)
     ├── BackendUnavailable                503 server_error / backend_unavailable
+    │                                     (Retry-After: every allowed one is out, or no metering)
     ├── ServiceUnavailable                503 server_error / service_unavailable
     └── BackendTimeout                    504 server_error / backend_timeout
+
+Whose move it is decides 422 against 503 when nothing can serve a request: 422 when
+no backend of the catalog could, even healthy (its policy matches none, or its SLA is
+beyond them: the client must ask differently); 503 when backends its policy allows
+exist but are all out now (drained, DOWN, cooling after a provider's 429, their
+provider rejected our credential, full queues: ours, and it passes). See
+`routing.engine.plan` (`POLICY_CODES`, `OUTAGE_CODES`) and
+`routing.gateway.core.infeasible_error`.
 
 The status codes are the ones the OpenAI SDK maps to its exception classes, so an
 unmodified client raises the exception a developer expects (`BadRequestError`,

@@ -15,6 +15,8 @@ Modules: `inputs` (the input types), `mesh` (Snapshot and its per-model indexes)
 from .decision import Decision
 from .inputs import (
     DEGRADED_FACTOR,
+    OUT_COOLING,
+    OUT_PROVIDER,
     Backend,
     Health,
     LatencyMap,
@@ -27,7 +29,16 @@ from .inputs import (
     physical_rtt_floor_ms,
 )
 from .mesh import ModelIndex, Snapshot
-from .plan import Choice, Degradation, Exclusion, Infeasibility, Plan, Prediction
+from .plan import (
+    OUTAGE_CODES,
+    POLICY_CODES,
+    Choice,
+    Degradation,
+    Exclusion,
+    Infeasibility,
+    Plan,
+    Prediction,
+)
 from .router import route
 from .strategies import (
     BASELINES,
@@ -49,6 +60,10 @@ __all__ = [
     "CONTENTION_FROM",
     "DEFAULT_STRATEGY",
     "DEGRADED_FACTOR",
+    "OUTAGE_CODES",
+    "OUT_COOLING",
+    "OUT_PROVIDER",
+    "POLICY_CODES",
     "RESERVE_BY_PRIORITY",
     "SAFETY_SHARE",
     "STRATEGIES",

@@ -23,6 +23,12 @@ EARTH_RADIUS_KM = 6371.0088
 #: Whitepaper: a DEGRADED backend's backend-and-network time is multiplied by 1.5.
 DEGRADED_FACTOR = 1.5
 
+#: `LiveState.out`: why a backend nothing says is ill is out of routing for now.
+#: Its provider answered 429: it rests until the provider's Retry-After.
+OUT_COOLING = "cooling"
+#: Its provider rejected our credential (401/403), has none, or an operator disabled it.
+OUT_PROVIDER = "provider_out"
+
 
 class Health(enum.StrEnum):
     HEALTHY = "HEALTHY"
@@ -90,7 +96,9 @@ class LiveState:
     whole prefill model by `observed / profile.ttft_ms`. `observed_decode_tokens_per_s`
     replaces the profile's decode speed. `mean_service_ms` is an EWMA of how long a
     request holds a slot; without it, queue wait is estimated with the incoming
-    request's own service time.
+    request's own service time. `out` (`OUT_COOLING`, `OUT_PROVIDER`, or "") takes a
+    backend out of routing for a reason of its provider's: it stays a candidate, so
+    that a plan can say why it was not used and that the request's policy did allow it.
     """
 
     health: Health = Health.HEALTHY
@@ -101,6 +109,7 @@ class LiveState:
     mean_service_ms: float | None = None
     loaded: bool = True
     drained: bool = False
+    out: str = ""
 
 
 @dataclass(frozen=True, slots=True)

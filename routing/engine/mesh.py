@@ -19,10 +19,11 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from .inputs import DEGRADED_FACTOR, Backend, Health, LatencyMap
+from .inputs import DEGRADED_FACTOR, OUT_COOLING, OUT_PROVIDER, Backend, Health, LatencyMap
 
 #: Codes of the exclusions a snapshot decides on its own, per backend.
-STATIC_OK, NOT_LOADED, DRAINED, DOWN = 0, 1, 2, 3
+STATIC_OK, NOT_LOADED, DRAINED, DOWN, COOLING, PROVIDER_OUT = 0, 1, 2, 3, 4, 5
+_OUT = {OUT_COOLING: COOLING, OUT_PROVIDER: PROVIDER_OUT}
 
 _CACHE_LIMIT = 4096
 
@@ -89,6 +90,7 @@ class ModelIndex:
             code.append(
                 NOT_LOADED if not s.loaded
                 else DRAINED if s.drained
+                else _OUT[s.out] if s.out
                 else DOWN if s.health is Health.DOWN
                 else STATIC_OK
             )  # fmt: skip

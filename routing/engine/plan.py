@@ -5,6 +5,8 @@ Reason codes (machine-readable, stable; `Exclusion.code`, `Infeasibility.code`):
     model_not_served  no backend serves the model at all (infeasible only)
     not_loaded        the model is not loaded on this backend
     drained           the backend is drained by an operator (kill switch)
+    provider_out      its provider rejected our credential, has none, or is disabled
+    cooling           its provider answered 429: it rests until the Retry-After
     down              health is DOWN
     compliance        a required certification is missing
     residency         jurisdiction / country / region not allowed
@@ -15,6 +17,13 @@ Reason codes (machine-readable, stable; `Exclusion.code`, `Infeasibility.code`):
     sla_latency       predicted end-to-end latency above max_latency_ms
     reserved          (deadline) keeps its last free slots for higher priorities
     outranked         feasible, but the strategy preferred others
+
+An infeasible plan's code says whose move it is. A policy code (`POLICY_CODES`) or an
+SLA code: no backend of the catalog could serve the request as asked, even healthy
+(the client must ask differently). An outage code (`OUTAGE_CODES`): backends the
+policy allows exist, but every one of them is out right now (`Infeasibility.unavailable`
+names them; the code is their most common reason, `capacity` if any is merely full):
+the same request can succeed later.
 
 `Plan.to_dict()` is the JSON body of `POST /v1/route`; infinities become null.
 """
@@ -27,9 +36,14 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 HARD_CODES = (
-    "not_loaded", "drained", "down", "compliance", "residency", "price", "capacity", "unreachable",
+    "not_loaded", "drained", "provider_out", "cooling", "down", "compliance", "residency",
+    "price", "capacity", "unreachable",
 )  # fmt: skip
 SLA_CODES = ("sla_ttft", "sla_latency")
+#: What the request's policy asks for (an empty match is the client's to change).
+POLICY_CODES = ("compliance", "residency", "price", "unreachable")
+#: Why a backend the policy allows cannot take a request now (ours, and temporary).
+OUTAGE_CODES = ("not_loaded", "drained", "provider_out", "cooling", "down", "capacity")
 
 
 def _num(x: float | None, nd: int = 3) -> float | None:
@@ -93,6 +107,7 @@ class Infeasibility:
 
     `best_*` are over the policy-allowed backends (compliance, residency, health,
     drain, price pass; capacity and SLA ignored); None when there is none.
+    `unavailable`: for an outage code, the backends the policy allows, all out now.
     """
 
     model: str
@@ -101,6 +116,12 @@ class Infeasibility:
     best_ttft_ms: float | None = None
     best_total_ms: float | None = None
     best_backend_id: str | None = None
+    unavailable: tuple[str, ...] = ()
+
+    @property
+    def outage(self) -> bool:
+        """Backends the policy allows exist, but all are out now (retry later)."""
+        return self.code in OUTAGE_CODES
 
     def to_dict(self) -> dict:
         return {
@@ -110,6 +131,7 @@ class Infeasibility:
             "best_ttft_ms": _num(self.best_ttft_ms),
             "best_total_ms": _num(self.best_total_ms),
             "best_backend_id": self.best_backend_id,
+            "unavailable": list(self.unavailable),
         }
 
 

@@ -2,7 +2,8 @@
 
     candidates of the model
       -> hard filters, in this order (the first that fails is the reason):
-         not_loaded, drained, down, compliance, residency, price, capacity, unreachable
+         not_loaded, drained, provider_out, cooling, down,
+         compliance, residency, price, capacity, unreachable
       -> prediction per candidate:
          ttft  = h·(rtt + prefill) + queue        h = 1.5 when DEGRADED, else 1
          total = ttft + h·decode
@@ -12,7 +13,12 @@
       -> SLA filter (sla_aware strategies): ttft ≤ max_ttft_ms, total ≤ max_latency_ms
       -> strategy ranks the rest: primary + fallbacks
     nothing left -> fallback models in order, then a relaxed deadline if allowed,
-                    else an infeasible plan naming the binding constraint.
+                    else an infeasible plan naming the binding constraint:
+                    the policy (compliance, residency, price, reachability) over
+                    every backend of the model, up or not -> that policy code;
+                    else, if every backend it allows is out (drained, DOWN, its
+                    provider out or cooling, queue full) -> that outage, naming them;
+                    else the SLA the healthy allowed backends cannot meet.
 
 The network counts one full round trip before the first token (request out, first
 token back); streamed tokens then arrive as they are decoded. A request without a
@@ -35,7 +41,23 @@ from .mesh import Snapshot
 from .plan import Degradation, Exclusion, Infeasibility, Plan
 from .strategies import DEFAULT_STRATEGY, Strategy, shared_strategy
 
-_STATIC_CODES = {mesh.NOT_LOADED: "not_loaded", mesh.DRAINED: "drained", mesh.DOWN: "down"}
+_STATIC_CODES = {
+    mesh.NOT_LOADED: "not_loaded", mesh.DRAINED: "drained", mesh.DOWN: "down",
+    mesh.COOLING: "cooling", mesh.PROVIDER_OUT: "provider_out",
+}  # fmt: skip
+#: An exclusion's sentence for each static code.
+_STATIC_TEXT = {
+    "not_loaded": "model {model} not loaded", "drained": "drained by an operator",
+    "down": "health: DOWN", "cooling": "cooling: its provider answered 429 (rate limited)",
+    "provider_out": "provider: our credential was rejected, or the provider is disabled",
+}  # fmt: skip
+#: How an infeasible plan counts the allowed backends that are out, by reason.
+_OUT_TEXT = {
+    "not_loaded": "not loaded", "drained": "drained by an operator",
+    "provider_out": "whose provider rejected our credential or is disabled",
+    "cooling": "resting after its provider's 429", "down": "DOWN",
+    "capacity": "with a full queue",
+}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- route
@@ -143,9 +165,7 @@ def _first_failure(d: Decision, i: int, t_ok, l_ok) -> tuple[str, str] | None:
     sc = int(idx.static_code[i])
     if sc:
         code = _STATIC_CODES[sc]
-        text = {"not_loaded": f"model {d.model} not loaded", "drained": "drained by an operator",
-                "down": "health: DOWN"}[code]  # fmt: skip
-        return code, text
+        return code, _STATIC_TEXT[code].format(model=d.model)
     for code, m in d.masks:
         if m is None or m[i]:
             continue
@@ -206,21 +226,45 @@ def _explain(d: Decision, t_ok, l_ok, chosen=(), scored=None) -> tuple[Exclusion
 
 
 def _infeasibility(d: Decision, t_ok, l_ok) -> Infeasibility:
+    """Why nothing could serve `d`: whose move it is, and how close we got.
+
+    Runs only when nothing was feasible. The policy comes first, over every backend of
+    the model whatever its state: if it matches none, the catalog cannot serve the
+    request as asked. Otherwise, if every backend it allows is out now (drained, DOWN,
+    its provider out or cooling, its queue full), the outage is the reason, not the
+    policy: the same request will succeed when they are back.
+    """
     idx, r, model = d.idx, d.request, d.model
-    running = idx.static_ok.copy()
+    allowed = np.ones(idx.n, dtype=bool)
     binding = None
-    if not running.any():
-        codes = [_STATIC_CODES[int(c)] for c in idx.static_code]
-        binding = max(sorted(set(codes)), key=codes.count)
-    stages = [*list(d.masks), ("sla_ttft", t_ok), ("sla_latency", l_ok)]
-    for code, m in stages:
-        if binding is not None:
-            break
-        if m is None:
+    for code, m in d.masks:
+        if m is None or code == "capacity":
             continue
-        running = running & m
-        if not running.any():
+        allowed = allowed & m
+        if not allowed.any():
             binding = code
+            break
+    unavailable: tuple[str, ...] = ()
+    outage = ""
+    if binding is None:
+        up = allowed & idx.static_ok
+        running = up & ~idx.full
+        if not running.any():
+            out = np.flatnonzero(allowed).tolist()
+            kinds = [_STATIC_CODES.get(int(idx.static_code[i]), "capacity") for i in out]
+            binding = "capacity" if up.any() else max(sorted(set(kinds)), key=kinds.count)
+            unavailable = tuple(idx.ids[i] for i in out)
+            outage = ", ".join(
+                f"{kinds.count(k)} {text}" for k, text in _OUT_TEXT.items() if k in kinds
+            )
+        for code, m in (("sla_ttft", t_ok), ("sla_latency", l_ok)):
+            if binding is not None:
+                break
+            if m is None:
+                continue
+            running = running & m
+            if not running.any():
+                binding = code
     binding = binding or "sla_latency"
 
     allowed = d.policy_allowed()
@@ -232,18 +276,17 @@ def _infeasibility(d: Decision, t_ok, l_ok) -> Infeasibility:
         best_total, best_id = float(d.total[j]), idx.ids[j]
         best_ttft = float(d.ttft[pos].min())
     fastest = f"; best predicted {{:.0f}} ms ({best_id})"
+    if outage:
+        detail = f"every backend of {model}{_policy_text(r)} is out: {outage}"
+        return Infeasibility(model, binding, detail, best_ttft, best_total, best_id, unavailable)
     detail = {
-        "not_loaded": f"{model} is not loaded on any backend",
-        "drained": f"every backend of {model} is drained",
-        "down": f"every backend of {model} is DOWN",
-        "compliance": f"no available backend of {model} holds {', '.join(sorted(r.compliance))}",
-        "residency": f"no available backend of {model} is in the allowed area",
+        "compliance": f"no backend of {model} holds {', '.join(sorted(r.compliance))}",
+        "residency": f"no backend of {model} is in the allowed area",
         "price": (
             f"no backend of {model} at or under {r.max_price_per_mtok} USD/1M tokens"
             if r.max_price_per_mtok is not None
             else ""
         ),
-        "capacity": f"every allowed backend of {model} has a full queue",
         "unreachable": f"no allowed backend of {model} is reachable from {d.client}",
         "sla_ttft": f"no backend can deliver a first token within {r.max_ttft_ms} ms"
         + (fastest.format(best_ttft) if best_ttft is not None else ""),
@@ -251,3 +294,19 @@ def _infeasibility(d: Decision, t_ok, l_ok) -> Infeasibility:
         + (fastest.format(best_total) if best_total is not None else ""),
     }[binding]
     return Infeasibility(model, binding, detail, best_ttft, best_total, best_id)
+
+
+def _policy_text(r: Request) -> str:
+    """What the request's policy allows, for a sentence: " in EU", " (in EU; holding hipaa)"."""
+    parts = [
+        "in " + "/".join(sorted(area))
+        for area in (r.allowed_jurisdictions, r.allowed_countries, r.allowed_regions)
+        if area is not None
+    ]
+    if r.compliance:
+        parts.append("holding " + ", ".join(sorted(r.compliance)))
+    if r.max_price_per_mtok is not None:
+        parts.append(f"at or under {r.max_price_per_mtok:g} USD/1M tokens")
+    if len(parts) > 1:
+        return f" ({'; '.join(parts)})"
+    return f" {parts[0]}" if parts else ""

@@ -35,7 +35,7 @@ from redis import exceptions as redis_errors
 from backends import health, livestate, providers
 from backends.snapshot import Endpoint, World
 from billing import metering
-from routing.engine import DEFAULT_STRATEGY, STRATEGIES, Choice, Plan, route
+from routing.engine import DEFAULT_STRATEGY, POLICY_CODES, STRATEGIES, Choice, Plan, route
 from routing.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -110,8 +110,24 @@ def check_strategy(name: str | None) -> str:
     return name
 
 
-def infeasible_error(plan: Plan) -> TesseractAPIError:
-    """The honest answer when nothing can serve a request as asked."""
+#: Retry-After (s) of a 503 whose allowed backends are all out, by the reason: a full
+#: queue frees within a second or so; a DOWN or unloaded backend is re-checked by every
+#: health round (seconds); a drain or a provider's credential waits for an operator.
+#: A deployment cooling after a 429 gives its own time (`_cooling_retry_s`).
+RETRY_AFTER_S = {
+    "capacity": 1, "down": 5, "not_loaded": 5, "cooling": 5, "drained": 30, "provider_out": 30,
+}  # fmt: skip
+
+
+def infeasible_error(plan: Plan, live: livestate.LiveMaps | None = None) -> TesseractAPIError:
+    """The honest answer when nothing can serve a request as asked.
+
+    The client's to change (422): its policy matches no backend of the catalog, or its
+    SLA is beyond even the healthy backends it allows. Ours (503, with Retry-After):
+    backends its policy allows exist but are all out now — drained, DOWN, cooling after
+    a provider's 429, their provider rejected our credential, or their queues are full.
+    `live` (the world's live maps) gives a cooling deployment's end of rest.
+    """
     why = plan.infeasible
     assert why is not None
     details = why.to_dict()
@@ -129,15 +145,28 @@ def infeasible_error(plan: Plan) -> TesseractAPIError:
         return SlaUnsatisfiable(
             f"No backend can meet this SLA: {why.detail}.{best}", details=details
         )
-    if why.code in ("compliance", "residency", "price", "unreachable"):
+    if why.code in POLICY_CODES:
         return SlaUnsatisfiable(
             f"No backend satisfies this request's policy: {why.detail}.",
             code="policy_unsatisfiable",
             details=details,
         )
+    retry_s = RETRY_AFTER_S.get(why.code, 5)
+    if why.code == "cooling" and live is not None:
+        retry_s = _cooling_retry_s(why.unavailable, live) or retry_s
     return BackendUnavailable(
-        f"No backend can take this request now: {why.detail}.", details=details
+        f"No backend can take this request now: {why.detail}. Backends this request "
+        f"allows exist but are temporarily out; retry in {retry_s} s.",
+        retry_after_s=retry_s,
+        details=details,
     )
+
+
+def _cooling_retry_s(backend_ids: tuple[str, ...], live: livestate.LiveMaps) -> int | None:
+    """Seconds until the first of these deployments ends its rest (None: none rests)."""
+    now = time.time()
+    ends = [live.cooling[b] for b in backend_ids if live.cooling.get(b, 0.0) > now]
+    return max(1, math.ceil(min(ends) - now)) if ends else None
 
 
 #: What says Redis cannot be reached (as opposed to a script or a value it refused).
@@ -306,7 +335,7 @@ class Gateway:
             world, plan, session = await self._route(parsed, None, call.key.org_id)
             observability.plan_made(plan)
             if not plan.ok:
-                raise infeasible_error(plan)
+                raise infeasible_error(plan, world.live)
             ticket = await self.admission.admit(call, plan, world)  # 403/429: nothing called
         except _REDIS_DOWN as exc:
             # Redis went away before this process noticed (affinity, limits): the same

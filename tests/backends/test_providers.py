@@ -15,7 +15,7 @@ from backends.demo import demo_world_load
 from backends.models import Deployment, Provider
 from backends.presets import PRESETS
 from backends.snapshot import load_world
-from routing.engine import Health
+from routing.engine import OUT_PROVIDER
 from tesseract_web import local_secrets
 
 SECRET = "gsk_live_0123456789abcdefWXYZ"
@@ -177,7 +177,7 @@ def test_a_misconfigured_provider_takes_its_deployments_out_of_the_world(groq_wo
     provider, deployment = groq_world
     Provider.objects.filter(pk=provider.pk).update(status=Provider.Status.MISCONFIGURED)
     world = load_world()
-    assert world.snapshot.backend(deployment.slug).state.health is Health.DOWN
+    assert world.snapshot.backend(deployment.slug).state.out == OUT_PROVIDER
 
 
 def test_a_credential_that_no_longer_opens_takes_the_provider_out_without_failing_the_world(
@@ -186,7 +186,7 @@ def test_a_credential_that_no_longer_opens_takes_the_provider_out_without_failin
     _, deployment = groq_world
     settings.TESSERACT_SEALING_KEYS = KEY_B
     world = load_world()
-    assert world.snapshot.backend(deployment.slug).state.health is Health.DOWN
+    assert world.snapshot.backend(deployment.slug).state.out == OUT_PROVIDER
     assert world.endpoints[deployment.slug].auth is None
 
 
@@ -194,7 +194,7 @@ def test_a_provider_that_needs_a_credential_but_has_none_is_out_and_said_once(gr
     provider, deployment = groq_world
     Provider.objects.filter(pk=provider.pk).update(credential_sealed="", slug="groq-unkeyed")
     worlds = [load_world(), load_world()]
-    assert all(w.snapshot.backend(deployment.slug).state.health is Health.DOWN for w in worlds)
+    assert all(w.snapshot.backend(deployment.slug).state.out == OUT_PROVIDER for w in worlds)
     said = [r for r in caplog.records if "groq-unkeyed" in r.getMessage()]
     assert len(said) == 1
     assert "no credential" in said[0].getMessage()

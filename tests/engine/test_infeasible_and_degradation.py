@@ -111,3 +111,75 @@ def test_fallback_models_come_before_relaxing_the_deadline():
 def test_a_relaxed_deadline_does_not_rescue_a_compliance_failure():
     req = Request(**BASE, compliance=frozenset({"fedramp"}), allow_relaxed_deadline=True)
     assert route(world(), req).status == "infeasible"
+
+
+# --------------------------------------------------------------------------- outages
+
+
+def eu_out_us_up(*eu_states: dict):
+    """EU backends in the given states (paris, paris, frankfurt, ...), one healthy in Virginia."""
+    regions = ["paris", "paris", "frankfurt", "frankfurt"]
+    eu = [make_backend(f"eu-{n}", regions[n], **s) for n, s in enumerate(eu_states)]
+    return make_snapshot(*eu, make_backend("us", "virginia"))
+
+
+EU_ONLY = {**BASE, "allowed_jurisdictions": frozenset({"EU"})}
+
+
+def test_a_region_whose_backends_are_all_drained_or_down_is_an_outage_not_the_policy():
+    snap = eu_out_us_up({"drained": True}, {"drained": True}, {"health": Health.DOWN})
+    plan = route(snap, Request(**EU_ONLY))
+    inf = plan.infeasible
+    assert inf.code == "drained"  # the most common reason among the allowed backends
+    assert "every backend of m-70b in EU is out" in inf.detail
+    assert "2 drained by an operator" in inf.detail
+    assert "1 DOWN" in inf.detail
+    assert inf.unavailable == ("eu-0", "eu-1", "eu-2")
+    assert inf.to_dict()["unavailable"] == ["eu-0", "eu-1", "eu-2"]
+
+
+def test_a_policy_that_matches_no_backend_at_all_is_still_the_policy_when_others_are_down():
+    snap = make_snapshot(
+        make_backend("a", health=Health.DOWN), make_backend("b", "virginia", drained=True)
+    )
+    plan = route(snap, Request(**BASE, compliance=frozenset({"fedramp"})))
+    assert plan.infeasible.code == "compliance"
+    assert plan.infeasible.unavailable == ()
+    plan = route(snap, Request(**BASE, allowed_countries=frozenset({"JP"})))
+    assert plan.infeasible.code == "residency"
+
+
+def test_a_deployment_resting_after_its_providers_429_is_named_cooling():
+    snap = eu_out_us_up({"out": "cooling"}, {"health": Health.DOWN})
+    plan = route(snap, Request(**EU_ONLY))
+    assert plan.reason_for("eu-0").code == "cooling"
+    assert "429" in plan.reason_for("eu-0").detail
+    assert plan.infeasible.code in ("cooling", "down")
+    assert "1 resting after its provider's 429" in plan.infeasible.detail
+
+
+def test_a_deployment_whose_provider_rejected_our_credential_is_named_provider_out():
+    snap = eu_out_us_up({"out": "provider_out"})
+    plan = route(snap, Request(**EU_ONLY))
+    assert plan.reason_for("eu-0").code == "provider_out"
+    assert "credential" in plan.reason_for("eu-0").detail
+    assert plan.infeasible.code == "provider_out"
+    assert plan.infeasible.unavailable == ("eu-0",)
+
+
+def test_allowed_backends_that_are_full_or_down_are_named_capacity_and_listed():
+    snap = eu_out_us_up(
+        {"health": Health.DOWN}, {"in_flight": 10, "queued": 10}, {"in_flight": 10, "queued": 10}
+    )
+    inf = route(snap, Request(**EU_ONLY)).infeasible
+    assert inf.code == "capacity"
+    assert "2 with a full queue" in inf.detail
+    assert "1 DOWN" in inf.detail
+    assert inf.unavailable == ("eu-0", "eu-1", "eu-2")
+
+
+def test_an_sla_that_healthy_allowed_backends_cannot_meet_stays_an_sla_failure():
+    snap = eu_out_us_up({"drained": True}, {})
+    inf = route(snap, Request(**EU_ONLY, max_ttft_ms=50)).infeasible
+    assert inf.code == "sla_ttft"
+    assert inf.unavailable == ()

@@ -10,7 +10,7 @@ import pytest
 
 from accounts import services
 from accounts.models import ApiKey
-from backends.models import Cluster
+from backends.models import Cluster, Region
 from routing.gateway.parse import MAX_BODY_BYTES
 
 EIGHT_B = "llama-3.1-8b-instruct"
@@ -140,8 +140,53 @@ def test_no_backend_left_to_route_to_is_a_503(mesh, api_key, usage):
     from routing.gateway.app import application
 
     application.forget_world()
-    error = assert_openai_error(post(mesh, api_key, CHAT), 503, "backend_unavailable")
+    response = post(mesh, api_key, CHAT)
+    error = assert_openai_error(response, 503, "backend_unavailable")
     assert error["type"] == "server_error"
+    assert response.headers["retry-after"] == "30"  # a drain waits for an operator
+    assert usage() == []
+
+
+def test_a_region_whose_only_backends_are_drained_is_a_503_with_retry_after_not_a_422(
+    mesh, api_key, usage
+):
+    Region.objects.filter(slug="northeurope").update(drained=True)
+    from routing.gateway.app import application
+
+    application.forget_world()
+    only_there = {**CHAT, "tesseract": {"regions": ["northeurope"]}}
+    response = post(mesh, api_key, only_there)
+    error = assert_openai_error(response, 503, "backend_unavailable")
+    assert int(response.headers["retry-after"]) >= 1
+    assert "every backend of llama-3.1-8b-instruct in northeurope is out" in error["message"]
+    assert "drained by an operator" in error["message"]
+    assert error["tesseract"]["code"] == "drained"
+    assert error["tesseract"]["unavailable"] == [
+        "northeurope-tesseract-nvidia-h100--llama-3.1-8b-instruct"
+    ]
+    assert usage() == []
+
+    explained = httpx.post(
+        f"{mesh.gateway_url}/v1/route",
+        headers={"Authorization": f"Bearer {api_key}"},
+        json=only_there,
+        timeout=10,
+    ).json()
+    assert explained["status"] == "infeasible"
+    assert explained["infeasible"]["code"] == "drained"
+    assert "in northeurope is out" in explained["infeasible"]["detail"]
+
+
+def test_a_compliance_nobody_has_is_a_422_even_while_every_backend_is_drained(mesh, api_key, usage):
+    Cluster.objects.filter(deployments__model__slug=EIGHT_B).update(drained=True)
+    from routing.gateway.app import application
+
+    application.forget_world()
+    body = {**CHAT, "tesseract": {"compliance": ["fedramp-high"]}}
+    response = post(mesh, api_key, body)
+    error = assert_openai_error(response, 422, "policy_unsatisfiable")
+    assert "fedramp-high" in error["message"]
+    assert "retry-after" not in response.headers
     assert usage() == []
 
 

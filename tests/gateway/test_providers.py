@@ -196,6 +196,59 @@ def test_a_provider_that_refuses_us_and_is_the_only_choice_is_a_503_not_a_401(
     seen.assert_no_secret(mesh)
 
 
+def test_once_the_provider_is_marked_out_its_region_gets_a_503_that_says_why_not_a_422(
+    mesh, api_key, groq, seen
+):
+    Deployment.objects.filter(slug=HUB).update(drained=True)
+    mesh.fault(GROQ, persona={"auth_header": "authorization", "keys": ["gsk_other"]})
+    from routing.gateway.app import application
+
+    application.forget_world()
+    assert seen.keep(post(mesh, api_key, ASK)).status_code == 503  # tried, and refused
+    # Every gateway now knows the provider is out: this region has nothing left to try.
+    eventually(lambda: post(mesh, api_key, ASK, "route").json()["infeasible"] is not None)
+    explained = post(mesh, api_key, ASK, "route").json()
+    assert explained["infeasible"]["code"] in ("provider_out", "drained")
+    assert set(explained["infeasible"]["unavailable"]) == {GROQ, HUB}
+    reasons = {e["backend_id"]: e["code"] for e in explained["excluded"]}
+    assert reasons[GROQ] == "provider_out"
+    assert reasons[HUB] == "drained"
+
+    calls = len(mesh.simulator.deployments[GROQ].persona.seen)
+    response = seen.keep(post(mesh, api_key, ASK))
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "backend_unavailable"
+    assert int(response.headers["retry-after"]) >= 1
+    assert "in swedencentral is out" in error["message"]
+    assert "provider rejected our credential" in error["message"]
+    assert len(mesh.simulator.deployments[GROQ].persona.seen) == calls  # not asked again
+    seen.assert_no_secret(mesh)
+
+
+def test_a_region_whose_only_deployment_rests_after_a_429_gets_a_503_with_its_retry_after(
+    mesh, api_key, groq, seen, client
+):
+    Deployment.objects.filter(slug=HUB).update(drained=True)
+    from routing.gateway.app import application
+
+    application.forget_world()
+    until = time.time() + 30
+    client.hset(livestate.COOLING, GROQ, f"{until:.3f}")
+    livestate.announce_change(client, "cooling", [GROQ])
+    eventually(lambda: post(mesh, api_key, ASK, "route").json()["infeasible"] is not None)
+    explained = post(mesh, api_key, ASK, "route").json()
+    reasons = {e["backend_id"]: e["code"] for e in explained["excluded"]}
+    assert reasons[GROQ] == "cooling"
+
+    response = seen.keep(post(mesh, api_key, ASK))
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "backend_unavailable"
+    assert "resting after its provider's 429" in response.json()["error"]["message"]
+    assert 1 <= int(response.headers["retry-after"]) <= 31
+    seen.assert_no_secret(mesh)
+
+
 def test_a_provider_that_does_not_know_our_model_id_is_failed_over_not_blamed_on_the_client(
     mesh, api_key, groq, seen
 ):
