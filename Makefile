@@ -50,7 +50,7 @@ check: install check-deploy
 ## Kubernetes 1.31 schemas bundled by kubernetes-validate (strict: an unknown field
 ## fails), compose.yaml against the Compose spec schema vendored by check-jsonschema.
 check-deploy: install
-	$(BIN)/kubernetes-validate --strict --quiet deploy/k8s/*.yaml
+	$(BIN)/kubernetes-validate --strict --quiet deploy/k8s/*.yaml deploy/k8s/example/*.yaml
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/compose.yaml
 
 ## All benchmarks (each also has its own target).

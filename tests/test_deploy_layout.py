@@ -60,7 +60,7 @@ def compose() -> dict:
 @pytest.fixture(scope="module")
 def k8s() -> list[dict]:
     docs = []
-    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+    for path in sorted((DEPLOY / "k8s").rglob("*.yaml")):
         docs += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
     return docs
 
@@ -111,6 +111,8 @@ def test_every_setting_the_k8s_config_map_sets_is_one_the_settings_read(k8s):
     assert {"SECRET_KEY", "API_KEY_PEPPER", "DATABASE_URL", "REDIS_URL"} <= set(
         secret["stringData"]
     )
+    # An example of keys: applied by mistake, an empty SECRET_KEY stops start-up.
+    assert set(secret["stringData"].values()) == {""}
 
 
 # --------------------------------------------------------------------------- compose
