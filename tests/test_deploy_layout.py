@@ -140,6 +140,15 @@ def test_compose_runs_the_gateway_and_the_web_apart_with_several_gateway_workers
     assert "asgi:application" not in (DEPLOY / "compose.yaml").read_text()
 
 
+def test_compose_publishes_the_web_and_the_gateway_on_loopback_only(compose):
+    # The web trusts X-Forwarded-For (sign-in throttling by address): only the proxy
+    # on the host may reach it.
+    assert "--forwarded-allow-ips" in _cmd(compose["services"]["web"])
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), name
+
+
 def test_compose_runs_a_worker_per_concern_queue(compose):
     queues = [
         re.search(r"-Q (\S+)", _cmd(s)).group(1)  # type: ignore[union-attr]
