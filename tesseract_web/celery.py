@@ -1,16 +1,63 @@
-"""The Celery app. The beat schedule is declared here and nowhere else."""
+"""The Celery app. The beat schedule and the task routes are declared here and nowhere else.
+
+Tasks run on one queue per concern, so a slow invoice run cannot delay a health check
+and a burst of probes cannot delay the usage drain: production starts a worker per
+queue (`deploy/`). The queues are named after the environment's queue
+(`CELERY_QUEUE`, default `celery`): `celery.health`, `celery.placement`,
+`celery.billing`. A worker started without `-Q` (`make run`) reads all of them.
+"""
 
 import os
 
 from celery import Celery
 from celery.schedules import crontab
 from django.conf import settings
+from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tesseract_web.settings")
 
 app = Celery("tesseract")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+#: The concern of every task of ours. A task missing here would fall to the default
+#: queue, which no production worker is dedicated to: `tests/test_celery_queues.py`
+#: fails when one is added without a concern.
+TASK_CONCERNS: dict[str, str] = {
+    # The live maps the gateways route on: health, RTTs, load, observed speed.
+    "backends.tasks.health.check_health": "health",
+    "backends.tasks.probes.probe_latency": "health",
+    "backends.tasks.resources.scrape_metrics": "health",
+    "backends.tasks.resources.fold_observed_speeds": "health",
+    # Loading and unloading models where the demand is.
+    "backends.tasks.placement.run_placement": "placement",
+    # Usage, rollups and money.
+    "billing.tasks.drain_usage": "billing",
+    "billing.tasks.rollup_usage": "billing",
+    "billing.money_tasks.close_month": "billing",
+    "billing.money_tasks.push_invoice": "billing",
+    "billing.money_tasks.reconcile_stripe": "billing",
+    "billing.money_tasks.suspend_overdue": "billing",
+    "billing.money_tasks.budget_alerts": "billing",
+}
+CONCERNS = ("health", "placement", "billing")
+
+
+def concern_queue(concern: str, default_queue: str | None = None) -> str:
+    """The queue of a concern in the environment whose default queue is given."""
+    return f"{default_queue or settings.CELERY_TASK_DEFAULT_QUEUE}.{concern}"
+
+
+def environment_queues(default_queue: str | None = None) -> list[str]:
+    """Every queue of an environment: its default queue, then one per concern."""
+    default = default_queue or settings.CELERY_TASK_DEFAULT_QUEUE
+    return [default, *(concern_queue(concern, default) for concern in CONCERNS)]
+
+
+app.conf.task_queues = [Queue(name) for name in environment_queues()]
+app.conf.task_routes = {
+    task: {"queue": concern_queue(concern)} for task, concern in TASK_CONCERNS.items()
+}
 
 #: Periodic jobs of the control plane (health checks, probes, placement) are added
 #: here as they land; each names one task that takes ids and is safe to run twice.

@@ -175,7 +175,8 @@ def _children(host: str, port: int, web_port: int, var_dir: str) -> dict[str, li
         "gateway": uvicorn("tesseract_web.asgi:gateway", port),
         "web": uvicorn("tesseract_web.asgi:web", web_port),
         # INFO for our own loggers; Celery's per-task lines are kept at
-        # TESSERACT_LOG_LEVEL by the settings' LOGGING.
+        # TESSERACT_LOG_LEVEL by the settings' LOGGING. No -Q: one worker reads every
+        # queue (tesseract_web/celery.py); production runs one per queue (deploy/).
         "worker": [
             py,
             "-m",

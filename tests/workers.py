@@ -15,6 +15,8 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
+from tesseract_web.celery import environment_queues
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,7 +48,8 @@ class Workers:
     def start(self, *, beat: bool = False) -> subprocess.Popen[bytes]:
         """A worker on this queue; with `beat`, it also runs the beat schedule."""
         command = [
-            sys.executable, "-m", "celery", "-A", "tesseract_web", "worker", "-Q", self.queue,
+            sys.executable, "-m", "celery", "-A", "tesseract_web", "worker",
+            "-Q", ",".join(environment_queues(self.queue)),
             "--pool", "solo", "--without-gossip", "--without-mingle", "--without-heartbeat",
             "--loglevel", "WARNING",
         ]  # fmt: skip
