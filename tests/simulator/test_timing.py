@@ -48,14 +48,20 @@ def test_the_first_token_arrives_after_the_rtt_and_the_modelled_ttft(world):
 
 
 def test_tokens_then_follow_at_the_decode_speed(world):
-    first, last = model_times(world, prompt_tokens=2, tokens=10)
-    with serve(Simulator(world, time_scale=1.0)) as base:
+    scale = 4.0  # 68 ms between tokens: a busy machine's jitter is small beside it
+    first, last = model_times(world, prompt_tokens=2, tokens=10, scale=scale)
+    with serve(Simulator(world, time_scale=scale)) as base:
         arrivals = stream_arrivals(base, chat(max_tokens=10, stream=True))
 
     assert len(arrivals) == 10
-    assert last - first - 0.002 <= arrivals[-1] - arrivals[0] <= last - first + LATE_S
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert min(gaps) > 0.005  # 17 ms apart, one chunk at a time, not one burst
+    # Sleeps never end early: counted from the request, no token comes before its time.
+    assert arrivals[-1] >= last - 0.002
+    # The tokens are spread over nine decode steps, not sent in one burst. A first token
+    # delivered late (the machine was busy) shortens the span, by at most the slack.
+    span = last - first
+    assert span - LATE_S <= arrivals[-1] - arrivals[0] <= span + LATE_S
+    gaps = sorted(b - a for a, b in itertools.pairwise(arrivals))
+    assert gaps[len(gaps) // 2] > span / 9 / 2
 
 
 def test_a_whole_answer_arrives_after_the_last_token(world):
