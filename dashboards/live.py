@@ -34,6 +34,7 @@ from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.models import Device
 from redis.exceptions import RedisError
 
+from accounts import redis_client
 from backends import livestate
 from backends.signals import WORLD_CHANNEL
 from dashboards import console_data
@@ -75,8 +76,8 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=FORBIDDEN)
             return
         self.statics = await database_sync_to_async(console_data.deployments_static)()
-        self.redis = aioredis.Redis.from_url(settings.REDIS_URL)
-        pubsub = self.redis.pubsub()
+        self.redis = redis_client.connect_async(settings.REDIS_URL)
+        pubsub = await redis_client.pubsub_async(self.redis)
         await pubsub.subscribe(livestate.CHANNEL, WORLD_CHANNEL)
         await self.accept()
         await self._send_rows(None)
