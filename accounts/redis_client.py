@@ -22,11 +22,13 @@ apply to the connections to the data nodes in every form. A Sentinel URL may car
 slot (hash tags: `{org:N}` for limits and budgets, `{health}` for the health state
 machine; the rest are single-key), which `tests/test_redis_cluster.py` checks against
 a real three-master cluster. Pipelines without a transaction are split per node by
-redis-py. Pub/sub works as on one server: the cluster client subscribes through one
-node (redis-py 8's `ClusterPubSub`, sync and asyncio), and a classic PUBLISH reaches
-every node of the cluster. What does not run on Cluster is outside this module:
-Celery's broker (kombu has no Cluster transport) and Channels' layer need a single
-server or Sentinel.
+redis-py (EVALSHA is queued raw there: `queue_evalsha`). Pub/sub works as on one
+server: redis-py 8's cluster clients, sync and asyncio, subscribe through one node
+(chosen by the channel's slot), and a classic PUBLISH reaches every node of the
+cluster; the asyncio client must load its slot map first (`pubsub_async`). Celery's
+broker and Channels' layer do not run on Cluster (kombu and channels_redis have no
+Cluster support): `celery_broker` and `channels_host` translate a single server or
+Sentinel URL for them and refuse a Cluster one (settings: `REDIS_BROKER_URL`).
 """
 
 from __future__ import annotations
@@ -164,3 +166,60 @@ async def pubsub_async(client: Any, **options: Any) -> Any:
     `initialize` does nothing."""
     await client.initialize()
     return client.pubsub(**options)
+
+
+# --------------------------------------------------------------------------- Celery, Channels
+
+
+def _no_cluster(url: str, user: str) -> str:
+    """The URL's scheme, unless it names a Cluster (refused, saying what to do)."""
+    scheme = urlsplit(url).scheme
+    if scheme in CLUSTER_SCHEMES:
+        raise ValueError(
+            f"{_safe(url)}: {user} cannot run on Redis Cluster;"
+            " set REDIS_BROKER_URL to a single server or Sentinel"
+        )
+    return scheme
+
+
+def celery_broker(url: str) -> tuple[str, dict[str, Any]]:
+    """Celery's broker URL and transport options for a Redis URL.
+
+    kombu reads one server's URL as is and Sentinel in its own form (`sentinel://` per
+    Sentinel, `;`-separated, the master's name as a transport option). It has no
+    Redis Cluster transport: a Cluster URL is refused, with what to do instead."""
+    scheme = _no_cluster(url, "Celery's broker")
+    if scheme not in SENTINEL_SCHEMES:
+        return url, {}
+    if SENTINEL_SCHEMES[scheme]:
+        raise ValueError(
+            f"{_safe(url)}: Celery's broker is not given TLS through Sentinel here;"
+            " set REDIS_BROKER_URL to a rediss:// server or a plain redis+sentinel://"
+        )
+    nodes, service, db, sentinel_kwargs = _sentinel_target(url)
+    userinfo, at, _ = urlsplit(url).netloc.rpartition("@")
+    prefix = f"{userinfo}@" if at else ""
+    broker = ";".join(f"sentinel://{prefix}{host}:{port}/{db}" for host, port in nodes)
+    options: dict[str, Any] = {"master_name": service}
+    if sentinel_kwargs:
+        options["sentinel_kwargs"] = sentinel_kwargs
+    return broker, options
+
+
+def channels_host(url: str) -> Any:
+    """One entry of channels_redis's `hosts` for a Redis URL (a URL, or Sentinel's dict).
+
+    channels_redis has no Cluster support: a Cluster URL is refused."""
+    scheme = _no_cluster(url, "Channels' layer")
+    if scheme not in SENTINEL_SCHEMES:
+        return url
+    nodes, service, db, sentinel_kwargs = _sentinel_target(url)
+    host: dict[str, Any] = {
+        "sentinels": nodes,
+        "master_name": service,
+        "db": db,
+        **_node_options(url, {}, SENTINEL_SCHEMES[scheme]),
+    }
+    if sentinel_kwargs:
+        host["sentinel_kwargs"] = sentinel_kwargs
+    return host

@@ -129,6 +129,14 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 server.wait()
 
 
+def ports_of(url: str) -> list[int]:
+    """Every master's port (the URL names only some: the client discovers the rest)."""
+    client = redis_client.connect(url)
+    ports = [node.port for node in client.get_primaries()]
+    client.close()
+    return ports
+
+
 def _keys(org_id: int, key_id: int) -> tuple[str, str, str, str]:
     return limits.redis_keys(org_id=org_id, key_id=key_id, month=MONTH)
 
@@ -190,6 +198,21 @@ def test_limits_and_budgets_admit_and_settle_exactly_for_two_orgs_on_a_cluster(
         assert int(await client.get(alice[2])) == 4 * reserve + limits.to_nano(Decimal("0.04"))
         assert int(await client.get(bob[2])) == 5 * reserve  # bob's untouched
         assert int(await client.hget(alice[0], "t")) == 5 * 10 - 6
+
+        # Every master forgets its scripts (restarted, or flushed): queued admissions
+        # answered NOSCRIPT are loaded and sent again, on whichever master they belong.
+        for port in ports_of(cluster_url):
+            _cli(port, "script", "flush")
+        again = await asyncio.gather(
+            *(
+                limits.admit(scripts, keys, lim, tokens=10, reserve_nano=0)
+                for keys in (alice, bob)
+                for _ in range(3)
+            )
+        )
+        if any(v.window != verdicts[0].window for v in again):
+            pytest.skip("the minute turned between the bursts")
+        assert {v.status for v in again} == {limits.RPM_ORG}  # they ran: the minute is full
         await client.aclose()
 
     asyncio.run(scenario())
@@ -321,3 +344,32 @@ def test_a_revoked_key_leaves_the_key_cache_of_a_process_listening_on_a_cluster(
     finally:
         listener.stop()
         listener.join(5)
+
+
+def test_the_drain_stores_each_record_once_from_a_stream_on_a_cluster(
+    cluster_url: str, acme, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The billing worker's side: consumer group, claim, acknowledge, trim."""
+    from billing.models import UsageEvent
+    from billing.services import usage_events_drain
+    from tests.billing.test_usage_metering import record
+
+    monkeypatch.setattr(metering, "STREAM", "test:usage:drain")
+    client = redis_client.connect(cluster_url)
+    try:
+
+        async def publish() -> None:
+            aclient = redis_client.connect_async(cluster_url)
+            for n in range(3):
+                await metering.publish(aclient, record(acme, f"req-alice-{n}"))
+            await metering.publish(aclient, record(acme, "req-alice-0"))  # a replay
+            await aclient.aclose()
+
+        asyncio.run(publish())
+        assert usage_events_drain(client=client, claim_idle_ms=0) == 4  # the replay too
+        assert usage_events_drain(client=client, claim_idle_ms=0) == 0
+        assert UsageEvent.objects.filter(org=acme).count() == 3
+        assert client.xlen(metering.STREAM) == 0  # stored, so trimmed (`metering.trim`)
+    finally:
+        client.delete(metering.STREAM)
+        client.close()

@@ -125,5 +125,32 @@ def test_a_malformed_sentinel_or_cluster_url_is_refused_with_a_clear_error(url: 
 def test_an_unreachable_cluster_is_a_connection_error_like_an_unreachable_server() -> None:
     import redis
 
-    with pytest.raises(redis.ConnectionError, match="127.0.0.1:1"):
+    with pytest.raises(redis.ConnectionError, match=r"127\.0\.0\.1:1"):
         redis_client.connect("redis+cluster://127.0.0.1:1", socket_connect_timeout=1)
+
+
+def test_celery_and_channels_take_a_single_server_url_as_it_is() -> None:
+    url = "redis://:sekrit@10.0.0.9:6380/3"
+    assert redis_client.celery_broker(url) == (url, {})
+    assert redis_client.channels_host(url) == url
+
+
+def test_celery_and_channels_reach_sentinels_master_in_their_own_forms() -> None:
+    url = "redis+sentinel://:sekrit@s1:26379,s2:26380/mymaster/2?sentinel_password=watch"
+    broker, options = redis_client.celery_broker(url)
+    assert broker == "sentinel://:sekrit@s1:26379/2;sentinel://:sekrit@s2:26380/2"
+    assert options == {"master_name": "mymaster", "sentinel_kwargs": {"password": "watch"}}
+    assert redis_client.channels_host(url) == {
+        "sentinels": [("s1", 26379), ("s2", 26380)],
+        "master_name": "mymaster",
+        "db": 2,
+        "password": "sekrit",
+        "sentinel_kwargs": {"password": "watch"},
+    }
+
+
+def test_celery_and_channels_refuse_a_cluster_url_saying_what_to_do() -> None:
+    with pytest.raises(ValueError, match="REDIS_BROKER_URL"):
+        redis_client.celery_broker("redis+cluster://n1:7000")
+    with pytest.raises(ValueError, match="REDIS_BROKER_URL"):
+        redis_client.channels_host("redis+cluster://n1:7000")
