@@ -154,3 +154,20 @@ def test_celery_and_channels_refuse_a_cluster_url_saying_what_to_do() -> None:
         redis_client.celery_broker("redis+cluster://n1:7000")
     with pytest.raises(ValueError, match="REDIS_BROKER_URL"):
         redis_client.channels_host("redis+cluster://n1:7000")
+
+
+def test_the_gateway_takes_an_unreachable_cluster_for_redis_down_as_it_does_one_server() -> None:
+    """Not a 500: the same answer as a lost single server (`metering_unavailable`)."""
+    import asyncio
+
+    from routing.gateway import core
+
+    async def admit() -> None:
+        client = redis_client.connect_async("redis+cluster://127.0.0.1:1")
+        try:
+            await client.get("tesseract:rl:{org:1}:org")
+        finally:
+            await client.aclose()
+
+    with pytest.raises(core._REDIS_DOWN):
+        asyncio.run(admit())

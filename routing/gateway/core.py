@@ -141,7 +141,15 @@ def infeasible_error(plan: Plan) -> TesseractAPIError:
 
 
 #: What says Redis cannot be reached (as opposed to a script or a value it refused).
-_REDIS_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+#: A Redis Cluster none of whose nodes answers raises RedisClusterException (not a
+#: RedisError), one that lost a shard ClusterDownError.
+_REDIS_DOWN = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ClusterDownError,
+    redis_errors.RedisClusterException,
+    OSError,
+)
 
 
 def metering_unavailable() -> TesseractAPIError:
