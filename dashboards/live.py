@@ -32,7 +32,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.models import Device
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from accounts import redis_client
 from backends import livestate
@@ -105,8 +105,9 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
                     last_tick = time.monotonic()
                     live = await livestate.aread(self.redis)
                     await self.send_json({"type": "counters", "counters": self._counters(live)})
-        except (RedisError, OSError):
-            # Lost Redis: close, and the page's client reconnects (with a back-off).
+        except (RedisError, RedisClusterException, OSError):
+            # Lost Redis (a Cluster none of whose nodes answers raises the second):
+            # close, and the page's client reconnects (with a back-off).
             logger.warning("the console's live socket lost Redis; closing it", exc_info=True)
             await self.close(code=RETRY)
         finally:
