@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from accounts import keys
+from accounts import keys, redis_client
 
 logger = logging.getLogger(__name__)
 
@@ -183,12 +183,10 @@ class Listener(threading.Thread):
         self._halt = threading.Event()
 
     def run(self) -> None:
-        import redis
-
         backoff = 0.1
         while not self._halt.is_set():
             try:
-                client = redis.Redis.from_url(self.redis_url, socket_keepalive=True)
+                client = redis_client.connect(self.redis_url, socket_keepalive=True)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(CHANNEL)
                 self.cache.clear()  # we may have missed changes while away
@@ -237,7 +235,7 @@ def publish_change(lookup: str) -> None:
     if _default_cache is not None:
         _default_cache.invalidate(lookup)
     try:
-        redis.Redis.from_url(settings.REDIS_URL).publish(CHANNEL, lookup)
+        redis_client.connect(settings.REDIS_URL).publish(CHANNEL, lookup)
     except redis.RedisError:
         logger.exception(
             "could not publish API key change for %s; other processes will see it within %ss",

@@ -46,8 +46,10 @@ SLOW_CHECK_FACTOR, SLOW_CHECK_MARGIN_MS = 3.0, 50.0
 SLOW_TTFT_FACTOR = 2.0
 
 OK, SLOW, FAIL = "ok", "slow", "fail"
-COUNTERS = "tesseract:health:counters:"  # + slug: hash fails / slows / oks / up
-REASONS = "tesseract:health:reasons"  # slug -> why it last changed (source|reason)
+# The script's three keys carry one hash tag (`livestate.HEALTH_TAG`): one slot on
+# Redis Cluster, so it runs there unchanged (a script's keys must share a slot).
+COUNTERS = "tesseract:health:" + livestate.HEALTH_TAG + ":counters:"  # + slug: fails/slows/oks/up
+REASONS = "tesseract:health:" + livestate.HEALTH_TAG + ":reasons"  # slug -> source|reason
 
 # KEYS: counters hash, health hash, reasons hash. ARGV: slug, outcome, reason,
 # DOWN_AFTER, UP_AFTER, SLOW_AFTER. Returns {previous, current}.
@@ -86,8 +88,14 @@ return {state, new}
 """
 
 
+def script_keys(slug: str) -> tuple[str, str, str]:
+    """The transition script's keys for one deployment: its counters, the health map,
+    the reasons."""
+    return (COUNTERS + slug, livestate.HEALTH, REASONS)
+
+
 def _args(slug: str, outcome: str, source: str, reason: str) -> tuple[Any, ...]:
-    keys = (COUNTERS + slug, livestate.HEALTH, REASONS)
+    keys = script_keys(slug)
     argv = (slug, outcome, f"{source}|{reason}"[:300], DOWN_AFTER, UP_AFTER, SLOW_AFTER)
     return (_TRANSITION, 3, *keys, *argv)
 

@@ -8,10 +8,12 @@ audit trail are rows in PostgreSQL (`HealthEvent`, `LatencyProbe`, …).
 
 Keys
   tesseract:live:deployments  hash  deployment slug → DeploymentLive (JSON)
-  tesseract:live:health       hash  deployment slug → healthy | degraded | down
-                              (written only by `backends.health`, atomically)
+  tesseract:live:{health}     hash  deployment slug → healthy | degraded | down
+                              (written only by `backends.health`, atomically: its
+                              script's keys share the `{health}` hash tag, one slot
+                              on Redis Cluster)
   tesseract:live:rtt          hash  "<src region>|<dst region>" → smoothed RTT, ms
-  tesseract:live:inflight:<gateway process>
+  tesseract:live:inflight:<gateway process>   (`inflight_key`)
                               hash  deployment slug → requests that process has in flight
                               (rewritten a few times a second, expires if the process dies)
   tesseract:live:cooling      hash  deployment slug → epoch seconds until which it rests
@@ -34,7 +36,11 @@ from typing import Any
 import msgspec
 
 DEPLOYMENTS = "tesseract:live:deployments"
-HEALTH = "tesseract:live:health"
+#: The hash tag of the health state machine's keys (`backends.health`): its script
+#: writes this hash and its own counters atomically, so on Redis Cluster they must
+#: live in one slot.
+HEALTH_TAG = "{health}"
+HEALTH = "tesseract:live:" + HEALTH_TAG
 RTT = "tesseract:live:rtt"
 INFLIGHT_PREFIX = "tesseract:live:inflight:"
 INFLIGHT_TTL_S = 3
@@ -116,9 +122,14 @@ def rtt_set(client: Any, src: str, dst: str, ms: float, *, announce: bool = True
         announce_change(client, "rtt", [rtt_field(src, dst)])
 
 
+def inflight_key(process: str) -> str:
+    """One gateway process's in-flight counts: one key, so its MULTI is one slot."""
+    return INFLIGHT_PREFIX + process
+
+
 async def ainflight_publish(client: Any, process: str, counts: Mapping[str, int]) -> None:
     """Replace this gateway process's in-flight counts (they expire if it dies)."""
-    key = INFLIGHT_PREFIX + process
+    key = inflight_key(process)
     async with client.pipeline(transaction=True) as pipe:
         pipe.delete(key)
         if counts:

@@ -18,6 +18,7 @@ from django.core.mail import mail_admins
 from django.db import transaction
 from django.utils import timezone
 
+from accounts import redis_client
 from backends import livestate, sealing
 from backends.models import Provider
 
@@ -109,7 +110,7 @@ def rejection_clear(slug: str, client: Any = None) -> None:
     import redis
     from django.conf import settings
 
-    client = client or redis.Redis.from_url(settings.REDIS_URL)
+    client = client or redis_client.connect(settings.REDIS_URL)
     try:
         if client.hdel(REJECTED, slug):
             livestate.announce_change(client, "providers", [slug])

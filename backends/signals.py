@@ -16,6 +16,7 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
+from accounts import redis_client
 from backends.models import AIModel, Cluster, Deployment, Provider, Region, RegionLatency
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ WORLD_CHANNEL = "tesseract:world"
 
 def publish_world_change() -> None:
     try:
-        redis.Redis.from_url(settings.REDIS_URL).publish(WORLD_CHANNEL, b"changed")
+        redis_client.connect(settings.REDIS_URL).publish(WORLD_CHANNEL, b"changed")
     except redis.RedisError:
         logger.exception("could not announce a catalog change; gateways refresh on their timer")
 

@@ -60,6 +60,7 @@ from typing import Any, Literal
 
 from redis.exceptions import NoScriptError
 
+from accounts import redis_client
 from billing import rating
 
 logger = logging.getLogger(__name__)
@@ -449,7 +450,7 @@ class Scripts:
         sha = self.admit.sha
         async with self.redis.pipeline(transaction=False) as pipe:
             for keys, args, _ in batch:
-                pipe.evalsha(sha, len(keys), *keys, *args)
+                redis_client.queue_evalsha(pipe, sha, keys, args)
             replies = list(await pipe.execute(raise_on_error=False))
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:

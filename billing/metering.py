@@ -29,6 +29,8 @@ from typing import Any
 import msgspec
 from django.conf import settings
 
+from accounts import redis_client
+
 STREAM: str = settings.TESSERACT_USAGE_STREAM
 GROUP = "usage-drain"
 CLAIM_IDLE_MS = 30_000
@@ -303,7 +305,7 @@ class Publisher:
                 pipe.xadd(STREAM, {b"r": data})
                 if settle is not None:
                     script, keys, args = settle
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    redis_client.queue_evalsha(pipe, script.sha, keys, args)
             results = iter(await pipe.execute(raise_on_error=False))
         failed: BaseException | None = None
         for settle in settles:

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import redis
 from celery import shared_task
 from django.conf import settings
 
+from accounts import redis_client
 from billing import metering, rollup
 from billing.services import usage_events_drain
 
@@ -16,7 +16,7 @@ def drain_usage(claim_idle_ms: int = metering.CLAIM_IDLE_MS, batch: int = 500) -
     idle `claim_idle_ms`: that worker died between reading and committing.
     """
     return usage_events_drain(
-        client=redis.Redis.from_url(settings.REDIS_URL), claim_idle_ms=claim_idle_ms, batch=batch
+        client=redis_client.connect(settings.REDIS_URL), claim_idle_ms=claim_idle_ms, batch=batch
     )
 
 

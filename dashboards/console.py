@@ -19,7 +19,6 @@ from functools import wraps
 from typing import Any
 
 import httpx
-import redis
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -29,6 +28,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts import redis_client
 from accounts.models import User
 from accounts.operator_actions import REASON_MAX, record_operator_action
 from backends import livestate
@@ -91,7 +91,7 @@ def _page(request: HttpRequest, template: str, section: str, **context: Any) -> 
 
 
 def _live() -> livestate.LiveMaps:
-    return livestate.read(redis.Redis.from_url(settings.REDIS_URL))
+    return livestate.read(redis_client.connect(settings.REDIS_URL))
 
 
 @operator_only

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.conf import settings
 
+from accounts import redis_client
 from accounts.keycache import ResolvedKey
 from backends.snapshot import World, load_world
 from billing.models import UsageEvent
@@ -47,11 +48,9 @@ class ExplainError(Exception):
 def _world() -> World:
     world = load_world()
     try:
-        import redis
-
         from backends import livestate
 
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1)
+        client = redis_client.connect(settings.REDIS_URL, socket_timeout=1)
         world = world.with_live(livestate.read(client))
     except Exception:  # the catalog alone still explains, as the gateway would route
         logger.warning("explainer: live maps unavailable; using the catalog alone")

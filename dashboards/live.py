@@ -32,8 +32,9 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.models import Device
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
+from accounts import redis_client
 from backends import livestate
 from backends.signals import WORLD_CHANNEL
 from dashboards import console_data
@@ -75,8 +76,8 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=FORBIDDEN)
             return
         self.statics = await database_sync_to_async(console_data.deployments_static)()
-        self.redis = aioredis.Redis.from_url(settings.REDIS_URL)
-        pubsub = self.redis.pubsub()
+        self.redis = redis_client.connect_async(settings.REDIS_URL)
+        pubsub = await redis_client.pubsub_async(self.redis)
         await pubsub.subscribe(livestate.CHANNEL, WORLD_CHANNEL)
         await self.accept()
         await self._send_rows(None)
@@ -104,8 +105,9 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
                     last_tick = time.monotonic()
                     live = await livestate.aread(self.redis)
                     await self.send_json({"type": "counters", "counters": self._counters(live)})
-        except (RedisError, OSError):
-            # Lost Redis: close, and the page's client reconnects (with a back-off).
+        except (RedisError, RedisClusterException, OSError):
+            # Lost Redis (a Cluster none of whose nodes answers raises the second):
+            # close, and the page's client reconnects (with a back-off).
             logger.warning("the console's live socket lost Redis; closing it", exc_info=True)
             await self.close(code=RETRY)
         finally:

@@ -10,7 +10,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from accounts import selectors, services
+from accounts import redis_client, selectors, services
 from accounts.models import Membership, Role, User
 from backends import selectors as catalog_selectors
 from backends import services as catalog
@@ -38,7 +38,7 @@ def health(request: HttpRequest) -> JsonResponse:
     except Exception as exc:
         ok, checks["database"] = False, f"error: {exc.__class__.__name__}"
     try:
-        redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1).ping()
+        redis_client.connect(settings.REDIS_URL, socket_timeout=1).ping()
         checks["redis"] = "ok"
     except redis.RedisError as exc:
         ok, checks["redis"] = False, f"error: {exc.__class__.__name__}"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import dj_database_url
 
+from accounts import redis_client
 from tesseract_web import embedded_redis, local_secrets
 from tesseract_web.env import (
     ImproperlyConfiguredEnv,
@@ -152,15 +153,25 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "") or embedded_redis.start()
+#: Celery's broker and Channels' layer: REDIS_URL unless set. Neither runs on Redis
+#: Cluster (kombu and channels_redis have no Cluster support), so with a
+#: `redis+cluster://` REDIS_URL this names a single server or Sentinel beside it.
+REDIS_BROKER_URL = env_str("REDIS_BROKER_URL", "") or REDIS_URL
+try:
+    _channels_host = redis_client.channels_host(REDIS_BROKER_URL)
+    CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT_OPTIONS = redis_client.celery_broker(
+        REDIS_BROKER_URL
+    )
+except ValueError as exc:
+    raise ImproperlyConfiguredEnv(str(exc)) from None
 
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        "CONFIG": {"hosts": [_channels_host]},
     }
 }
 
-CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -72,7 +72,7 @@ SHOW = (
 )
 CONFIG = ("DEBUG", "SECRET_KEY", "API_KEY_PEPPER", "TESSERACT_ENV", "SECRET_KEY_FILE",
           "API_KEY_PEPPER_FILE", "SESSION_COOKIE_SECURE", "TESSERACT_SEALING_KEYS",
-          "TESSERACT_SEALING_KEYS_FILE")  # fmt: skip
+          "TESSERACT_SEALING_KEYS_FILE", "REDIS_BROKER_URL")  # fmt: skip
 
 
 def settings_in_a_fresh_process(var_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -83,8 +83,8 @@ def settings_in_a_fresh_process(var_dir: Path, **env: str) -> subprocess.Complet
         TESSERACT_VAR_DIR=str(var_dir),
         DATABASE_URL=f"sqlite:///{var_dir / 'db.sqlite3'}",
         REDIS_URL="redis://127.0.0.1:1/0",  # read, never used
-        **env,
     )
+    clean.update(env)
     return subprocess.run(
         [sys.executable, "-c", SHOW], env=clean, cwd=ROOT, capture_output=True, text=True,
         timeout=120,
@@ -164,3 +164,15 @@ def test_production_starts_with_its_secrets_and_secure_cookies(tmp_path):
     assert shown["debug"] is False
     assert shown["secure_cookies"] is True
     assert shown["pepper"] == "p" * 50
+
+
+def test_a_cluster_redis_url_needs_a_broker_beside_it_for_celery_and_channels(tmp_path):
+    cluster = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001"
+    alone = settings_in_a_fresh_process(tmp_path, REDIS_URL=cluster)
+    assert alone.returncode != 0
+    assert "cannot run on Redis Cluster" in alone.stderr
+    assert "REDIS_BROKER_URL" in alone.stderr
+    beside = settings_in_a_fresh_process(
+        tmp_path, REDIS_URL=cluster, REDIS_BROKER_URL="redis://127.0.0.1:6390/0"
+    )
+    assert beside.returncode == 0, beside.stderr

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import redis
 from celery import shared_task
 from django.conf import settings
 
+from accounts import redis_client
 from backends import health
 
 
@@ -11,4 +11,4 @@ from backends import health
 def check_health() -> dict[str, str]:
     """Check every deployment once and feed the health state machine (idempotent:
     a second run is one more observation, which the hysteresis absorbs)."""
-    return health.check_all(client=redis.Redis.from_url(settings.REDIS_URL))
+    return health.check_all(client=redis_client.connect(settings.REDIS_URL))

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
 from celery import shared_task
 from django.conf import settings
 
+from accounts import redis_client
 from backends import placement
 
 
@@ -19,4 +19,4 @@ def run_placement() -> dict[str, Any]:
     """Plan placement from the last window of demand; record or apply it (as the
     operator's `ControlSettings.placement_mode` says). Safe to run twice: one run at a
     time (a Redis lock), and a second run finds the first's actions in its cooldown."""
-    return placement.placement_run(client=redis.Redis.from_url(settings.REDIS_URL)).summary()
+    return placement.placement_run(client=redis_client.connect(settings.REDIS_URL)).summary()

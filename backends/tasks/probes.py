@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import redis
 from celery import shared_task
 from django.conf import settings
 
+from accounts import redis_client
 from backends import probes
 
 
@@ -13,5 +13,5 @@ from backends import probes
 def probe_latency(cluster_ids: list[int] | None = None) -> dict[str, int]:
     """One probe round (all clusters, or `cluster_ids`). Running it twice takes one more
     sample, which the EWMA absorbs; a round never overlaps another (a Redis lock)."""
-    with redis.Redis.from_url(settings.REDIS_URL) as client:
+    with redis_client.connect(settings.REDIS_URL) as client:
         return probes.probe_clusters(client=client, cluster_ids=cluster_ids)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import redis
 from celery import shared_task
 from django.conf import settings
 
+from accounts import redis_client
 from backends import resources
 
 
@@ -13,7 +13,7 @@ from backends import resources
 def scrape_metrics(deployment_ids: list[int] | None = None) -> dict[str, int]:
     """Running, waiting and loaded of every deployment (or `deployment_ids`), from its
     metrics. Running it twice writes the same values and announces nothing new."""
-    with redis.Redis.from_url(settings.REDIS_URL) as client:
+    with redis_client.connect(settings.REDIS_URL) as client:
         return resources.scrape_metrics(client=client, deployment_ids=deployment_ids)
 
 
@@ -21,5 +21,5 @@ def scrape_metrics(deployment_ids: list[int] | None = None) -> dict[str, int]:
 def fold_observed_speeds() -> int:
     """Completed requests → observed TTFT and decode speed. The watermark makes a
     second run (or a replay) read nothing and change nothing."""
-    with redis.Redis.from_url(settings.REDIS_URL) as client:
+    with redis_client.connect(settings.REDIS_URL) as client:
         return resources.fold_observed(client=client)

@@ -2,7 +2,9 @@
 
 `session_id` → the deployment that served the session last and how many tokens of
 context it holds, in Redis (`tesseract:affinity:<org>:<session>`, expiring after
-`TESSERACT_AFFINITY_TTL_S` of silence), shared by every gateway. The engine is told
+`TESSERACT_AFFINITY_TTL_S` of silence), shared by every gateway. Each is read and
+written alone, so it carries no hash tag: on Redis Cluster a big org's sessions spread
+over every shard instead of piling onto its limits' slot. The engine is told
 (`affinity_backend_id`, `cached_prefix_tokens`): that backend skips re-prefilling the
 context, every other one pays the recompute.
 

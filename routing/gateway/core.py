@@ -170,7 +170,15 @@ def _cooling_retry_s(backend_ids: tuple[str, ...], live: livestate.LiveMaps) -> 
 
 
 #: What says Redis cannot be reached (as opposed to a script or a value it refused).
-_REDIS_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
+#: A Redis Cluster none of whose nodes answers raises RedisClusterException (not a
+#: RedisError), one that lost a shard ClusterDownError.
+_REDIS_DOWN = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ClusterDownError,
+    redis_errors.RedisClusterException,
+    OSError,
+)
 
 
 def metering_unavailable() -> TesseractAPIError:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
+from accounts import redis_client
 from backends import livestate
 from backends.signals import WORLD_CHANNEL
 from backends.snapshot import World, load_world
@@ -565,22 +566,19 @@ def connect_redis(url: str) -> Any:
     the admission script that can reserve a request's budget twice: never an overrun,
     at worst a refusal near the cap, and only across a Redis restart.
     """
-    import redis.asyncio as aioredis
     from redis.exceptions import ConnectionError, TimeoutError
 
-    return aioredis.Redis.from_url(url, retry_on_error=[ConnectionError, TimeoutError])
+    return redis_client.connect_async(url, retry_on_error=[ConnectionError, TimeoutError])
 
 
 async def listen_for_world_changes(holder: WorldHolder, redis_url: str) -> None:
     """Reload the catalog, or re-read the live maps, whenever the control plane says so."""
-    import redis.asyncio as aioredis
-
     world_channel, live_channel = WORLD_CHANNEL.encode(), livestate.CHANNEL.encode()
     backoff = 0.1
     while True:
         try:
-            client = aioredis.Redis.from_url(redis_url)
-            async with client.pubsub() as pubsub:
+            client = redis_client.connect_async(redis_url)
+            async with await redis_client.pubsub_async(client) as pubsub:
                 await pubsub.subscribe(world_channel, live_channel)
                 holder.invalidate()  # changes may have been missed while away
                 backoff = 0.1
