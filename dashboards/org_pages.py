@@ -492,10 +492,12 @@ def billing(request: HttpRequest, membership: Membership) -> HttpResponse:
 
 
 def _base_url(request: HttpRequest) -> str:
-    """The inference API's base URL as this org's developers reach it."""
-    configured = getattr(settings, "TESSERACT_PUBLIC_API_URL", "")
+    """The inference API's base URL as this org's developers reach it: the gateway's
+    (`TESSERACT_GATEWAY_URL`; `make run` sets it), else this host's, for a deployment
+    that serves both behind one name."""
+    configured = settings.TESSERACT_GATEWAY_URL
     if configured:
-        return str(configured).rstrip("/") + "/v1"
+        return configured.rstrip("/") + "/v1"
     return request.build_absolute_uri("/v1").rstrip("/")
 
 

@@ -342,6 +342,16 @@ def test_the_quick_start_uses_the_org_s_base_url_and_tesseract_requirements(alic
     assert "max_ttft_ms" in page
 
 
+def test_the_quick_start_and_a_new_key_point_at_the_gateway_not_at_the_web(alice, acme, settings):
+    settings.TESSERACT_GATEWAY_URL = "https://api.tesseract.example/"
+    client = login(alice)
+    page = client.get(f"/orgs/{acme.slug}/quickstart/").content.decode()
+    assert "https://api.tesseract.example/v1" in page
+    assert "http://testserver/v1" not in page
+    created = client.post(f"/orgs/{acme.slug}/keys/", {"name": "ci", "scopes": ["inference"]})
+    assert "https://api.tesseract.example/v1" in created.content.decode()
+
+
 def test_a_bad_explainer_request_is_a_clear_error(alice, acme):
     response = login(alice).get(
         f"/orgs/{acme.slug}/explain/?model=x&compliance=hipaa&max_ttft_ms=-3"
