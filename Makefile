@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
 .PHONY: install bench-install run test check check-deploy bench bench-routing bench-engine bench-gateway \
-	bench-control bench-limits clean
+	bench-control bench-limits bench-drain clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,6 +76,10 @@ bench-limits: bench-install
 
 bench-control: bench-install
 	$(BIN)/python -m bench.control_signals
+
+## The usage drain's sustained rows/s into PostgreSQL (DATABASE_URL=postgres://...).
+bench-drain: bench-install
+	$(BIN)/python -m bench.drain
 
 clean:
 	rm -rf $(VENV) .venv-litellm var .pytest_cache .mypy_cache .ruff_cache

@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import models
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import ApiKey, Organization
@@ -485,9 +486,9 @@ class UsageDay(models.Model):
     """One organization's usage of one day, model, region and key, summed from
     UsageEvent by `billing.rollup` (exact sums; TTFT as a histogram of 5% buckets).
 
-    A day is rebuilt whole (delete and insert in one transaction) and only counts once
-    `UsageRollupDay` marks it built and clean: the build is idempotent, and a late
-    usage record for a built day marks it dirty until it is rebuilt.
+    The drain adds each batch it inserts to these rows; a day is (re)built whole
+    (delete and insert in one transaction) by the reconciler, and only counts once
+    `UsageRollupDay` marks it built and clean.
     """
 
     org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
@@ -508,6 +509,17 @@ class UsageDay(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["org", "day"])]
+        constraints = [
+            # One row per group: what the drain's INSERT … ON CONFLICT adds to (no key: 0).
+            models.UniqueConstraint(
+                "org",
+                "day",
+                "model",
+                "region",
+                Coalesce("api_key_id", models.Value(0)),
+                name="usageday_one_per_group",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.org_id} {self.day} {self.model} {self.region}: {self.requests}"

@@ -11,7 +11,8 @@ from typing import Any
 
 import redis
 from django.core.mail import mail_admins
-from django.db import DataError, IntegrityError, transaction
+from django.db import DataError, IntegrityError, connection, transaction
+from django.db.models.constants import OnConflict
 
 from accounts import audit, audit_verify
 from billing import metering, pricebook, rating, rollup
@@ -88,11 +89,36 @@ def _route(record: metering.UsageRecord) -> audit.Draft:
     )  # fmt: skip
 
 
+def _insert_new(rows: list[UsageEvent]) -> list[UsageEvent]:
+    """INSERT … ON CONFLICT (request_id) DO NOTHING RETURNING request_id, as one
+    multi-row statement (Django's UNNEST form on PostgreSQL): the rows this statement
+    inserted, not those whose request id was already stored (by a replay, or by another
+    drain that committed first: PostgreSQL makes the insert wait for it)."""
+    if not rows:
+        return []
+    fields = [f for f in UsageEvent._meta.concrete_fields if not f.primary_key]
+    request_id = UsageEvent._meta.get_field("request_id")
+    manager: Any = UsageEvent.objects
+    ops = connection.ops
+    size = max(ops.bulk_batch_size(fields, rows), 1)
+    inserted: set[str] = set()
+    for start in range(0, len(rows), size):
+        returned = manager._insert(
+            rows[start : start + size],
+            fields=fields,
+            returning_fields=[request_id],
+            on_conflict=OnConflict.IGNORE,
+        )
+        inserted.update(r[0] for r in returned if r)
+    return [r for r in rows if r.request_id in inserted]
+
+
 def _store(records: list[metering.UsageRecord], rows: list[UsageEvent]) -> None:
-    """The rows and their routes' audit entries, in one transaction; a request id
-    already stored is skipped, in both (a replay changes nothing)."""
+    """The rows, their days' rollup, and their routes' audit entries, in one
+    transaction; a request id already stored is skipped in all three (a replay changes
+    nothing)."""
     with transaction.atomic():
-        UsageEvent.objects.bulk_create(rows, ignore_conflicts=True)
+        rollup.add(rollup.of_events(_insert_new(rows)))
         chains: dict[int | None, list[audit.Draft]] = {}
         for r in records:
             chains.setdefault(r.org_id, []).append(_route(r))
@@ -104,9 +130,6 @@ def usage_events_record(records: list[metering.UsageRecord]) -> int:
     book = pricebook.for_records(records)  # rating: three queries per batch
     rows = [_row(r, pricebook.rate_record(book, r)) for r in records]
     _store(records, rows)
-    # A record of a day the daily rollup already built makes that day dirty (rebuilt by
-    # billing.tasks.rollup_usage); today's records, the usual case, cost no query.
-    rollup.mark_late(datetime.fromtimestamp(r.created_at, tz=UTC).date() for r in records)
     return len(records)
 
 

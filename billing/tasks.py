@@ -22,8 +22,9 @@ def drain_usage(claim_idle_ms: int = metering.CLAIM_IDLE_MS, batch: int = 500) -
 
 @shared_task(time_limit=600, ignore_result=True)
 def rollup_usage() -> int:
-    """Build the daily usage rollup of every finished day not built yet, and rebuild
-    the dirty ones (`billing.rollup`). Safe to run twice: a day is rebuilt whole."""
+    """Reconcile the daily usage rollup the drain keeps current: build every day not
+    built yet (today included) and rebuild the dirty ones (`billing.rollup`). Safe to
+    run twice: a day is rebuilt whole."""
     days = rollup.days_to_build()
     for day in days:
         rollup.build_day(day)

@@ -3,7 +3,8 @@
 Every read starts from the org handed over by the caller's membership
 (`dashboards.scoping.org_view`) through `for_org` — the one tenancy filter
 (`accounts.querysets`). The charts read the daily rollup (`billing.rollup`): whole
-past days from `UsageDay`, and the days not built yet (today, a dirty day) summed on
+built days from `UsageDay` (the drain keeps them current, today's included), and the
+days not built yet (a dirty day, today before the reconciler's first build) summed on
 the fly from the `(org, created_at)` index by the same `aggregate` — a fixed number of
 queries per page, whatever the volume. Sums are exact; TTFT percentiles come from the
 rollup's 5% buckets (within 2.5%). The request log reads `UsageEvent` by keyset.

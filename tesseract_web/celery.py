@@ -64,7 +64,7 @@ app.conf.task_routes = {
 app.conf.beat_schedule = {
     # Usage reaches the database (and dashboards, budgets, invoices) within a second.
     "drain-usage": {"task": "billing.tasks.drain_usage", "schedule": 1.0},
-    # The dashboard's daily rollup: finished days, and days a late record made dirty.
+    # The dashboard's daily rollup, reconciled: days not built yet (today too), dirty days.
     "rollup-usage": {"task": "billing.tasks.rollup_usage", "schedule": 300.0},
     "check-health": {
         "task": "backends.tasks.health.check_health",

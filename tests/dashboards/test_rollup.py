@@ -9,6 +9,8 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
+from accounts import services as accounts_services
+from accounts.models import ApiKey
 from billing import metering, rollup, services
 from billing.models import UsageDay, UsageEvent, UsageRollupDay
 from billing.tasks import rollup_usage
@@ -53,9 +55,9 @@ def test_a_built_day_sums_exactly_what_the_events_hold_and_building_twice_change
     assert UsageDay.objects.filter(org=globex).get().requests == 1
 
 
-def test_today_is_never_built(acme):
-    with pytest.raises(ValueError, match="not over yet"):
-        rollup.build_day(rollup.today())
+def test_a_day_that_has_not_started_is_never_built(acme):
+    with pytest.raises(ValueError, match="not started yet"):
+        rollup.build_day(rollup.today() + timedelta(days=1))
 
 
 def test_the_pages_read_the_same_numbers_from_the_rollup_as_from_the_events(alice, acme):
@@ -80,45 +82,128 @@ def test_the_pages_read_the_same_numbers_from_the_rollup_as_from_the_events(alic
     assert "7.0000" in page
 
 
-def test_a_late_record_makes_its_day_dirty_until_the_task_rebuilds_it(acme):
+def _record(org, request_id: str, created_at: datetime, **changes) -> metering.UsageRecord:
+    fields: dict = {
+        "request_id": request_id,
+        "org_id": org.pk,
+        "api_key_id": None,
+        "created_at": created_at.timestamp(),
+        "endpoint": "chat.completions",
+        "model": "llama-3.3-70b-instruct",
+        "served_model": "llama-3.3-70b-instruct",
+        "deployment": "westeurope--h100--llama-3.3-70b-instruct",
+        "region": "westeurope",
+        "cluster": "weu-1",
+        "chip": "h100",
+        "stream": False,
+        "status": "ok",
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "usage_source": "upstream",
+        "cost_usd": "0.0001",
+        "ttft_ms": 90.0,
+        "sla_met": True,
+    }
+    return metering.UsageRecord(**{**fields, **changes})
+
+
+def test_a_late_record_is_added_to_its_built_day_at_once(acme):
     event(acme, created_at=_yesterday_at(1))
     day = rollup.today() - timedelta(days=1)
     rollup.build_day(day)
-    record = metering.UsageRecord(
-        request_id="req_late",
-        org_id=acme.pk,
-        api_key_id=None,
-        created_at=_yesterday_at(2).timestamp(),
-        endpoint="chat.completions",
-        model="llama-3.3-70b-instruct",
-        served_model="llama-3.3-70b-instruct",
-        deployment="westeurope--h100--llama-3.3-70b-instruct",
-        region="westeurope",
-        cluster="weu-1",
-        chip="h100",
-        stream=False,
-        status="ok",
-        input_tokens=10,
-        output_tokens=5,
-        usage_source="upstream",
-        cost_usd="0.0001",
-    )
 
-    services.usage_events_record([record])
+    services.usage_events_record([_record(acme, "req_late", _yesterday_at(2))])
 
-    assert UsageRollupDay.objects.get(day=day).dirty
-    period = usage.Period.last_days(2)
-    assert usage.totals(usage.rows(acme, period)).requests == 2  # raw while dirty
-    assert rollup.days_to_build() == [day]
-    rollup_usage()
     assert not UsageRollupDay.objects.get(day=day).dirty
     assert UsageDay.objects.get(org=acme, day=day).requests == 2
+    period = usage.Period.last_days(2)
     assert usage.totals(usage.rows(acme, period)).requests == 2
+    assert rollup.days_to_build() == [rollup.today()]  # only today, never built yet
 
 
-def test_todays_records_cost_the_drain_no_rollup_query(acme, django_assert_num_queries):
-    with django_assert_num_queries(0):
-        assert rollup.mark_late([rollup.today(), rollup.today()]) == 0
+def _mixed_records(acme, globex, key_id: int) -> list[metering.UsageRecord]:
+    rng = random.Random(14)
+    now = timezone.now()
+    out = []
+    for i in range(60):
+        failed = i % 7 == 0
+        out.append(
+            _record(
+                (acme, globex)[i % 2],
+                f"req_mix_{i}",
+                now - timedelta(hours=rng.choice([0, 0, 0, 30, 60])),
+                api_key_id=key_id if i % 2 == 0 and i % 3 == 0 else None,
+                model=rng.choice(["llama-3.3-70b-instruct", "mistral-large"]),
+                region=rng.choice(["westeurope", "japaneast"]),
+                status="error" if failed else rng.choice(["ok", "ok", "cancelled"]),
+                input_tokens=rng.randint(1, 5000),
+                output_tokens=rng.randint(0, 900),
+                ttft_ms=None if failed or i % 11 == 0 else rng.lognormvariate(5, 0.8),
+                sla_met=None if failed or i % 13 == 0 else rng.random() < 0.8,
+            )
+        )
+    return out
+
+
+def _tuples(rows: list[rollup.Row]) -> list[tuple]:
+    return sorted(
+        (r.day, r.model, r.region, r.api_key_id or 0, r.requests, r.input_tokens,
+         r.output_tokens, r.charge_usd, r.errors, r.sla_known, r.sla_met, r.ttft_hist)
+        for r in rows
+    )  # fmt: skip
+
+
+def _rollup_of_the_events(org) -> list[tuple]:
+    return _tuples(rollup.aggregate(UsageEvent.objects.filter(org=org)).get(org.pk, []))
+
+
+def _stored_rollup(org) -> list[tuple]:
+    return _tuples(rollup.stored_rows(UsageDay.objects.filter(org=org)))
+
+
+def test_after_a_drain_the_rollup_equals_the_sums_of_the_stored_events(acme, globex):
+    key = (
+        ApiKey.objects.filter(org=acme).first()
+        or accounts_services.api_key_create(org=acme, name="ci").api_key
+    )
+    records = _mixed_records(acme, globex, key.pk)
+
+    services.usage_events_record(records[:25])
+    services.usage_events_record(records[25:])
+
+    for org in (acme, globex):
+        assert _stored_rollup(org) == _rollup_of_the_events(org)
+        assert _stored_rollup(org)  # not vacuous
+
+
+def test_a_replayed_batch_does_not_change_the_rollup(acme, globex):
+    records = _mixed_records(acme, globex, key_id=0)
+    records = [r for r in records if r.api_key_id is None]
+    services.usage_events_record(records[:30])
+    before = _stored_rollup(acme), _stored_rollup(globex)
+
+    services.usage_events_record(records[:30])  # the same batch again
+    services.usage_events_record(records[10:20] + records[10:20])  # and inside one batch
+
+    assert (_stored_rollup(acme), _stored_rollup(globex)) == before
+    assert _stored_rollup(acme) == _rollup_of_the_events(acme)
+    services.usage_events_record(records[30:])
+    assert _stored_rollup(acme) == _rollup_of_the_events(acme)
+
+
+def test_a_rebuild_after_drains_keeps_the_drained_sums(acme, globex):
+    records = [r for r in _mixed_records(acme, globex, key_id=0) if r.api_key_id is None]
+    services.usage_events_record(records[:30])
+    rollup_usage()  # builds the days, today included
+    assert rollup.built_days([rollup.today()]) == {rollup.today()}
+    services.usage_events_record(records[30:])
+
+    assert _stored_rollup(acme) == _rollup_of_the_events(acme)
+    period = usage.Period.last_days(5)
+    assert (
+        usage.totals(usage.rows(acme, period)).requests
+        == UsageEvent.objects.filter(org=acme).count()
+    )
 
 
 def test_histogram_percentiles_are_within_two_and_a_half_percent_of_the_exact_ones(acme):

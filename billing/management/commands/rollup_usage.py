@@ -1,10 +1,10 @@
 """Build the daily usage rollup now (the Celery beat task does it every 5 minutes).
 
-    manage.py rollup_usage              # finished days not built yet, and dirty ones
-    manage.py rollup_usage --rebuild 30 # rebuild the last 30 finished days whole
+    manage.py rollup_usage              # days not built yet (today too), and dirty ones
+    manage.py rollup_usage --rebuild 30 # rebuild the last 30 finished days and today
 
 `--rebuild` is for usage written outside the drain (an import, a fixture): the
-drain marks the days it touches, a direct INSERT does not.
+drain adds what it inserts to the rollup, a direct INSERT does not.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ class Command(BaseCommand):
             self.stderr.write("--rebuild takes a number of days, 0 or more.")
             raise SystemExit(2)
         today = rollup.today()
-        for n in range(rebuild, 0, -1):
+        for n in range(rebuild, -1 if rebuild else 0, -1):
             rollup.build_day(today - timedelta(days=n))
         built = rollup_usage()
-        self.stdout.write(f"Rebuilt {rebuild} day(s); built {built} more.")
+        self.stdout.write(
+            f"Rebuilt {rebuild} day(s){' and today' if rebuild else ''}; built {built} more."
+        )
