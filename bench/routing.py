@@ -49,7 +49,10 @@ from .workload import Job, Mix, make_jobs
 DATA = ROOT / "bench" / "data"
 DEFAULT_TRACE = DATA / "azure_llm_inference_2023_code.csv"
 MOONCAKE = DATA / "mooncake_fast25_conversation_trace.jsonl"
-ORDER = ("deadline", "seed", "nearest", "round_robin", "least_loaded", "lowest_latency", "cheapest")
+ORDER = (
+    "deadline", "fastest_feasible", "nearest_feasible", "seed", "nearest", "round_robin",
+    "least_loaded", "lowest_latency", "cheapest",
+)  # fmt: skip
 WARMUP = 0.2  # share of each model's stream left out of the statistics
 
 
