@@ -648,7 +648,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"World: {args.regions.name} + {args.rtt.name}{subset_note}, {placement}: "
         f"{len(world.regions)} regions, "
         f"{len(world.deployments)} deployments. Trace: {args.trace.name}, {len(jobs):,} requests "
-        f"(first {WARMUP:.0%} of each model's stream is warm-up, not counted). Seed {args.seed}; "
+        f"(warm-up, not counted: each model's first {WARMUP:.0%} "
+        f"{'of its arrival span' if truth is not None else 'of its requests'}). Seed {args.seed}; "
         f"RTT jitter {'off' if args.no_rtt_jitter else 'on'}; "
         f"affinity {'on' if args.affinity else 'off'}.",
         f"Pool capacity (100% load): {cap_text}. Run time {elapsed:.0f} s.",
