@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
 .PHONY: install bench-install run test check check-deploy bench bench-routing bench-engine bench-gateway \
-	bench-control bench-limits bench-drain clean
+	bench-control bench-limits bench-drain bench-routing-honest clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ bench: bench-engine bench-routing bench-gateway bench-control
 
 bench-routing: bench-install
 	$(BIN)/python -m bench.routing
+
+## Routing against a truth apart from the engine (bench/README.md, "Honest mode").
+bench-routing-honest: bench-install
+	nice $(BIN)/python -m bench.routing --honest --requests 100000 --loads 0.3,0.7,0.9 --name routing_honest
 
 bench-engine: bench-install
 	$(BIN)/python -m bench.engine_speed

@@ -16,6 +16,19 @@ per-request speed holds). The gateway's counters are exact and instant:
 `in_flight` = requests holding a slot, `queued` = requests waiting at the backend
 plus those travelling to it, and `mean_service_ms` an EWMA of finished requests'
 slot time. A real gateway sees them a little late; see README "Limits".
+
+With a `Truth` (`--honest`, `bench/truth.py`) the backends stop following the
+engine's model: compute times scatter per request as measured, the counters the
+engine routes on are the live map's, refreshed every `truth.counter_age_s` of
+simulated time (not exact and instant) — except that each gateway (one per region
+with clusters; a client uses the nearest) knows at once how many requests it has
+itself sent to each backend and not seen finish, and takes the larger of that and
+the map's in-flight count, as `routing.gateway.live.InFlight.apply` does — and
+every finished request is folded into
+the backend's observed TTFT and decode speed the way the gateway and
+`backends.resources.observation` do it — TTFT less the *predicted* network and
+queue, so a queue wait the engine did not foresee shows up as a slower backend.
+The engine routes on those observed speeds from the next refresh on.
 """
 
 from __future__ import annotations
@@ -24,17 +37,23 @@ import heapq
 import math
 import random
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from backends.world import WorldSpec
-from routing.engine import Snapshot, get_strategy, route
+from routing.engine import LiveState, Snapshot, get_strategy, route
 
-from .workload import Job
+from .truth import Truth
+from .workload import Job, nearest_gateway
+from .worlds import engine_backends, latency_map
 
 ARRIVE, FINISH = 0, 1
 EWMA_ALPHA = 0.1
 BLOCK_TOKENS = 512  # Mooncake's hash_ids: one hash per 512-token block
 CACHE_BLOCKS = 8192  # KV-cache blocks a backend keeps (LRU): ~4M tokens
+#: As the gateway's fold of observed speeds (TESSERACT_OBSERVED_EWMA_ALPHA_PCT = 20,
+#: backends.resources.MIN_DECODE_TOKENS = 8).
+OBSERVED_ALPHA = 0.2
+MIN_DECODE_TOKENS = 8
 
 
 @dataclass(slots=True)
@@ -48,12 +67,15 @@ class _Backend:
     ms_per_out: float
     price_in: float
     price_out: float
+    ttft_ms: float = 0.0  # the profile's, at its reference prompt
     busy: int = 0
     transit: int = 0
     waiting: deque = field(default_factory=deque)
     ewma: float | None = None
     busy_ms: float = 0.0
     cache: OrderedDict | None = None
+    observed_ttft: float | None = None
+    observed_decode: float | None = None
 
 
 @dataclass(slots=True)
@@ -66,6 +88,7 @@ class Outcome:
     met: bool = False
     degraded: bool = False
     cached_tokens: int = 0
+    service_ms: float = 0.0  # time holding a slot
 
 
 def backends_of(world: WorldSpec) -> dict[str, _Backend]:
@@ -82,6 +105,7 @@ def backends_of(world: WorldSpec) -> dict[str, _Backend]:
             ms_per_out=1000.0 / p.decode_tokens_per_s,
             price_in=p.price_input_per_mtok,
             price_out=p.price_output_per_mtok,
+            ttft_ms=p.ttft_ms,
         )
     return out
 
@@ -119,12 +143,14 @@ def simulate(
     affinity: bool = False,
     kv_cache: bool = False,
     rtt_jitter: bool = True,
+    truth: Truth | None = None,
 ) -> tuple[list[Outcome], dict[str, _Backend], float]:
     """Replay `jobs` arriving at `arrivals_s`; returns outcomes, backend states, makespan (ms).
 
     `kv_cache`: backends keep prompt blocks (LRU) and skip prefilling a cached prefix.
     `affinity`: the gateway tells the engine which backend holds the deepest cached
     prefix of the prompt (needs `kv_cache`).
+    `truth`: the honest mode (module docstring).
     """
     strat = get_strategy(strategy)
     backends = backends_of(world)
@@ -138,6 +164,59 @@ def simulate(
     seq = 0
     outcomes = [Outcome(j) for j in jobs]
     order = sorted(range(len(jobs)), key=lambda k: arrivals_s[k])
+    predicted: dict[int, tuple[float, float]] = {}  # job -> the plan's (rtt, queue)
+    seen = load  # what the engine routes on: the true counters, or the live map's
+    own: dict[str, dict[str, int]] = {}  # gateway -> backend -> sent, not finished
+    gateway_of: dict[int, str] = {}  # job -> the gateway that sent it
+    nearest: dict[str, str] = {}
+    refresh_at = -math.inf
+    engine_view = snapshot
+    observed_version = 0
+    refreshed_version = 0
+
+    def refresh(now: float) -> None:
+        """The live map as a gateway reads it: counters and observed speeds of `now`."""
+        nonlocal seen, refresh_at, engine_view, refreshed_version
+        age_ms = truth.counter_age_s * 1000.0
+        refresh_at = (math.floor(now / age_ms) + 1.0) * age_ms
+        seen = dict(load)
+        if observed_version != refreshed_version:
+            refreshed_version = observed_version
+            engine_view = Snapshot(
+                [
+                    replace(
+                        e,
+                        state=LiveState(
+                            observed_ttft_ms=backends[e.id].observed_ttft,
+                            observed_decode_tokens_per_s=backends[e.id].observed_decode,
+                        ),
+                    )
+                    for e in engine_list
+                ],
+                latency,
+                observed_version,
+            )
+
+    def observe(b: _Backend, k: int, ttft_ms: float, e2e_ms: float) -> None:
+        """Fold one finished request into `b`'s observed speeds (as the gateway does)."""
+        nonlocal observed_version
+        tr = jobs[k].trace
+        net, queue = predicted.pop(k)
+        backend_ms = ttft_ms - net - queue
+        expected = b.floor_ms + tr.input_tokens * b.ms_per_in
+        if backend_ms > 0 and expected > 0:
+            sample = backend_ms * b.ttft_ms / expected
+            prior = b.ttft_ms if b.observed_ttft is None else b.observed_ttft
+            b.observed_ttft = prior + OBSERVED_ALPHA * (sample - prior)
+        if tr.output_tokens - 1 >= MIN_DECODE_TOKENS and e2e_ms > ttft_ms:
+            sample = (tr.output_tokens - 1) * 1000.0 / (e2e_ms - ttft_ms)
+            prior = 1000.0 / b.ms_per_out if b.observed_decode is None else b.observed_decode
+            b.observed_decode = prior + OBSERVED_ALPHA * (sample - prior)
+        observed_version += 1
+
+    if truth is not None:
+        engine_list = engine_backends(world)
+        latency = latency_map(world)
 
     def publish(b: _Backend) -> None:
         load[b.id] = (b.busy, len(b.waiting) + b.transit, b.ewma)
@@ -154,16 +233,22 @@ def simulate(
                 cached += 1
             cached = min(cached * BLOCK_TOKENS, tr.input_tokens)
         prefill = b.floor_ms + (tr.input_tokens - cached) * b.ms_per_in
-        service = prefill + tr.output_tokens * b.ms_per_out
+        decode = tr.output_tokens * b.ms_per_out
+        if truth is not None:
+            prefill, decode = truth.service_ms(
+                b.id, k, b.floor_ms, (tr.input_tokens - cached) * b.ms_per_in, decode
+            )
+        service = prefill + decode
         b.busy += 1
         publish(b)
         o = outcomes[k]
         o.cached_tokens = cached
+        o.service_ms = service
         o.ttft_ms = now + prefill + rtt / 2 - t0
         o.e2e_ms = now + service + rtt / 2 - t0
         b.busy_ms += service
         seq += 1
-        heapq.heappush(events, (now + service, seq, FINISH, (b, service, tr.blocks)))
+        heapq.heappush(events, (now + service, seq, FINISH, (b, service, tr.blocks, k)))
 
     def handle(ev) -> None:
         now, _, kind, data = ev
@@ -176,8 +261,11 @@ def simulate(
                 b.waiting.append((k, rtt, t0))
                 publish(b)
         else:
-            b, service, blocks = data
+            b, service, blocks, k = data
             b.busy -= 1
+            if truth is not None:
+                observe(b, k, outcomes[k].ttft_ms, outcomes[k].e2e_ms)
+                own[gateway_of.pop(k)][b.id] -= 1
             b.ewma = service if b.ewma is None else b.ewma + EWMA_ALPHA * (service - b.ewma)
             if b.cache is not None and blocks:
                 for h in blocks:
@@ -201,7 +289,23 @@ def simulate(
         models = (req.model, *req.fallback_models)
         if affinity and job.trace.blocks:
             req = _with_affinity(req, job, backends, owner)
-        snap = snapshot.with_load(load, models=models)
+        view = seen
+        if truth is not None:
+            if now >= refresh_at:
+                refresh(now)
+            gw = job.gateway
+            if gw is None:
+                gw = nearest.get(job.client)
+                if gw is None:
+                    gw = nearest[job.client] = nearest_gateway(world, job.client)
+            mine = own.setdefault(gw, {})
+            if mine:
+                view = dict(seen)
+                for bid, count in mine.items():
+                    if count:
+                        fl, qu, ms = seen[bid]
+                        view[bid] = (max(count, fl), qu, ms)
+        snap = engine_view.with_load(view, models=models)
         if job.gateway is not None:
             snap = snap.at_gateway(job.gateway)  # no location: routed from its gateway
         plan = route(snap, req, strat, max_fallbacks=0)
@@ -211,6 +315,11 @@ def simulate(
         b = backends[plan.primary.backend_id]
         o.backend = b.id
         o.degraded = plan.status == "degraded"
+        if truth is not None:
+            pred = plan.primary.prediction
+            predicted[k] = (pred.rtt_ms, pred.queue_ms)
+            gateway_of[k] = gw
+            mine[b.id] = mine.get(b.id, 0) + 1
         tr = job.trace
         o.cost_usd = (tr.input_tokens * b.price_in + tr.output_tokens * b.price_out) / 1e6
         rtt = rtt_of(job.client, b.region)

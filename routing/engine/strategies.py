@@ -194,13 +194,42 @@ class Seed(Strategy):
         return self._by_keys(cand, score, score, need=d.need)
 
 
+class FastestFeasible(Strategy):
+    """A strong simple rule: among the candidates predicted to meet the SLA, the one
+    predicted to finish first, queue included (nothing else: no tie band, no reserve).
+    With no such candidate (a late request) the fastest predicted finish overall."""
+
+    name = "fastest_feasible"
+    description = "fastest predicted finish (queue included) among SLA-feasible"
+
+    def rank(self, d, cand):
+        total = d.total[cand]
+        return self._by_keys(cand, total, total, d.rtt[cand], need=d.need)
+
+
+class NearestFeasible(Strategy):
+    """A strong simple rule: the lowest network RTT among the candidates predicted to
+    meet the SLA, ties to the faster predicted finish. With no such candidate (a late
+    request) the nearest overall."""
+
+    name = "nearest_feasible"
+    description = "lowest RTT among SLA-feasible"
+
+    def rank(self, d, cand):
+        rtt = d.rtt[cand]
+        return self._by_keys(cand, rtt, rtt, d.total[cand], need=d.need)
+
+
 class Nearest(Strategy):
+    """The lowest network RTT; at a shared site (equal RTT) the faster chip for this
+    request (predicted prefill + decode, blind to the queue), not the first id."""
+
     name, sla_aware = "nearest", False
     description = "lowest network RTT from the client"
 
     def rank(self, d, cand):
         rtt = d.rtt[cand]
-        return self._by_keys(cand, rtt, rtt, need=d.need)
+        return self._by_keys(cand, rtt, rtt, d.prefill[cand] + d.decode[cand], need=d.need)
 
 
 class RoundRobin(Strategy):
@@ -250,10 +279,17 @@ class Cheapest(Strategy):
 
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    s.name: s for s in (Deadline, Seed, Nearest, RoundRobin, LeastLoaded, LowestLatency, Cheapest)
-}
+    s.name: s
+    for s in (
+        Deadline, FastestFeasible, NearestFeasible, Seed, Nearest, RoundRobin, LeastLoaded,
+        LowestLatency, Cheapest,
+    )
+}  # fmt: skip
 DEFAULT_STRATEGY = "deadline"
-BASELINES = ("nearest", "round_robin", "least_loaded", "lowest_latency", "cheapest")
+BASELINES = (
+    "fastest_feasible", "nearest_feasible", "nearest", "round_robin", "least_loaded",
+    "lowest_latency", "cheapest",
+)  # fmt: skip
 
 _shared: dict[str, Strategy] = {}
 

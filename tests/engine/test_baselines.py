@@ -19,6 +19,8 @@ def snap():
 def test_the_registry_names_every_strategy():
     assert set(STRATEGIES) == {"deadline", "seed", *BASELINES}
     assert set(BASELINES) == {
+        "fastest_feasible",
+        "nearest_feasible",
         "nearest",
         "round_robin",
         "least_loaded",
@@ -62,3 +64,47 @@ def test_an_unknown_strategy_name_is_a_clear_error():
 
     with pytest.raises(ValueError, match="unknown strategy"):
         get_strategy("fastest-please")
+
+
+SLOW = Profile(105.0, 1000, 2_000.0, 20.0, 1.0, 2.0)
+FAST = Profile(20.0, 1000, 50_000.0, 100.0, 1.0, 2.0)
+
+
+def test_nearest_breaks_a_tie_at_a_shared_site_by_predicted_speed_not_by_id():
+    s = make_snapshot(make_backend("paris-a-slow", profile=SLOW), make_backend("paris-b-fast"))
+    assert route(s, Request(**BASE), "nearest").primary.backend_id == "paris-b-fast"
+
+
+def test_fastest_feasible_takes_the_earliest_predicted_finish_queue_included():
+    # paris is nearest but its queue makes it finish after frankfurt.
+    s = make_snapshot(
+        make_backend("paris-queued", slots=2, in_flight=2, queued=1),
+        make_backend("frankfurt-free", "frankfurt"),
+        make_backend("virginia-free", "virginia"),
+    )
+    req = Request(**BASE, max_ttft_ms=1000)
+    assert route(s, req, "fastest_feasible").primary.backend_id == "frankfurt-free"
+
+
+def test_nearest_feasible_takes_the_nearest_backend_that_meets_the_deadline():
+    # paris misses the 200 ms deadline on its queue; frankfurt is the nearest that meets
+    # it (virginia's faster chip finishes first, which fastest_feasible takes).
+    s = make_snapshot(
+        make_backend("paris-queued", slots=2, in_flight=2, queued=1),
+        make_backend("virginia-fast", "virginia", profile=FAST),
+        make_backend("frankfurt-free", "frankfurt"),
+    )
+    req = Request(**BASE, max_ttft_ms=200)
+    assert route(s, req, "nearest_feasible").primary.backend_id == "frankfurt-free"
+    assert route(s, req, "fastest_feasible").primary.backend_id == "virginia-fast"
+    loose = Request(**BASE, max_ttft_ms=10_000)
+    assert route(s, loose, "nearest_feasible").primary.backend_id == "paris-queued"
+
+
+def test_the_feasible_baselines_see_only_candidates_predicted_to_meet_the_sla():
+    s = make_snapshot(make_backend("paris-queued", slots=2, in_flight=2, queued=1))
+    req = Request(**BASE, max_ttft_ms=50)
+    for name in ("fastest_feasible", "nearest_feasible"):
+        plan = route(s, req, name)
+        assert plan.primary is None or plan.primary.meets_sla is False
+        assert plan.status != "ok"

@@ -1,0 +1,88 @@
+"""The honest routing benchmark: a truth apart from the engine's model (bench/truth.py)."""
+
+import pytest
+
+from backends.world import PROFILE_SOURCES
+from bench import routing
+from bench.sim import simulate
+from bench.truth import SMALL_OVER_LARGE_TTFT, Truth, load_scatter, make_truth
+from bench.workload import Mix, make_jobs
+from bench.worlds import engine_snapshot
+
+
+def _world_and_jobs(n=300, **mix):
+    world = routing.load_world(routing.REGIONS_CSV, routing.RTT_CSV)[0]
+    trace = routing.looped(routing.load_trace(routing.DEFAULT_TRACE), n)
+    return world, make_jobs(trace, world, Mix(**mix))
+
+
+def test_the_scatter_is_the_llmperf_requests_over_their_provider_median_without_cold_starts():
+    scatter = load_scatter()
+    assert set(scatter) == {"7b", "13b", "70b"}
+    ttft = sorted(t for t, _ in scatter["70b"])
+    assert ttft[len(ttft) // 2] == pytest.approx(1.0, abs=0.05)  # ratios to a median
+    assert 0.2 < ttft[0] < 1.0 < ttft[-1] < 20.0
+    # Replicate's cold starts (3.7-5.6 s medians) are out: 150 + 150 + 145 requests fewer.
+    assert len(scatter["70b"]) + len(scatter["7b"]) + len(scatter["13b"]) < 2845 - 400
+
+
+def test_the_8b_compute_truth_uses_the_measured_size_ratio_not_the_parameter_count():
+    world, jobs = _world_and_jobs(50)
+    truth = make_truth(world, jobs)
+    by_count = {(s.chip, s.model): s.ttft_scale for s in PROFILE_SOURCES}
+    for slug, d in world.deployments.items():
+        scale = by_count[(d.profile.chip, d.model)]
+        expected = SMALL_OVER_LARGE_TTFT / scale if scale < 1 else 1.0
+        assert truth.prefill_scale.get(slug, 1.0) == pytest.approx(expected)
+    assert any(v > 5 for v in truth.prefill_scale.values())  # H100 8B: 0.855 / (8/70)
+
+
+def test_the_honest_oracle_judges_by_the_true_compute_time_not_the_prediction():
+    world, jobs = _world_and_jobs(200, ttft_classes={None: 1.0})  # 60 s end to end
+    n = len(jobs)
+    fast = Truth([1.0] * n, [1.0] * n, {})
+    routing.mark_oracle_from_truth(world, jobs, fast)
+    assert all(j.oracle_ok for j in jobs)
+    slow = Truth([1e6] * n, [1.0] * n, {})  # every prefill 1,000,000x the profile's
+    routing.mark_oracle_from_truth(world, jobs, slow)
+    assert not any(j.oracle_ok for j in jobs)
+
+
+def test_observed_ttft_carries_the_queue_wait_the_engine_did_not_foresee():
+    # 3,000 405B requests at once on its three backends (384 slots). With counters a
+    # minute old the gateways do not see each other's requests, queues form that no
+    # prediction had, and the waits land in the backends' observed TTFT (as the
+    # gateway's fold subtracts the predicted queue, not the real one).
+    world, jobs = _world_and_jobs(3000, model_share={"llama-3.1-405b-instruct": 1.0})
+    n = len(jobs)
+    arrivals = [0.0001 * k for k in range(n)]
+
+    def slowest_observed(age_s):
+        truth = Truth([1.0] * n, [1.0] * n, {}, counter_age_s=age_s)
+        _, backends, _ = simulate(
+            world, engine_snapshot(world), jobs, arrivals, "fastest_feasible", truth=truth
+        )
+        return max((b.observed_ttft or 0.0) / b.ttft_ms for b in backends.values())
+
+    assert slowest_observed(60.0) > 3.0
+    assert slowest_observed(1e-6) < 1.5
+
+
+def test_an_honest_run_shorter_than_ten_service_times_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="run too short"):
+        routing.main(
+            [
+                "--honest", "--requests", "2000", "--loads", "0.7", "--strategies", "deadline",
+                "--out-dir", str(tmp_path), "--no-plot",
+            ]
+        )  # fmt: skip
+
+
+def test_lateness_is_how_far_past_its_own_deadline_a_request_answered():
+    _, jobs = _world_and_jobs(10, ttft_classes={200.0: 1.0})
+    from bench.sim import Outcome
+
+    o = Outcome(jobs[0], backend="x", ttft_ms=250.0, e2e_ms=900.0)
+    assert routing.lateness(o) == pytest.approx(50.0)
+    o.ttft_ms = 150.0
+    assert routing.lateness(o) == 0.0
