@@ -216,8 +216,10 @@ def test_two_regions_route_probe_drain_limit_and_meter_as_one_service(world, reg
 
     # Both regions are probed, each round by the worker reading its region's queue
     # (the eastus worker reads nothing else).
-    probed = LatencyProbe.objects.values_list("src_region__slug", flat=True)
-    eventually(lambda: set(probed) == set(REGIONS))
+    def probed() -> set[str]:
+        return set(LatencyProbe.objects.values_list("src_region__slug", flat=True))
+
+    eventually(lambda: probed() == set(REGIONS))
 
     # A drain reaches both gateways' worlds.
     drained = primary["westeurope"]["region"]
