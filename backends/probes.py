@@ -1,4 +1,8 @@
-"""The latency map: round-trip time from this gateway's region to every cluster.
+"""The latency map: round-trip time from each gateway region to every cluster.
+
+A round measures from one region (`TESSERACT_GATEWAY_REGION`, or the task's `region`)
+and runs in that region: the beat sends it to the region's own queue, which a worker
+there reads (`tesseract_web.celery`). Each region's rounds fill its row of the map.
 
 One round (`probe_clusters`, a Celery task every `TESSERACT_PROBE_INTERVAL_S`):
 
@@ -43,7 +47,8 @@ One round (`probe_clusters`, a Celery task every `TESSERACT_PROBE_INTERVAL_S`):
 
 The EWMA itself is kept in Redis (`EWMA`), apart from the published map. Rounds never
 overlap (a Redis lock): one that finds the previous still running does nothing. A
-second round is one more sample, which the EWMA absorbs.
+second round is one more sample, which the EWMA absorbs. Rounds of different regions
+are independent (one lock per region; they write different rows).
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ Verdict = LatencyProbe.Verdict
 #: hash "<src region>|<dst region>" → the probes' EWMA, ms (the published value is
 #: `livestate.RTT`, which lags it by less than the publishing threshold)
 EWMA = "tesseract:control:rtt_ewma"
+#: the lock of a region's rounds is "<LOCK>:<region>"
 LOCK = "tesseract:control:lock:probes"
 
 #: A probe without an answer by then has failed (wall seconds).
@@ -184,26 +190,38 @@ def exclusive(client: Any, name: str, ttl_s: float) -> Iterator[bool]:
 # --------------------------------------------------------------------------- a round
 
 
-def probe_clusters(
-    *, client: Any, cluster_ids: Iterable[int] | None = None, timeout_s: float = TIMEOUT_S
-) -> dict[str, int]:
-    """Probe every cluster (or those of `cluster_ids`) once; returns counts by verdict.
+def lock_name(region: str) -> str:
+    return f"{LOCK}:{region}"
 
-    `client` is a `redis.Redis`. Raises ImproperlyConfigured when the gateway region
-    is not in the catalog: a map measured from nowhere would be wrong everywhere.
+
+def probe_clusters(
+    *,
+    client: Any,
+    cluster_ids: Iterable[int] | None = None,
+    timeout_s: float = TIMEOUT_S,
+    region: str | None = None,
+) -> dict[str, int]:
+    """Probe every cluster (or those of `cluster_ids`) once from `region` (default:
+    `TESSERACT_GATEWAY_REGION`); returns counts by verdict.
+
+    `client` is a `redis.Redis`. Raises ImproperlyConfigured when the region is not in
+    the catalog: a map measured from nowhere would be wrong everywhere.
     """
-    with exclusive(client, LOCK, ROUND_TIME_LIMIT_S) as mine:
+    src = region or settings.TESSERACT_GATEWAY_REGION
+    with exclusive(client, lock_name(src), ROUND_TIME_LIMIT_S) as mine:
         if not mine:
             return {"skipped": 1}
-        return _round(client, None if cluster_ids is None else list(cluster_ids), timeout_s)
+        ids = None if cluster_ids is None else list(cluster_ids)
+        return _round(client, src, ids, timeout_s)
 
 
-def _round(client: Any, cluster_ids: list[int] | None, timeout_s: float) -> dict[str, int]:
-    src = settings.TESSERACT_GATEWAY_REGION
+def _round(
+    client: Any, src: str, cluster_ids: list[int] | None, timeout_s: float
+) -> dict[str, int]:
     gateway = Region.objects.filter(slug=src).first()
     if gateway is None:
         raise ImproperlyConfigured(
-            f"TESSERACT_GATEWAY_REGION={src!r} is not a region of the catalog"
+            f"gateway region {src!r} (TESSERACT_GATEWAY_REGION) is not a region of the catalog"
         )
     targets = _targets(client, cluster_ids)
     latency = _catalog_latency(src)

@@ -5,6 +5,11 @@ and a burst of probes cannot delay the usage drain: production starts a worker p
 queue (`deploy/`). The queues are named after the environment's queue
 (`CELERY_QUEUE`, default `celery`): `celery.health`, `celery.placement`,
 `celery.billing`. A worker started without `-Q` (`make run`) reads all of them.
+
+The latency probes are the exception: a round measures the RTT from where it runs, so
+it must run in the region it measures from. Each gateway region
+(`TESSERACT_GATEWAY_REGIONS`) has a queue of its own, `celery.probes.<region>`, which
+only a worker in that region reads; the beat schedules one round per region on it.
 """
 
 import os
@@ -26,7 +31,6 @@ app.autodiscover_tasks()
 TASK_CONCERNS: dict[str, str] = {
     # The live maps the gateways route on: health, RTTs, load, observed speed.
     "backends.tasks.health.check_health": "health",
-    "backends.tasks.probes.probe_latency": "health",
     "backends.tasks.resources.scrape_metrics": "health",
     "backends.tasks.resources.fold_observed_speeds": "health",
     # Loading and unloading models where the demand is.
@@ -41,6 +45,9 @@ TASK_CONCERNS: dict[str, str] = {
     "billing.money_tasks.budget_alerts": "billing",
 }
 CONCERNS = ("health", "placement", "billing")
+#: Tasks that run where they measure: on the queue of the region named by their
+#: `region` argument (the process's own region when none is given), not a concern's.
+REGIONAL_TASKS = ("backends.tasks.probes.probe_latency",)
 
 
 def concern_queue(concern: str, default_queue: str | None = None) -> str:
@@ -48,16 +55,40 @@ def concern_queue(concern: str, default_queue: str | None = None) -> str:
     return f"{default_queue or settings.CELERY_TASK_DEFAULT_QUEUE}.{concern}"
 
 
-def environment_queues(default_queue: str | None = None) -> list[str]:
-    """Every queue of an environment: its default queue, then one per concern."""
+def probe_queue(region: str, default_queue: str | None = None) -> str:
+    """The queue of the probe rounds measured from `region`: only a worker there reads it."""
+    return f"{default_queue or settings.CELERY_TASK_DEFAULT_QUEUE}.probes.{region}"
+
+
+def environment_queues(
+    default_queue: str | None = None, regions: list[str] | None = None
+) -> list[str]:
+    """Every queue of an environment: its default queue, one per concern, then one per
+    gateway region (`regions`, default `TESSERACT_GATEWAY_REGIONS`)."""
     default = default_queue or settings.CELERY_TASK_DEFAULT_QUEUE
-    return [default, *(concern_queue(concern, default) for concern in CONCERNS)]
+    regions = settings.TESSERACT_GATEWAY_REGIONS if regions is None else regions
+    return [
+        default,
+        *(concern_queue(concern, default) for concern in CONCERNS),
+        *(probe_queue(region, default) for region in regions),
+    ]
+
+
+def route_regional(
+    name: str, args: object, kwargs: dict[str, object] | None, options: object, **_: object
+) -> dict[str, str] | None:
+    """A regional task goes to the queue of its `region` (by default the sender's own)."""
+    if name not in REGIONAL_TASKS:
+        return None
+    region = (kwargs or {}).get("region") or settings.TESSERACT_GATEWAY_REGION
+    return {"queue": probe_queue(str(region))}
 
 
 app.conf.task_queues = [Queue(name) for name in environment_queues()]
-app.conf.task_routes = {
-    task: {"queue": concern_queue(concern)} for task, concern in TASK_CONCERNS.items()
-}
+app.conf.task_routes = (
+    route_regional,
+    {task: {"queue": concern_queue(concern)} for task, concern in TASK_CONCERNS.items()},
+)
 
 #: Periodic jobs of the control plane (health checks, probes, placement) are added
 #: here as they land; each names one task that takes ids and is safe to run twice.
@@ -71,11 +102,19 @@ app.conf.beat_schedule = {
         "schedule": float(settings.TESSERACT_HEALTH_INTERVAL_S),
         "options": {"expires": float(settings.TESSERACT_HEALTH_INTERVAL_S)},
     },
-    # The latency map: RTT from this gateway's region to every cluster, against physics.
-    "probe-latency": {
-        "task": "backends.tasks.probes.probe_latency",
-        "schedule": float(settings.TESSERACT_PROBE_INTERVAL_S),
-        "options": {"expires": float(settings.TESSERACT_PROBE_INTERVAL_S)},
+    # The latency map: RTT from each gateway region to every cluster, against physics,
+    # measured by a worker in that region (its own queue; see the module docstring).
+    **{
+        f"probe-latency-{region}": {
+            "task": "backends.tasks.probes.probe_latency",
+            "schedule": float(settings.TESSERACT_PROBE_INTERVAL_S),
+            "kwargs": {"region": region},
+            "options": {
+                "expires": float(settings.TESSERACT_PROBE_INTERVAL_S),
+                "queue": probe_queue(region),
+            },
+        }
+        for region in settings.TESSERACT_GATEWAY_REGIONS
     },
     # The resource map: running / waiting / loaded from every backend's own metrics ...
     "scrape-metrics": {

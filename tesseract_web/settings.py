@@ -235,6 +235,10 @@ TESSERACT_STAFF_REQUIRE_2FA = env_bool("TESSERACT_STAFF_REQUIRE_2FA", True)
 
 #: The region this gateway runs in (a region slug of the catalog).
 TESSERACT_GATEWAY_REGION = env_str("TESSERACT_GATEWAY_REGION", "westeurope")
+#: Every region that runs gateways (comma-separated slugs). The beat schedules a latency
+#: probe round for each, on that region's own queue (`<CELERY_QUEUE>.probes.<region>`),
+#: so that a worker *in* that region measures its row of the latency map.
+TESSERACT_GATEWAY_REGIONS = env_list("TESSERACT_GATEWAY_REGIONS", [TESSERACT_GATEWAY_REGION])
 #: API keys: how long a resolved key stays in a process's cache without news from
 #: Redis (revocations arrive by pub/sub within milliseconds; this is the backstop).
 TESSERACT_KEY_CACHE_TTL_S = env_int("TESSERACT_KEY_CACHE_TTL_S", 30, minimum=1)

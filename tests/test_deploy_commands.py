@@ -129,7 +129,8 @@ def test_every_service_of_compose_starts_and_passes_its_own_health_check(service
         time.sleep(1)
     assert pending == {}, f"never healthy: { ({n: last.get(n) for n in sorted(pending)}) }"
 
-    # Each worker reads the queue of its concern (the placement worker the default too).
+    # Each worker reads the queue of its concern (the placement worker the default too,
+    # the health worker its gateway region's probes).
     host, queue = env["HOSTNAME"], env["CELERY_QUEUE"]
     names = ",".join(f"{concern}@{host}" for concern in ("health", "placement", "billing"))
     asked = subprocess.run(
@@ -141,7 +142,7 @@ def test_every_service_of_compose_starts_and_passes_its_own_health_check(service
         worker: sorted(q["name"] for q in qs) for worker, qs in json.loads(asked.stdout).items()
     }
     assert read == {
-        f"health@{host}": [f"{queue}.health"],
+        f"health@{host}": [f"{queue}.health", f"{queue}.probes.westeurope"],
         f"placement@{host}": [queue, f"{queue}.placement"],
         f"billing@{host}": [f"{queue}.billing"],
     }

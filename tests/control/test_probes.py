@@ -235,11 +235,21 @@ def test_drained_clusters_and_regions_are_not_probed(mesh, live):
 
 def test_rounds_never_overlap(mesh, live):
     m = mesh()
-    with probes.exclusive(live, probes.LOCK, 5):
+    with probes.exclusive(live, probes.lock_name(SRC), 5):
         counts = probes.probe_clusters(client=live, cluster_ids=m.ids(NORTHEUROPE))
 
     assert counts == {"skipped": 1}
     assert not LatencyProbe.objects.exists()
+
+
+def test_a_round_from_another_region_fills_that_region_s_row_under_its_own_lock(mesh, live):
+    m = mesh()
+    with probes.exclusive(live, probes.lock_name(SRC), 5):  # this region's round runs
+        probe_latency(cluster_ids=m.ids(NORTHEUROPE), region="eastus")
+
+    (row,) = LatencyProbe.objects.all()
+    assert row.src_region.slug == "eastus"
+    assert row.floor_ms > 30  # judged from across the Atlantic, not from next door
 
 
 def test_the_task_probes_and_prunes_the_time_series_past_its_retention(mesh, live):
