@@ -93,7 +93,8 @@ def _insert_new(rows: list[UsageEvent]) -> list[UsageEvent]:
     """INSERT … ON CONFLICT (request_id) DO NOTHING RETURNING request_id, as one
     multi-row statement (Django's UNNEST form on PostgreSQL): the rows this statement
     inserted, not those whose request id was already stored (by a replay, or by another
-    drain that committed first: PostgreSQL makes the insert wait for it)."""
+    drain that committed first: PostgreSQL makes the insert wait for it). A record that
+    is twice in the batch is inserted, and returned, once."""
     if not rows:
         return []
     fields = [f for f in UsageEvent._meta.concrete_fields if not f.primary_key]
@@ -110,7 +111,12 @@ def _insert_new(rows: list[UsageEvent]) -> list[UsageEvent]:
             on_conflict=OnConflict.IGNORE,
         )
         inserted.update(r[0] for r in returned if r)
-    return [r for r in rows if r.request_id in inserted]
+    new = []
+    for row in rows:
+        if row.request_id in inserted:
+            inserted.discard(row.request_id)
+            new.append(row)
+    return new
 
 
 def _store(records: list[metering.UsageRecord], rows: list[UsageEvent]) -> None:

@@ -191,6 +191,15 @@ def test_a_replayed_batch_does_not_change_the_rollup(acme, globex):
     assert _stored_rollup(acme) == _rollup_of_the_events(acme)
 
 
+def test_a_new_record_twice_in_one_batch_is_stored_and_rolled_up_once(acme, globex):
+    records = [r for r in _mixed_records(acme, globex, key_id=0) if r.api_key_id is None]
+    services.usage_events_record(records[:10] + records[:10])  # never stored before
+
+    assert UsageEvent.objects.count() == 10
+    assert _stored_rollup(acme) == _rollup_of_the_events(acme)
+    assert _stored_rollup(globex) == _rollup_of_the_events(globex)
+
+
 def test_a_rebuild_after_drains_keeps_the_drained_sums(acme, globex):
     records = [r for r in _mixed_records(acme, globex, key_id=0) if r.api_key_id is None]
     services.usage_events_record(records[:30])
