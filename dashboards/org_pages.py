@@ -521,7 +521,7 @@ def quickstart(request: HttpRequest, membership: Membership) -> HttpResponse:
             "base_url": _base_url(request),
             "key_hint": f"{key.display_prefix}…" if key else "tsk_…",
             "model": "llama-3.3-70b-instruct",
-            "tesseract_json": json.dumps({"tesseract": tesseract}, indent=2),
+            "tesseract_body": json.dumps(tesseract),
             "tesseract_py": json.dumps({"tesseract": tesseract}),
         },
     )

@@ -5,6 +5,9 @@ alice owns Acme, bob is her developer, charlie owns Globex and must see none of 
 
 from __future__ import annotations
 
+import html
+import json
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import count
@@ -340,6 +343,15 @@ def test_the_quick_start_uses_the_org_s_base_url_and_tesseract_requirements(alic
     assert "extra_body=" in page
     assert "baseURL" in page
     assert "max_ttft_ms" in page
+
+
+def test_the_quick_start_s_curl_sends_a_body_the_gateway_reads(alice, acme):
+    page = login(alice).get(f"/orgs/{acme.slug}/quickstart/").content.decode()
+    payload = html.unescape(re.search(r"-d '(\{.*?\})' -i", page, re.S).group(1))
+    body = json.loads(payload)
+    assert body["model"]
+    assert body["tesseract"]["max_ttft_ms"] > 0  # one level: not {"tesseract": {"tesseract"
+    assert "tesseract" not in body["tesseract"]
 
 
 def test_the_quick_start_and_a_new_key_point_at_the_gateway_not_at_the_web(alice, acme, settings):
