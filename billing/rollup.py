@@ -26,7 +26,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -66,6 +66,8 @@ class Row:
         return self.day, self.model, self.region, self.api_key_id
 
 
+#: The columns a Row and a UsageDay share as they are (the histogram's keys change type).
+_COLUMNS = tuple(f.name for f in fields(Row) if f.name != "ttft_hist")
 _GROUP = ("org_id", "day", "model", "region", "api_key_id")
 _OK = Q(status=UsageEvent.Status.OK)
 
@@ -128,17 +130,7 @@ def today() -> date:
 def _usage_day(org_id: int, r: Row) -> UsageDay:
     return UsageDay(
         org_id=org_id,
-        day=r.day,
-        model=r.model,
-        region=r.region,
-        api_key_id=r.api_key_id,
-        requests=r.requests,
-        input_tokens=r.input_tokens,
-        output_tokens=r.output_tokens,
-        charge_usd=r.charge_usd,
-        errors=r.errors,
-        sla_known=r.sla_known,
-        sla_met=r.sla_met,
+        **{name: getattr(r, name) for name in _COLUMNS},
         ttft_hist={str(k): v for k, v in r.ttft_hist.items()},
     )
 
@@ -292,17 +284,7 @@ def built_days(days: Iterable[date]) -> set[date]:
 def stored_rows(qs: QuerySet[UsageDay]) -> list[Row]:
     return [
         Row(
-            day=u.day,
-            model=u.model,
-            region=u.region,
-            api_key_id=u.api_key_id,
-            requests=u.requests,
-            input_tokens=u.input_tokens,
-            output_tokens=u.output_tokens,
-            charge_usd=u.charge_usd,
-            errors=u.errors,
-            sla_known=u.sla_known,
-            sla_met=u.sla_met,
+            **{name: getattr(u, name) for name in _COLUMNS},
             ttft_hist={int(k): v for k, v in u.ttft_hist.items()},
         )
         for u in qs
