@@ -365,6 +365,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests, shorter runs")
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--no-limits", action="store_true", help="skip the limits on/off rounds")
+    parser.add_argument("--no-workers", action="store_true", help="skip the 1 vs 2 workers run")
     parser.add_argument(
         "--server",
         choices=SERVERS,
@@ -648,7 +649,9 @@ def write(
             "|---|---|---|---|---|---|",
         ]
         for (name, stream), c in costs.items():
-            by = ", ".join(f"{k} {v:.2f}" for k, v in sorted(c.redis_by_command.items()))
+            by = ", ".join(
+                f"{k} {v:.2f}" for k, v in sorted(c.redis_by_command.items()) if v >= 0.01
+            )
             lines.append(
                 f"| {name} | {'yes' if stream else 'no'} | {c.gateway_cpu_us:.0f} "
                 f"| {c.redis_cpu_us:.1f} | {c.redis_commands:.2f} | {by or '—'} |"
