@@ -45,6 +45,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -144,13 +145,74 @@ def catalog_and_key(env: dict[str, str]) -> str:
     return key
 
 
-def start_gateway(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """One uvicorn worker (uvloop, httptools) serving Tesseract."""
-    return start(
-        [PY, "-m", "uvicorn", "tesseract_web.asgi:gateway", "--port", str(port),
-         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"],
-        env, log,
-    )  # fmt: skip
+#: How the proxies are served (`--server`): the same way for Tesseract and the ceiling.
+SERVERS = ("uvicorn", "granian")
+
+
+def serve(
+    app: str,
+    port: int,
+    env: dict[str, str],
+    log: Path,
+    *,
+    server: str = "uvicorn",
+    workers: int = 1,
+) -> subprocess.Popen[bytes]:
+    """An ASGI app on `port`: uvicorn (uvloop, httptools) or granian (Rust HTTP, uvloop)."""
+    if server == "granian":
+        cmd = [
+            str(Path(PY).with_name("granian")),
+            "--interface",
+            "asgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--runtime-mode",
+            "st",
+            "--loop",
+            "uvloop",
+            "--log-level",
+            "warning",
+            "--no-ws",
+            app,
+        ]
+    else:
+        cmd = [
+            PY,
+            "-m",
+            "uvicorn",
+            app,
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    return start(cmd, env, log)  # fmt: skip
+
+
+def start_gateway(
+    port: int, env: dict[str, str], log: Path, *, server: str = "uvicorn", workers: int = 1
+) -> subprocess.Popen[bytes]:
+    """Tesseract's gateway process (`/v1` only)."""
+    return serve("tesseract_web.asgi:gateway", port, env, log, server=server, workers=workers)
+
+
+def start_ceiling(
+    port: int, env: dict[str, str], upstream: str, log: Path, *, server: str = "uvicorn"
+) -> subprocess.Popen[bytes]:
+    """The thinnest forwarding proxy (`bench.ceiling`), served exactly like Tesseract."""
+    return serve("bench.ceiling:app", port, {**env, "CEILING_UPSTREAM": upstream}, log,
+                 server=server)  # fmt: skip
 
 
 def ensure_litellm() -> Path:
@@ -234,6 +296,50 @@ def wrk(t: Target, *, stream: bool, seconds: int, connections: int = 32) -> floa
     return float(match.group(1))
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Costs:
+    """What one request costs, measured over a wrk run (the capacity model's inputs)."""
+
+    requests: int
+    gateway_cpu_us: float  # the gateway worker's CPU per request
+    redis_cpu_us: float  # the Redis server's CPU per request
+    redis_commands: float  # commands Redis executed per request (scripts count as one)
+    redis_by_command: dict[str, float]
+
+
+def redis_stats(url: str) -> tuple[float, dict[str, int]]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    cpu = client.info("cpu")
+    calls = {
+        name.removeprefix("cmdstat_"): int(stat["calls"])
+        for name, stat in client.info("commandstats").items()
+    }
+    client.close()
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), calls
+
+
+def measure_costs(t: Target, pid: int, redis_url: str, *, stream: bool, seconds: int) -> Costs:
+    cpu0, (rcpu0, calls0) = cpu_s(pid), redis_stats(redis_url)
+    rps = wrk(t, stream=stream, seconds=seconds)
+    cpu1, (rcpu1, calls1) = cpu_s(pid), redis_stats(redis_url)
+    n = max(int(rps * seconds), 1)
+    ignored = {"info", "ping", "client|setinfo", "hello"}
+    by = {
+        c: (calls1[c] - calls0.get(c, 0)) / n
+        for c in calls1
+        if c not in ignored and calls1[c] > calls0.get(c, 0)
+    }
+    return Costs(n, (cpu1 - cpu0) * 1e6 / n, (rcpu1 - rcpu0) * 1e6 / n, sum(by.values()), by)
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and its children (uvicorn forks none with 1 worker)."""
     total = 0
@@ -259,6 +365,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests, shorter runs")
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--no-limits", action="store_true", help="skip the limits on/off rounds")
+    parser.add_argument("--no-workers", action="store_true", help="skip the 1 vs 2 workers run")
+    parser.add_argument(
+        "--server",
+        choices=SERVERS,
+        default="uvicorn",
+        help="serve Tesseract and the ceiling with this ASGI server",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -266,7 +379,7 @@ def main() -> None:
     seconds = 5 if args.quick else 10
 
     work = Path(tempfile.mkdtemp(prefix="tesseract-bench-"))
-    sim_port, gw_port, llm_port = free_port(), free_port(), free_port()
+    sim_port, gw_port, llm_port, ceil_port = free_port(), free_port(), free_port(), free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
     env = bench_env(work, sim_url)
 
@@ -275,15 +388,22 @@ def main() -> None:
         stack.callback(lambda: [p.terminate() for p in procs])
         procs.append(start_simulator(sim_port, env, work))
         key = catalog_and_key(env)
-        gateway = start_gateway(gw_port, env, work / "gateway.log")
+        gateway = start_gateway(gw_port, env, work / "gateway.log", server=args.server)
         procs.append(gateway)
         wait_http(f"{sim_url}/health")
         wait_http(
             f"http://127.0.0.1:{gw_port}/v1/models", headers={"Authorization": f"Bearer {key}"}
         )
 
+        direct_url = f"{sim_url}/d/{DEPLOYMENT}/v1/chat/completions"
+        ceiling = start_ceiling(
+            ceil_port, env, direct_url, work / "ceiling.log", server=args.server
+        )
+        procs.append(ceiling)
+        wait_http(f"http://127.0.0.1:{ceil_port}/", timeout=60)
         targets = [
-            Target("direct", f"{sim_url}/d/{DEPLOYMENT}/v1/chat/completions", {}, BODY),
+            Target("direct", direct_url, {}, BODY),
+            Target("ceiling", f"http://127.0.0.1:{ceil_port}/v1/chat/completions", {}, BODY),
             Target(
                 "tesseract",
                 f"http://127.0.0.1:{gw_port}/v1/chat/completions",
@@ -356,9 +476,50 @@ def main() -> None:
         limits_cost = None
         if not args.no_limits:
             limits_cost = measure_limits(
-                env, targets[1], gateway.pid, work, quick=args.quick, procs=procs
+                env, targets[2], gateway.pid, work, quick=args.quick, procs=procs
             )
-    write(rows, n=n, seconds=seconds, limits_cost=limits_cost)
+        print("measuring the cost of a request ...", flush=True)
+        costs = {
+            (t.name, stream): measure_costs(
+                t, pid, env["REDIS_URL"], stream=stream, seconds=seconds
+            )
+            for t, pid in ((targets[1], ceiling.pid), (targets[2], gateway.pid))
+            for stream in (False, True)
+        }
+        workers = None
+        if not args.no_workers:
+            workers = measure_workers(env, targets[2], work, args.server, seconds, procs)
+    write(rows, n=n, seconds=seconds, limits_cost=limits_cost, workers=workers, costs=costs)
+
+
+def measure_workers(
+    env: dict[str, str],
+    tesseract: Target,
+    work: Path,
+    server: str,
+    seconds: int,
+    procs: list[subprocess.Popen[bytes]],
+) -> dict[int, tuple[float, float]]:
+    """Throughput (non-streamed, streamed; wrk, 32 connections) of one gateway port
+    served by 1 and by 2 worker processes, measured in that order in this run."""
+    out: dict[int, tuple[float, float]] = {}
+    for n in (1, 2):
+        port = free_port()
+        log = work / f"gateway-{n}-workers.log"
+        proc = start_gateway(port, env, log, server=server, workers=n)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        wait_http(url.replace("/chat/completions", "/models"), headers=tesseract.headers)
+        target = Target(f"tesseract ×{n}", url, tesseract.headers, tesseract.body)
+        print(f"measuring {target.name} workers ...", flush=True)
+        wrk(target, stream=False, seconds=2)  # every worker warm
+        out[n] = (
+            wrk(target, stream=False, seconds=seconds),
+            wrk(target, stream=True, seconds=seconds),
+        )
+        proc.terminate()
+        proc.wait(timeout=30)
+    return out
 
 
 def measure_limits(
@@ -394,12 +555,38 @@ def measure_limits(
     )  # fmt: skip
 
 
+def ceiling_ratios(d: dict[str, Any], g: dict[str, Any], c: dict[str, Any]) -> dict[str, float]:
+    """Tesseract against the ceiling proxy of the same run: overhead (over the direct
+    call) as a multiple of the ceiling's, throughput as a share of the ceiling's."""
+    return {
+        "overhead_x": (g["p50_ms"] - d["p50_ms"]) / max(c["p50_ms"] - d["p50_ms"], 1e-3),
+        "ttft_overhead_x": (g["ttft_p50_ms"] - d["ttft_p50_ms"])
+        / max(c["ttft_p50_ms"] - d["ttft_p50_ms"], 1e-3),
+        "throughput": g["rps_c32"] / c["rps_c32"],
+        "throughput_stream": g["rps_c32_stream"] / c["rps_c32_stream"],
+    }
+
+
+def ceiling_lines(d: dict[str, Any], g: dict[str, Any], c: dict[str, Any]) -> list[str]:
+    r = ceiling_ratios(d, g, c)
+    return [
+        f"| ceiling overhead p50 (ceiling − direct) | {c['p50_ms'] - d['p50_ms']:.2f} ms "
+        "| (for orientation) |",
+        f"| overhead p50 vs the ceiling's | {r['overhead_x']:.2f}× | ≤ 2× |",
+        f"| TTFT added p50 vs the ceiling's | {r['ttft_overhead_x']:.2f}× | ≤ 2× |",
+        f"| throughput vs the ceiling, non-streamed | {r['throughput']:.0%} | ≥ 50% |",
+        f"| throughput vs the ceiling, streamed | {r['throughput_stream']:.0%} | ≥ 50% |",
+    ]
+
+
 def write(
     rows: list[dict[str, object]],
     *,
     n: int,
     seconds: int,
     limits_cost: tuple[float, float] | None = None,
+    workers: dict[int, tuple[float, float]] | None = None,
+    costs: dict[tuple[str, bool], Costs] | None = None,
 ) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / "gateway.csv", "w", newline="") as fh:
@@ -407,7 +594,7 @@ def write(
         writer.writeheader()
         writer.writerows(rows)
     by = {r["target"]: r for r in rows}
-    d, g = by["direct"], by["tesseract"]
+    d, g, c = by["direct"], by["tesseract"], by["ceiling"]
     lines = [
         "# Gateway overhead",
         "",
@@ -434,6 +621,7 @@ def write(
         f"| overhead p99 | {g['p99_ms'] - d['p99_ms']:.2f} ms | ≤ 5 ms |",
         f"| TTFT added, p50 | {g['ttft_p50_ms'] - d['ttft_p50_ms']:.2f} ms | ≤ 1 ms |",
         f"| resident memory of the worker after load | {g['rss_mb']:.0f} MB | ≤ 150 MB |",
+        *ceiling_lines(d, g, c),
     ]
     if limits_cost is not None:
         added, lost = limits_cost
@@ -450,6 +638,42 @@ def write(
             f"| throughput vs LiteLLM, non-streamed | {plain:.1f}× | ≥ 20× |",
             f"| throughput vs LiteLLM, streamed | {streamed:.1f}× | ≥ 20× |",
             f"| LiteLLM overhead p50 | {lite['p50_ms'] - d['p50_ms']:.2f} ms | (for orientation) |",
+        ]
+    if costs:
+        lines += [
+            "",
+            f"What a request costs (wrk, 32 connections, {seconds} s; CPU from /proc and "
+            "Redis's INFO; the inputs of bench/results/scale.md):",
+            "",
+            "| target | streamed | gateway CPU µs | Redis CPU µs | Redis commands | by command |",
+            "|---|---|---|---|---|---|",
+        ]
+        for (name, stream), c in costs.items():
+            by = ", ".join(
+                f"{k} {v:.2f}" for k, v in sorted(c.redis_by_command.items()) if v >= 0.01
+            )
+            lines.append(
+                f"| {name} | {'yes' if stream else 'no'} | {c.gateway_cpu_us:.0f} "
+                f"| {c.redis_cpu_us:.1f} | {c.redis_commands:.2f} | {by or '—'} |"
+            )
+        (RESULTS / "gateway_costs.json").write_text(
+            json.dumps(
+                [{"target": n, "stream": st, **vars(c)} for (n, st), c in costs.items()], indent=1
+            )
+            + "\n"
+        )
+    if workers:
+        one, two = workers[1], workers[2]
+        lines += [
+            "",
+            f"One port, 1 and 2 gateway worker processes (wrk, 32 connections, {seconds} s; "
+            f"this machine has {os.cpu_count()} cores, shared with wrk and the simulator):",
+            "",
+            "| workers | req/s | req/s streamed |",
+            "|---|---|---|",
+            f"| 1 | {one[0]:.0f} | {one[1]:.0f} |",
+            f"| 2 | {two[0]:.0f} ({two[0] / one[0]:.2f}×) "
+            f"| {two[1]:.0f} ({two[1] / one[1]:.2f}×) |",
         ]
     (RESULTS / "gateway.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -215,7 +215,7 @@ def worst_case(
 
 
 def month_of(now: datetime) -> str:
-    return f"{now:%Y-%m}"
+    return f"{now.year:04d}-{now.month:02d}"  # strftime costs µs on every admission
 
 
 def month_bounds(month: str) -> tuple[datetime, datetime]:

@@ -78,13 +78,16 @@ class Choice(NamedTuple):
     score: float  # the strategy's own number (lower is better), for explanations
     meets_sla: bool
 
+    def predicted(self) -> dict:
+        """The prediction, rounded for a response (`to_dict()["predicted"]`)."""
+        return {k: _num(v) for k, v in self.prediction._asdict().items()}
+
     def to_dict(self) -> dict:
-        p = self.prediction
         return {
             "backend_id": self.backend_id,
             "model": self.model,
             "region": self.region,
-            "predicted": {k: _num(v) for k, v in p._asdict().items()},
+            "predicted": self.predicted(),
             "price_per_mtok": _num(self.price_per_mtok, 6),
             "cost_usd": _num(self.cost_usd, 9),
             "score": _num(self.score, 9),

@@ -242,17 +242,20 @@ class GatewayApp:
         check_strategy(parsed.strategy)
         call = Call(key=key, parsed=parsed, started=started, trace=scope["tesseract.trace"])
         frames = self.gateway.run(call)
-        # Watch for the client leaving: cancelling the stream cancels the upstream call.
-        stream_task = asyncio.ensure_future(self._relay(frames, send, parsed.stream))
-        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
-        done, _ = await asyncio.wait({stream_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if stream_task in done:
+        # Relay from this task while a watcher cancels it if the client leaves:
+        # cancelling the relay cancels the upstream call. (One task per request, not two
+        # and an asyncio.wait: this runs on every request.)
+        relay = asyncio.current_task()
+        assert relay is not None
+        watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, relay))
+        try:
+            await self._relay(frames, send, parsed.stream)
+        except asyncio.CancelledError:
+            if not watcher.done() or watcher.cancelled():
+                raise  # cancelled from outside (the server shutting down), not the client
+            relay.uncancel()  # the client left: nothing to answer
+        finally:
             watcher.cancel()
-            stream_task.result()  # re-raise a TesseractAPIError raised before the head
-        else:
-            stream_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stream_task
 
     async def _relay(self, frames: Any, send: Send, stream: bool) -> None:
         """Write the gateway's frames as an HTTP response: SSE framing when streaming.
@@ -272,10 +275,11 @@ class GatewayApp:
                             {"type": "http.response.start", "status": 200, "headers": headers}
                         )
                 elif sse:
-                    body = b"data: " + frame + b"\n\n"
+                    body = b"".join([b"data: " + data + b"\n\n" for data in frame])
                     await send({"type": "http.response.body", "body": body, "more_body": True})
                 else:
                     assert head is not None
+                    assert isinstance(frame, bytes)
                     length = (b"content-length", str(len(frame)).encode())
                     await send(
                         {
@@ -399,10 +403,12 @@ class _Response:
         await self.send({"type": "http.response.body", "body": tail})
 
 
-async def _wait_for_disconnect(receive: Receive) -> None:
+async def _cancel_on_disconnect(receive: Receive, relay: asyncio.Task[Any]) -> None:
+    """Cancel `relay` when the client disconnects (its request body is already read)."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
+            relay.cancel()
             return
 
 

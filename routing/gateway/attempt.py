@@ -70,6 +70,11 @@ class Head:
     headers: list[tuple[bytes, bytes]]
 
 
+#: What `Gateway.run` yields (see `routing.gateway.core`): the head, then a whole body
+#: or, streamed, lists of SSE `data:` payloads.
+Frame = Head | bytes | list[bytes]
+
+
 @dataclass
 class Call:
     """One request as the transport hands it over."""
@@ -193,7 +198,7 @@ class Attempt:
             "attempts": self.attempts,
             "timing_ms": {k: round(v, 2) for k, v in t.items()},
             "ttft_ms": None if self.first_at is None else round(self.ttft_ms() or 0.0, 2),
-            "predicted": self.choice.to_dict()["predicted"] if self.choice else None,
+            "predicted": self.choice.predicted() if self.choice else None,
             "sla_met": self.sla_met(t["total"]),
         }
 

@@ -5,8 +5,9 @@ answers (failing over only before the first token, within the deadline, never ou
 the plan, which is policy-filtered), and yields:
 
     Head(status, headers)   once, first
-    bytes                   the JSON body (non-streamed), or one SSE `data:` payload
-                            per chunk (streamed); the transport adds the framing
+    bytes                   the JSON body (non-streamed, or an error's answer)
+    list[bytes]             streamed: the SSE `data:` payloads that arrived together
+                            (a chunk each); the transport adds the framing
 
 The HTTP transport (`app.py`, SSE) and the WebSocket consumer (`ws.py`) both consume
 this generator: one code path. Errors before the head are raised as
@@ -23,9 +24,9 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -46,7 +47,7 @@ from routing.errors import (
 )
 from routing.gateway import affinity, observability
 from routing.gateway.admission import Admission
-from routing.gateway.attempt import Attempt, Call, Head, attempt_budget
+from routing.gateway.attempt import Attempt, Call, Frame, Head, attempt_budget
 from routing.gateway.live import InFlight, WorldHolder
 from routing.gateway.parse import Parsed
 from routing.gateway.upstream import (
@@ -58,11 +59,12 @@ from routing.gateway.upstream import (
     UpstreamRateLimited,
     UpstreamRejected,
     UpstreamTimeout,
-    read_body,
-    sse_events,
+    sse_batches,
 )
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 UPSTREAM_PATHS = {"chat.completions": "/chat/completions", "completions": "/completions"}
 
@@ -335,7 +337,7 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def run(self, call: Call) -> AsyncGenerator[Head | bytes, None]:
+    async def run(self, call: Call) -> AsyncGenerator[Frame, None]:
         if not self.usage.available:  # an attribute read: no round trip on the happy path
             raise metering_unavailable()
         parsed = call.parsed
@@ -441,10 +443,24 @@ class Gateway:
                 self._publish_later(attempt)
 
     async def _send(self, call: Call, attempt: Attempt, timeout_s: float) -> aiohttp.ClientResponse:
+        """The attempt's backend's response, its head read, within `timeout_s`."""
+        return await self._call(self.upstream.open, call, attempt, timeout_s)
+
+    async def _fetch(self, call: Call, attempt: Attempt, timeout_s: float) -> bytes:
+        """The attempt's backend's whole answer, within `timeout_s` (one timer)."""
+        return await self._call(self.upstream.fetch, call, attempt, timeout_s)
+
+    async def _call(
+        self,
+        call_upstream: Callable[..., Awaitable[_T]],
+        call: Call,
+        attempt: Attempt,
+        timeout_s: float,
+    ) -> _T:
         endpoint = attempt.endpoint
         assert endpoint is not None
         try:
-            return await self.upstream.open(
+            return await call_upstream(
                 endpoint.url + UPSTREAM_PATHS[call.parsed.endpoint],
                 self._upstream_body(call.parsed, endpoint),
                 self._upstream_headers(call, endpoint),
@@ -479,13 +495,10 @@ class Gateway:
 
     async def _whole(
         self, call: Call, attempt: Attempt, budget: float
-    ) -> AsyncGenerator[Head | bytes, None]:
+    ) -> AsyncGenerator[Frame, None]:
         """A non-streamed answer, within `budget` seconds (`attempt_budget`)."""
         try:
-            response = await self._send(call, attempt, budget)
-            payload = await read_body(
-                response, timeout_s=max(budget - (time.perf_counter() - attempt.sent_at), 0.001)
-            )
+            payload = await self._fetch(call, attempt, budget)
         except UpstreamRejected as exc:
             for frame in await self._rejected(attempt, exc):
                 yield frame
@@ -509,7 +522,7 @@ class Gateway:
 
     async def _stream(
         self, call: Call, attempt: Attempt, budget: float, deadline: float
-    ) -> AsyncGenerator[Head | bytes, None]:
+    ) -> AsyncGenerator[Frame, None]:
         """A streamed answer: its first token within `budget` seconds (`attempt_budget`),
         then no silence longer than the stall timeout, and the end by `deadline`."""
         try:
@@ -519,23 +532,22 @@ class Gateway:
                 yield frame
             return
         guard = StreamGuard(response)
-        events = sse_events(response, guard)
+        batches = sse_batches(response, guard)
         wait = budget - (time.perf_counter() - attempt.sent_at)
         try:
             async with asyncio.timeout(max(wait, 0.001)):
-                first = await anext(events)
+                first = await anext(batches)
         except TimeoutError as exc:
-            await events.aclose()
+            await batches.aclose()
             raise UpstreamTimeout("no first token in time") from exc
         except StopAsyncIteration as exc:
             raise UpstreamError("the stream ended before the first token") from exc
         attempt.first_at = time.perf_counter()
-        head = _head_decoder.decode(first) if first != b"[DONE]" else _ChunkHead()
+        head = _head_decoder.decode(first[0]) if first[0] != b"[DONE]" else _ChunkHead()
         yield Head(200, attempt.headers(b"text/event-stream", attempt.first_at))
         stall_s = settings.TESSERACT_STALL_TIMEOUT_S
         guard.arm(stall_s=stall_s, deadline_in_s=deadline - time.perf_counter())
 
-        pending: list[bytes] = [] if first == b"[DONE]" else [first]
         usage: _Usage | None = None
         endpoint = attempt.endpoint
         assert endpoint is not None
@@ -543,23 +555,35 @@ class Gateway:
         mapped = endpoint if endpoint.model_field is not None else None
         try:
 
-            async def rest() -> AsyncIterator[bytes]:
-                for item in pending:
-                    yield item
-                async for item in events:
-                    yield item
+            async def rest() -> AsyncIterator[list[bytes]]:
+                yield first
+                async for batch in batches:
+                    yield batch
 
-            async for data in rest():
-                if data == b"[DONE]":
+            done = False
+            async for batch in rest():
+                out: list[bytes] = []
+                for data in batch:
+                    if data == b"[DONE]":
+                        done = True
+                        break
+                    if b'"usage"' in data:
+                        try:
+                            parsed = _usage_decoder.decode(data)
+                        except msgspec.DecodeError:
+                            if out:  # the chunks before the broken one reach the client
+                                yield out
+                            raise
+                        if parsed.usage is not None and not parsed.choices:
+                            usage = parsed.usage
+                            continue  # re-sent below, with the route, if the client asked
+                    if _HAS_TEXT.search(data):  # ~1 token each: the estimate if usage is missing
+                        attempt.counted_chunks += 1
+                    out.append(data if mapped is None else mapped.own_model(data))
+                if out:
+                    yield out
+                if done:
                     break
-                if b'"usage"' in data:
-                    parsed = _usage_decoder.decode(data)
-                    if parsed.usage is not None and not parsed.choices:
-                        usage = parsed.usage
-                        continue  # re-sent below, with the route, if the client asked
-                if _HAS_TEXT.search(data):
-                    attempt.counted_chunks += 1  # ~1 token each: the estimate if usage is missing
-                yield data if mapped is None else mapped.own_model(data)
         except UpstreamError as exc:
             attempt.status = "error"
             attempt.failure = exc
@@ -567,11 +591,11 @@ class Gateway:
             attempt.failure_outcome = health.SLOW if guard.expired == "deadline" else health.FAIL
             end = attempt.done_at = time.perf_counter()
             await self._publish(attempt, end)
-            yield _mid_stream_error(exc, guard, attempt).to_json()
+            yield [_mid_stream_error(exc, guard, attempt).to_json()]
             return
         finally:
             guard.cancel()
-            await events.aclose()
+            await batches.aclose()
         if usage is not None:
             attempt.input_tokens, attempt.output_tokens = (
                 usage.prompt_tokens,
@@ -595,7 +619,7 @@ class Gateway:
                 "completion_tokens": usage.completion_tokens,
                 "total_tokens": usage.prompt_tokens + usage.completion_tokens,
             }
-        yield _encode(final)
+        yield [_encode(final)]
 
 
 def _deadline_s(parsed: Parsed, plan: Plan) -> float:

@@ -132,6 +132,9 @@ class Upstream:
                 ),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
+                # No timer of aiohttp's own per request: every wait on a backend is
+                # bounded by ours (`open`, `fetch`, `StreamGuard`).
+                timeout=aiohttp.ClientTimeout(),
             )
         return self._session
 
@@ -149,14 +152,38 @@ class Upstream:
         connect_timeout_s: float | None = None,
     ) -> aiohttp.ClientResponse:
         """POST and wait for the response head; raise an `UpstreamError` on failure."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._open(url, body, headers, connect_timeout_s)
+        except TimeoutError as exc:  # aiohttp's connect timeout is one too
+            raise UpstreamTimeout(f"no response from {url} in {timeout_s:.1f}s") from exc
+
+    async def fetch(
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        timeout_s: float,
+        connect_timeout_s: float | None = None,
+    ) -> bytes:
+        """POST and read the whole answer: head and body under one timer, not a timer
+        for each (a non-streamed request pays for one)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await self._open(url, body, headers, connect_timeout_s)
+                return await _read(response)
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"no complete answer from {url} in {timeout_s:.1f}s") from exc
+
+    async def _open(
+        self, url: str, body: bytes, headers: dict[str, str], connect_timeout_s: float | None
+    ) -> aiohttp.ClientResponse:
         options: dict[str, Any] = {}
         if connect_timeout_s is not None:  # the provider's; the whole wait is `timeout_s`
             options["timeout"] = aiohttp.ClientTimeout(sock_connect=connect_timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):
-                response = await self.session().post(url, data=body, headers=headers, **options)
-        except TimeoutError as exc:  # aiohttp's connect timeout is one too
-            raise UpstreamTimeout(f"no response from {url} in {timeout_s:.1f}s") from exc
+            response = await self.session().post(url, data=body, headers=headers, **options)
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise UpstreamConnectError(f"{url}: {exc}") from exc
         if response.status == 429:
@@ -182,12 +209,9 @@ async def _read_quietly(response: aiohttp.ClientResponse) -> bytes:
         response.release()
 
 
-async def read_body(response: aiohttp.ClientResponse, *, timeout_s: float) -> bytes:
+async def _read(response: aiohttp.ClientResponse) -> bytes:
     try:
-        async with asyncio.timeout(timeout_s):
-            return await response.read()
-    except TimeoutError as exc:
-        raise UpstreamTimeout(f"body not complete in {timeout_s:.1f}s") from exc
+        return await response.read()
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         raise UpstreamConnectError(str(exc)) from exc
     finally:
@@ -205,7 +229,7 @@ class StreamGuard:
     and frees its slot; `expired` says which ("stall" or "deadline").
 
     One timer per stream, re-armed only when it fires: a chunk costs two clock reads
-    (in `sse_events`), not a timer each. The timer never cancels the task, which may
+    (in `sse_batches`), not a timer each. The timer never cancels the task, which may
     be suspended in the client's transport rather than in the upstream read.
     """
 
@@ -251,10 +275,12 @@ class StreamGuard:
         self._response.close()
 
 
-async def sse_events(
+async def sse_batches(
     response: aiohttp.ClientResponse, guard: StreamGuard | None = None
-) -> AsyncGenerator[bytes, None]:
-    """The `data:` payloads of a server-sent event stream, as raw bytes.
+) -> AsyncGenerator[list[bytes], None]:
+    """The `data:` payloads of a server-sent event stream, as raw bytes, a list per read:
+    the events that arrived together leave together (one write to the client, not one
+    per event). Never an empty list.
 
     With a `guard`, the time spent waiting for each piece is recorded for its stall check.
     """
@@ -272,14 +298,18 @@ async def sse_events(
             if not piece:
                 break
             buffer += piece
-            while True:
-                cut = buffer.find(SSE_SEPARATOR)
-                if cut < 0:
-                    break
-                event, buffer = buffer[:cut], buffer[cut + 2 :]
-                for line in event.split(b"\n"):
-                    if line.startswith(b"data:"):
-                        yield line[5:].strip()
+            cut = buffer.rfind(SSE_SEPARATOR)
+            if cut < 0:
+                continue
+            events, buffer = buffer[:cut], buffer[cut + 2 :]
+            batch = [
+                line[5:].strip()
+                for event in events.split(SSE_SEPARATOR)
+                for line in event.split(b"\n")
+                if line.startswith(b"data:")
+            ]
+            if batch:
+                yield batch
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         raise UpstreamConnectError(str(exc)) from exc
     finally:

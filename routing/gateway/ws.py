@@ -142,7 +142,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 if isinstance(frame, Head):
                     streamed = parsed.stream and frame.status == 200
                     continue
-                await self.send(text_data=frame.decode())
+                for data in frame if isinstance(frame, list) else (frame,):
+                    await self.send(text_data=data.decode())
             if streamed:
                 await self.send(text_data="[DONE]")
         finally:
