@@ -17,7 +17,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from accounts import redis_client
-from backends.models import AIModel, Cluster, Deployment, Provider, Region, RegionLatency
+from backends.models import AIModel, Chip, Cluster, Deployment, Provider, Region, RegionLatency
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,12 @@ def world_changed() -> None:
     transaction.on_commit(publish_world_change)
 
 
+#: Every table `backends.snapshot.load_world` reads.
+CATALOG = (Region, RegionLatency, Chip, Cluster, AIModel, Deployment, Provider)
+
+
 @receiver(post_save)
 @receiver(post_delete)
 def _catalog_changed(sender: type, **kwargs: Any) -> None:
-    if sender in (Region, RegionLatency, Cluster, AIModel, Deployment, Provider):
+    if sender in CATALOG:
         world_changed()

@@ -33,6 +33,7 @@ from django.db import connection  # noqa: E402
 
 from accounts import services  # noqa: E402
 from accounts.models import ApiKey, Organization, User  # noqa: E402
+from billing import partitions  # noqa: E402
 from billing.models import UsageDay, UsageEvent, UsageRollupDay  # noqa: E402
 from billing.tasks import rollup_usage  # noqa: E402
 from dashboards import usage  # noqa: E402
@@ -110,6 +111,8 @@ def _fill(org: Organization, keys: list[ApiKey], rows: int, now: datetime) -> fl
         '[]'::jsonb
     FROM generate_series(%(start)s, %(rows)s - 1) AS g
     """
+    # Every month of the 90 days gets its partition, as the beat task would have made.
+    partitions.ensure(now=now, also=[now - timedelta(days=d) for d in range(0, 91, 15)])
     t0 = time.perf_counter()
     with connection.cursor() as cursor:
         cursor.execute(sql, {"org": org.pk, "now": now, "rows": rows, "start": have})

@@ -4,8 +4,9 @@ The gateway appends one `UsageRecord` per request to a Redis stream before it se
 the last byte of the response (`publish`). A Celery task drains the stream into
 PostgreSQL (`billing.services.usage_events_drain`) through a consumer group:
 
-* the row is keyed by `request_id` (unique), inserted with ON CONFLICT DO NOTHING,
-  so a replayed message changes nothing;
+* the row is keyed by `request_id`: the id is inserted into `UsageRequestId` (its
+  primary key) with ON CONFLICT DO NOTHING, and the event only if the id was new, so
+  a replayed message changes nothing;
 * a message is acknowledged only after its row is committed, so a worker killed
   between reading and committing leaves it pending, and the next drain claims it
   (XAUTOCLAIM) once it has been idle for `CLAIM_IDLE_MS`.

@@ -13,6 +13,26 @@ from accounts.models import ApiKey, Organization
 from accounts.querysets import OrgOwnedQuerySet
 
 
+class UsageRequestId(models.Model):
+    """A request id the usage drain has stored: what keeps usage exactly-once.
+
+    The drain inserts a batch's ids here first (ON CONFLICT DO NOTHING RETURNING) and
+    stores only the events whose ids came back, in the same transaction. The events
+    cannot say it themselves: on PostgreSQL `UsageEvent` is partitioned by month, and a
+    partitioned table's unique constraints must include the partition key, so
+    `request_id` alone cannot be unique there. Unpartitioned and narrow, this table is
+    the one place a request id is unique, on SQLite and PostgreSQL alike.
+    """
+
+    request_id = models.CharField(max_length=64, primary_key=True)
+    created_at = models.DateTimeField(
+        default=timezone.now, help_text="The request's time (its event's created_at)."
+    )
+
+    def __str__(self) -> str:
+        return self.request_id
+
+
 class UsageEvent(models.Model):
     """One completed (or failed) inference request: exactly one row per request id.
 
@@ -21,6 +41,13 @@ class UsageEvent(models.Model):
     changes. `cost_usd` is the provider's price for the tokens; `charge_usd` is ours,
     rated once by the drain (`billing.rating`) so that a later price change never
     rewrites history.
+
+    One row per request id is the drain's promise, kept by `UsageRequestId` (the
+    column is indexed, not unique here). On PostgreSQL the table is partitioned by
+    month of `created_at` (`billing.partitions`): its primary key there is
+    (id, created_at), since a partitioned table's keys must include the partition
+    key. Django still knows `id` alone as the primary key: ids come from one identity
+    sequence, so they stay unique, and the ORM's reads and writes by pk are right.
     """
 
     class Status(models.TextChoices):
@@ -28,7 +55,7 @@ class UsageEvent(models.Model):
         ERROR = "error", "Failed upstream"
         CANCELLED = "cancelled", "Client disconnected"
 
-    request_id = models.CharField(max_length=64, unique=True)
+    request_id = models.CharField(max_length=64, db_index=True)
     org = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="usage_events")
     api_key = models.ForeignKey(
         ApiKey, null=True, on_delete=models.SET_NULL, related_name="usage_events"

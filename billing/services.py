@@ -16,7 +16,7 @@ from django.db.models.constants import OnConflict
 
 from accounts import audit, audit_verify
 from billing import metering, pricebook, rating, rollup
-from billing.models import UsageDeadLetter, UsageEvent
+from billing.models import UsageDeadLetter, UsageEvent, UsageRequestId
 
 logger = logging.getLogger(__name__)
 
@@ -90,32 +90,40 @@ def _route(record: metering.UsageRecord) -> audit.Draft:
 
 
 def _insert_new(rows: list[UsageEvent]) -> list[UsageEvent]:
-    """INSERT … ON CONFLICT (request_id) DO NOTHING RETURNING request_id, as one
-    multi-row statement (Django's UNNEST form on PostgreSQL): the rows this statement
-    inserted, not those whose request id was already stored (by a replay, or by another
-    drain that committed first: PostgreSQL makes the insert wait for it). A record that
-    is twice in the batch is inserted, and returned, once."""
-    if not rows:
+    """Store the rows whose request id was never stored; return them.
+
+    The ids go first into `UsageRequestId` (unpartitioned, the id its primary key):
+    INSERT … ON CONFLICT DO NOTHING RETURNING request_id, one multi-row statement
+    (Django's UNNEST form on PostgreSQL), in the caller's transaction. It returns the
+    ids this statement inserted, not those already stored (by a replay, or by another
+    drain that committed first: PostgreSQL makes the insert wait for it). Only those
+    rows are inserted into the events, which need no unique key of their own (on
+    PostgreSQL they are partitioned by month, where `request_id` alone cannot be
+    unique). A record that is twice in the batch is inserted, and returned, once. The
+    ids are inserted in sorted order, so two drains holding some of the same ids wait
+    for each other instead of deadlocking.
+    """
+    first: dict[str, UsageEvent] = {}
+    for row in rows:
+        first.setdefault(row.request_id, row)
+    if not first:
         return []
-    fields = [f for f in UsageEvent._meta.concrete_fields if not f.primary_key]
-    request_id = UsageEvent._meta.get_field("request_id")
-    manager: Any = UsageEvent.objects
-    ops = connection.ops
-    size = max(ops.bulk_batch_size(fields, rows), 1)
+    ids = [UsageRequestId(request_id=i, created_at=first[i].created_at) for i in sorted(first)]
+    fields = list(UsageRequestId._meta.concrete_fields)
+    request_id = UsageRequestId._meta.get_field("request_id")
+    manager: Any = UsageRequestId.objects
+    size = max(connection.ops.bulk_batch_size(fields, ids), 1)
     inserted: set[str] = set()
-    for start in range(0, len(rows), size):
+    for start in range(0, len(ids), size):
         returned = manager._insert(
-            rows[start : start + size],
+            ids[start : start + size],
             fields=fields,
             returning_fields=[request_id],
             on_conflict=OnConflict.IGNORE,
         )
         inserted.update(r[0] for r in returned if r)
-    new = []
-    for row in rows:
-        if row.request_id in inserted:
-            inserted.discard(row.request_id)
-            new.append(row)
+    new = [row for i, row in first.items() if i in inserted]
+    UsageEvent.objects.bulk_create(new)
     return new
 
 
@@ -218,9 +226,9 @@ def _rate(messages: list[_Message]) -> None:
 def _check(record: metering.UsageRecord) -> None:
     """What the table's CHECK constraints say, checked before inserting.
 
-    The database checks them too, but SQLite's INSERT OR IGNORE (what `bulk_create(...,
-    ignore_conflicts=True)` becomes there) silently skips a row that fails a CHECK, as
-    it does a duplicate: such a record would vanish instead of being dead-lettered.
+    The database checks them too (the events are inserted without ON CONFLICT, so a
+    row that fails one raises, and `_insert` bisects its batch down to it); checked
+    here, such a record is dead-lettered at once, without costing its batch a bisection.
     """
     for name in ("input_tokens", "output_tokens", "attempts"):
         if getattr(record, name) < 0:

@@ -4,7 +4,7 @@ from celery import shared_task
 from django.conf import settings
 
 from accounts import redis_client
-from billing import metering, rollup
+from billing import metering, partitions, rollup
 from billing.services import usage_events_drain
 
 
@@ -29,3 +29,11 @@ def rollup_usage() -> int:
     for day in days:
         rollup.build_day(day)
     return len(days)
+
+
+@shared_task(time_limit=300, ignore_result=True)
+def ensure_usage_partitions() -> int:
+    """Keep the usage table's month partitions ready: the last month, this one and
+    `partitions.MONTHS_AHEAD` more (PostgreSQL; a no-op on SQLite). Returns the rows in
+    the default partition, which no month covers (logged at WARNING). Idempotent."""
+    return partitions.ensure().in_default

@@ -38,6 +38,7 @@ TASK_CONCERNS: dict[str, str] = {
     # Usage, rollups and money.
     "billing.tasks.drain_usage": "billing",
     "billing.tasks.rollup_usage": "billing",
+    "billing.tasks.ensure_usage_partitions": "billing",
     "billing.money_tasks.close_month": "billing",
     "billing.money_tasks.push_invoice": "billing",
     "billing.money_tasks.reconcile_stripe": "billing",
@@ -97,6 +98,13 @@ app.conf.beat_schedule = {
     "drain-usage": {"task": "billing.tasks.drain_usage", "schedule": 1.0},
     # The dashboard's daily rollup, reconciled: days not built yet (today too), dirty days.
     "rollup-usage": {"task": "billing.tasks.rollup_usage", "schedule": 300.0},
+    # PostgreSQL: the usage table's month partitions, months ahead; rows that fell into
+    # the default partition are logged. Hourly: one catalog query when all is in place.
+    "ensure-usage-partitions": {
+        "task": "billing.tasks.ensure_usage_partitions",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    },
     "check-health": {
         "task": "backends.tasks.health.check_health",
         "schedule": float(settings.TESSERACT_HEALTH_INTERVAL_S),

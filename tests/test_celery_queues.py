@@ -32,6 +32,7 @@ def queue_of(task_name: str, kwargs: dict | None = None) -> str:
         ("backends.tasks.placement.run_placement", "celery.placement"),
         ("billing.tasks.drain_usage", "celery.billing"),
         ("billing.tasks.rollup_usage", "celery.billing"),
+        ("billing.tasks.ensure_usage_partitions", "celery.billing"),
         ("billing.money_tasks.close_month", "celery.billing"),
         ("billing.money_tasks.push_invoice", "celery.billing"),
         ("billing.money_tasks.reconcile_stripe", "celery.billing"),

@@ -11,10 +11,14 @@ the slow part):
   latency map: westeurope's to Europe, eastus's to America;
 * the beat probes from both regions, each round on its region's queue, so eastus's
   row is measured by the worker that reads only that queue;
-* an operator's drain reaches both gateways' worlds within a second (measured from the
-  drain's commit to each gateway's `/v1/route` excluding the drained backends; the
-  assertion allows `DRAIN_BOUND_S`, since a loaded machine can hold a process off the
-  CPU that long — the measured times are printed);
+* the four control signals reach both gateways within a second, each through its
+  announcement (the gateways' periodic refreshes are put off for an hour, so only
+  pub/sub can carry them): an operator's drain and a deployment going DOWN make both
+  gateways' plans exclude those backends, a revoked key is refused (401) by both, and a
+  deployment added to the catalog is routable on both, and no longer once removed.
+  Each is measured from the operator's call to the first answer from each gateway
+  that shows it; the assertion allows `SIGNAL_BOUND_S`, since a loaded machine can
+  hold a process off the CPU that long — the measured times are printed;
 * a key's requests-per-minute and an organization's budget are exact across both
   gateways hit at once;
 * every request served is metered exactly once, by the real beat's drain.
@@ -33,11 +37,11 @@ import pytest
 import redis
 from django.conf import settings
 
-from accounts import services
-from accounts.models import User
-from backends import probes
+from accounts import keys, services
+from accounts.models import Organization, User
+from backends import health, probes
 from backends.demo import demo_world_load
-from backends.models import Deployment, LatencyProbe, Region
+from backends.models import AIModel, Deployment, LatencyProbe, Region
 from backends.services import drain_by_slug
 from backends.simulator import create_app
 from backends.world import demo_world
@@ -57,10 +61,20 @@ EIGHT_B = "llama-3.1-8b-instruct"
 ASK = {"model": EIGHT_B, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 ROUTE = {"model": EIGHT_B, "input_tokens": 100, "max_tokens": 4}
 REGIONS = ("westeurope", "eastus")
-#: A drain is announced on commit and applied by each gateway within milliseconds on an
-#: idle machine (`bench/results/control_signals.md`); beside a CPU hog a process can
-#: wait its turn for longer. The printed times are the measurement; this is the alarm.
-DRAIN_BOUND_S = 3.0
+#: A control signal is announced on commit and applied by each gateway within
+#: milliseconds on an idle machine (`bench/results/control_signals.md`); beside a CPU
+#: hog a process can wait its turn for longer. The printed times are the measurement;
+#: this is the alarm.
+SIGNAL_BOUND_S = 3.0
+#: The gateways' periodic refreshes (world, live maps, key cache), put off so that a
+#: change seen within SIGNAL_BOUND_S can only have come through its announcement.
+NO_REFRESH = {
+    "TESSERACT_WORLD_REFRESH_S": "3600",
+    "TESSERACT_LIVE_REFRESH_S": "3600",
+    "TESSERACT_KEY_CACHE_TTL_S": "3600",
+}
+#: a model only the catalog test adds (and removes again)
+NEW_MODEL = "propagation-test-1b"
 BOB_RPM = 7
 BUDGET_USD = Decimal("0.05")
 #: 0.05 $ at 4.48 m$ a request (4 output tokens at 1000 $/Mtok, 12% margin)
@@ -129,14 +143,17 @@ def regions(world) -> Iterator[dict[str, str]]:
         workers.start(beat=True, TESSERACT_GATEWAY_REGION="westeurope")
         # ... eastus: its probes only, as a worker in that region would be started.
         workers.start(queues=["probes.eastus"], TESSERACT_GATEWAY_REGION="eastus")
-        yield {r: workers.start_gateway(TESSERACT_GATEWAY_REGION=r) for r in REGIONS}
+        yield {r: workers.start_gateway(TESSERACT_GATEWAY_REGION=r, **NO_REFRESH) for r in REGIONS}
     finally:
         workers.stop()
 
 
-def plan(url: str, key: str) -> dict:
+def plan(url: str, key: str, model: str = EIGHT_B) -> dict:
     response = httpx.post(
-        f"{url}/v1/route", headers={"Authorization": f"Bearer {key}"}, json=ROUTE, timeout=30
+        f"{url}/v1/route",
+        headers={"Authorization": f"Bearer {key}"},
+        json={**ROUTE, "model": model},
+        timeout=30,
     )
     assert response.status_code == 200, response.text
     return response.json()
@@ -172,27 +189,20 @@ def redis_minute_has(seconds: float) -> None:
     client.close()
 
 
-def drain_seen_after(urls: dict[str, str], key: str, region: str) -> dict[str, float]:
-    """Drain `region`; seconds until each gateway's plan excludes its backends as drained."""
-    drained = set(
-        Deployment.objects.filter(cluster__region__slug=region, model__slug=EIGHT_B).values_list(
-            "slug", flat=True
-        )
-    )
-    assert drained
+def seen_after(
+    urls: dict[str, str], change: Callable[[], object], shows: Callable[[str], bool]
+) -> dict[str, float]:
+    """Make `change`; seconds until each gateway's answers show it (`shows(url)`),
+    every gateway polled at once from its own thread."""
     seen: dict[str, float] = {}
 
     def watch(gateway: str) -> None:
-        def applied() -> bool:
-            codes = {e["backend_id"]: e["code"] for e in plan(urls[gateway], key)["excluded"]}
-            return all(codes.get(slug) == "drained" for slug in drained)
-
-        eventually(applied, timeout_s=60)
+        eventually(lambda: shows(urls[gateway]), timeout_s=60)
         seen[gateway] = time.perf_counter()
 
     watchers = [threading.Thread(target=watch, args=(g,)) for g in urls]
     started = time.perf_counter()
-    drain_by_slug("region", region, drained=True, by="test")
+    change()
     for thread in watchers:
         thread.start()
     for thread in watchers:
@@ -200,11 +210,51 @@ def drain_seen_after(urls: dict[str, str], key: str, region: str) -> dict[str, f
     return {g: round(seen[g] - started, 3) for g in urls if g in seen}
 
 
+def excluded_as(code: str, slugs: set[str], key: str) -> Callable[[str], bool]:
+    """Whether a gateway's plan excludes every one of `slugs` with `code`."""
+
+    def shows(url: str) -> bool:
+        codes = {e["backend_id"]: e["code"] for e in plan(url, key)["excluded"]}
+        return all(codes.get(slug) == code for slug in slugs)
+
+    return shows
+
+
+def primary_for(url: str, key: str, model: str) -> str | None:
+    """The backend a gateway's plan would send `model` to (None: it serves no such model)."""
+    primary = plan(url, key, model)["primary"]
+    return None if primary is None else primary["backend_id"]
+
+
+def models_status(url: str, key: str) -> int:
+    headers = {"Authorization": f"Bearer {key}"}
+    return httpx.get(f"{url}/v1/models", headers=headers, timeout=30).status_code
+
+
+def reached_both(signal: str, took: dict[str, float]) -> None:
+    print(f"{signal}: seen by each gateway after (s): {took}")
+    assert set(took) == set(REGIONS), took
+    assert all(t < SIGNAL_BOUND_S for t in took.values()), took
+
+
+def deployment_added(model_slug: str, like: Deployment) -> Deployment:
+    """What an operator does in the admin to serve a new model: a model row, and a
+    deployment of it on an existing cluster (saved as new from `like`)."""
+    model = AIModel.objects.create(
+        slug=model_slug, name=model_slug, family="test", parameters_b=1, context_length=8192
+    )
+    like.pk = None
+    like.slug = f"{like.cluster.slug}--{model_slug}"
+    like.model = model
+    like.save()
+    return like
+
+
 def served_ids(responses: list[httpx.Response]) -> list[str]:
     return [r.headers["x-request-id"] for r in responses if r.status_code == 200]
 
 
-def test_two_regions_route_probe_drain_limit_and_meter_as_one_service(world, regions):
+def test_two_regions_route_probe_signal_limit_and_meter_as_one_service(world, regions):
     urls = regions
     charlie, bob, alice = world["charlie"], world["bob"], world["alice"]
 
@@ -221,13 +271,70 @@ def test_two_regions_route_probe_drain_limit_and_meter_as_one_service(world, reg
 
     eventually(lambda: probed() == set(REGIONS))
 
-    # A drain reaches both gateways' worlds.
+    # The kill switch: an operator's drain reaches both gateways' worlds.
     drained = primary["westeurope"]["region"]
-    took = drain_seen_after(urls, charlie, drained)
-    print(f"drain of {drained} applied by each gateway after (s): {took}")
-    assert set(took) == set(REGIONS)
-    assert all(t < DRAIN_BOUND_S for t in took.values()), took
+    slugs = set(
+        Deployment.objects.filter(cluster__region__slug=drained, model__slug=EIGHT_B).values_list(
+            "slug", flat=True
+        )
+    )
+    assert slugs
+    took = seen_after(
+        urls,
+        lambda: drain_by_slug("region", drained, drained=True, by="test"),
+        excluded_as("drained", slugs, charlie),
+    )
+    reached_both(f"drain of {drained}", took)
     assert plan(urls["westeurope"], charlie)["primary"]["region"] != drained
+
+    # A health change: the backends each gateway now prefers go DOWN (the health
+    # checks' third failure in a row), and both gateways route around them ...
+    down = {plan(urls[r], charlie)["primary"]["backend_id"] for r in REGIONS}
+    client = redis.Redis.from_url(settings.REDIS_URL)
+
+    def fail_checks() -> None:
+        for slug in down:
+            for _ in range(health.DOWN_AFTER):
+                health.observe(client, slug, health.FAIL, source="check", reason="test")
+
+    reached_both("health DOWN", seen_after(urls, fail_checks, excluded_as("down", down, charlie)))
+    assert not {plan(urls[r], charlie)["primary"]["backend_id"] for r in REGIONS} & down
+    # ... and back, for what follows.
+    for slug in down:
+        health.set_by_operator(client, slug, "healthy", "test over")
+    client.close()
+
+    # A key revocation: a key both gateways have in their caches is refused by both.
+    org = Organization.objects.get(api_keys__lookup=keys.parse_lookup(charlie))
+    doomed = services.api_key_create(org=org, name="doomed")
+    assert all(models_status(url, doomed.plaintext) == 200 for url in urls.values())
+    took = seen_after(
+        urls,
+        lambda: services.api_key_revoke(api_key=doomed.api_key, reason="test"),
+        lambda url: models_status(url, doomed.plaintext) == 401,
+    )
+    reached_both("key revocation", took)
+
+    # A catalog change: a deployment of a new model becomes routable on both gateways,
+    # and stops being routable on both once it is removed.
+    assert all(primary_for(url, charlie, NEW_MODEL) is None for url in urls.values())
+    like = (
+        Deployment.objects.filter(model__slug=EIGHT_B, loaded=True).exclude(slug__in=slugs).first()
+    )
+    assert like is not None
+    added: list[Deployment] = []
+    took = seen_after(
+        urls,
+        lambda: added.append(deployment_added(NEW_MODEL, like)),
+        lambda url: primary_for(url, charlie, NEW_MODEL) == added[0].slug,
+    )
+    reached_both("deployment added", took)
+    took = seen_after(
+        urls,
+        lambda: added[0].delete(),
+        lambda url: primary_for(url, charlie, NEW_MODEL) is None,
+    )
+    reached_both("deployment removed", took)
 
     # Bob's key: exactly its requests per minute, across both gateways at once.
     redis_minute_has(40)
