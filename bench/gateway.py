@@ -309,27 +309,33 @@ class Costs:
     requests: int
     gateway_cpu_us: float  # the gateway worker's CPU per request
     redis_cpu_us: float  # the Redis server's CPU per request
-    redis_commands: float  # commands Redis executed per request (scripts count as one)
+    redis_commands: float  # commands Redis executed per request (scripts' inner ones too)
     redis_by_command: dict[str, float]
+    #: Redis's µs per request in the top-level commands the gateway sends (a script's
+    #: time includes its inner commands'): which work lands on which shard
+    redis_us_by_command: dict[str, float]
 
 
-def redis_stats(url: str) -> tuple[float, dict[str, int]]:
+TOP_LEVEL = ("evalsha", "xadd", "time", "hset", "hgetall", "get", "set")
+
+
+def redis_stats(url: str) -> tuple[float, dict[str, int], dict[str, int]]:
+    """Redis's CPU seconds, and calls and µs by command, so far."""
     import redis
 
     client = redis.Redis.from_url(url)
     cpu = client.info("cpu")
-    calls = {
-        name.removeprefix("cmdstat_"): int(stat["calls"])
-        for name, stat in client.info("commandstats").items()
-    }
+    stats = {k.removeprefix("cmdstat_"): v for k, v in client.info("commandstats").items()}
     client.close()
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), calls
+    calls = {name: int(stat["calls"]) for name, stat in stats.items()}
+    usec = {name: int(stat["usec"]) for name, stat in stats.items()}
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), calls, usec
 
 
 def measure_costs(t: Target, pid: int, redis_url: str, *, stream: bool, seconds: int) -> Costs:
-    cpu0, (rcpu0, calls0) = cpu_s(pid), redis_stats(redis_url)
+    cpu0, (rcpu0, calls0, usec0) = cpu_s(pid), redis_stats(redis_url)
     rps = wrk(t, stream=stream, seconds=seconds)
-    cpu1, (rcpu1, calls1) = cpu_s(pid), redis_stats(redis_url)
+    cpu1, (rcpu1, calls1, usec1) = cpu_s(pid), redis_stats(redis_url)
     n = max(int(rps * seconds), 1)
     ignored = {"info", "ping", "client|setinfo", "hello"}
     by = {
@@ -337,7 +343,9 @@ def measure_costs(t: Target, pid: int, redis_url: str, *, stream: bool, seconds:
         for c in calls1
         if c not in ignored and calls1[c] > calls0.get(c, 0)
     }
-    return Costs(n, (cpu1 - cpu0) * 1e6 / n, (rcpu1 - rcpu0) * 1e6 / n, sum(by.values()), by)
+    us = {c: (usec1[c] - usec0.get(c, 0)) / n for c in TOP_LEVEL if c in usec1}
+    rcpu = (rcpu1 - rcpu0) * 1e6 / n
+    return Costs(n, (cpu1 - cpu0) * 1e6 / n, rcpu, sum(by.values()), by, us)
 
 
 def rss_mb(pid: int) -> float:
@@ -645,8 +653,9 @@ def write(
             f"What a request costs (wrk, 32 connections, {seconds} s; CPU from /proc and "
             "Redis's INFO; the inputs of bench/results/scale.md):",
             "",
-            "| target | streamed | gateway CPU µs | Redis CPU µs | Redis commands | by command |",
-            "|---|---|---|---|---|---|",
+            "| target | streamed | gateway CPU µs | Redis CPU µs | Redis µs in scripts "
+            "| Redis µs in XADD | Redis commands | by command |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for (name, stream), c in costs.items():
             by = ", ".join(
@@ -654,7 +663,9 @@ def write(
             )
             lines.append(
                 f"| {name} | {'yes' if stream else 'no'} | {c.gateway_cpu_us:.0f} "
-                f"| {c.redis_cpu_us:.1f} | {c.redis_commands:.2f} | {by or '—'} |"
+                f"| {c.redis_cpu_us:.1f} | {c.redis_us_by_command.get('evalsha', 0):.1f} "
+                f"| {c.redis_us_by_command.get('xadd', 0):.1f} "
+                f"| {c.redis_commands:.2f} | {by or '—'} |"
             )
         (RESULTS / "gateway_costs.json").write_text(
             json.dumps(
