@@ -314,28 +314,32 @@ class Costs:
     #: Redis's µs per request in the top-level commands the gateway sends (a script's
     #: time includes its inner commands'): which work lands on which shard
     redis_us_by_command: dict[str, float]
+    redis_bytes_in: float  # bytes Redis received per request (commands, records)
+    redis_bytes_out: float  # and sent (replies)
 
 
 TOP_LEVEL = ("evalsha", "xadd", "time", "hset", "hgetall", "get", "set")
 
 
-def redis_stats(url: str) -> tuple[float, dict[str, int], dict[str, int]]:
-    """Redis's CPU seconds, and calls and µs by command, so far."""
+def redis_stats(url: str) -> tuple[float, dict[str, int], dict[str, int], tuple[int, int]]:
+    """Redis's CPU seconds, calls and µs by command, and bytes in and out, so far."""
     import redis
 
     client = redis.Redis.from_url(url)
     cpu = client.info("cpu")
+    net = client.info("stats")
     stats = {k.removeprefix("cmdstat_"): v for k, v in client.info("commandstats").items()}
     client.close()
     calls = {name: int(stat["calls"]) for name, stat in stats.items()}
     usec = {name: int(stat["usec"]) for name, stat in stats.items()}
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), calls, usec
+    io = (int(net["total_net_input_bytes"]), int(net["total_net_output_bytes"]))
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), calls, usec, io
 
 
 def measure_costs(t: Target, pid: int, redis_url: str, *, stream: bool, seconds: int) -> Costs:
-    cpu0, (rcpu0, calls0, usec0) = cpu_s(pid), redis_stats(redis_url)
+    cpu0, (rcpu0, calls0, usec0, io0) = cpu_s(pid), redis_stats(redis_url)
     rps = wrk(t, stream=stream, seconds=seconds)
-    cpu1, (rcpu1, calls1, usec1) = cpu_s(pid), redis_stats(redis_url)
+    cpu1, (rcpu1, calls1, usec1, io1) = cpu_s(pid), redis_stats(redis_url)
     n = max(int(rps * seconds), 1)
     ignored = {"info", "ping", "client|setinfo", "hello"}
     by = {
@@ -345,7 +349,8 @@ def measure_costs(t: Target, pid: int, redis_url: str, *, stream: bool, seconds:
     }
     us = {c: (usec1[c] - usec0.get(c, 0)) / n for c in TOP_LEVEL if c in usec1}
     rcpu = (rcpu1 - rcpu0) * 1e6 / n
-    return Costs(n, (cpu1 - cpu0) * 1e6 / n, rcpu, sum(by.values()), by, us)
+    bytes_in, bytes_out = ((b - a) / n for a, b in zip(io0, io1, strict=True))
+    return Costs(n, (cpu1 - cpu0) * 1e6 / n, rcpu, sum(by.values()), by, us, bytes_in, bytes_out)
 
 
 def rss_mb(pid: int) -> float:
@@ -654,8 +659,8 @@ def write(
             "Redis's INFO; the inputs of bench/results/scale.md):",
             "",
             "| target | streamed | gateway CPU µs | Redis CPU µs | Redis µs in scripts "
-            "| Redis µs in XADD | Redis commands | by command |",
-            "|---|---|---|---|---|---|---|---|",
+            "| Redis µs in XADD | Redis bytes in / out | Redis commands | by command |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for (name, stream), c in costs.items():
             by = ", ".join(
@@ -665,6 +670,7 @@ def write(
                 f"| {name} | {'yes' if stream else 'no'} | {c.gateway_cpu_us:.0f} "
                 f"| {c.redis_cpu_us:.1f} | {c.redis_us_by_command.get('evalsha', 0):.1f} "
                 f"| {c.redis_us_by_command.get('xadd', 0):.1f} "
+                f"| {c.redis_bytes_in:.0f} / {c.redis_bytes_out:.0f} "
                 f"| {c.redis_commands:.2f} | {by or '—'} |"
             )
         (RESULTS / "gateway_costs.json").write_text(
