@@ -1,27 +1,49 @@
 """The usage drain's sustained rows per second into PostgreSQL.
 
     DATABASE_URL=postgres://... REDIS_URL=redis://... python -m bench.drain \
-        [--records 20000] [--rounds 3] [--batch 500] [--name drain]
+        [--records 20000] [--rounds 3] [--batch 500] [--drains 1] [--orgs 3] \
+        [--name drain] [--note TEXT]
 
 Each round appends `--records` synthetic usage records to a fresh Redis stream (three
-organizations, alice, bob and charlie, with three keys each; six models, eight regions,
-~2% errors, routing constraints, backend policy, a small plan), then times the real
-drain (`billing.services.usage_events_drain`: pricing, the rows, the audit chains,
+organizations, alice, bob and charlie, taking turns record by record, with three keys
+each, or alice alone with `--orgs 1`; six models, eight regions, ~2% errors, routing
+constraints, backend policy, a small plan), then times the real drain
+(`billing.services.usage_events_drain`: pricing, the rows, the audit chains,
 acknowledgement, trimming) until the stream is empty. Only the drain is timed, not
 the publishing. Reports each round and the median rows/s; appends a line to
 `bench/results/<name>.md`. The rows it stores stay (request ids are unique per run),
 so rounds run against a table that grows, as production's does.
+
+`--grouped` writes the records in runs of `--batch` per organization, so that a
+batch holds about one organization rather than all of them.
+
+`--drains N` (N > 1) forks N drain processes, each with its own database connection,
+Redis client and consumer name, sharing the stream through the consumer group as
+production's drains do; the time runs from releasing them together until the last
+one finds the stream empty, and the rate is the total over that time. It is what
+issue 14's capacity model asks: how far more drains go, and what one organization's
+audit chain allows (each batch locks the chain of every organization in it, from
+its audit append until its commit, so batches of the same organizations serialise
+there whatever the number of drains).
+
+After each round every request id of the run must be stored exactly once — one
+event, one id row, one audit entry each — and the drains' own counts must add up to
+the records: anything else stops the benchmark with an error, so a lost or doubled
+record cannot pass for a faster drain.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import random
 import statistics
 import time
 import uuid
 from datetime import UTC, datetime
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import django
@@ -32,11 +54,13 @@ django.setup()
 import redis  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
+from django.db.models import Count  # noqa: E402
 
+from accounts.audit import AuditEntry  # noqa: E402
 from bench.dashboard_queries import MODELS, REGIONS, _org  # noqa: E402
 from billing import metering  # noqa: E402
 from billing import services as billing_services  # noqa: E402
-from billing.models import UsageEvent  # noqa: E402
+from billing.models import UsageDeadLetter, UsageEvent, UsageRequestId  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 TENANTS = ("alice", "bob", "charlie")
@@ -96,11 +120,107 @@ def _publish(client: redis.Redis, records: list[bytes]) -> None:
         pipe.execute()
 
 
+def _drain_until_empty(client: redis.Redis, consumer: str, batch: int) -> int:
+    """Run the real drain until it finds nothing left for it; return the rows it stored."""
+    stored = 0
+    while done := billing_services.usage_events_drain(
+        client=client, consumer=consumer, batch=batch, max_batches=10_000
+    ):
+        stored += done
+    return stored
+
+
+def _drain_process(
+    stream: str, consumer: str, batch: int, start: Barrier, results: Queue[tuple[str, int | str]]
+) -> None:
+    """One forked drain: its own Redis client and (Django opens it anew after the fork,
+    the parent's having been closed before) its own database connection. Reports the
+    rows it stored, or its error, so the parent never waits on a dead drain."""
+    metering.STREAM = stream
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    connection.ensure_connection()  # connect before the clock starts
+    start.wait()
+    try:
+        results.put((consumer, _drain_until_empty(client, consumer, batch)))
+    except Exception as exc:
+        results.put((consumer, f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        connection.close()
+
+
+def _drain_parallel(drains: int, batch: int) -> tuple[float, dict[str, int]]:
+    """Fork `drains` drain processes on the current stream, release them together;
+    return the seconds until the last one is done and what each stored."""
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(drains + 1)
+    results: Queue[tuple[str, int | str]] = context.Queue()
+    connection.close()  # no child may share the parent's socket
+    procs = [
+        context.Process(
+            target=_drain_process,
+            args=(metering.STREAM, f"bench-{i}", batch, start, results),
+        )
+        for i in range(drains)
+    ]
+    for p in procs:
+        p.start()
+    start.wait(timeout=120)
+    t0 = time.perf_counter()
+    reports = dict(results.get(timeout=3600) for _ in procs)
+    seconds = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    counts = {c: n for c, n in reports.items() if isinstance(n, int)}
+    if len(counts) != drains or any(p.exitcode for p in procs):
+        raise SystemExit(f"a drain process failed: {reports}")
+    return seconds, counts
+
+
+def _verify(ids: list[str], counted: int) -> None:
+    """Every id stored exactly once, in the events, the id table and the audit log."""
+    problems = []
+    if counted != len(ids):
+        problems.append(f"the drains counted {counted} rows for {len(ids)} records")
+    for name, manager in (
+        ("events", UsageEvent.objects),
+        ("request ids", UsageRequestId.objects),
+        ("audit entries", AuditEntry.objects),
+    ):
+        per_id = dict(
+            manager.filter(request_id__in=ids)
+            .values_list("request_id")
+            .annotate(n=Count("*"))
+            .values_list("request_id", "n")
+        )
+        missing = len(ids) - len(per_id)
+        doubled = sum(1 for n in per_id.values() if n != 1)
+        if missing or doubled:
+            problems.append(f"{name}: {missing} ids missing, {doubled} stored more than once")
+    dead = UsageDeadLetter.objects.filter(stream=metering.STREAM).count()
+    if dead:
+        problems.append(f"{dead} records dead-lettered")
+    if problems:
+        raise SystemExit("not stored exactly once: " + "; ".join(problems))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument(
+        "--drains", type=int, default=1, help="Drain processes sharing the stream (forked if > 1)."
+    )
+    parser.add_argument(
+        "--orgs", type=int, choices=(1, 3), default=3, help="Organizations the records come from."
+    )
+    parser.add_argument(
+        "--grouped",
+        action="store_true",
+        help="Records in runs of --batch per organization (a batch holds about one) "
+        "instead of taking turns record by record (every batch holds all of them).",
+    )
     parser.add_argument("--name", default="drain")
     parser.add_argument("--note", default="", help="What this run measures (the code's state).")
     args = parser.parse_args()
@@ -109,7 +229,7 @@ def main() -> None:
     client = redis.Redis.from_url(settings.REDIS_URL)
     tenants = [
         (org.pk, [k.pk for k in keys])
-        for org, keys in (_org(f"bench-drain-{name}") for name in TENANTS)
+        for org, keys in (_org(f"bench-drain-{name}") for name in TENANTS[: args.orgs])
     ]
     rng = random.Random(14)
     rates: list[float] = []
@@ -120,28 +240,36 @@ def main() -> None:
         try:
             records = []
             for n in range(args.records):
-                org_id, keys = tenants[n % len(tenants)]
+                turn = n // args.batch if args.grouped else n
+                org_id, keys = tenants[turn % len(tenants)]
                 records.append(_record(rng, org_id, keys[n % len(keys)], run, n))
             _publish(client, records)
-            t0 = time.perf_counter()
-            stored = 0
-            while True:
-                done = billing_services.usage_events_drain(
-                    client=client, consumer="bench", batch=args.batch, max_batches=10_000
-                )
-                stored += done
-                if not done:
-                    break
-            seconds = time.perf_counter() - t0
+            if args.drains > 1:
+                seconds, counts = _drain_parallel(args.drains, args.batch)
+            else:
+                t0 = time.perf_counter()
+                counts = {"bench": _drain_until_empty(client, "bench", args.batch)}
+                seconds = time.perf_counter() - t0
+            left = client.xlen(metering.STREAM)
+            pending = client.xpending(metering.STREAM, metering.GROUP)["pending"]
+            if left or pending:
+                raise SystemExit(f"the stream is not drained: {left} entries, {pending} pending")
+            _verify([f"bench-drain-{run}-{n}" for n in range(args.records)], sum(counts.values()))
         finally:
             client.delete(metering.STREAM)
-        if stored != args.records:
-            raise SystemExit(f"stored {stored} of {args.records} records: see the dead letters")
-        rates.append(stored / seconds)
-        print(f"round {round_no + 1}: {stored} rows in {seconds:.2f} s = {rates[-1]:,.0f} rows/s")
+        rates.append(args.records / seconds)
+        split = " + ".join(f"{n:,}" for n in counts.values())
+        print(
+            f"round {round_no + 1}: {args.records} rows ({split}) in {seconds:.2f} s"
+            f" = {rates[-1]:,.0f} rows/s"
+        )
     median = statistics.median(rates)
+    code = args.note or "-"
+    if (args.drains, args.orgs, args.grouped) != (1, 3, False):
+        grouped = ", grouped" if args.grouped else ""
+        code += f" [{args.drains} drain(s), {args.orgs} org(s){grouped}]"
     line = (
-        f"| {datetime.now(UTC):%Y-%m-%d %H:%M} | {args.note or '-'} | {args.records:,} × "
+        f"| {datetime.now(UTC):%Y-%m-%d %H:%M} | {code} | {args.records:,} × "
         f"{args.rounds} | {args.batch} | {before:,} | "
         + ", ".join(f"{r:,.0f}" for r in rates)
         + f" | **{median:,.0f}** |"
