@@ -249,7 +249,7 @@ TESSERACT_LIMITS = env_bool("TESSERACT_LIMITS", True)
 TESSERACT_WS_AUTH_TIMEOUT_S = env_int("TESSERACT_WS_AUTH_TIMEOUT_S", 5, minimum=1)
 
 #: How often a gateway re-reads the catalog without being told of a change (seconds).
-TESSERACT_WORLD_REFRESH_S = env_int("TESSERACT_WORLD_REFRESH_S", 5, minimum=1)
+TESSERACT_WORLD_REFRESH_S = env_int("TESSERACT_WORLD_REFRESH_S", 30, minimum=1)
 #: ... and the live maps in Redis, at the latest (changes are announced at once).
 TESSERACT_LIVE_REFRESH_S = env_int("TESSERACT_LIVE_REFRESH_S", 1, minimum=1)
 #: A request without max_latency_ms must finish within this (seconds).
