@@ -144,7 +144,7 @@ class Seed(Strategy):
 
 class FastestFeasible(Strategy):
     """A strong simple rule: among the candidates predicted to meet the SLA, the one
-    predicted to finish first, queue included (nothing else: no tie band, no reserve).
+    predicted to finish first, queue included (nothing else: no band, no distance).
     With no such candidate (a late request) the fastest predicted finish overall."""
 
     name = "fastest_feasible"
