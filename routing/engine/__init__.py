@@ -42,34 +42,23 @@ from .plan import (
 from .router import route
 from .strategies import (
     BASELINES,
-    CONTENTION_FROM,
     DEFAULT_STRATEGY,
-    RESERVE_BY_PRIORITY,
-    SAFETY_SHARE,
+    FINISH_BAND_SHARE,
     STRATEGIES,
-    TIE_MS,
-    TIE_SHARE,
-    TIE_SHARE_CONTENDED,
     Strategy,
     get_strategy,
-    tie_band_ms,
 )
 
 __all__ = [
     "BASELINES",
-    "CONTENTION_FROM",
     "DEFAULT_STRATEGY",
     "DEGRADED_FACTOR",
+    "FINISH_BAND_SHARE",
     "OUTAGE_CODES",
     "OUT_COOLING",
     "OUT_PROVIDER",
     "POLICY_CODES",
-    "RESERVE_BY_PRIORITY",
-    "SAFETY_SHARE",
     "STRATEGIES",
-    "TIE_MS",
-    "TIE_SHARE",
-    "TIE_SHARE_CONTENDED",
     "Backend",
     "Choice",
     "Decision",
@@ -92,5 +81,4 @@ __all__ = [
     "great_circle_km",
     "physical_rtt_floor_ms",
     "route",
-    "tie_band_ms",
 ]

@@ -43,7 +43,6 @@ class Decision:
         "price",
         "queue",
         "request",
-        "reserved",
         "rtt",
         "total",
         "ttft",
@@ -54,7 +53,6 @@ class Decision:
         self.idx = idx
         self.model = idx.model
         (self.rtt, reach, rtt0), self.client = _client_rtt(snapshot, r, idx)
-        self.reserved = None
         self.need = 4  # how many ranked candidates the plan will use
         self.late = False  # ranking for a relaxed deadline: the SLA is already lost
 

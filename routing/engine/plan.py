@@ -15,7 +15,6 @@ Reason codes (machine-readable, stable; `Exclusion.code`, `Infeasibility.code`):
     unreachable       no RTT known from the client to the backend's region
     sla_ttft          predicted TTFT above max_ttft_ms
     sla_latency       predicted end-to-end latency above max_latency_ms
-    reserved          (deadline) keeps its last free slots for higher priorities
     outranked         feasible, but the strategy preferred others
 
 An infeasible plan's code says whose move it is. A policy code (`POLICY_CODES`) or an

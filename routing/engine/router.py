@@ -203,24 +203,14 @@ def _residency_text(b, r: Request) -> str:
 
 def _explain(d: Decision, t_ok, l_ok, chosen=(), scored=None) -> tuple[Exclusion, ...]:
     chosen = set(chosen)
-    reserved: set[int] = set(d.reserved.tolist()) if d.reserved is not None else set()
     out = []
     for i, bid in enumerate(d.idx.ids):
         if i in chosen:
             continue
         fail = _first_failure(d, i, t_ok, l_ok)
         if fail is None:
-            if i in reserved:
-                fail = ("reserved", (
-                    f"reserved: predicted total {d.total[i]:.0f} ms, but its last free slots are "
-                    f"kept for priority > {d.request.priority}"
-                ))  # fmt: skip
-            else:
-                s = (scored or {}).get(i, math.nan)
-                fail = (
-                    "outranked",
-                    f"outranked: predicted total {d.total[i]:.0f} ms, score {s:.4g}",
-                )
+            s = (scored or {}).get(i, math.nan)
+            fail = ("outranked", f"outranked: predicted total {d.total[i]:.0f} ms, score {s:.4g}")
         out.append(Exclusion(bid, *fail))
     return tuple(out)
 

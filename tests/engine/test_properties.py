@@ -13,14 +13,13 @@ from hypothesis import strategies as st
 
 from routing.engine import (
     DEGRADED_FACTOR,
-    RESERVE_BY_PRIORITY,
+    FINISH_BAND_SHARE,
     STRATEGIES,
     Health,
     Profile,
     Request,
     get_strategy,
     route,
-    tie_band_ms,
 )
 from tests.engine.mini_world import COORDS, make_backend, make_snapshot
 
@@ -168,26 +167,35 @@ def test_the_plan_is_feasible_whenever_any_candidate_is(snap, req, name):
             assert c.meets_sla
 
 
-def reserved(b, r: Request) -> bool:
-    s = b.state
-    free = max(b.concurrency_slots - s.in_flight - s.queued, 0)
-    return free - 1 < RESERVE_BY_PRIORITY[r.priority] * b.concurrency_slots
+def decode_ms(b, r: Request) -> float:
+    speed = b.state.observed_decode_tokens_per_s or b.profile.decode_tokens_per_s
+    return r.max_output_tokens * 1000.0 / speed
 
 
 @SETTINGS
 @given(worlds(), requests)
-def test_deadline_finishes_within_the_widest_tie_band_of_the_fastest_open_candidate(snap, req):
+def test_deadline_takes_the_nearest_backend_that_meets_the_deadline_within_the_decode_band(
+    snap, req
+):
     plan = route(snap, req, get_strategy("deadline"))
-    if plan.status != "ok" or req.prefer_cost_over_latency:
+    deadline = req.max_ttft_ms if req.max_ttft_ms is not None else req.max_latency_ms
+    if plan.status != "ok" or req.prefer_cost_over_latency or deadline is None:
         return
     feasible = [
         b
         for b in snap.backends
-        if allowed_by_policy(b, req, req.model) and meets(b, req, snap, 0.0)
+        if allowed_by_policy(b, req, req.model) and meets(b, req, snap, -1e-9)
     ]
-    open_ = [b for b in feasible if not reserved(b, req)] or feasible
-    best = min(predicted(b, req, snap)[1] for b in open_)
-    assert plan.primary.prediction.total_ms <= best + tie_band_ms(req, busy=1.0) + 1.0 + 1e-6
+    if not feasible:
+        return
+    quickest = min(decode_ms(b, req) for b in feasible)
+    in_band = [b for b in feasible if decode_ms(b, req) <= quickest + FINISH_BAND_SHARE * deadline]
+    rtt = (
+        (lambda b: 0.0)
+        if req.client_region is None
+        else (lambda b: snap.latency.rtt_ms(req.client_region, b.region))
+    )
+    assert plan.primary.prediction.rtt_ms <= min(rtt(b) for b in in_band) + 1e-6
 
 
 @SETTINGS

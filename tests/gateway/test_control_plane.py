@@ -201,6 +201,7 @@ def test_affinity_keeps_a_session_on_its_deployment_until_its_deadline_would_bre
 
     session = {
         **ASK,
+        "max_tokens": 64,
         "tesseract": {"session_id": "conv-1", "client_region": "westeurope", "max_ttft_ms": 400},
     }
     first = chat(mesh, api_key, session).json()["tesseract"]["route"]["backend"]
@@ -208,10 +209,18 @@ def test_affinity_keeps_a_session_on_its_deployment_until_its_deadline_would_bre
     prefill_ms = plan(mesh, api_key, session)["primary"]["predicted"]["prefill_ms"]
     profile_ms = Deployment.objects.get(slug=first).ttft_ms
 
-    def slow_to(ms: float) -> None:  # observed TTFT scales the predicted prefill
-        livestate.deployment_update(client, first, observed_ttft_ms=profile_ms * ms / prefill_ms)
+    decode_tps = Deployment.objects.get(slug=first).decode_tokens_per_s
 
-    # It slows down: a fresh request would now go elsewhere; the session stays.
+    def slow_to(ms: float) -> None:  # observed TTFT scales the predicted prefill
+        livestate.deployment_update(
+            client,
+            first,
+            observed_ttft_ms=profile_ms * ms / prefill_ms,
+            observed_decode_tps=decode_tps / 4,  # 64 tokens: ~660 ms more than elsewhere
+        )
+
+    # It slows down, still in time: a fresh request would now go to a backend that
+    # streams its answer faster (`deadline`'s decode band); the session stays.
     slow_to(200)
     stateless = {**session, "tesseract": {**session["tesseract"], "session_id": None}}
     eventually(lambda: plan(mesh, api_key, stateless)["primary"]["backend_id"] != first)
