@@ -22,7 +22,9 @@ apply to the connections to the data nodes in every form. A Sentinel URL may car
 slot (hash tags: `{org:N}` for limits and budgets, `{health}` for the health state
 machine; the rest are single-key), which `tests/test_redis_cluster.py` checks against
 a real three-master cluster. Pipelines without a transaction are split per node by
-redis-py (EVALSHA is queued raw there: `queue_evalsha`). Pub/sub works as on one
+redis-py (the hot path's, `accounts.autopipe.ClientPipe`, queues EVALSHA raw: redis-py's
+cluster pipeline blocks its `evalsha` method but routes the raw command by its keys,
+which ours always keep in one slot). Pub/sub works as on one
 server: redis-py 8's cluster clients, sync and asyncio, subscribe through one node
 (chosen by the channel's slot), and a classic PUBLISH reaches every node of the
 cluster; the asyncio client must load its slot map first (`pubsub_async`). Celery's
@@ -34,7 +36,6 @@ Sentinel URL for them and refuse a Cluster one (settings: `REDIS_BROKER_URL`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -174,16 +175,6 @@ def _c_packing_connection() -> type:
             return packer.pack(*args)
 
     return CPackingConnection
-
-
-def queue_evalsha(pipe: Any, sha: str, keys: Sequence[str], args: Sequence[Any]) -> None:
-    """Queue EVALSHA on a pipeline, one server's or a cluster's.
-
-    redis-py's cluster pipeline blocks its `evalsha` method (it cannot know in general
-    that a script's keys share a slot) but routes the raw command by its keys, which
-    ours always do (one hash tag per script call). On one server this is exactly what
-    `Pipeline.evalsha` sends."""
-    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
 
 async def pubsub_async(client: Any, **options: Any) -> Any:

@@ -18,11 +18,12 @@ the same contention on a shared machine; the report quotes the medians over roun
     the delta is what counts).
 and, in this process, the admission itself against the same Redis, in alternating
 rounds: the median time of an admission alone (c=1) and of each of 32 concurrent ones
-(wall time / 32: what each costs the event loop), by the path as shipped (hiredis
-parser, auto-pipelined) and the path before (pure-Python parser, one EVALSHA per call),
-next to a bare PING (the loopback round trip an admission cannot beat); and a usage
-XADD pipeline with and without the settle script in it. These are what limits add to a
-request, measured without the HTTP stack whose noise dominates on a loaded machine.
+(wall time / 32: what each costs the event loop), by the path as shipped (one
+auto-pipelined connection, `accounts.autopipe`), redis-py's paths before it, and
+Cluster's (a redis-py pipeline per turn), next to a bare PING (the loopback round trip
+an admission cannot beat); and a usage XADD with and without the settle script beside
+it. These are what limits add to a request, measured without the HTTP stack whose
+noise dominates on a loaded machine.
 `make bench-gateway` runs the same on/off comparison (`compare`) in its own run, beside
 its other targets. `--in-process-only` runs only the in-process part (prints it).
 Results: bench/results/limits.md.
@@ -213,10 +214,10 @@ def compare(
 
 #: The admission paths compared in process: how replies are parsed × how calls are sent.
 PATHS = {
-    "before: pure-Python parser, one EVALSHA per call": ("python", False),
-    "hiredis parser, one EVALSHA per call": ("hiredis", False),
-    "pure-Python parser, auto-pipelined": ("python", True),
-    "after: hiredis parser, auto-pipelined (as shipped)": ("hiredis", True),
+    "before: redis-py, pure-Python parser, one EVALSHA per call": ("python", "alone"),
+    "redis-py, hiredis parser, one EVALSHA per call": ("hiredis", "alone"),
+    "redis-py, hiredis parser, a pipeline per turn (Cluster's path)": ("hiredis", "client"),
+    "after: one auto-pipelined connection (accounts.autopipe, as shipped)": ("hiredis", "auto"),
 }
 
 
@@ -229,6 +230,7 @@ async def in_process(redis_url: str, n: int, rounds: int = 5) -> dict[str, float
     import redis.asyncio as aioredis
     from redis._parsers import _AsyncHiredisParser, _AsyncRESP3Parser
 
+    from accounts import autopipe
     from billing import limits
 
     parsers = {"python": _AsyncRESP3Parser, "hiredis": _AsyncHiredisParser}
@@ -250,9 +252,14 @@ async def in_process(redis_url: str, n: int, rounds: int = 5) -> dict[str, float
     )
     args = (10**9, 10**9, 10**12, 10**12, 30, 10**15, 10**15, 1000, 120_000, 10**9)
 
-    def path(parser: str, batched: bool) -> Any:
+    client_pipe = limits.Scripts(client)
+    client_pipe.pipe = autopipe.ClientPipe(client)
+    pipe = scripts["hiredis"].pipe
+
+    def path(parser: str, sent: str) -> Any:
         s = scripts[parser]
-        if batched:
+        if sent != "alone":
+            s = client_pipe if sent == "client" else s
             return lambda: limits.admit(s, keys, lim, tokens=30, reserve_nano=1000)
 
         async def unbatched() -> None:  # what admission did before auto-pipelining
@@ -261,18 +268,16 @@ async def in_process(redis_url: str, n: int, rounds: int = 5) -> dict[str, float
         return unbatched
 
     async def ping() -> None:
-        await client.ping()
+        await pipe.submit([("PING",)])
+
+    xadd_command = ("XADD", stream, "MAXLEN", "~", 1000, "*", b"r", record)
 
     async def xadd() -> None:
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.xadd(stream, {b"r": record}, maxlen=1000, approximate=True)
-            await pipe.execute()
+        await pipe.submit([xadd_command])
 
     async def xadd_settle() -> None:
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.xadd(stream, {b"r": record}, maxlen=1000, approximate=True)
-            pipe.evalsha(scripts["hiredis"].settle.sha, len(keys), *keys, *settle)
-            await pipe.execute(raise_on_error=False)
+        sha = scripts["hiredis"].settle.sha
+        await pipe.submit([xadd_command, ("EVALSHA", sha, len(keys), *keys, *settle)])
 
     async def sequential_us(fn: Any, count: int) -> float:
         times = []
@@ -292,9 +297,9 @@ async def in_process(redis_url: str, n: int, rounds: int = 5) -> dict[str, float
 
     await client.script_load(limits.SETTLE)
     cases: dict[str, Any] = {"ping": ping, "xadd": xadd, "xadd+settle": xadd_settle}
-    for name, (parser, batched) in PATHS.items():
-        cases[f"admit c=1: {name}"] = ("seq", path(parser, batched))
-        cases[f"admit c=32, per call: {name}"] = ("conc", path(parser, batched))
+    for name, (parser, sent) in PATHS.items():
+        cases[f"admit c=1: {name}"] = ("seq", path(parser, sent))
+        cases[f"admit c=32, per call: {name}"] = ("conc", path(parser, sent))
     per_round: dict[str, list[float]] = {name: [] for name in cases}
     for r in range(rounds):
         names = list(cases) if r % 2 == 0 else list(reversed(cases))
@@ -411,9 +416,8 @@ def write(
         f"Alone, an admission is one round trip: {micro[ALONE_AFTER]:.0f} µs as shipped "
         f"({micro[ALONE_BEFORE]:.0f} µs before), against {micro['ping']:.0f} µs for a bare "
         f"PING. At 32 concurrent requests each costs {micro[MANY_AFTER]:.0f} µs "
-        f"({micro[MANY_BEFORE]:.0f} µs before). (Alone, the path as shipped is the "
-        "hiredis one-EVALSHA path: with nothing in flight an admission is sent at once; "
-        "the two c=1 rows differ by noise only.) Settlement adds "
+        f"({micro[MANY_BEFORE]:.0f} µs before). The PING and the XADDs go through the "
+        "same auto-pipelined connection as shipped admissions. Settlement adds "
         f"{micro['xadd+settle'] - micro['xadd']:.0f} µs to the usage XADD it rides with.",
         "",
         "Per round (on / off):",

@@ -60,7 +60,7 @@ from typing import Any, Literal
 
 from redis.exceptions import NoScriptError
 
-from accounts import redis_client
+from accounts import autopipe
 from billing import rating
 
 logger = logging.getLogger(__name__)
@@ -361,109 +361,48 @@ def _cap(value: Decimal | None) -> int:
 class Scripts:
     """The two scripts, registered once per client (EVALSHA, reloaded on NOSCRIPT).
 
-    **Admissions are auto-pipelined** (`admit_reply`). When none is on its way to Redis,
-    an admission is sent at once, from its caller's task: alone, a request pays one round
-    trip and nothing more. While some are on their way, new ones queue, and those queued
-    in one turn of the event loop leave together as one pipeline (one write, one read;
-    like ioredis's `enableAutoPipelining`), so under load requests do not pay a round
-    trip each. Each script still runs atomically on its own: batching changes nothing of
-    what one admission sees. A queued caller cancelled before its batch leaves is left
-    out of it; one cancelled while its batch is in flight (the client left) has what it
-    reserved released at once, as a request that produced nothing (its request stays
-    counted in its window). One sent alone and cut off mid-reply is like any command cut
-    off: whether it ran is unknown, and what it may have reserved stays until its month
-    ends (stricter, never looser).
+    **Admissions are auto-pipelined** through the client's pipe (`accounts.autopipe`):
+    the admissions (and usage records) of one turn of the event loop leave together in
+    one write, and each resolves as soon as its reply is read; a lone request pays one
+    round trip and nothing more. Each script still runs atomically on its own: batching
+    changes nothing of what one admission sees. A caller cancelled before its admission
+    is written sends nothing; one cancelled after (the client left) has what it reserved
+    released as soon as the reply arrives, as a request that produced nothing (its
+    request stays counted in its window). One whose connection is lost mid-reply is like
+    any command cut off: whether it ran is unknown, and what it may have reserved stays
+    until its month ends (stricter, never looser).
     """
 
     def __init__(self, redis: Any) -> None:
         self.redis = redis
+        self.pipe = autopipe.pipe_for(redis)
         self.admit = redis.register_script(ADMIT)
         self.settle = redis.register_script(SETTLE)
-        self._queue: list[tuple[Sequence[str], Sequence[int], asyncio.Future[Any]]] = []
-        self._sending: set[asyncio.Task[None]] = set()
-        self._busy = 0  # admissions (alone or batched) between their write and their reply
-        #: The event loop the queue and the count belong to: a loop that ended with
-        #: admissions queued or in flight leaves nothing behind for the next one.
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._releasing: set[asyncio.Task[None]] = set()
 
     async def admit_reply(self, keys: Sequence[str], args: Sequence[int]) -> Any:
-        """The admit script's raw reply, sent with the other admissions of this turn."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._loop, self._queue, self._busy = loop, [], 0
-        if not self._busy:  # nothing in flight: send it now, from this task
-            self._busy += 1
-            try:
-                return await self.admit(keys=keys, args=args)  # reloads on NOSCRIPT itself
-            finally:
-                self._done(loop)
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((keys, args, future))
-        if len(self._queue) == 1:  # the first of this turn: the batch leaves at its end
-            loop.call_soon(self._send_queued)
-        return await future
-
-    def _done(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._loop is loop:
-            self._busy -= 1
-
-    def _send_queued(self) -> None:
-        batch, self._queue = self._queue, []
-        task = asyncio.ensure_future(self._send([b for b in batch if not b[2].done()]))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _send(
-        self, batch: list[tuple[Sequence[str], Sequence[int], asyncio.Future[Any]]]
-    ) -> None:
-        if not batch:
-            return
-        loop = asyncio.get_running_loop()
-        self._busy += 1
-        try:
-            replies = await self._run(batch)
-        except Exception as exc:
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        finally:
-            self._done(loop)
-        for (keys, args, future), reply in zip(batch, replies, strict=True):
-            if not future.done():
-                if isinstance(reply, Exception):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
-            elif not isinstance(reply, Exception):
-                await self._release(keys, args, Verdict.from_reply(reply))
-
-    async def _run(
-        self, batch: list[tuple[Sequence[str], Sequence[int], asyncio.Future[Any]]]
-    ) -> list[Any]:
-        """One round trip for the batch (a lone call skips the pipeline's bookkeeping);
-        calls Redis answered NOSCRIPT (it restarted, or flushed its scripts) did not run:
-        they are sent again once the script is loaded."""
-        if len(batch) == 1:
-            keys, args, _ = batch[0]
-            return [await self.admit(keys=keys, args=args)]  # reloads on NOSCRIPT itself
-        sha = self.admit.sha
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for keys, args, _ in batch:
-                redis_client.queue_evalsha(pipe, sha, keys, args)
-            replies = list(await pipe.execute(raise_on_error=False))
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:
+        """The admit script's raw reply, sent with everything else of this turn."""
+        command = ("EVALSHA", self.admit.sha, len(keys), *keys, *args)
+        orphan = functools.partial(self._orphaned, keys, args)
+        (reply,) = await self.pipe.submit([command], orphan=orphan)
+        if isinstance(reply, NoScriptError):  # Redis restarted, or flushed its scripts
             await self.redis.script_load(ADMIT)
-            again = await self._run([batch[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-        return replies
+            (reply,) = await self.pipe.submit([command], orphan=orphan)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def _orphaned(self, keys: Sequence[str], args: Sequence[int], replies: list[Any]) -> None:
+        """The reply of an admission whose caller left while it was in flight."""
+        (reply,) = replies
+        if isinstance(reply, Exception) or Verdict.from_reply(reply).status != OK:
+            return
+        task = asyncio.ensure_future(self._release(keys, args, Verdict.from_reply(reply)))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     async def _release(self, keys: Sequence[str], args: Sequence[int], verdict: Verdict) -> None:
-        """An admission whose caller left while it was in flight: give it all back."""
-        if verdict.status != OK:
-            return
+        """Give back all an abandoned admission took (its tokens, its reservation)."""
         tokens, reserve = args[4], args[7]
         release = settle_args(
             verdict, reserved_tokens=tokens, actual_tokens=0, reserve_nano=reserve, actual_nano=0

@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 from django.conf import settings
 
-from accounts import redis_client
+from accounts import autopipe
 
 STREAM: str = settings.TESSERACT_USAGE_STREAM
 GROUP = "usage-drain"
@@ -249,6 +249,10 @@ class Publisher:
         self._adopted = False
         self._spooled = False  # records in our spool that no replay has taken yet
 
+    @property
+    def pipe(self) -> autopipe.Pipe:
+        return autopipe.pipe_for(self.redis)
+
     async def publish(self, record: UsageRecord, *, settle: Any = None) -> None:
         """`settle`: (script, keys, args), run in the same round trip as the XADD
         (`billing.limits`: a request's budget settles with its usage record)."""
@@ -297,17 +301,18 @@ class Publisher:
             self._flushing = False
 
     async def _xadd(self, datas: list[bytes], settles: list[Any] | None = None) -> None:
-        """One pipelined round trip: each record's XADD, and after it the budget
-        settlement that goes with it. Raises if any XADD failed (the whole batch is
-        then spooled; the drain stores each request id once)."""
+        """One pipelined round trip (`accounts.autopipe`: with whatever else this turn
+        sends): each record's XADD, and after it the budget settlement that goes with
+        it. Raises if any XADD failed (the whole batch is then spooled; the drain stores
+        each request id once)."""
         settles = settles or [None] * len(datas)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for data, settle in zip(datas, settles, strict=True):
-                pipe.xadd(STREAM, {b"r": data})
-                if settle is not None:
-                    script, keys, args = settle
-                    redis_client.queue_evalsha(pipe, script.sha, keys, args)
-            results = iter(await pipe.execute(raise_on_error=False))
+        commands: list[tuple[Any, ...]] = []
+        for data, settle in zip(datas, settles, strict=True):
+            commands.append(("XADD", STREAM, "*", b"r", data))
+            if settle is not None:
+                script, keys, args = settle
+                commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
+        results = iter(await self.pipe.submit(commands))
         failed: BaseException | None = None
         for settle in settles:
             added = next(results)

@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 from django.conf import settings
 
+from accounts import autopipe
 from accounts.keycache import KeyCache, KeyRejected, ResolvedKey, default_cache
 from accounts.models import Scope
 from accounts.services import LAST_USED_RESOLUTION, api_key_touch
@@ -193,6 +194,7 @@ class GatewayApp:
             self._listener = None
         if self._gateway is not None:
             await self._gateway.upstream.close()
+            await autopipe.pipe_for(self._gateway.redis).aclose()
             await self._gateway.redis.aclose()
 
     def forget_world(self) -> None:

@@ -562,9 +562,11 @@ def connect_redis(url: str) -> Any:
     connection closed (Redis restarted) reconnects and is sent again, up to three
     times, instead of failing the request that happened to draw that connection.
 
-    The trade-off: a command whose reply was lost after Redis ran it runs twice. For
-    the admission script that can reserve a request's budget twice: never an overrun,
-    at worst a refusal near the cap, and only across a Redis restart.
+    (A command whose reply was lost after Redis ran it then runs twice: harmless for
+    what goes this way — affinity, the live maps, health. The hot path's admissions
+    and usage records go through the client's own auto-pipelined connection,
+    `accounts.autopipe`, which never sends a written command twice: a request whose
+    admission was cut off gets a 503, and its usage record goes to the spool.)
     """
     from redis.exceptions import ConnectionError, TimeoutError
 

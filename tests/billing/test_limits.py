@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from accounts import services
+from accounts import autopipe, services
 from billing import limits, rating
 from billing.models import UsageEvent
 
@@ -204,46 +204,40 @@ async def _seeded(keys):
         await client.aclose()
 
 
-class _CountingPipelines:
-    """Wraps a client's `pipeline()` to record how many commands each one sent."""
+class _CountingWrites:
+    """Records, for each write to Redis on the hot path's connections, how many
+    commands it carried."""
 
-    def __init__(self, client):
+    def __init__(self, monkeypatch):
         self.sizes: list[int] = []
-        self._pipeline = client.pipeline
-        client.pipeline = self
+        write = autopipe._Connection.write
 
-    def __call__(self, **kwargs):
-        pipe = self._pipeline(**kwargs)
-        execute, sizes = pipe.execute, self.sizes
+        def counted(connection, submissions):
+            self.sizes.append(sum(s.expected for s in submissions))
+            return write(connection, submissions)
 
-        async def counted(**kw):
-            sizes.append(len(pipe.command_stack))
-            return await execute(**kw)
-
-        pipe.execute = counted
-        return pipe
+        monkeypatch.setattr(autopipe._Connection, "write", counted)
 
 
-def test_admissions_that_arrive_together_share_one_round_trip_and_each_is_still_exact():
+def _admit(scripts, keys, reserve):
+    return asyncio.ensure_future(
+        limits.admit(scripts, keys, UNLIMITED_BUT_BUDGET, tokens=10, reserve_nano=reserve)
+    )
+
+
+def test_admissions_that_arrive_together_share_one_write_and_each_is_still_exact(monkeypatch):
     keys = _keys()
     reserve = limits.to_nano(Decimal("0.03"))
+    writes = _CountingWrites(monkeypatch)
 
     async def scenario():
         async with _seeded(keys) as (client, scripts):
-            pipelines = _CountingPipelines(client)
-            verdicts = await asyncio.gather(
-                *(
-                    limits.admit(
-                        scripts, keys, UNLIMITED_BUT_BUDGET, tokens=10, reserve_nano=reserve
-                    )
-                    for _ in range(50)
-                )
-            )
-            return verdicts, pipelines.sizes, int(await client.get(keys[2]))
+            await scripts.pipe.submit([("PING",)])  # connected, and counted apart
+            verdicts = await asyncio.gather(*(_admit(scripts, keys, reserve) for _ in range(50)))
+            return verdicts, int(await client.get(keys[2]))
 
-    verdicts, sizes, spent = asyncio.run(scenario())
-    # The first goes alone at once; the 49 queued behind it leave as one pipeline.
-    assert sizes == [49]
+    verdicts, spent = asyncio.run(scenario())
+    assert writes.sizes == [1, 50]  # the PING, then the 50 of one turn in one write
     statuses = [v.status for v in verdicts]
     assert statuses.count(limits.OK) == 33
     assert statuses.count(limits.BUDGET_ORG) == 17
@@ -252,45 +246,40 @@ def test_admissions_that_arrive_together_share_one_round_trip_and_each_is_still_
     assert len({v.org_spend_nano for v in verdicts if v.status == limits.OK}) == 33
 
 
-def test_a_batch_redis_answers_noscript_is_sent_again_once_the_script_is_loaded():
+def test_admissions_redis_answers_noscript_are_sent_again_once_the_script_is_loaded():
     keys = _keys()
 
     async def scenario():
         client = aioredis.Redis.from_url(settings.REDIS_URL)
         scripts = limits.Scripts(client)
         await client.script_flush()  # as after a Redis restart
-        args = (50, -1, -1, -1, 10, -1, -1, 0, limits.WINDOW_TTL_MS, limits.SPEND_TTL_MS)
-        futures = [asyncio.get_running_loop().create_future() for _ in range(3)]
-        replies = await scripts._run([(keys, args, f) for f in futures])
+        verdicts = await asyncio.gather(
+            *(limits.admit(scripts, keys, LIMITS, tokens=10, reserve_nano=0) for _ in range(3))
+        )
         await client.delete(*keys)
         await client.aclose()
-        return [limits.Verdict.from_reply(r) for r in replies]
+        return verdicts
 
     verdicts = asyncio.run(scenario())
     assert [v.status for v in verdicts] == [limits.OK] * 3
     assert sorted(v.requests_remaining for v in verdicts) == [47, 48, 49]
 
 
-def test_a_caller_that_leaves_while_its_batch_is_in_flight_has_its_reservation_released():
+def test_a_caller_that_leaves_while_its_admission_is_in_flight_has_its_reservation_released():
     keys = _keys()
     reserve = limits.to_nano(Decimal("0.03"))
 
     async def scenario():
         async with _seeded(keys) as (client, scripts):
-
-            def admit():
-                return asyncio.ensure_future(
-                    limits.admit(
-                        scripts, keys, UNLIMITED_BUT_BUDGET, tokens=10, reserve_nano=reserve
-                    )
-                )
-
-            first, leaving, staying = admit(), admit(), admit()
-            while not scripts._sending:  # the batch behind the first has left
+            await scripts.pipe.submit([("PING",)])  # connected
+            first, leaving, staying = (_admit(scripts, keys, reserve) for _ in range(3))
+            connection = scripts.pipe._connection
+            while len(connection.waiting) < 3:  # all three written, none answered yet
                 await asyncio.sleep(0)
             leaving.cancel()
             await asyncio.gather(first, staying)
-            await asyncio.gather(*scripts._sending)  # the release rides the batch's task
+            while scripts._releasing:  # the release runs once its reply is read
+                await asyncio.gather(*scripts._releasing)
             spent = int(await client.get(keys[2]))
             return leaving.cancelled(), spent, await client.hgetall(keys[0])
 
@@ -301,16 +290,32 @@ def test_a_caller_that_leaves_while_its_batch_is_in_flight_has_its_reservation_r
     assert window[b"r"] == b"3"  # its request still counts in the minute
 
 
+def test_a_caller_that_leaves_before_its_admission_is_written_sends_nothing():
+    keys = _keys()
+    reserve = limits.to_nano(Decimal("0.03"))
+
+    async def scenario():
+        async with _seeded(keys) as (client, scripts):
+            await scripts.pipe.submit([("PING",)])  # connected
+            leaving, staying = _admit(scripts, keys, reserve), _admit(scripts, keys, reserve)
+            await asyncio.sleep(0)  # both submitted; the turn's write not made yet
+            leaving.cancel()
+            await staying
+            return int(await client.get(keys[2])), await client.hgetall(keys[0])
+
+    spent, window = asyncio.run(scenario())
+    assert spent == reserve
+    assert window[b"r"] == b"1"  # the one that left never reached Redis
+
+
 def test_an_event_loop_that_ended_mid_admission_leaves_nothing_that_blocks_the_next_one():
     keys = _keys()
     client = aioredis.Redis.from_url(settings.REDIS_URL)
     scripts = limits.Scripts(client)
-    args = (50, -1, -1, -1, 10, -1, -1, 0, limits.WINDOW_TTL_MS, limits.SPEND_TTL_MS)
 
-    async def ended_mid_batch():
-        # One admission on its way and one queued behind it when the loop stops.
-        scripts._loop, scripts._busy = asyncio.get_running_loop(), 1
-        scripts._queue.append((keys, args, asyncio.get_running_loop().create_future()))
+    async def ended_mid_admission():
+        await scripts.pipe.submit([("PING",)])
+        scripts.pipe.submit([("BLPOP", keys[0] + ":never", 0)])  # never answered
 
     async def next_loop():
         try:
@@ -321,7 +326,7 @@ def test_an_event_loop_that_ended_mid_admission_leaves_nothing_that_blocks_the_n
             await client.delete(*keys)
             await client.aclose()
 
-    asyncio.run(ended_mid_batch())
+    asyncio.run(ended_mid_admission())
     verdict = asyncio.run(next_loop())
     assert verdict.status == limits.OK
     assert verdict.requests_remaining == 49
