@@ -82,13 +82,21 @@ def main() -> None:
     parser.add_argument(
         "--ceiling", action="store_true", help="profile the ceiling proxy (bench.ceiling) instead"
     )
+    parser.add_argument(
+        "--limits-off",
+        action="store_true",
+        help="TESSERACT_LIMITS=0: what rate limits and budgets cost, by difference",
+    )
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     work = Path(tempfile.mkdtemp(prefix="tesseract-profile-"))
     sim_port, gw_port = gw.free_port(), gw.free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
     env = gw.bench_env(work, sim_url)
+    if args.limits_off:
+        env["TESSERACT_LIMITS"] = "0"
     name = ("profile-ceiling" if args.ceiling else "profile") + ("-stream" if args.stream else "")
+    name += "-limits-off" if args.limits_off else ""
     with ExitStack() as stack:
         procs: list[subprocess.Popen[bytes]] = []
         stack.callback(lambda: [p.terminate() for p in procs])

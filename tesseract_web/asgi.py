@@ -12,6 +12,7 @@
   together.
 """
 
+import gc
 import json
 import os
 
@@ -104,3 +105,19 @@ web = ProtocolTypeRouter({"http": web_only_http, "websocket": URLRouter([_consol
 application = ProtocolTypeRouter(
     {"http": combined_http, "websocket": URLRouter([_stream, _console])}
 )
+
+
+def _settle_heap() -> None:
+    """Take what is loaded by now (Django, the apps, their modules: it lives as long as
+    the process) out of the cyclic collector's sight, and collect young objects less
+    often (`TESSERACT_GC_THRESHOLDS`). A gateway allocates a few hundred short-lived
+    objects per request, and every live-map refresh builds a new world whose objects
+    get promoted: with CPython's defaults the collector took ~10% of a busy gateway's
+    CPU, most of it in full collections walking the whole heap (bench/README.md)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*settings.TESSERACT_GC_THRESHOLDS)
+
+
+if settings.TESSERACT_GC_FREEZE:
+    _settle_heap()

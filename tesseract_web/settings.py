@@ -248,6 +248,11 @@ TESSERACT_LIMITS = env_bool("TESSERACT_LIMITS", True)
 #: A WebSocket on /v1/stream that has not authenticated within this is closed (seconds).
 TESSERACT_WS_AUTH_TIMEOUT_S = env_int("TESSERACT_WS_AUTH_TIMEOUT_S", 5, minimum=1)
 
+#: The cyclic garbage collector in ASGI processes (tesseract_web.asgi._settle_heap).
+TESSERACT_GC_FREEZE = env_bool("TESSERACT_GC_FREEZE", True)
+TESSERACT_GC_THRESHOLDS = tuple(
+    int(n) for n in env_list("TESSERACT_GC_THRESHOLDS", ["10000", "20", "20"])
+)
 #: How often a gateway re-reads the catalog without being told of a change (seconds).
 TESSERACT_WORLD_REFRESH_S = env_int("TESSERACT_WORLD_REFRESH_S", 30, minimum=1)
 #: ... and the live maps in Redis, at the latest (changes are announced at once).
