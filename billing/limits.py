@@ -243,70 +243,60 @@ def redis_keys(*, org_id: int, key_id: int | None, month: str) -> tuple[str, str
 
 ADMIT = """
 -- KEYS: rate org, rate key, spend org, spend key
--- ARGV: org_rpm key_rpm org_tpm key_tpm tokens org_cap key_cap reserve (-1: no limit)
+-- ARGV: org_rpm key_rpm org_tpm key_tpm tokens org_cap key_cap reserve window_ttl (-1: no limit)
 local now = redis.call('TIME')
-local window = math.floor(tonumber(now[1]) / 60)
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local reset_ms = (window + 1) * 60000 - now_ms
-local lim = {}
-for i = 1, 8 do lim[i] = tonumber(ARGV[i]) end
-local tokens, reserve = lim[5], lim[8]
-local used = {}
-for i = 1, 2 do
-  local v = redis.call('HMGET', KEYS[i], 'w', 'r', 't')
-  if tonumber(v[1]) == window then
-    used[i] = {tonumber(v[2]) or 0, tonumber(v[3]) or 0}
-  else
-    used[i] = {0, 0}
-  end
-end
-local function tighter(a_lim, a_used, b_lim, b_used, add)
-  local best_lim, best_rem = -1, -1
-  for _, p in ipairs({{a_lim, a_used}, {b_lim, b_used}}) do
-    if p[1] >= 0 then
-      local rem = p[1] - p[2] - add
-      if best_lim < 0 or rem < best_rem then best_lim, best_rem = p[1], rem end
-    end
-  end
-  if best_rem < 0 and best_lim >= 0 then best_rem = 0 end
-  return best_lim, best_rem
-end
+local secs = tonumber(now[1])
+local window = math.floor(secs / 60)
+local reset_ms = (window + 1) * 60000 - (secs * 1000 + math.floor(tonumber(now[2]) / 1000))
+local org_rpm, key_rpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+local org_tpm, key_tpm = tonumber(ARGV[3]), tonumber(ARGV[4])
+local tokens = tonumber(ARGV[5])
+local org_cap, key_cap, reserve = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local org_r, org_t, key_r, key_t = 0, 0, 0, 0
+local v = redis.call('HMGET', KEYS[1], 'w', 'r', 't')
+if tonumber(v[1]) == window then org_r, org_t = tonumber(v[2]) or 0, tonumber(v[3]) or 0 end
+v = redis.call('HMGET', KEYS[2], 'w', 'r', 't')
+if tonumber(v[1]) == window then key_r, key_t = tonumber(v[2]) or 0, tonumber(v[3]) or 0 end
 local status = 0
-if lim[1] >= 0 and used[1][1] + 1 > lim[1] then status = 1
-elseif lim[2] >= 0 and used[2][1] + 1 > lim[2] then status = 2
-elseif lim[3] >= 0 and used[1][2] + tokens > lim[3] then status = 3
-elseif lim[4] >= 0 and used[2][2] + tokens > lim[4] then status = 4
+if org_rpm >= 0 and org_r + 1 > org_rpm then status = 1
+elseif key_rpm >= 0 and key_r + 1 > key_rpm then status = 2
+elseif org_tpm >= 0 and org_t + tokens > org_tpm then status = 3
+elseif key_tpm >= 0 and key_t + tokens > key_tpm then status = 4
 end
-local spend = {redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4])}
-local caps = {lim[6], lim[7]}
+local spend = redis.call('MGET', KEYS[3], KEYS[4])
+local org_spend, key_spend = spend[1], spend[2]
 if status == 0 then
-  for i = 1, 2 do
-    if caps[i] >= 0 and not spend[i] then status = 6 + i; break end
+  if org_cap >= 0 and not org_spend then status = 7
+  elseif key_cap >= 0 and not key_spend then status = 8
+  elseif org_cap >= 0 and tonumber(org_spend) + reserve > org_cap then status = 5
+  elseif key_cap >= 0 and tonumber(key_spend) + reserve > key_cap then status = 6
   end
 end
-if status == 0 then
-  for i = 1, 2 do
-    if caps[i] >= 0 and tonumber(spend[i]) + reserve > caps[i] then status = 4 + i; break end
-  end
-end
-local add_r, add_t = 0, 0
-local reserved = {0, 0}
+local add_r, add_t, reserved_org, reserved_key = 0, 0, 0, 0
 if status == 0 then
   add_r, add_t = 1, tokens
-  for i = 1, 2 do
-    -- one write per window hash; the expiry is set when a window starts
-    redis.call('HSET', KEYS[i], 'w', window, 'r', used[i][1] + 1, 't', used[i][2] + tokens)
-    if used[i][1] == 0 then redis.call('PEXPIRE', KEYS[i], ARGV[9]) end
-    if spend[i] then  -- a counter exists only once seeded (SET NX PX: its expiry)
-      spend[i] = redis.call('INCRBY', KEYS[2 + i], reserve)
-      reserved[i] = 1
-    end
-  end
+  -- one write per window hash; the expiry is set when a window starts
+  redis.call('HSET', KEYS[1], 'w', window, 'r', org_r + 1, 't', org_t + tokens)
+  if org_r == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[9]) end
+  redis.call('HSET', KEYS[2], 'w', window, 'r', key_r + 1, 't', key_t + tokens)
+  if key_r == 0 then redis.call('PEXPIRE', KEYS[2], ARGV[9]) end
+  -- a spend counter exists only once seeded (SET NX PX: its expiry)
+  if org_spend then org_spend, reserved_org = redis.call('INCRBY', KEYS[3], reserve), 1 end
+  if key_spend then key_spend, reserved_key = redis.call('INCRBY', KEYS[4], reserve), 1 end
 end
-local rl, rr = tighter(lim[1], used[1][1], lim[2], used[2][1], add_r)
-local tl, tr = tighter(lim[3], used[1][2], lim[4], used[2][2], add_t)
+-- the tighter of the org's and the key's windows (-1: neither has a limit)
+local function tighter(a_lim, a_used, b_lim, b_used, add)
+  local a_rem, b_rem = a_lim - a_used - add, b_lim - b_used - add
+  local lim, rem = a_lim, a_rem
+  if a_lim < 0 or (b_lim >= 0 and b_rem < a_rem) then lim, rem = b_lim, b_rem end
+  if lim < 0 then return -1, -1 end
+  if rem < 0 then rem = 0 end
+  return lim, rem
+end
+local rl, rr = tighter(org_rpm, org_r, key_rpm, key_r, add_r)
+local tl, tr = tighter(org_tpm, org_t, key_tpm, key_t, add_t)
 return {status, window, rl, rr, tl, tr, reset_ms,
-        tostring(spend[1] or 0), tostring(spend[2] or 0), reserved[1], reserved[2]}
+        tostring(org_spend or 0), tostring(key_spend or 0), reserved_org, reserved_key}
 """
 
 SETTLE = """
