@@ -91,13 +91,17 @@ class _Submission:
     __slots__ = ("expected", "future", "orphan", "packed", "replies")
 
     def __init__(
-        self, future: asyncio.Future[list[Any]], packed: list[bytes], orphan: Orphan | None
+        self,
+        future: asyncio.Future[list[Any]],
+        expected: int,
+        orphan: Orphan | None,
+        packed: Sequence[bytes] = (),  # what AutoPipeline writes for it
     ) -> None:
         self.future = future
-        self.packed = packed
-        self.expected = len(packed)
-        self.replies: list[Any] = []
+        self.expected = expected
         self.orphan = orphan
+        self.packed = packed
+        self.replies: list[Any] = []
 
     def done(self) -> None:
         """All its replies are read: to its caller, or to `orphan` if the caller left."""
@@ -178,8 +182,8 @@ class AutoPipeline:
         if loop is not self._loop:  # a new loop (tests, a restarted server): a new connection
             self._reset(loop)
         future: asyncio.Future[list[Any]] = loop.create_future()
-        pack = hiredis.pack_command
-        self._queued.append(_Submission(future, [pack(tuple(c)) for c in commands], orphan))
+        packed = [hiredis.pack_command(tuple(c)) for c in commands]
+        self._queued.append(_Submission(future, len(packed), orphan, packed))
         if not self._flush_soon:
             self._flush_soon = True
             loop.call_soon(self._flush)
@@ -220,7 +224,9 @@ class AutoPipeline:
                         lambda: _Connection(self.reply_timeout_s), host, port
                     )
                 if self.handshake:
-                    hello = _Submission(loop.create_future(), self.handshake, None)
+                    hello = _Submission(
+                        loop.create_future(), len(self.handshake), None, self.handshake
+                    )
                     connection.write([hello])
                     for answer in await hello.future:
                         if isinstance(answer, Exception):
@@ -358,7 +364,7 @@ class ClientPipe:
         if loop is not self._loop:
             self._loop, self._queued = loop, []
         future: asyncio.Future[list[Any]] = loop.create_future()
-        self._queued.append((commands, _Submission(future, [b""] * len(commands), orphan)))
+        self._queued.append((commands, _Submission(future, len(commands), orphan)))
         if len(self._queued) == 1:
             loop.call_soon(self._flush)
         return future

@@ -53,6 +53,7 @@ from bench.gateway import (
     catalog_and_key,
     free_port,
     pct,
+    redis_stats,
     start_gateway,
     start_simulator,
     wait_http,
@@ -155,11 +156,7 @@ def waits(pid: int) -> int:
 
 
 def redis_cpu_s(redis_url: str) -> float:
-    import redis
-
-    with redis.Redis.from_url(redis_url) as client:
-        info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return redis_stats(redis_url)[0]
 
 
 def compare(

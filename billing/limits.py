@@ -385,9 +385,12 @@ class Scripts:
     def _orphaned(self, keys: Sequence[str], args: Sequence[int], replies: list[Any]) -> None:
         """The reply of an admission whose caller left while it was in flight."""
         (reply,) = replies
-        if isinstance(reply, Exception) or Verdict.from_reply(reply).status != OK:
+        if isinstance(reply, Exception):
             return
-        task = asyncio.ensure_future(self._release(keys, args, Verdict.from_reply(reply)))
+        verdict = Verdict.from_reply(reply)
+        if verdict.status != OK:
+            return
+        task = asyncio.ensure_future(self._release(keys, args, verdict))
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
 

@@ -4,6 +4,7 @@ Redis: batching by turn, replies in order, errors in place, a lost or silent ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import pytest
@@ -20,6 +21,18 @@ def _key() -> str:
 
 def _run(scenario):
     return asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+
+
+@contextlib.asynccontextmanager
+async def _redis(*keys: str):
+    """A client of the test Redis; `keys` deleted and the client closed afterwards."""
+    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    try:
+        yield client
+    finally:
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
 
 
 def test_a_plain_server_gets_its_own_connection_and_a_cluster_or_tls_keeps_redis_py():
@@ -48,18 +61,14 @@ def test_what_one_turn_submits_leaves_in_one_write_and_each_caller_gets_its_own_
     monkeypatch.setattr(autopipe._Connection, "write", counted)
 
     async def scenario():
-        client = aioredis.Redis.from_url(settings.REDIS_URL)
-        pipe = autopipe.pipe_for(client)
-        try:
+        async with _redis(key) as client:
+            pipe = autopipe.pipe_for(client)
             await pipe.submit([("PING",)])
             replies = await asyncio.gather(
                 *(pipe.submit([("INCR", key), ("GET", key)]) for _ in range(20)),
                 pipe.submit([("HGET", key, "f")]),  # the wrong type: an error, in place
             )
             return replies, int(await client.get(key))
-        finally:
-            await client.delete(key)
-            await client.aclose()
 
     replies, value = _run(scenario)
     assert writes == [1, 21]
@@ -72,11 +81,8 @@ def test_what_one_turn_submits_leaves_in_one_write_and_each_caller_gets_its_own_
 
 def test_an_unknown_script_answers_noscript_as_redis_py_names_it():
     async def scenario():
-        client = aioredis.Redis.from_url(settings.REDIS_URL)
-        try:
+        async with _redis() as client:
             return await autopipe.pipe_for(client).submit([("EVALSHA", "0" * 40, 0)])
-        finally:
-            await client.aclose()
 
     (reply,) = _run(scenario)
     assert isinstance(reply, redis_errors.NoScriptError)
@@ -86,9 +92,8 @@ def test_a_connection_killed_fails_what_was_written_and_the_next_command_reconne
     key = _key()
 
     async def scenario():
-        client = aioredis.Redis.from_url(settings.REDIS_URL)
-        pipe = autopipe.pipe_for(client)
-        try:
+        async with _redis(key) as client:
+            pipe = autopipe.pipe_for(client)
             await pipe.submit([("CLIENT", "SETNAME", "autopipe-victim")])
             blocked = pipe.submit([("BLPOP", key, 0)])  # waits in Redis until killed
             await asyncio.sleep(0.05)
@@ -97,9 +102,6 @@ def test_a_connection_killed_fails_what_was_written_and_the_next_command_reconne
             with pytest.raises(redis_errors.ConnectionError):
                 await blocked
             return await pipe.submit([("SET", key, "back"), ("GET", key)])
-        finally:
-            await client.delete(key)
-            await client.aclose()
 
     assert _run(scenario) == [b"OK", b"back"]
 
@@ -141,9 +143,8 @@ def test_a_caller_that_leaves_after_the_write_hands_its_replies_to_its_orphan_ca
     orphaned: list[list[object]] = []
 
     async def scenario():
-        client = aioredis.Redis.from_url(settings.REDIS_URL)
-        pipe = autopipe.pipe_for(client)
-        try:
+        async with _redis(key) as client:
+            pipe = autopipe.pipe_for(client)
             await pipe.submit([("PING",)])
             leaving = asyncio.ensure_future(pipe.submit([("INCR", key)], orphan=orphaned.append))
             await asyncio.sleep(0)
@@ -152,9 +153,6 @@ def test_a_caller_that_leaves_after_the_write_hands_its_replies_to_its_orphan_ca
             leaving.cancel()
             await pipe.submit([("PING",)])  # read after the INCR's reply
             return int(await client.get(key))
-        finally:
-            await client.delete(key)
-            await client.aclose()
 
     assert _run(scenario) == 1
     assert orphaned == [[1]]
@@ -206,17 +204,13 @@ def test_the_client_pipe_batches_a_turn_into_one_redis_py_pipeline():
     key = _key()
 
     async def scenario():
-        client = aioredis.Redis.from_url(settings.REDIS_URL)
-        pipe = autopipe.ClientPipe(client)
-        try:
+        async with _redis(key) as client:
+            pipe = autopipe.ClientPipe(client)
             replies = await asyncio.gather(
                 *(pipe.submit([("INCR", key)]) for _ in range(5)),
                 pipe.submit([("EVALSHA", "0" * 40, 0)]),
             )
             return replies
-        finally:
-            await client.delete(key)
-            await client.aclose()
 
     replies = _run(scenario)
     assert replies[:5] == [[1], [2], [3], [4], [5]]
@@ -229,12 +223,8 @@ def test_it_runs_on_uvloop_as_the_gateway_does():
     key = _key()
 
     async def scenario():
-        client = aioredis.Redis.from_url(settings.REDIS_URL)
-        pipe = autopipe.pipe_for(client)
-        try:
+        async with _redis(key) as client:
+            pipe = autopipe.pipe_for(client)
             return await asyncio.gather(*(pipe.submit([("INCR", key)]) for _ in range(3)))
-        finally:
-            await client.delete(key)
-            await client.aclose()
 
     assert uvloop.run(scenario()) == [[1], [2], [3]]

@@ -33,6 +33,7 @@ class Decision:
         "client",
         "cost",
         "decode",
+        "held",
         "idx",
         "late",
         "masks",
@@ -82,8 +83,10 @@ class Decision:
 
         # ---- prediction
         prefill = idx.base_ms + n_in * idx.ms_per_in
+        #: the position of the backend holding this session's cached prefix (None: none)
+        self.held = None
         if r.affinity_backend_id is not None and r.cached_prefix_tokens > 0:
-            i = idx.pos.get(r.affinity_backend_id)
+            self.held = i = idx.pos.get(r.affinity_backend_id)
             if i is not None:
                 prefill = prefill.copy()
                 prefill[i] -= min(r.cached_prefix_tokens, n_in) * idx.ms_per_in[i]

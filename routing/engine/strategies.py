@@ -104,7 +104,7 @@ class Deadline(Strategy):
         deadline = r.max_ttft_ms if r.max_ttft_ms is not None else r.max_latency_ms
         if deadline is None:
             return self._by_keys(cand, total, total, d.rtt[cand], load, d.price[cand], need=d.need)
-        held = d.idx.pos.get(r.affinity_backend_id) if r.cached_prefix_tokens > 0 else None
+        held = d.held
         affinity = (cand != held).astype(float) if held is not None else d.idx.zeros[cand]
         first = np.zeros(cand.size)
         if not d.late:
