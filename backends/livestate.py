@@ -170,6 +170,8 @@ class LiveMaps(msgspec.Struct, frozen=True):
     cooling: Mapping[str, float] = {}
     #: providers whose credential a gateway saw rejected (401/403)
     rejected_providers: frozenset[str] = frozenset()
+    #: gateway processes that shared in-flight counts (those with requests in flight)
+    gateways: int = 0
 
     @classmethod
     def empty(cls) -> LiveMaps:
@@ -189,7 +191,9 @@ def _maps(deployments: Mapping[bytes, bytes], health: Mapping[bytes, bytes],
         src, _, dst = pair.decode().partition("|")
         out_rtt[(src, dst)] = float(value)
     inflight: dict[str, int] = {}
+    gateways = 0
     for counts in per_process:
+        gateways += bool(counts)
         for slug, n in counts.items():
             inflight[slug.decode()] = inflight.get(slug.decode(), 0) + max(int(n), 0)
     records = {k.decode(): _decode(v) for k, v in deployments.items()}
@@ -203,6 +207,7 @@ def _maps(deployments: Mapping[bytes, bytes], health: Mapping[bytes, bytes],
         inflight=inflight,
         cooling={k.decode(): float(v) for k, v in cooling.items()},
         rejected_providers=frozenset(k.decode() for k in rejected),
+        gateways=gateways,
     )
 
 

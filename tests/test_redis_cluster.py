@@ -271,6 +271,7 @@ def test_in_flight_counts_of_many_gateways_add_up_on_a_cluster(cluster_url: str)
         await livestate.ainflight_publish(client, "gw-c:9", {})  # it finished everything
         maps = await livestate.aread(client)
         assert maps.inflight == {"alpha": 5, "beta": 1}
+        assert maps.gateways == 2  # the processes with requests in flight
         await client.aclose()
 
     asyncio.run(publish())

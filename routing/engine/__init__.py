@@ -28,7 +28,7 @@ from .inputs import (
     great_circle_km,
     physical_rtt_floor_ms,
 )
-from .mesh import ModelIndex, Snapshot
+from .mesh import ModelIndex, Snapshot, projected_in_flight
 from .plan import (
     OUTAGE_CODES,
     POLICY_CODES,
@@ -80,5 +80,6 @@ __all__ = [
     "get_strategy",
     "great_circle_km",
     "physical_rtt_floor_ms",
+    "projected_in_flight",
     "route",
 ]

@@ -217,7 +217,7 @@ class Gateway:
     ) -> tuple[World, Plan, _Session | None]:
         world = await self.holder.get()
         snapshot = self.inflight.apply(
-            self.holder.snapshot(world), parsed.route.model, parsed.route.org_id
+            self.holder.snapshot(world), parsed.route.model, parsed.route.org_id, live=world.live
         )
         request, session = parsed.route, None
         session_id = request.session_id

@@ -30,9 +30,10 @@ from django.conf import settings
 
 from accounts import redis_client
 from backends import livestate
+from backends.livestate import LiveMaps
 from backends.signals import WORLD_CHANNEL
 from backends.snapshot import World, load_world
-from routing.engine import Backend, Snapshot
+from routing.engine import Backend, Snapshot, projected_in_flight
 from routing.gateway.db import off_loop
 
 if TYPE_CHECKING:
@@ -504,6 +505,8 @@ class InFlight:
     def __init__(self) -> None:
         self._counts: defaultdict[str, int] = defaultdict(int)
         self._by_model: defaultdict[str, set[str]] = defaultdict(set)
+        self._live: LiveMaps | None = None  # the live read the counts below belong to
+        self._at_read: dict[str, int] = {}  # this process's counts at that read
 
     def start(self, backend_id: str, model: str) -> None:
         self._counts[backend_id] += 1
@@ -512,22 +515,37 @@ class InFlight:
     def finish(self, backend_id: str) -> None:
         self._counts[backend_id] -= 1
 
-    def apply(self, snapshot: Snapshot, model: str, org_id: int | None = None) -> Snapshot:
-        """The snapshot with this process's in-flight counts for `model`'s backends.
+    def apply(
+        self,
+        snapshot: Snapshot,
+        model: str,
+        org_id: int | None = None,
+        *,
+        live: LiveMaps | None = None,
+    ) -> Snapshot:
+        """The snapshot with `model`'s in-flight counts as this process can best tell.
 
-        The snapshot's own count (the backend's, or all gateways' from the live maps)
-        already includes ours as of its last refresh; ours is fresher. Take the larger.
+        The snapshot's count is every gateway's as of the live read `live`; this
+        process knows what it sent and saw finish since then, and takes that change
+        for its share of everyone's (`routing.engine.projected_in_flight`).
         """
+        if live is not self._live:
+            self._live = live
+            self._at_read = {slug: n for slug, n in self._counts.items() if n}
         ids = self._by_model.get(model)
         if not ids:
             return snapshot
+        gateways = live.gateways if live is not None else 1
         load = {}
         for i in ids:
             try:
                 state = snapshot.backend(i).state
             except KeyError:  # it left the catalog (e.g. its private cluster was removed)
                 continue
-            load[i] = (max(self._counts[i], state.in_flight), state.queued)
+            count = projected_in_flight(
+                state.in_flight, self._counts[i], self._at_read.get(i, 0), gateways
+            )
+            load[i] = (count, state.queued)
         return snapshot.with_load(load, models=(model,), org_id=org_id)
 
     def counts(self) -> dict[str, int]:
