@@ -147,3 +147,19 @@ def test_a_late_request_goes_to_the_nearest_backend():
     late = route(snap, Request(**BASE, max_ttft_ms=100, allow_relaxed_deadline=True))
     assert late.status == "degraded"
     assert late.primary.backend_id == "paris"
+
+
+def test_a_late_request_that_prefers_cost_goes_to_the_nearest_not_the_cheapest():
+    # Nothing meets 100 ms. The cheap backend is far; the request would wait there
+    # with every other late cost-preferring request. Late, it is served as any late
+    # request: by the nearest.
+    snap = make_snapshot(
+        make_backend("near-pricey", profile=PRICEY),
+        make_backend("far-cheap", "virginia"),
+    )
+    req = Request(
+        **BASE, prefer_cost_over_latency=True, max_ttft_ms=100, allow_relaxed_deadline=True
+    )
+    late = route(snap, req)
+    assert late.status == "degraded"
+    assert late.primary.backend_id == "near-pricey"
