@@ -63,7 +63,7 @@ bench-routing: bench-install
 
 ## Routing against a truth apart from the engine (bench/README.md, "Honest mode").
 bench-routing-honest: bench-install
-	nice $(BIN)/python -m bench.routing --honest --requests 100000 --loads 0.3,0.7,0.9 --name routing_honest
+	nice $(BIN)/python -m bench.routing --honest --requests 400000 --loads 0.3,0.7,0.9 --name routing_honest
 
 bench-engine: bench-install
 	$(BIN)/python -m bench.engine_speed

@@ -22,10 +22,10 @@ engine's model: compute times scatter per request as measured, the counters the
 engine routes on are the live map's, refreshed every `truth.counter_age_s` of
 simulated time (not exact and instant) — except that each gateway (one per region
 with clusters; a client uses the nearest) knows at once how many requests it has
-itself sent to each backend and not seen finish, and takes the larger of that and
-the map's in-flight count, as `routing.gateway.live.InFlight.apply` does — and
-every finished request is folded into
-the backend's observed TTFT and decode speed the way the gateway and
+itself sent to each backend and not seen finish, and projects everyone's count from
+its own change since the read (`routing.engine.projected_in_flight`, as
+`routing.gateway.live.InFlight.apply` does) — and every finished request is folded
+into the backend's observed TTFT and decode speed the way the gateway and
 `backends.resources.observation` do it — TTFT less the *predicted* network and
 queue, so a queue wait the engine did not foresee shows up as a slower backend.
 The engine routes on those observed speeds from the next refresh on.
@@ -40,7 +40,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
 
 from backends.world import WorldSpec
-from routing.engine import LiveState, Snapshot, get_strategy, route
+from routing.engine import LiveState, Snapshot, get_strategy, projected_in_flight, route
 
 from .truth import Truth
 from .workload import Job, nearest_gateway
@@ -89,6 +89,7 @@ class Outcome:
     degraded: bool = False
     cached_tokens: int = 0
     service_ms: float = 0.0  # time holding a slot
+    wait_ms: float = 0.0  # time waiting for a slot at the backend
 
 
 def backends_of(world: WorldSpec) -> dict[str, _Backend]:
@@ -173,13 +174,16 @@ def simulate(
     engine_view = snapshot
     observed_version = 0
     refreshed_version = 0
+    own_at_read: dict[str, dict[str, int]] = {}  # gateway -> its own counts at the read
+    gateways = len({c.region for c in world.clusters.values()})
 
     def refresh(now: float) -> None:
         """The live map as a gateway reads it: counters and observed speeds of `now`."""
-        nonlocal seen, refresh_at, engine_view, refreshed_version
+        nonlocal seen, refresh_at, engine_view, refreshed_version, own_at_read
         age_ms = truth.counter_age_s * 1000.0
         refresh_at = (math.floor(now / age_ms) + 1.0) * age_ms
         seen = dict(load)
+        own_at_read = {g: dict(m) for g, m in own.items()}
         if observed_version != refreshed_version:
             refreshed_version = observed_version
             engine_view = Snapshot(
@@ -202,7 +206,9 @@ def simulate(
         nonlocal observed_version
         tr = jobs[k].trace
         net, queue = predicted.pop(k)
-        backend_ms = ttft_ms - net - queue
+        # The gateway times the backend from where it stands: the client's access path
+        # is not in what it observes.
+        backend_ms = ttft_ms - jobs[k].access_ms - net - queue
         expected = b.floor_ms + tr.input_tokens * b.ms_per_in
         if backend_ms > 0 and expected > 0:
             sample = backend_ms * b.ttft_ms / expected
@@ -244,6 +250,7 @@ def simulate(
         o = outcomes[k]
         o.cached_tokens = cached
         o.service_ms = service
+        o.wait_ms = now - t0 - rtt / 2
         o.ttft_ms = now + prefill + rtt / 2 - t0
         o.e2e_ms = now + service + rtt / 2 - t0
         b.busy_ms += service
@@ -301,10 +308,13 @@ def simulate(
             mine = own.setdefault(gw, {})
             if mine:
                 view = dict(seen)
+                base = own_at_read.get(gw, {})
                 for bid, count in mine.items():
-                    if count:
+                    at_read = base.get(bid, 0)
+                    if count != at_read:
                         fl, qu, ms = seen[bid]
-                        view[bid] = (max(count, fl), qu, ms)
+                        total = projected_in_flight(fl + qu, count, at_read, gateways)
+                        view[bid] = (total - qu, qu, ms)
         snap = engine_view.with_load(view, models=models)
         if job.gateway is not None:
             snap = snap.at_gateway(job.gateway)  # no location: routed from its gateway
@@ -322,7 +332,7 @@ def simulate(
             mine[b.id] = mine.get(b.id, 0) + 1
         tr = job.trace
         o.cost_usd = (tr.input_tokens * b.price_in + tr.output_tokens * b.price_out) / 1e6
-        rtt = rtt_of(job.client, b.region)
+        rtt = rtt_of(job.client, b.region) + job.access_ms
         b.transit += 1
         publish(b)
         seq += 1

@@ -8,10 +8,14 @@ written before any result was seen and is not tuned to flatter a strategy.
 
 from __future__ import annotations
 
+import csv
+import math
 import random
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 
-from backends.world import WorldSpec
+from backends.world import WorldSpec, great_circle_km, physical_rtt_floor_ms
 from routing.engine import Request
 
 from .traces import TraceRequest
@@ -57,6 +61,66 @@ class Mix:
     #: run where the world has clusters — and is routed as if the client were there;
     #: it is drawn from its own RNG, so the other requests stay exactly the same.
     no_location_share: float = 0.0
+    #: Clients in real cities instead of on the region nodes (`--honest` turns it on):
+    #: a client of region R sits in a city whose nearest region is R, within
+    #: `city_radius_km`, drawn by population (GeoNames, bench/data/PROVENANCE.md). Its
+    #: round trip to any backend is R's plus its access path: ACCESS_INFLATION x the
+    #: fibre floor to R, plus a last mile drawn per request (log-normal through
+    #: `last_mile_p50_ms` and `last_mile_p95_ms`). The engine is told the city's
+    #: coordinates only, so it knows the floor to R and neither the inflation nor the
+    #: last mile.
+    cities: bool = False
+    city_radius_km: float = 1000.0
+    last_mile_p50_ms: float = 10.0
+    last_mile_p95_ms: float = 35.0
+
+
+CITIES_CSV = Path(__file__).resolve().parent / "data" / "geonames_cities_100k.csv"
+#: Measured RTT over the fibre floor between Azure regions under 1,000 km apart (floor
+#: under 10 ms): median of 234 pairs of backends/data/azure_region_rtt_long_2026-07.csv.
+#: A client's path to its region is no straighter than the backbone's.
+ACCESS_INFLATION = 2.68
+
+
+@dataclass(frozen=True, slots=True)
+class City:
+    name: str
+    country_code: str
+    latitude: float
+    longitude: float
+    population: int
+
+
+@cache
+def load_cities(path: Path = CITIES_CSV) -> tuple[City, ...]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return tuple(
+            City(
+                row["name"],
+                row["country_code"],
+                float(row["latitude"]),
+                float(row["longitude"]),
+                int(row["population"]),
+            )
+            for row in csv.DictReader(fh)
+        )
+
+
+def cities_by_region(world: WorldSpec, radius_km: float) -> dict[str, list[City]]:
+    """Each region's cities: those within `radius_km` whose nearest region it is."""
+    regions = [(slug, r.latitude, r.longitude) for slug, r in sorted(world.regions.items())]
+    out: dict[str, list[City]] = {slug: [] for slug, _, _ in regions}
+    for city in load_cities():
+        km = {
+            slug: great_circle_km(city.latitude, city.longitude, lat, lon)
+            for slug, lat, lon in regions
+        }
+        closest = min(km.values())
+        if closest <= radius_km:
+            for slug, d in km.items():
+                if d <= closest + 1e-6:  # regions at one site share its cities
+                    out[slug].append(city)
+    return out
 
 
 @dataclass(slots=True)
@@ -69,8 +133,20 @@ class Job:
     request: Request
     #: The region of the gateway that routed a request sent without a location.
     gateway: str | None = None
+    #: Where the client really is (Mix.cities; None: on its region's node) and what
+    #: its access path adds to every round trip (ms).
+    lat: float | None = None
+    lon: float | None = None
+    access_ms: float = 0.0
     oracle_ok: bool = False
     physics_ok: bool = False
+
+    def floor_ms(self, world: WorldSpec, region: str) -> float:
+        """The speed-of-light round trip from the client to `region`."""
+        if self.lat is None or self.lon is None:
+            return world.floor_ms(self.client, region)
+        r = world.regions[region]
+        return physical_rtt_floor_ms(self.lat, self.lon, r.latitude, r.longitude)
 
 
 def _weighted(rng: random.Random, table: dict):
@@ -104,6 +180,9 @@ def nearest_gateway(world: WorldSpec, client: str) -> str:
 def make_jobs(trace: list[TraceRequest], world: WorldSpec, mix: Mix, seed: int = 1) -> list[Job]:
     rng = random.Random(seed)
     unlocated = random.Random(seed + 7919)  # its own stream: the others' draws don't move
+    placed = random.Random(seed + 15485863)  # the cities' and last miles' own stream
+    near = cities_by_region(world, mix.city_radius_km) if mix.cities else {}
+    mile_sigma = math.log(mix.last_mile_p95_ms / mix.last_mile_p50_ms) / 1.645
     weights = client_weights(world, mix)
     regions, wts = list(weights), list(weights.values())
     served = {d.model for d in world.deployments.values()}
@@ -123,12 +202,27 @@ def make_jobs(trace: list[TraceRequest], world: WorldSpec, mix: Mix, seed: int =
         if reg.country_code == "US" and rng.random() < mix.hipaa_share_of_us_clients:
             compliance.add("hipaa")
         silent = unlocated.random() < mix.no_location_share
+        lat = lon = None
+        access = 0.0
+        if mix.cities:
+            access = mix.last_mile_p50_ms * math.exp(mile_sigma * placed.gauss(0.0, 1.0))
+            towns = near.get(client)
+            if towns:
+                city = placed.choices(towns, weights=[c.population for c in towns])[0]
+                lat, lon = city.latitude, city.longitude
+                access += ACCESS_INFLATION * physical_rtt_floor_ms(
+                    lat, lon, reg.latitude, reg.longitude
+                )
+        located = not silent and lat is not None
         jobs.append(
             Job(
                 i=i,
                 trace=tr,
                 client=client,
                 gateway=nearest_gateway(world, client) if silent else None,
+                lat=lat,
+                lon=lon,
+                access_ms=access,
                 request=Request(
                     model=model,
                     input_tokens=tr.input_tokens,
@@ -139,7 +233,9 @@ def make_jobs(trace: list[TraceRequest], world: WorldSpec, mix: Mix, seed: int =
                     allowed_jurisdictions=juris,
                     priority=rng.choice(mix.priorities),
                     prefer_cost_over_latency=rng.random() < mix.prefer_cost_share,
-                    client_region=None if silent else client,
+                    client_region=None if silent or located else client,
+                    client_lat=lat if located else None,
+                    client_lon=lon if located else None,
                     allow_relaxed_deadline=rng.random() < mix.relaxed_share,
                 ),
             )

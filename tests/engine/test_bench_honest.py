@@ -2,11 +2,11 @@
 
 import pytest
 
-from backends.world import PROFILE_SOURCES
+from backends.world import PROFILE_SOURCES, great_circle_km
 from bench import routing
 from bench.sim import simulate
 from bench.truth import SMALL_OVER_LARGE_TTFT, Truth, load_scatter, make_truth
-from bench.workload import Mix, make_jobs
+from bench.workload import ACCESS_INFLATION, Mix, make_jobs
 from bench.worlds import engine_snapshot
 
 
@@ -69,11 +69,23 @@ def test_observed_ttft_carries_the_queue_wait_the_engine_did_not_foresee():
 
 
 def test_an_honest_run_shorter_than_ten_service_times_is_refused(tmp_path):
-    with pytest.raises(SystemExit, match="run too short"):
+    # counters read every millisecond: enough reads, too few service times
+    with pytest.raises(SystemExit, match="mean service times"):
         routing.main(
             [
                 "--honest", "--requests", "2000", "--loads", "0.7", "--strategies", "deadline",
-                "--out-dir", str(tmp_path), "--no-plot",
+                "--counter-age-s", "0.001", "--out-dir", str(tmp_path), "--no-plot",
+            ]
+        )  # fmt: skip
+
+
+def test_an_honest_run_shorter_than_ten_reads_of_the_live_maps_is_refused(tmp_path):
+    # counters read every 100 s: no window of this run spans ten reads
+    with pytest.raises(SystemExit, match="reads of the live maps"):
+        routing.main(
+            [
+                "--honest", "--requests", "2000", "--loads", "0.7", "--strategies", "deadline",
+                "--counter-age-s", "100", "--out-dir", str(tmp_path), "--no-plot",
             ]
         )  # fmt: skip
 
@@ -86,3 +98,46 @@ def test_lateness_is_how_far_past_its_own_deadline_a_request_answered():
     assert routing.lateness(o) == pytest.approx(50.0)
     o.ttft_ms = 150.0
     assert routing.lateness(o) == 0.0
+
+
+def test_clients_in_cities_sit_near_their_region_and_the_engine_is_told_only_where():
+    world, jobs = _world_and_jobs(400, cities=True)
+    snapshot = engine_snapshot(world)
+    located = [j for j in jobs if j.lat is not None]
+    assert len(located) == len(jobs)  # every region of the demo world has a city near it
+    for j in located:
+        r = j.request
+        assert (r.client_region, r.client_lat, r.client_lon) == (None, j.lat, j.lon)
+        region = world.regions[j.client]
+        assert great_circle_km(j.lat, j.lon, region.latitude, region.longitude) <= 1000.0
+        # the engine maps the city to the client's own region (or one at the same site)
+        nearest, _ = snapshot.client_origin(j.lat, j.lon)
+        assert world.floor_ms(nearest, j.client) == 0.0
+        # the access path: more than the inflated floor to the region (a last mile on top)
+        assert j.access_ms > ACCESS_INFLATION * j.floor_ms(world, j.client)
+    access = sorted(j.access_ms for j in jobs)
+    assert 5.0 < access[len(access) // 2] < 60.0
+
+
+def test_without_cities_clients_sit_on_their_region_with_no_access_path():
+    _, jobs = _world_and_jobs(100)
+    assert all(j.lat is None and j.access_ms == 0.0 for j in jobs)
+    assert all(j.request.client_region == j.client for j in jobs)
+
+
+def test_the_honest_oracle_and_the_simulated_network_count_the_clients_access_path():
+    world, jobs = _world_and_jobs(
+        60, cities=True, ttft_classes={200.0: 1.0}, model_share={"llama-3.1-8b-instruct": 1.0}
+    )
+    n = len(jobs)
+    truth = Truth([1.0] * n, [1.0] * n, {})
+    routing.mark_oracle_from_truth(world, jobs, truth)
+    assert all(j.oracle_ok for j in jobs)
+    for j in jobs:
+        j.access_ms = 500.0  # a satellite last mile: no backend can answer in 200 ms
+    routing.mark_oracle_from_truth(world, jobs, truth)
+    assert not any(j.oracle_ok for j in jobs)
+    outcomes, _, _ = simulate(
+        world, engine_snapshot(world), jobs, [k * 0.01 for k in range(n)], "deadline", truth=truth
+    )
+    assert all(o.ttft_ms > 500.0 and not o.met for o in outcomes)
