@@ -227,7 +227,7 @@ def simulate(
     def publish(b: _Backend) -> None:
         load[b.id] = (b.busy, len(b.waiting) + b.transit, b.ewma)
 
-    def start(b: _Backend, now: float, k: int, rtt: float, t0: float) -> None:
+    def start(b: _Backend, now: float, k: int, rtt: float, t0: float, wait: float = 0.0) -> None:
         nonlocal seq
         job = jobs[k]
         tr = job.trace
@@ -250,7 +250,7 @@ def simulate(
         o = outcomes[k]
         o.cached_tokens = cached
         o.service_ms = service
-        o.wait_ms = now - t0 - rtt / 2
+        o.wait_ms = wait
         o.ttft_ms = now + prefill + rtt / 2 - t0
         o.e2e_ms = now + service + rtt / 2 - t0
         b.busy_ms += service
@@ -265,7 +265,7 @@ def simulate(
             if b.busy < b.slots:
                 start(b, now, k, rtt, t0)
             else:
-                b.waiting.append((k, rtt, t0))
+                b.waiting.append((k, rtt, t0, now))
                 publish(b)
         else:
             b, service, blocks, k = data
@@ -282,8 +282,8 @@ def simulate(
                 while len(b.cache) > CACHE_BLOCKS:
                     b.cache.popitem(last=False)
             if b.waiting:
-                k, rtt, t0 = b.waiting.popleft()
-                start(b, now, k, rtt, t0)
+                k, rtt, t0, arrived = b.waiting.popleft()
+                start(b, now, k, rtt, t0, now - arrived)
             else:
                 publish(b)
 

@@ -141,3 +141,15 @@ def test_the_honest_oracle_and_the_simulated_network_count_the_clients_access_pa
         world, engine_snapshot(world), jobs, [k * 0.01 for k in range(n)], "deadline", truth=truth
     )
     assert all(o.ttft_ms > 500.0 and not o.met for o in outcomes)
+
+
+def test_a_request_waits_for_a_slot_only_when_its_backend_is_full():
+    world, jobs = _world_and_jobs(400, cities=True, model_share={"llama-3.1-405b-instruct": 1.0})
+    n = len(jobs)
+    truth = Truth([1.0] * n, [1.0] * n, {})
+    snapshot = engine_snapshot(world)
+    spaced, _, _ = simulate(world, snapshot, jobs, [60.0 * k for k in range(n)], "deadline",
+                            truth=truth)  # fmt: skip
+    assert all(o.wait_ms == 0.0 for o in spaced)
+    burst, _, _ = simulate(world, snapshot, jobs, [0.0] * n, "deadline", truth=truth)
+    assert any(o.wait_ms > 0.0 for o in burst)  # 400 at once on 384 slots
