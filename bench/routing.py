@@ -309,20 +309,13 @@ def measured_window_s(jobs: list[Job], arrivals_s: list[float], mask: list[bool]
 
 def service_times_covered(outcomes, mask, arrivals_s) -> dict[str, float]:
     """Per model: the measured window over the model's mean simulated service time."""
-    window: dict[str, list[float]] = {}
+    window = measured_window_s([o.job for o in outcomes], arrivals_s, mask)
     service: dict[str, list[float]] = {}
-    for o, m, a in zip(outcomes, mask, arrivals_s, strict=True):
-        if not m:
-            continue
-        model = o.job.request.model
-        lo_hi = window.setdefault(model, [math.inf, -math.inf])
-        lo_hi[0], lo_hi[1] = min(lo_hi[0], a), max(lo_hi[1], a)
-        if o.service_ms:
-            service.setdefault(model, []).append(o.service_ms)
+    for o, m in zip(outcomes, mask, strict=True):
+        if m and o.service_ms:
+            service.setdefault(o.job.request.model, []).append(o.service_ms)
     return {
-        m: (hi - lo) * 1000.0 / statistics.fmean(service[m])
-        for m, (lo, hi) in window.items()
-        if service.get(m)
+        m: w * 1000.0 / statistics.fmean(service[m]) for m, w in window.items() if service.get(m)
     }
 
 

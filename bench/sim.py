@@ -43,7 +43,7 @@ from backends.world import WorldSpec
 from routing.engine import LiveState, Snapshot, get_strategy, projected_in_flight, route
 
 from .truth import Truth
-from .workload import Job, nearest_gateway
+from .workload import Job, gateway_sites, nearest_gateway
 from .worlds import engine_backends, latency_map
 
 ARRIVE, FINISH = 0, 1
@@ -175,7 +175,7 @@ def simulate(
     observed_version = 0
     refreshed_version = 0
     own_at_read: dict[str, dict[str, int]] = {}  # gateway -> its own counts at the read
-    gateways = len({c.region for c in world.clusters.values()})
+    gateways = len(gateway_sites(world))
 
     def refresh(now: float) -> None:
         """The live map as a gateway reads it: counters and observed speeds of `now`."""

@@ -171,10 +171,14 @@ def client_weights(world: WorldSpec, mix: Mix) -> dict[str, float]:
     return weights
 
 
+def gateway_sites(world: WorldSpec) -> list[str]:
+    """Where gateways run: every region with a cluster (one gateway each)."""
+    return sorted({c.region for c in world.clusters.values()})
+
+
 def nearest_gateway(world: WorldSpec, client: str) -> str:
     """The gateway a client without a location reaches: the nearest region with a cluster."""
-    sites = sorted({c.region for c in world.clusters.values()})
-    return min(sites, key=lambda site: (world.rtt_ms(client, site), site))
+    return min(gateway_sites(world), key=lambda site: (world.rtt_ms(client, site), site))
 
 
 def make_jobs(trace: list[TraceRequest], world: WorldSpec, mix: Mix, seed: int = 1) -> list[Job]:
