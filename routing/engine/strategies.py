@@ -28,6 +28,16 @@ from .decision import Decision
 #: fast-decoding chips, which herd (bench/README.md, "Honest mode"). 0.5 keeps a backend
 #: whose decode slowed 5x out of the band of a short answer's 300 ms deadline.
 FINISH_BAND_SHARE = 0.5
+#: `deadline` spreads a request once the backend it would take has at most this share
+#: of its slots free (in flight and queued as this gateway projects them): it goes to
+#: the least loaded candidate that meets the deadline with SAFETY_SHARE to spare.
+#: Below it a full backend's queue would miss deadlines the scatter of service times
+#: decides; above it requests leave a backend that still had room (bench/README.md).
+SPREAD_WHEN_FREE = 0.1
+#: A candidate meets the deadline "with margin" when its prediction leaves this share
+#: of the deadline unused: predictions are medians, service times scatter around them
+#: and the network jitters. `deadline` ranks candidates with margin first.
+SAFETY_SHARE = 0.3
 
 
 class Strategy:
@@ -62,62 +72,92 @@ class Strategy:
 
 
 class Deadline(Strategy):
-    """The nearest backend that meets the deadline, within a finish band (the default).
+    """The nearest backend that meets the deadline with margin, within a finish band,
+    until it is nearly full; then the least loaded one with margin (the default).
 
-    1. Only candidates predicted to meet the SLA (TTFT and end-to-end) compete.
-    2. Among them, a candidate is *in band* when its predicted decode is at most
-       FINISH_BAND_SHARE of the request's deadline longer than the quickest decode
-       among them. In-band candidates come first, then the rest; inside each group
-       the nearest (lowest network RTT) wins, then a session's affinity backend, then
-       the earlier predicted finish, the less loaded, the cheaper.
-    3. A request with no deadline at all is served by the earliest predicted finish:
+    1. Only candidates predicted to meet the SLA (TTFT and end-to-end) compete; those
+       that meet it with SAFETY_SHARE of the deadline unused come first.
+    2. Inside each of those two groups, a candidate is *in band* when its predicted
+       decode is at most FINISH_BAND_SHARE of the request's deadline longer than the
+       quickest decode among all of them. In-band candidates come first, then the rest;
+       then the nearest (lowest network RTT), a session's affinity backend, the earlier
+       predicted finish, the less loaded, the cheaper.
+    3. When the winner of step 2 has at most SPREAD_WHEN_FREE of its slots free, the
+       request spreads: the least loaded candidate with margin wins, ties to the
+       earlier finish, then the candidates without margin.
+    4. A request with no deadline at all is served by the earliest predicted finish:
        there is nothing to trade speed against.
-    4. A late request (the plan relaxes its deadline because nothing can meet it) goes
-       to the nearest backend, ties to the earlier finish, as in step 2.
-    With `prefer_cost_over_latency`, the cheapest candidate meeting the SLA wins; at
-    one price the nearest, then the earlier finish, then the less loaded. A late
-    request that prefers cost is routed as any late request: no candidate meets its
-    SLA, and the cheapest one's queue is where every such request would wait.
+    5. A late request (the plan relaxes its deadline because nothing can meet it) goes
+       to the nearest backend, ties to the earlier finish.
+    With `prefer_cost_over_latency`, the cheapest candidate meeting the SLA with
+    margin wins; at one price the nearest, then the earlier finish, the less loaded.
+    A late request that prefers cost is routed as any late request: no candidate
+    meets its SLA, and the cheapest one's queue is where every such request would wait.
 
-    Why nearest, not fastest: the honest benchmark (bench/README.md) routes on
-    counters a second old, as the live maps are, while an 8B request holds a slot for
-    a quarter of a second. Ranking the mesh on predicted finish (queue included) sends
-    every gateway to the same backend within the same second; the queue nobody
-    foresaw then shows up as observed TTFT and the traffic swings to the next one.
-    Distance does not change with the counters: clients spread by geography, as the
-    capacity is placed, and the counters only decide feasibility. The band is on
-    decode, not on the whole finish, because the observed TTFT the prefill prediction
-    scales with carries those unforeseen queues, while observed decode speed is
-    measured between the first and the last token, past any queue; it keeps a request
-    off a backend that would stream its answer far more slowly than another that also
-    meets its deadline (a slowed backend loses its traffic while still in time).
-    Since each gateway projects everyone's in-flight counts from its own sends
-    (`mesh.projected_in_flight`), finishing first herds far less, and in the honest
-    benchmark it now leads at 70-90% load while this rule leads at 30% (bench/README.md).
+    Why margin first: predictions are medians; a real backend's time to first token
+    scatters around it (bench/README.md, "Honest mode"), and a candidate predicted to
+    answer just in time misses about as often as it makes it. Why nearest next: the
+    live maps' counters are a second old while an 8B request holds a slot for a
+    quarter of a second; distance does not change with the counters, clients spread by
+    geography as the capacity is placed, and an idle mesh serves each request from
+    nearby. The band is on decode, not on the whole finish, because the observed TTFT
+    the prefill prediction scales with carries the queues nobody foresaw, while
+    observed decode speed is measured between the first and the last token, past any
+    queue; it keeps a request off a backend that would stream its answer far more
+    slowly than another that also meets its deadline (a slowed backend loses its
+    traffic while still in time). Why spread when nearly full: the nearest rule alone
+    fills each nearby backend to the edge of feasibility, where the scatter misses (at
+    90% load that cost it 20 points). Each gateway projects everyone's in-flight
+    counts from its own sends (`mesh.projected_in_flight`), so a backend filling up is
+    seen within the second and the spread does not herd. Finishing first instead
+    (`fastest_feasible`) piles requests with slack on the fast chips and loses at
+    every load of the honest benchmark.
     """
 
     name = "deadline"
-    description = "nearest among SLA-feasible, within a decode band of the fastest"
+    description = "nearest SLA-feasible with margin, within a decode band; least loaded when full"
 
     def rank(self, d, cand):
         r = d.request
+        idx = d.idx
         total = d.total[cand]
-        load = d.idx.load[cand]
-        if r.prefer_cost_over_latency and not d.late:
-            price = d.price[cand]
-            return self._by_keys(cand, total, price, d.rtt[cand], total, load, need=d.need)
+        load = idx.load[cand]
         deadline = r.max_ttft_ms if r.max_ttft_ms is not None else r.max_latency_ms
         if deadline is None:
             return self._by_keys(cand, total, total, d.rtt[cand], load, d.price[cand], need=d.need)
         held = d.held
-        affinity = (cand != held).astype(float) if held is not None else d.idx.zeros[cand]
-        first = np.zeros(cand.size)
-        if not d.late:
-            decode = d.decode[cand]
-            first = (decode > float(decode.min()) + FINISH_BAND_SHARE * deadline).astype(float)
-        return self._by_keys(
+        affinity = (cand != held).astype(float) if held is not None else idx.zeros[cand]
+        if d.late:
+            rtt = d.rtt[cand]
+            return self._by_keys(
+                cand, total, rtt, affinity, total, load, d.price[cand], need=d.need
+            )
+        short = 2.0 * ~_with_margin(d, cand)
+        if r.prefer_cost_over_latency:
+            price = d.price[cand]
+            return self._by_keys(cand, total, short, price, d.rtt[cand], total, load, need=d.need)
+        decode = d.decode[cand]
+        first = short + (decode > float(decode.min()) + FINISH_BAND_SHARE * deadline)
+        order, score = self._by_keys(
             cand, total, first, d.rtt[cand], affinity, total, load, d.price[cand], need=d.need
         )
+        top = int(order[0])
+        if idx.free_slots[top] > SPREAD_WHEN_FREE * idx.slots[top]:
+            return order, score
+        return self._by_keys(cand, total, short, load, total, need=d.need)
+
+
+def _with_margin(d: Decision, cand: np.ndarray) -> np.ndarray:
+    """Candidates predicted to meet the request's deadlines with SAFETY_SHARE of them
+    unused (a request with a deadline, so at least one of the two is set)."""
+    r = d.request
+    keep = 1.0 - SAFETY_SHARE
+    ok = np.ones(cand.size, dtype=bool)
+    if r.max_ttft_ms is not None:
+        ok &= d.ttft[cand] <= keep * r.max_ttft_ms
+    if r.max_latency_ms is not None:
+        ok &= d.total[cand] <= keep * r.max_latency_ms
+    return ok
 
 
 class Seed(Strategy):

@@ -1,9 +1,17 @@
 """`deadline` (the default): the nearest backend that meets the deadline, within a
-decode band of the quickest; no deadline: the earliest finish; cost when asked."""
+decode band of the quickest, until it is nearly full, then the least loaded one that
+meets it with margin; no deadline: the earliest finish; cost when asked."""
 
 import pytest
 
-from routing.engine import FINISH_BAND_SHARE, Profile, Request, route
+from routing.engine import (
+    FINISH_BAND_SHARE,
+    SAFETY_SHARE,
+    SPREAD_WHEN_FREE,
+    Profile,
+    Request,
+    route,
+)
 from tests.engine.mini_world import PROFILE, make_backend, make_snapshot
 
 BASE = {"model": "m-70b", "input_tokens": 1000, "max_output_tokens": 10, "client_region": "paris"}
@@ -24,15 +32,43 @@ def test_it_picks_the_nearest_backend_that_meets_the_deadline():
     assert route(snap, Request(**BASE, max_ttft_ms=1000)).primary.backend_id == "near"
 
 
-def test_the_nearest_keeps_the_request_however_busy_the_counters_say_it_is():
-    # paris 90% busy, frankfurt idle and 10 ms away: both meet 200 ms, so the nearer
-    # wins. Second-old load counters must not move requests (every gateway would move
-    # them at once); they only decide who meets the deadline.
+def test_the_nearest_keeps_the_request_while_a_tenth_of_its_slots_are_free():
+    # paris 89% busy, frankfurt idle and 10 ms away: both meet 200 ms, so the nearer
+    # wins. Second-old load counters must not move requests while there is room (every
+    # gateway would move them at once); they decide who meets the deadline.
     snap = make_snapshot(
-        make_backend("paris", slots=100, in_flight=90),
+        make_backend("paris", slots=100, in_flight=89),
         make_backend("frankfurt", "frankfurt", slots=100),
     )
+    assert pytest.approx(0.1) == SPREAD_WHEN_FREE
     assert route(snap, Request(**BASE, max_ttft_ms=200)).primary.backend_id == "paris"
+
+
+def test_a_nearly_full_nearest_backend_sends_the_request_to_the_least_loaded_in_time():
+    # paris has 10 of 100 slots free: the request spreads. frankfurt (60 busy) and
+    # virginia (30 busy) both meet 1 s with margin; the less loaded wins, not the
+    # nearer, and paris comes last of the three.
+    snap = make_snapshot(
+        make_backend("paris", slots=100, in_flight=90),
+        make_backend("frankfurt", "frankfurt", slots=100, in_flight=60),
+        make_backend("virginia", "virginia", slots=100, in_flight=30),
+    )
+    plan = route(snap, Request(**BASE, max_ttft_ms=1000), max_fallbacks=2)
+    assert [c.backend_id for c in plan.choices] == ["virginia", "frankfurt", "paris"]
+
+
+def test_spreading_prefers_a_backend_with_margin_to_a_less_loaded_one_on_the_edge():
+    # paris is full-ish; virginia is idle but its ~180 ms TTFT leaves less than a tenth
+    # of the 195 ms deadline unused; frankfurt (busier) keeps its margin and wins.
+    snap = make_snapshot(
+        make_backend("paris", slots=100, in_flight=95),
+        make_backend("frankfurt", "frankfurt", slots=100, in_flight=50),
+        make_backend("virginia", "virginia", slots=100),
+    )
+    plan = route(snap, Request(**BASE, max_ttft_ms=195), max_fallbacks=2)
+    by_id = {c.backend_id: c for c in plan.choices}
+    assert by_id["virginia"].prediction.ttft_ms > (1 - SAFETY_SHARE) * 195
+    assert plan.primary.backend_id == "frankfurt"
 
 
 def test_a_queue_that_would_miss_the_deadline_sends_the_request_farther():
@@ -125,23 +161,49 @@ def test_a_session_stays_on_the_backend_holding_its_prompt_at_a_shared_site():
     assert route(snap, req).primary.backend_id == "b"
 
 
-def test_prefer_cost_takes_the_cheapest_backend_that_meets_the_sla():
+def test_prefer_cost_takes_the_cheapest_backend_that_meets_the_sla_with_margin():
+    # 300 ms: virginia (~186 ms) meets it with margin, tokyo (~326 ms) not at all.
     snap = make_snapshot(
         make_backend("near-pricey", profile=PRICEY),
         make_backend("far-cheap", "virginia"),
         make_backend("farther-cheap", "tokyo"),
     )
-    req = Request(**BASE, prefer_cost_over_latency=True, max_ttft_ms=200)
+    req = Request(**BASE, prefer_cost_over_latency=True, max_ttft_ms=300)
     plan = route(snap, req)
     assert plan.primary.backend_id == "far-cheap"
     assert [c.backend_id for c in plan.choices] == ["far-cheap", "near-pricey"]
 
 
-def test_a_late_request_goes_to_the_nearest_backend():
-    # Nothing meets 100 ms (paris: 106). The request accepts a late answer: the
-    # nearest serves it, busy or not, as a request in time would be served.
+def test_prefer_cost_does_not_take_a_cheap_backend_on_the_edge_of_the_deadline():
+    # 200 ms: virginia's ~186 ms is in time but leaves less than SAFETY_SHARE of it.
     snap = make_snapshot(
-        make_backend("paris", slots=100, in_flight=60),
+        make_backend("near-pricey", profile=PRICEY),
+        make_backend("far-cheap", "virginia"),
+    )
+    req = Request(**BASE, prefer_cost_over_latency=True, max_ttft_ms=200)
+    plan = route(snap, req)
+    assert plan.fallbacks[0].prediction.ttft_ms > (1 - SAFETY_SHARE) * 200
+    assert [c.backend_id for c in plan.choices] == ["near-pricey", "far-cheap"]
+
+
+def test_a_nearer_backend_on_the_edge_of_the_deadline_loses_to_one_with_margin():
+    # 120 ms: paris (~106 ms) is in time with 12% to spare, a queue-free frankfurt
+    # backend with a faster prefill answers in ~75 ms; margin first, then distance.
+    fast_prefill = Profile(65.0, 1000, 20_000.0, 100.0, 1.0, 2.0)
+    snap = make_snapshot(
+        make_backend("paris"), make_backend("frankfurt", "frankfurt", profile=fast_prefill)
+    )
+    plan = route(snap, Request(**BASE, max_ttft_ms=120))
+    assert plan.primary.backend_id == "frankfurt"
+    assert plan.fallbacks[0].backend_id == "paris"
+    assert plan.fallbacks[0].meets_sla
+
+
+def test_a_late_request_goes_to_the_nearest_backend_however_full():
+    # Nothing meets 100 ms (paris: 106). The request accepts a late answer: the
+    # nearest serves it, nearly full or not; it does not take margin from others.
+    snap = make_snapshot(
+        make_backend("paris", slots=100, in_flight=95),
         make_backend("virginia", "virginia", slots=100),
     )
     late = route(snap, Request(**BASE, max_ttft_ms=100, allow_relaxed_deadline=True))
