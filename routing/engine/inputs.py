@@ -251,8 +251,9 @@ class Request:
       no other organization's private backend is ever a candidate, an exclusion or a
       count in the plan. None: public backends only.
     * Degradation the caller allows when nothing meets the SLA: `fallback_models`,
-      tried in order; then `allow_relaxed_deadline` (serve the fastest policy-allowed
-      backend late rather than refuse). Compliance and residency are never relaxed.
+      tried in order; then `allow_relaxed_deadline` (serve a policy-allowed backend
+      late rather than refuse; which one is the strategy's late rule, `deadline`'s the
+      nearest). Compliance and residency are never relaxed.
     """
 
     model: str

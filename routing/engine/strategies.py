@@ -22,11 +22,12 @@ from .decision import Decision
 
 #: `deadline`'s finish band: a candidate meeting the deadline is "in band" when its
 #: predicted decode takes at most this share of the request's own deadline (TTFT, else
-#: latency) longer than the quickest decode among the candidates meeting it. The nearest
-#: in-band candidate wins. Larger: more locality, and a request may stream its answer
-#: more slowly than the fastest backend would; smaller: more requests chase the
-#: fast-decoding chips, which herd (bench/README.md, "Honest mode"). 0.5 keeps a backend
-#: whose decode slowed 5x out of the band of a short answer's 300 ms deadline.
+#: latency) longer than the quickest decode among the candidates meeting it. In-band
+#: candidates rank first (after the margin, SAFETY_SHARE), the nearest of them first.
+#: Larger: more locality, and a request may stream its answer more slowly than the
+#: fastest backend would; smaller: more requests chase the fast-decoding chips, which
+#: herd (bench/README.md, "Honest mode"). 0.5 keeps a backend whose decode slowed 5x out
+#: of the band of a short answer's 300 ms deadline.
 FINISH_BAND_SHARE = 0.5
 #: `deadline` spreads a request once the backend it would take has at most this share
 #: of its slots free (in flight and queued as this gateway projects them): it goes to
@@ -83,35 +84,36 @@ class Deadline(Strategy):
        then the nearest (lowest network RTT), a session's affinity backend, the earlier
        predicted finish, the less loaded, the cheaper.
     3. When the winner of step 2 has at most SPREAD_WHEN_FREE of its slots free, the
-       request spreads: the least loaded candidate with margin wins, ties to the
-       earlier finish, then the candidates without margin.
+       request spreads: inside the same groups (margin, then band) the least loaded
+       candidate wins, ties to the earlier finish.
     4. A request with no deadline at all is served by the earliest predicted finish:
        there is nothing to trade speed against.
     5. A late request (the plan relaxes its deadline because nothing can meet it) goes
-       to the nearest backend, ties to the earlier finish.
+       to the nearest backend, ties to a session's affinity backend, the earlier finish.
     With `prefer_cost_over_latency`, the cheapest candidate meeting the SLA with
-    margin wins; at one price the nearest, then the earlier finish, the less loaded.
+    margin wins (with no deadline, the cheapest); at one price the nearest, then the
+    earlier finish, the less loaded.
     A late request that prefers cost is routed as any late request: no candidate
     meets its SLA, and the cheapest one's queue is where every such request would wait.
 
     Why margin first: predictions are medians; a real backend's time to first token
     scatters around it (bench/README.md, "Honest mode"), and a candidate predicted to
-    answer just in time misses about as often as it makes it. Why nearest next: the
-    live maps' counters are a second old while an 8B request holds a slot for a
-    quarter of a second; distance does not change with the counters, clients spread by
-    geography as the capacity is placed, and an idle mesh serves each request from
-    nearby. The band is on decode, not on the whole finish, because the observed TTFT
-    the prefill prediction scales with carries the queues nobody foresaw, while
-    observed decode speed is measured between the first and the last token, past any
-    queue; it keeps a request off a backend that would stream its answer far more
-    slowly than another that also meets its deadline (a slowed backend loses its
-    traffic while still in time). Why spread when nearly full: the nearest rule alone
-    fills each nearby backend to the edge of feasibility, where the scatter misses (at
-    90% load that cost it 20 points). Each gateway projects everyone's in-flight
+    answer just in time misses about as often as it makes it. Why nearest next: the live
+    maps' counters are a second old while an 8B request holds a slot for a quarter of a
+    second; distance does not change with the counters, clients spread by geography as
+    the capacity is placed, and an idle mesh serves each request from nearby. The band
+    is on decode, not on the whole finish, because the observed TTFT the prefill
+    prediction scales with carries the queues nobody foresaw, while observed decode
+    speed is measured between the first and the last token, past any queue; it keeps a
+    request off a backend that would stream its answer far more slowly than another that
+    also meets its deadline (a slowed backend loses its traffic while still in time,
+    spread or not). Why spread when nearly full: the nearest rule alone fills each
+    nearby backend to the edge of feasibility, where the scatter misses (at 90% load it
+    trailed finishing first by 6-17 points). Each gateway projects everyone's in-flight
     counts from its own sends (`mesh.projected_in_flight`), so a backend filling up is
     seen within the second and the spread does not herd. Finishing first instead
-    (`fastest_feasible`) piles requests with slack on the fast chips and loses at
-    every load of the honest benchmark.
+    (`fastest_feasible`) piles requests with slack on the fast chips and loses at every
+    load of the honest benchmark.
     """
 
     name = "deadline"
@@ -122,9 +124,6 @@ class Deadline(Strategy):
         idx = d.idx
         total = d.total[cand]
         load = idx.load[cand]
-        deadline = r.max_ttft_ms if r.max_ttft_ms is not None else r.max_latency_ms
-        if deadline is None:
-            return self._by_keys(cand, total, total, d.rtt[cand], load, d.price[cand], need=d.need)
         held = d.held
         affinity = (cand != held).astype(float) if held is not None else idx.zeros[cand]
         if d.late:
@@ -136,6 +135,9 @@ class Deadline(Strategy):
         if r.prefer_cost_over_latency:
             price = d.price[cand]
             return self._by_keys(cand, total, short, price, d.rtt[cand], total, load, need=d.need)
+        deadline = r.max_ttft_ms if r.max_ttft_ms is not None else r.max_latency_ms
+        if deadline is None:
+            return self._by_keys(cand, total, total, d.rtt[cand], load, d.price[cand], need=d.need)
         decode = d.decode[cand]
         first = short + (decode > float(decode.min()) + FINISH_BAND_SHARE * deadline)
         order, score = self._by_keys(
@@ -144,12 +146,14 @@ class Deadline(Strategy):
         top = int(order[0])
         if idx.free_slots[top] > SPREAD_WHEN_FREE * idx.slots[top]:
             return order, score
-        return self._by_keys(cand, total, short, load, total, need=d.need)
+        # Spread: the same groups (margin, band), the least loaded first; a queue shows
+        # in the predicted finish, the tie-break (`load` stops at a full backend).
+        return self._by_keys(cand, total, first, load, total, need=d.need)
 
 
 def _with_margin(d: Decision, cand: np.ndarray) -> np.ndarray:
-    """Candidates predicted to meet the request's deadlines with SAFETY_SHARE of them
-    unused (a request with a deadline, so at least one of the two is set)."""
+    """Candidates predicted to meet each of the request's deadlines that is set (TTFT,
+    end-to-end) with SAFETY_SHARE of it unused; all of them when neither is set."""
     r = d.request
     keep = 1.0 - SAFETY_SHARE
     ok = np.ones(cand.size, dtype=bool)

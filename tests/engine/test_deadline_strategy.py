@@ -32,10 +32,10 @@ def test_it_picks_the_nearest_backend_that_meets_the_deadline():
     assert route(snap, Request(**BASE, max_ttft_ms=1000)).primary.backend_id == "near"
 
 
-def test_the_nearest_keeps_the_request_while_a_tenth_of_its_slots_are_free():
-    # paris 89% busy, frankfurt idle and 10 ms away: both meet 200 ms, so the nearer
-    # wins. Second-old load counters must not move requests while there is room (every
-    # gateway would move them at once); they decide who meets the deadline.
+def test_the_nearest_keeps_the_request_while_more_than_a_tenth_of_its_slots_are_free():
+    # paris 89% busy (11 slots free), frankfurt idle and 10 ms away: both meet 200 ms
+    # with margin, so the nearer wins. Second-old load counters must not move requests
+    # while there is room (every gateway would move them at once).
     snap = make_snapshot(
         make_backend("paris", slots=100, in_flight=89),
         make_backend("frankfurt", "frankfurt", slots=100),
@@ -58,8 +58,9 @@ def test_a_nearly_full_nearest_backend_sends_the_request_to_the_least_loaded_in_
 
 
 def test_spreading_prefers_a_backend_with_margin_to_a_less_loaded_one_on_the_edge():
-    # paris is full-ish; virginia is idle but its ~180 ms TTFT leaves less than a tenth
-    # of the 195 ms deadline unused; frankfurt (busier) keeps its margin and wins.
+    # paris is nearly full; virginia is idle but its 185 ms TTFT (80 + 105) leaves less
+    # than SAFETY_SHARE (30%) of the 195 ms deadline unused; frankfurt (busier, 115 ms)
+    # keeps its margin and wins.
     snap = make_snapshot(
         make_backend("paris", slots=100, in_flight=95),
         make_backend("frankfurt", "frankfurt", slots=100, in_flight=50),
@@ -72,7 +73,7 @@ def test_spreading_prefers_a_backend_with_margin_to_a_less_loaded_one_on_the_edg
 
 
 def test_a_queue_that_would_miss_the_deadline_sends_the_request_farther():
-    # paris: 4 requests ahead of 2 slots, ~1 s of queue; frankfurt meets 200 ms.
+    # paris: 4 requests ahead of 2 slots, ~410 ms of queue; frankfurt meets 200 ms.
     snap = make_snapshot(
         make_backend("paris-busy", slots=2, in_flight=2, queued=3, max_queue=8),
         make_backend("frankfurt-idle", "frankfurt"),
@@ -162,7 +163,7 @@ def test_a_session_stays_on_the_backend_holding_its_prompt_at_a_shared_site():
 
 
 def test_prefer_cost_takes_the_cheapest_backend_that_meets_the_sla_with_margin():
-    # 300 ms: virginia (~186 ms) meets it with margin, tokyo (~326 ms) not at all.
+    # 300 ms: virginia (185 ms) meets it with margin, tokyo (325 ms) not at all.
     snap = make_snapshot(
         make_backend("near-pricey", profile=PRICEY),
         make_backend("far-cheap", "virginia"),
@@ -175,7 +176,7 @@ def test_prefer_cost_takes_the_cheapest_backend_that_meets_the_sla_with_margin()
 
 
 def test_prefer_cost_does_not_take_a_cheap_backend_on_the_edge_of_the_deadline():
-    # 200 ms: virginia's ~186 ms is in time but leaves less than SAFETY_SHARE of it.
+    # 200 ms: virginia's 185 ms is in time but leaves less than SAFETY_SHARE of it.
     snap = make_snapshot(
         make_backend("near-pricey", profile=PRICEY),
         make_backend("far-cheap", "virginia"),
@@ -197,6 +198,42 @@ def test_a_nearer_backend_on_the_edge_of_the_deadline_loses_to_one_with_margin()
     assert plan.primary.backend_id == "frankfurt"
     assert plan.fallbacks[0].backend_id == "paris"
     assert plan.fallbacks[0].meets_sla
+
+
+def test_spreading_passes_over_an_idle_backend_that_would_stream_much_more_slowly():
+    # paris is nearly full. frankfurt is idle but its decode slowed to a fifth (100
+    # tokens: 5 s against 1 s), out of the band; virginia, busier, decodes at full
+    # speed and meets 1 s with margin: the spread goes there, not to the slowed one.
+    snap = make_snapshot(
+        make_backend("paris", slots=100, in_flight=95),
+        make_backend("frankfurt", "frankfurt", slots=100, profile=decoding_at(20.0)),
+        make_backend("virginia", "virginia", slots=100, in_flight=50),
+    )
+    req = Request(**{**BASE, "max_output_tokens": 100}, max_ttft_ms=1000)
+    assert route(snap, req).primary.backend_id == "virginia"
+
+
+def test_without_a_deadline_prefer_cost_still_takes_the_cheapest_backend():
+    snap = make_snapshot(
+        make_backend("near-pricey", profile=PRICEY), make_backend("far-cheap", "virginia")
+    )
+    req = Request(**BASE, prefer_cost_over_latency=True)
+    assert route(snap, req).primary.backend_id == "far-cheap"
+
+
+def test_margin_counts_on_both_deadlines_when_both_are_set():
+    # TTFT 300 ms: paris (106) and virginia (185) both keep 30% of it. End-to-end
+    # 300 ms: paris (206: 106 + 10 tokens at 10 ms) keeps 30%, virginia (285) does not.
+    # Nearly full, paris still wins the spread: virginia, idle, lacks the margin.
+    snap = make_snapshot(
+        make_backend("paris", slots=100, in_flight=95),
+        make_backend("virginia", "virginia", slots=100),
+    )
+    req = Request(**BASE, max_ttft_ms=300, max_latency_ms=300)
+    plan = route(snap, req)
+    assert plan.primary.backend_id == "paris"
+    assert plan.fallbacks[0].prediction.total_ms > (1 - SAFETY_SHARE) * 300
+    assert plan.fallbacks[0].prediction.ttft_ms <= (1 - SAFETY_SHARE) * 300
 
 
 def test_a_late_request_goes_to_the_nearest_backend_however_full():

@@ -174,6 +174,10 @@ def decode_ms(b, r: Request) -> float:
     return r.max_output_tokens * 1000.0 / speed
 
 
+def load(b) -> float:
+    return min(b.state.in_flight / b.concurrency_slots, 1.0)
+
+
 def nearly_full(b) -> bool:
     s = b.state
     return b.concurrency_slots - s.in_flight - s.queued <= SPREAD_WHEN_FREE * b.concurrency_slots
@@ -210,10 +214,13 @@ def test_deadline_takes_the_nearest_backend_with_margin_in_the_band_unless_it_is
         if req.client_region is None
         else (lambda b: snap.latency.rtt_ms(req.client_region, b.region))
     )
+    assert plan.primary.backend_id in {b.id for b in first}
     nearest = min(rtt(b) for b in first)
     if plan.primary.prediction.rtt_ms > nearest + 1e-6:
-        # it spread: a nearest backend of the first group was nearly full
+        # it spread: a nearest backend of the first group was nearly full, and the
+        # request went to the least loaded of that group
         assert any(nearly_full(b) for b in first if rtt(b) <= nearest + 1e-6)
+        assert load(snap.backend(plan.primary.backend_id)) <= min(load(b) for b in first)
 
 
 @SETTINGS
