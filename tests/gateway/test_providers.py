@@ -297,13 +297,15 @@ def test_the_providers_own_first_token_timeout_sends_a_hung_request_elsewhere(
 def test_a_429_rests_the_deployment_for_its_retry_after_and_traffic_returns_after(
     mesh, api_key, groq, seen, client
 ):
-    mesh.fault(GROQ, fault="rate_limited", retry_after_s=1)
+    # A 3 s rest: the gateways see it through the live maps' announcement, which a busy
+    # machine may delay past a 1 s rest (the plan would then never leave out GROQ).
+    mesh.fault(GROQ, fault="rate_limited", retry_after_s=3)
     asked = time.time()
     response = seen.keep(post(mesh, api_key, ASK))
     assert response.status_code == 200, response.text
     assert response.json()["tesseract"]["route"]["backend"] == HUB
     until = float(client.hget(livestate.COOLING, GROQ) or 0)
-    assert asked < until <= time.time() + 1.5
+    assert asked < until <= time.time() + 3.5
     eventually(lambda: GROQ not in planned(mesh, api_key))
     assert client.hget(health.COUNTERS + GROQ, "fails") is None  # rate-limited, not ill
     mesh.fault(GROQ, fault="none")
