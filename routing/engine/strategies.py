@@ -31,7 +31,7 @@ from .decision import Decision
 FINISH_BAND_SHARE = 0.5
 #: `deadline` spreads a request once the backend it would take has at most this share
 #: of its slots free (in flight and queued as this gateway projects them): it goes to
-#: the least loaded candidate that meets the deadline with SAFETY_SHARE to spare.
+#: the least loaded candidate of the same groups (SAFETY_SHARE margin, decode band).
 #: Below it a full backend's queue would miss deadlines the scatter of service times
 #: decides; above it requests leave a backend that still had room (bench/README.md).
 SPREAD_WHEN_FREE = 0.1
