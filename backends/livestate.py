@@ -13,9 +13,13 @@ Keys
                               script's keys share the `{health}` hash tag, one slot
                               on Redis Cluster)
   tesseract:live:rtt          hash  "<src region>|<dst region>" → smoothed RTT, ms
-  tesseract:live:inflight:<gateway process>   (`inflight_key`)
+  tesseract:live:{inflight}:<gateway process>   (`inflight_key`)
                               hash  deployment slug → requests that process has in flight
                               (rewritten a few times a second, expires if the process dies)
+  tesseract:live:{inflight}   sorted set  gateway process → when it last shared its counts
+                              (epoch seconds): readers look up the hashes here instead of
+                              scanning the keyspace; one `{inflight}` slot on Redis
+                              Cluster, so a process replaces its hash and its entry at once
   tesseract:live:cooling      hash  deployment slug → epoch seconds until which it rests
                               (the provider answered 429; `Retry-After`)
   tesseract:live:providers:rejected
@@ -42,8 +46,16 @@ DEPLOYMENTS = "tesseract:live:deployments"
 HEALTH_TAG = "{health}"
 HEALTH = "tesseract:live:" + HEALTH_TAG
 RTT = "tesseract:live:rtt"
-INFLIGHT_PREFIX = "tesseract:live:inflight:"
+INFLIGHT_REGISTRY = "tesseract:live:{inflight}"
+INFLIGHT_PREFIX = INFLIGHT_REGISTRY + ":"
 INFLIGHT_TTL_S = 3
+#: A process gone quiet this long (seconds) leaves the registry at another's next
+#: publication; its hash expired long before. (Readers skip an expired hash; the margin
+#: is for the publishers' clocks, which need not agree.)
+INFLIGHT_REGISTRY_KEEP_S = 60
+#: How often a gateway process shares its in-flight counts and re-reads everyone's
+#: (seconds): an 8B request holds its slot for about a quarter of a second.
+INFLIGHT_PUBLISH_S = 0.25
 CHANNEL = "tesseract:live"
 COOLING = "tesseract:live:cooling"
 REJECTED_PROVIDERS = "tesseract:live:providers:rejected"
@@ -123,19 +135,42 @@ def rtt_set(client: Any, src: str, dst: str, ms: float, *, announce: bool = True
 
 
 def inflight_key(process: str) -> str:
-    """One gateway process's in-flight counts: one key, so its MULTI is one slot."""
+    """One gateway process's in-flight counts (in the registry's slot: one MULTI)."""
     return INFLIGHT_PREFIX + process
 
 
-async def ainflight_publish(client: Any, process: str, counts: Mapping[str, int]) -> None:
+async def ainflight_publish(
+    client: Any, process: str, counts: Mapping[str, int], *, now: float | None = None
+) -> None:
     """Replace this gateway process's in-flight counts (they expire if it dies)."""
+    now = time.time() if now is None else now
     key = inflight_key(process)
     async with client.pipeline(transaction=True) as pipe:
         pipe.delete(key)
         if counts:
             pipe.hset(key, mapping=dict(counts))
             pipe.expire(key, INFLIGHT_TTL_S)
+            pipe.zadd(INFLIGHT_REGISTRY, {process: now})
+        else:
+            pipe.zrem(INFLIGHT_REGISTRY, process)
+        pipe.zremrangebyscore(INFLIGHT_REGISTRY, "-inf", now - INFLIGHT_REGISTRY_KEEP_S)
         await pipe.execute()
+
+
+async def aread_inflight(client: Any) -> dict[str, dict[str, int]]:
+    """Every gateway process's in-flight counts: process → deployment slug → requests."""
+    processes = await client.zrange(INFLIGHT_REGISTRY, 0, -1)
+    if not processes:
+        return {}
+    async with client.pipeline(transaction=False) as pipe:
+        for process in processes:
+            pipe.hgetall(inflight_key(process.decode()))
+        replies = await pipe.execute()
+    return {p.decode(): _counts(c) for p, c in zip(processes, replies, strict=True) if c}
+
+
+def _counts(raw: Mapping[bytes, bytes]) -> dict[str, int]:
+    return {slug.decode(): max(int(n), 0) for slug, n in raw.items()}
 
 
 def encode_change(what: str, names: Iterable[str]) -> bytes:
@@ -146,11 +181,15 @@ def announce_change(client: Any, what: str, names: Iterable[str]) -> None:
     client.publish(CHANNEL, encode_change(what, names))
 
 
+def cooling_until(seconds: float, now: float | None = None) -> float:
+    """The epoch time a rest of `seconds` from `now` ends (capped at MAX_COOLDOWN_S)."""
+    return (time.time() if now is None else now) + min(max(seconds, 0.0), MAX_COOLDOWN_S)
+
+
 async def acool(client: Any, slug: str, seconds: float, *, now: float | None = None) -> float:
     """Rest `slug` for `seconds` (a provider's 429): every gateway routes around it
     until then. Returns the epoch time it rests until (a longer rest already set wins)."""
-    now = time.time() if now is None else now
-    until = now + min(max(seconds, 0.0), MAX_COOLDOWN_S)
+    until = cooling_until(seconds, now)
     current = await client.hget(COOLING, slug)
     if current is not None and float(current) >= until:
         return float(current)
@@ -192,10 +231,10 @@ def _maps(deployments: Mapping[bytes, bytes], health: Mapping[bytes, bytes],
         out_rtt[(src, dst)] = float(value)
     inflight: dict[str, int] = {}
     gateways = 0
-    for counts in per_process:
-        gateways += bool(counts)
-        for slug, n in counts.items():
-            inflight[slug.decode()] = inflight.get(slug.decode(), 0) + max(int(n), 0)
+    for raw in per_process:
+        gateways += bool(raw)
+        for slug, n in _counts(raw).items():
+            inflight[slug] = inflight.get(slug, 0) + n
     records = {k.decode(): _decode(v) for k, v in deployments.items()}
     for raw_slug, state in health.items():
         name = raw_slug.decode()
@@ -212,7 +251,7 @@ def _maps(deployments: Mapping[bytes, bytes], health: Mapping[bytes, bytes],
 
 
 def read(client: Any) -> LiveMaps:
-    processes = list(client.scan_iter(match=INFLIGHT_PREFIX + "*", count=100))
+    processes = [inflight_key(p.decode()) for p in client.zrange(INFLIGHT_REGISTRY, 0, -1)]
     with client.pipeline(transaction=False) as pipe:
         pipe.hgetall(DEPLOYMENTS)
         pipe.hgetall(HEALTH)
@@ -226,7 +265,7 @@ def read(client: Any) -> LiveMaps:
 
 
 async def aread(client: Any) -> LiveMaps:
-    processes = [key async for key in client.scan_iter(match=INFLIGHT_PREFIX + "*", count=100)]
+    processes = [inflight_key(p.decode()) for p in await client.zrange(INFLIGHT_REGISTRY, 0, -1)]
     async with client.pipeline(transaction=False) as pipe:
         pipe.hgetall(DEPLOYMENTS)
         pipe.hgetall(HEALTH)

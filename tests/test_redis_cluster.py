@@ -272,6 +272,10 @@ def test_in_flight_counts_of_many_gateways_add_up_on_a_cluster(cluster_url: str)
         maps = await livestate.aread(client)
         assert maps.inflight == {"alpha": 5, "beta": 1}
         assert maps.gateways == 2  # the processes with requests in flight
+        assert await livestate.aread_inflight(client) == {
+            "gw-a:1": {"alpha": 2, "beta": 1},
+            "gw-b:7": {"alpha": 3},
+        }
         await client.aclose()
 
     asyncio.run(publish())

@@ -36,7 +36,10 @@ def script_calls() -> dict[str, list[str]]:
         "health transition of one deployment": list(health.script_keys("llama-70b-westeurope")),
         "health transition of another": list(health.script_keys("qwen-7b-eastus")),
         "a live record merged": [livestate.DEPLOYMENTS],
-        "a gateway's in-flight counts replaced (MULTI)": [livestate.inflight_key("gw-1:1234")],
+        "a gateway's in-flight counts replaced (MULTI)": [
+            livestate.inflight_key("gw-1:1234"),
+            livestate.INFLIGHT_REGISTRY,
+        ],
     }
 
 

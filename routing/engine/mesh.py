@@ -31,11 +31,12 @@ _CACHE_LIMIT = 4096
 def projected_in_flight(live: float, mine: int, mine_at_read: int, gateways: int) -> float:
     """A backend's in-flight count now, as one of `gateways` gateway processes can tell.
 
-    `live` is the count the live maps gave (every gateway's, as of their last read),
-    `mine_at_read` this process's own count at that read, `mine` its count now. The
-    others send and finish too, and nobody tells this process until the next read,
-    which comes every second while a small model's request holds its slot for a
-    quarter of one. So this process takes its own change since the read for its share
+    `live` is the count the last read of the shared counts gave (every gateway's, as of
+    that read), `mine_at_read` this process's own count at that read, `mine` its count
+    now. The others send and finish too, and nobody tells this process until the next
+    read, which comes every quarter second (every second from the live maps alone)
+    while a small model's request holds its slot for about as long. So this process
+    takes its own change since the read for its share
     of everyone's: at a share of 25%, each request it sends counts for four. A process
     that had no share takes an equal one, 1 / `gateways`: when a backend looks free,
     each gateway claims its part of it, not all of it, and the mesh no longer piles

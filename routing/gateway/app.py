@@ -180,7 +180,7 @@ class GatewayApp:
             self._listener = asyncio.ensure_future(
                 asyncio.gather(
                     listen_for_world_changes(gateway.holder, settings.REDIS_URL),
-                    share_inflight(gateway.inflight, gateway.redis, process),
+                    share_inflight(gateway.inflight, gateway.redis, process, gateway.holder),
                 )
             )
         return self._gateway

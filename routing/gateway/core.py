@@ -216,10 +216,10 @@ class Gateway:
         self, parsed: Parsed, strategy: str | None, org_id: int | None
     ) -> tuple[World, Plan, _Session | None]:
         world = await self.holder.get()
-        snapshot = self.inflight.apply(
-            self.holder.snapshot(world), parsed.route.model, parsed.route.org_id, live=world.live
-        )
         request, session = parsed.route, None
+        snapshot = self.holder.snapshot(world)
+        for model in (request.model, *request.fallback_models):  # what the plan may use
+            snapshot = self.inflight.apply(snapshot, model, request.org_id, live=world.live)
         session_id = request.session_id
         if session_id is not None and org_id is not None:
             held = await affinity.held(self.redis, org_id, session_id)
@@ -280,11 +280,14 @@ class Gateway:
         """A provider's 429 rests the deployment; its 401/403 takes the provider out.
 
         Both are announced in Redis, so every gateway routes around them within
-        milliseconds; neither is the backend's ill health (no passive failure).
+        milliseconds (this one, a rest at once); neither is the backend's ill health
+        (no passive failure).
         """
         job: Any
         if isinstance(exc, UpstreamRateLimited):
-            job = livestate.acool(self.redis, endpoint.backend_id, exc.retry_after_s)
+            now = time.time()
+            self.holder.rest(endpoint.backend_id, livestate.cooling_until(exc.retry_after_s, now))
+            job = livestate.acool(self.redis, endpoint.backend_id, exc.retry_after_s, now=now)
             logger.warning(
                 "%s is rate-limited by its provider: resting it for %.1f s",
                 endpoint.backend_id,

@@ -1,4 +1,4 @@
-"""What a gateway process keeps in memory: the world, and its own in-flight counts.
+"""What a gateway process keeps in memory: the world, and everyone's in-flight counts.
 
 The world (the engine's snapshot plus how to reach each backend) is read from the
 catalog in a worker thread, never on a request: at first use, then in the background
@@ -12,7 +12,12 @@ A request always routes on the last complete world.
 Laid over that, per process, is what this gateway saw itself (`Observed`): every
 attempt that ends is a sample of its backend's speed, folded in at once, so a backend
 that slows down loses this gateway's traffic within a request or two, without waiting
-for the usage drain and the control plane's fold (seconds) to reach the live maps.
+for the usage drain and the control plane's fold (seconds) to reach the live maps; and
+a provider's 429 seen here rests its deployment in this process at once (`rest`).
+
+The in-flight counts go their own way (`InFlight`, `share_inflight`): every 0.25 s
+each process publishes its own and reads everyone's, and between reads it projects a
+backend's count from what it sent and saw finish since.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from django.conf import settings
 
 from accounts import redis_client
@@ -67,6 +73,8 @@ class WorldHolder:
         self._live_again = False
         #: what this process saw itself, laid over the world's snapshot by `snapshot()`
         self.observed = Observed()
+        #: deployment slug → epoch seconds: provider rests this process began (`rest`)
+        self._rests: dict[str, float] = {}
 
     async def get(self) -> World:
         world = self._world
@@ -88,13 +96,32 @@ class WorldHolder:
     async def _load(self) -> None:
         self._stale = False
         world = await off_loop(self._loader)()
+        maps = None
         if self._redis is not None:
             try:
-                world = world.with_live(await livestate.aread(self._redis))
+                maps = await livestate.aread(self._redis)
                 self._live_at = time.monotonic()
             except Exception:  # the catalog alone still routes correctly, if less well
                 logger.exception("could not read the live maps; routing on the catalog")
+        if maps is not None or self._rests:
+            world = world.with_live(self._with_rests(maps or world.live))
         self._world, self._loaded_at = world, time.monotonic()
+
+    def _with_rests(self, maps: LiveMaps) -> LiveMaps:
+        """`maps` with the rests this process began itself (`rest`) that have not ended:
+        a read of the live maps that started before a rest reached Redis must not lift
+        it here."""
+        if not self._rests:
+            return maps
+        now = time.time()
+        rests = {slug: until for slug, until in self._rests.items() if until > now}
+        self._rests = rests
+        cooling = {
+            slug: until for slug, until in rests.items() if maps.cooling.get(slug, 0.0) < until
+        }
+        if not cooling:
+            return maps
+        return msgspec.structs.replace(maps, cooling={**maps.cooling, **cooling})
 
     def live_soon(self) -> None:
         """Re-read the live maps in the background, coalescing bursts into one read."""
@@ -115,7 +142,7 @@ class WorldHolder:
                 logger.warning("could not read the live maps; keeping the last ones")
                 return
             if self._world is not None:
-                self._world = self._world.with_live(maps)
+                self._world = self._world.with_live(self._with_rests(maps))
                 self._live_at = time.monotonic()
             if not self._live_again:
                 return
@@ -132,6 +159,18 @@ class WorldHolder:
             await self._load()
         assert self._world is not None
         return self._world
+
+    def rest(self, slug: str, until: float) -> None:
+        """Route around `slug` in this process until `until` (epoch seconds) at once: a
+        provider's 429 seen here. Every other gateway learns of it through the live maps
+        (`livestate.acool`); this one keeps it over every read of them until it ends."""
+        if until <= time.time() or self._rests.get(slug, 0.0) >= until:
+            return
+        self._rests[slug] = until
+        world = self._world
+        if world is None or world.live.resting(slug, time.time()):
+            return  # resting already (a burst of 429s): no rebuild; Redis has the longer
+        self._world = world.with_live(self._with_rests(world.live))
 
     def invalidate(self) -> None:
         """Refresh in the background on the next request."""
@@ -158,6 +197,11 @@ class WorldHolder:
     @property
     def version(self) -> int | str | None:
         return None if self._world is None else self._world.version
+
+    @property
+    def current(self) -> World | None:
+        """The last complete world, if any (never loads one)."""
+        return self._world
 
 
 # --------------------------------------------------------------------------- observed
@@ -499,14 +543,34 @@ class Watch:
         self._observed.sample(a.choice.backend_id, ttft=ttft, decode=decode)
 
 
-class InFlight:
-    """Requests this process has sent to each backend and not yet finished."""
+#: A read of everyone's in-flight counts older than this (seconds; Redis went away) is
+#: no longer laid over the live maps' own count.
+SHARED_STALE_S = 2.0
 
-    def __init__(self) -> None:
+
+@dataclass(slots=True)
+class _SharedRead:
+    """Everyone's in-flight counts as one read found them (`InFlight.read`)."""
+
+    #: model → backend → (its in-flight count then: every gateway's, this process's
+    #: part exact; at least what the backend itself last reported running, queued)
+    by_model: dict[str, dict[str, tuple[float, float]]]
+    #: gateway processes with requests in flight, this one included
+    gateways: int
+    at: float
+
+
+class InFlight:
+    """Requests this process has sent to each backend and not yet finished, and
+    everyone's as this process last read them (`share_inflight`)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._counts: defaultdict[str, int] = defaultdict(int)
         self._by_model: defaultdict[str, set[str]] = defaultdict(set)
-        self._live: LiveMaps | None = None  # the live read the counts below belong to
-        self._at_read: dict[str, int] = {}  # this process's counts at that read
+        self._clock = clock
+        self._shared: _SharedRead | None = None  # the last read of everyone's counts
+        self._live: Mapping[str, int] | None = None  # without one: the live maps' read ...
+        self._at_read: dict[str, int] = {}  # ... and this process's counts at the read
 
     def start(self, backend_id: str, model: str) -> None:
         self._counts[backend_id] += 1
@@ -514,6 +578,35 @@ class InFlight:
 
     def finish(self, backend_id: str) -> None:
         self._counts[backend_id] -= 1
+
+    def read(
+        self,
+        per_process: Mapping[str, Mapping[str, int]],
+        me: str,
+        snapshot: Snapshot,
+        live: LiveMaps | None = None,
+    ) -> None:
+        """Take everyone's in-flight counts as just read from Redis (`per_process`:
+        process → backend → count). This process's own entry there is as old as its
+        last publication; its count now is exact, and stands in for it."""
+        mine = self.counts()
+        others: dict[str, int] = {}
+        gateways = 1  # this one, about to send if it has nothing in flight yet
+        for process, counts in per_process.items():
+            if process == me or not counts:
+                continue
+            gateways += 1
+            for slug, n in counts.items():
+                others[slug] = others.get(slug, 0) + n
+        deployments = live.deployments if live is not None else {}
+        by_model: dict[str, dict[str, tuple[float, float]]] = {}
+        for b in snapshot.backends:
+            record = deployments.get(b.id)
+            running = record.running if record is not None and record.running else 0
+            count = max(others.get(b.id, 0) + mine.get(b.id, 0), running)
+            by_model.setdefault(b.model, {})[b.id] = (count, b.state.queued)
+        self._shared = _SharedRead(by_model, gateways, self._clock())
+        self._at_read = mine
 
     def apply(
         self,
@@ -525,54 +618,73 @@ class InFlight:
     ) -> Snapshot:
         """The snapshot with `model`'s in-flight counts as this process can best tell.
 
-        The snapshot's count is every gateway's as of the live read `live`; this
-        process knows what it sent and saw finish since then, and takes that change
-        for its share of everyone's (`routing.engine.projected_in_flight`).
+        The last read of everyone's counts (`read`, every `INFLIGHT_PUBLISH_S`) gives each
+        backend's count then; failing a recent one, the snapshot's count, every
+        gateway's as of the live read `live`. Since then this process knows what it sent
+        and saw finish, and takes that change for its share of everyone's
+        (`routing.engine.projected_in_flight`).
         """
-        if live is not self._live:
-            self._live = live
+        shared = self._shared
+        if shared is not None and self._clock() - shared.at > SHARED_STALE_S:
+            shared = self._shared = None  # Redis is away: back to the live maps' count
+            self._live = None
+        # (the read's own counts, not the maps: a rest laid over them is no new read)
+        read = live.inflight if live is not None else None
+        if shared is None and read is not self._live:
+            self._live = read
             self._at_read = {slug: n for slug, n in self._counts.items() if n}
-        ids = self._by_model.get(model)
-        if not ids:
+        ids = self._by_model.get(model, ())
+        base = shared.by_model.get(model) if shared is not None else None
+        if not ids and not base:
             return snapshot
-        gateways = live.gateways if live is not None else 1
-        load = {}
+        load: dict[str, tuple[float, float]] = dict(base) if base else {}
+        if shared is not None:
+            gateways = shared.gateways
+        else:
+            gateways = live.gateways if live is not None else 1
         for i in ids:
-            try:
-                state = snapshot.backend(i).state
-            except KeyError:  # it left the catalog (e.g. its private cluster was removed)
-                continue
-            count = projected_in_flight(
-                state.in_flight, self._counts[i], self._at_read.get(i, 0), gateways
-            )
-            load[i] = (count, state.queued)
+            at_read = self._at_read.get(i, 0)
+            count = self._counts[i]
+            if base is not None and i in base:
+                if count == at_read:
+                    continue
+                was, queued = base[i]
+            else:
+                try:
+                    state = snapshot.backend(i).state
+                except KeyError:  # it left the catalog (its private cluster was removed)
+                    continue
+                was, queued = state.in_flight, state.queued
+            load[i] = (projected_in_flight(was, count, at_read, gateways), queued)
         return snapshot.with_load(load, models=(model,), org_id=org_id)
 
     def counts(self) -> dict[str, int]:
         return {slug: n for slug, n in self._counts.items() if n > 0}
 
 
-#: How often a gateway process shares its in-flight counts through Redis.
-INFLIGHT_PUBLISH_S = 0.25
-
-
-async def share_inflight(inflight: InFlight, redis: Any, process: str) -> None:
-    """Keep this process's in-flight counts in Redis, for every other gateway to see."""
+async def share_inflight(
+    inflight: InFlight, redis: Any, process: str, holder: WorldHolder | None = None
+) -> None:
+    """Keep this process's in-flight counts in Redis for every other gateway to see, and
+    read theirs (into `inflight`, with `holder`'s world) as often."""
     last: dict[str, int] | None = None
     last_at = 0.0
     while True:
-        await asyncio.sleep(INFLIGHT_PUBLISH_S)
+        await asyncio.sleep(livestate.INFLIGHT_PUBLISH_S)
         counts = inflight.counts()
         now = time.monotonic()
-        if counts == last and now - last_at < livestate.INFLIGHT_TTL_S / 3:
-            continue
         try:
-            await livestate.ainflight_publish(redis, process, counts)
-            last, last_at = counts, now
+            if counts != last or now - last_at >= livestate.INFLIGHT_TTL_S / 3:
+                await livestate.ainflight_publish(redis, process, counts)
+                last, last_at = counts, now
+            world = holder.current if holder is not None else None
+            if world is not None:
+                per_process = await livestate.aread_inflight(redis)
+                inflight.read(per_process, process, world.snapshot, world.live)
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.warning("could not share in-flight counts; retrying")
+            logger.warning("could not share or read in-flight counts; retrying")
 
 
 def connect_redis(url: str) -> Any:

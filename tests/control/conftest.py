@@ -44,7 +44,10 @@ def catalog(django_db_setup, django_db_blocker, spec, server) -> Iterator[None]:
 
 #: Every Redis key the control plane's jobs read or write, by module.
 CONTROL_KEYS = (
-    (livestate, ("DEPLOYMENTS", "HEALTH", "RTT", "INFLIGHT_PREFIX", "CHANNEL")),
+    (
+        livestate,
+        ("DEPLOYMENTS", "HEALTH", "RTT", "INFLIGHT_REGISTRY", "INFLIGHT_PREFIX", "CHANNEL"),
+    ),
     (probes, ("EWMA", "LOCK")),
     (resources, ("SCRAPE_LOCK", "FOLD_LOCK", "WATERMARK")),
 )

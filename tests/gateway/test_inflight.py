@@ -2,8 +2,8 @@
 
 import pytest
 
-from backends.livestate import LiveMaps
-from routing.gateway.live import InFlight
+from backends.livestate import DeploymentLive, LiveMaps
+from routing.gateway.live import SHARED_STALE_S, InFlight
 from tests.engine.mini_world import make_backend, make_snapshot
 
 
@@ -48,3 +48,101 @@ def test_a_lone_process_without_live_maps_counts_exactly_what_it_has_in_flight()
     assert _in_flight(inflight.apply(snap, "m-70b"), "a") == 3
     inflight.finish("a")
     assert _in_flight(inflight.apply(snap, "m-70b"), "a") == 2
+
+
+# ------------------------------------------------- everyone's counts, read every 0.25 s
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_read_of_everyones_counts_takes_this_processs_own_part_exact_not_as_published():
+    snap = make_snapshot(make_backend("a", slots=100, in_flight=40))  # the live maps: 1 s old
+    inflight = InFlight(Clock())  # a read never goes stale unless the test says so
+    for _ in range(5):
+        inflight.start("a", "m-70b")
+    # Redis holds what each process last published: this one's 3 is a quarter second old
+    inflight.read({"gw-b:1": {"a": 10}, "me": {"a": 3}}, "me", snap)
+    assert _in_flight(inflight.apply(snap, "m-70b", live=_read(8)), "a") == 15
+
+
+def test_a_backend_everyone_has_left_since_the_live_maps_reads_empty():
+    snap = make_snapshot(make_backend("a", slots=100, in_flight=40), make_backend("b"))
+    inflight = InFlight(Clock())
+    inflight.read({}, "me", snap)
+    assert _in_flight(inflight.apply(snap, "m-70b"), "a") == 0
+
+
+def test_after_a_read_each_send_counts_for_the_processs_share_of_everyones():
+    snap = make_snapshot(make_backend("a", slots=100))
+    inflight = InFlight(Clock())
+    for _ in range(5):
+        inflight.start("a", "m-70b")
+    others = {"gw-b:1": {"a": 5}, "gw-c:1": {"a": 5}, "gw-d:1": {"a": 5}}
+    inflight.read(others, "me", snap)  # 5 of 20 are ours
+    inflight.start("a", "m-70b")
+    assert _in_flight(inflight.apply(snap, "m-70b"), "a") == pytest.approx(24)
+    inflight.finish("a")
+    inflight.finish("a")
+    assert _in_flight(inflight.apply(snap, "m-70b"), "a") == pytest.approx(16)
+
+
+def test_a_lone_process_with_no_share_yet_claims_an_equal_part_of_a_backend():
+    snap = make_snapshot(make_backend("a", slots=100))
+    inflight = InFlight(Clock())
+    inflight.read({"gw-b:1": {"a": 4}, "gw-c:1": {"a": 4}}, "me", snap)  # three gateways
+    inflight.start("a", "m-70b")
+    assert _in_flight(inflight.apply(snap, "m-70b"), "a") == pytest.approx(11)
+
+
+def test_a_read_never_shows_fewer_than_the_backend_last_reported_running():
+    snap = make_snapshot(make_backend("a", slots=100))
+    live = LiveMaps({"a": DeploymentLive(running=30)}, {}, {})
+    inflight = InFlight(Clock())
+    inflight.read({"gw-b:1": {"a": 10}}, "me", snap, live)
+    assert _in_flight(inflight.apply(snap, "m-70b", live=live), "a") == 30
+
+
+def test_a_read_gone_stale_gives_way_to_the_live_maps_count_again():
+    clock = Clock()
+    snap = make_snapshot(make_backend("a", slots=100, in_flight=40))
+    inflight = InFlight(clock)
+    inflight.read({"gw-b:1": {"a": 10}}, "me", snap)
+    clock.now += SHARED_STALE_S / 2
+    assert _in_flight(inflight.apply(snap, "m-70b"), "a") == 10
+    clock.now += SHARED_STALE_S  # Redis went away: no read since
+    assert _in_flight(inflight.apply(snap, "m-70b"), "a") == 40
+
+
+def test_a_read_lays_counts_over_the_requests_model_only():
+    snap = make_snapshot(
+        make_backend("a", slots=100, in_flight=7),
+        make_backend("s", model="m-8b", slots=100, in_flight=9),
+    )
+    inflight = InFlight(Clock())
+    inflight.read({"gw-b:1": {"a": 2, "s": 3}}, "me", snap)
+    routed = inflight.apply(snap, "m-70b")
+    assert _in_flight(routed, "a") == 2
+    small = routed.index("m-8b")
+    assert float(small.in_flight[small.pos["s"]]) == 9  # not this request's model
+
+
+def test_a_read_gone_stale_counts_this_processs_sends_from_the_live_maps_read_again():
+    clock = Clock()
+    snap = make_snapshot(make_backend("a", slots=100, in_flight=40))
+    live = _read(gateways=1)  # the live maps' read: 40 in flight, this process alone
+    inflight = InFlight(clock)
+    inflight.apply(snap, "m-70b", live=live)
+    inflight.read({"gw-b:1": {"a": 10}}, "me", snap)
+    for _ in range(3):
+        inflight.start("a", "m-70b")
+    clock.now += 2 * SHARED_STALE_S
+    # back on the live maps' read, with this process's count as of now: 40, not 43
+    assert _in_flight(inflight.apply(snap, "m-70b", live=live), "a") == 40
+    inflight.start("a", "m-70b")
+    assert _in_flight(inflight.apply(snap, "m-70b", live=live), "a") == 41
