@@ -31,6 +31,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from backends import livestate
 from backends.world import (
     REGIONS_CSV,
     RTT_CSV,
@@ -600,7 +601,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--counter-age-s",
         type=float,
         default=1.0,
-        help="--honest: the live map's counters are refreshed every this many seconds",
+        help="--honest: the live maps (observed speeds; the in-flight counts too with"
+        " --inflight-read-s 0) are re-read every this many seconds",
+    )
+    ap.add_argument(
+        "--inflight-read-s",
+        type=float,
+        default=livestate.INFLIGHT_PUBLISH_S,
+        help="--honest: gateways re-read the shared in-flight counts every this many"
+        " seconds, apart from the live maps (as the gateway does; 0: every"
+        " --counter-age-s)",
+    )
+    ap.add_argument(
+        "--inflight-publish-s",
+        type=float,
+        default=livestate.INFLIGHT_PUBLISH_S,
+        help="--honest: each gateway shares its in-flight counts every this many seconds"
+        " (as the gateway does; 0: a read sees them exact)",
     )
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--name", default="routing")
@@ -635,7 +652,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
     jobs = make_jobs(trace, world, mix, seed=args.seed)
     mark_oracle_and_physics(world, jobs)
-    truth = make_truth(world, jobs, args.seed, args.counter_age_s) if args.honest else None
+    truth = (
+        make_truth(
+            world,
+            jobs,
+            args.seed,
+            args.counter_age_s,
+            args.inflight_read_s,
+            args.inflight_publish_s,
+        )
+        if args.honest
+        else None
+    )
     if truth is not None:
         mark_oracle_from_truth(world, jobs, truth)
     capacity = pool_capacity(world, jobs, truth)
@@ -716,7 +744,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "",
             "**Honest mode** (bench/README.md): compute times drawn per request from the"
             " llmperf per-request measurements, 8B TTFT at its measured share of the 70B's;"
-            f" counters refreshed every {args.counter_age_s:g} s of simulated time; observed"
+            f" live maps re-read every {args.counter_age_s:g} s of simulated time, in-flight"
+            f" counts shared every {args.inflight_publish_s:g} s and re-read every"
+            f" {args.inflight_read_s or args.counter_age_s:g} s; observed"
             " TTFT and decode speed fed back as the gateway folds them; the oracle and the"
             " pool capacity from that truth; warm-up: the first"
             f" {WARMUP:.0%} of each model's arrival span. `hard`: served requests the oracle"

@@ -20,12 +20,14 @@ slot time. A real gateway sees them a little late; see README "Limits".
 With a `Truth` (`--honest`, `bench/truth.py`) the backends stop following the
 engine's model: compute times scatter per request as measured, the counters the
 engine routes on are the live map's, refreshed every `truth.counter_age_s` of
-simulated time (not exact and instant) — except that each gateway (one per region
-with clusters; a client uses the nearest) knows at once how many requests it has
-itself sent to each backend and not seen finish, and projects everyone's count from
-its own change since the read (`routing.engine.projected_in_flight`, as
-`routing.gateway.live.InFlight.apply` does) — and every finished request is folded
-into the backend's observed TTFT and decode speed the way the gateway and
+simulated time (not exact and instant). The in-flight counts go as the gateways share
+them: each gateway publishes its own every `truth.inflight_publish_s` and reads
+everyone's every `truth.inflight_read_s`, half a publish period out of step; between
+reads it knows at once how many requests it has itself sent to each backend and not
+seen finish, counts its own part exactly rather than as last published, and projects
+everyone's count from its own change since the read (`routing.engine.
+projected_in_flight`, as `routing.gateway.live.InFlight.apply` does). Every finished
+request is folded into the backend's observed TTFT and decode speed the way the gateway and
 `backends.resources.observation` do it — TTFT less the *predicted* network and
 queue, so a queue wait the engine did not foresee shows up as a slower backend.
 The engine routes on those observed speeds from the next refresh on.
@@ -176,14 +178,36 @@ def simulate(
     refreshed_version = 0
     own_at_read: dict[str, dict[str, int]] = {}  # gateway -> its own counts at the read
     gateways = len(gateway_sites(world))
+    # The shared in-flight counts: each gateway publishes its own every `publish_ms`
+    # (0: a read sees them exact) and reads everyone's every `read_ms`, half a publish
+    # period after one (they are not in step).
+    publish_ms = truth.inflight_publish_s * 1000.0 if truth is not None else 0.0
+    read_ms = (truth.inflight_read_s or truth.counter_age_s) * 1000.0 if truth is not None else 0.0
+    read_offset_ms = publish_ms / 2.0
+    publish_at = read_at = -math.inf
+    published: tuple[dict, dict[str, dict[str, int]]] = ({}, {})
+    own_published: dict[str, dict[str, int]] = {}  # gateway -> its counts in the read
+
+    def read_inflight(now: float) -> None:
+        """Everyone's in-flight counts as a gateway reads them from Redis at `now`."""
+        nonlocal seen, read_at, own_at_read, own_published, publish_at, published
+        if publish_ms and now >= publish_at:
+            publish_at = (math.floor(now / publish_ms) + 1.0) * publish_ms
+            published = (dict(load), {g: dict(m) for g, m in own.items()})
+        if now >= read_at:
+            read_at = (math.floor((now - read_offset_ms) / read_ms) + 1.0) * read_ms
+            read_at += read_offset_ms
+            own_at_read = {g: dict(m) for g, m in own.items()}
+            if publish_ms:
+                seen, own_published = dict(published[0]), published[1]
+            else:
+                seen, own_published = dict(load), own_at_read
 
     def refresh(now: float) -> None:
-        """The live map as a gateway reads it: counters and observed speeds of `now`."""
-        nonlocal seen, refresh_at, engine_view, refreshed_version, own_at_read
+        """The live map's observed speeds as a gateway reads them at `now`."""
+        nonlocal refresh_at, engine_view, refreshed_version
         age_ms = truth.counter_age_s * 1000.0
         refresh_at = (math.floor(now / age_ms) + 1.0) * age_ms
-        seen = dict(load)
-        own_at_read = {g: dict(m) for g, m in own.items()}
         if observed_version != refreshed_version:
             refreshed_version = observed_version
             engine_view = Snapshot(
@@ -300,6 +324,8 @@ def simulate(
         if truth is not None:
             if now >= refresh_at:
                 refresh(now)
+            if now >= read_at or (publish_ms and now >= publish_at):
+                read_inflight(now)
             gw = job.gateway
             if gw is None:
                 gw = nearest.get(job.client)
@@ -307,13 +333,19 @@ def simulate(
                     gw = nearest[job.client] = nearest_gateway(world, job.client)
             mine = own.setdefault(gw, {})
             if mine:
+                # As `InFlight.apply`: everyone's count as read, with this gateway's own
+                # part as it was at the read (exact) rather than as it had published it.
                 view = dict(seen)
                 base = own_at_read.get(gw, {})
+                shared = own_published.get(gw, {})
                 for bid, count in mine.items():
                     at_read = base.get(bid, 0)
-                    if count != at_read:
+                    stale = shared.get(bid, 0)
+                    if count != at_read or stale != at_read:
                         fl, qu, ms = seen[bid]
-                        total = projected_in_flight(fl + qu, count, at_read, gateways)
+                        live = fl + qu - stale + at_read
+                        total = projected_in_flight(live, count, at_read, gateways)
+                        qu = min(qu, total)
                         view[bid] = (total - qu, qu, ms)
         snap = engine_view.with_load(view, models=models)
         if job.gateway is not None:

@@ -84,8 +84,15 @@ class Truth:
     ttft_ratio: list[float]
     decode_ratio: list[float]
     prefill_scale: dict[str, float]
-    #: How old the counters the engine routes on are, at most (see bench/README.md).
+    #: How often a gateway re-reads the live maps: observed speeds, and the in-flight
+    #: counts unless `inflight_read_s` is set (see bench/README.md).
     counter_age_s: float = 1.0
+    #: How often a gateway re-reads the shared in-flight counts on their own (None: every
+    #: `counter_age_s`). This and the next default to the simulator before the gateways
+    #: read them every 0.25 s; `bench.routing` passes what the gateway does.
+    inflight_read_s: float | None = None
+    #: How often each gateway shares its in-flight counts (0: a read sees them exact).
+    inflight_publish_s: float = 0.0
 
     def service_ms(
         self, deployment: str, k: int, floor_ms: float, prompt_ms: float, decode_ms: float
@@ -108,7 +115,12 @@ class Truth:
 
 
 def make_truth(
-    world: WorldSpec, jobs: list[Job], seed: int = 1, counter_age_s: float = 1.0
+    world: WorldSpec,
+    jobs: list[Job],
+    seed: int = 1,
+    counter_age_s: float = 1.0,
+    inflight_read_s: float | None = None,
+    inflight_publish_s: float = 0.0,
 ) -> Truth:
     """Draw every job's scatter once (its own RNG): every strategy meets the same truth."""
     scatter = load_scatter()
@@ -125,4 +137,4 @@ def make_truth(
         by_count = derived.get((dep.profile.chip, dep.model))
         if by_count:
             scale[slug] = SMALL_OVER_LARGE_TTFT / by_count
-    return Truth(ttft, decode, scale, counter_age_s)
+    return Truth(ttft, decode, scale, counter_age_s, inflight_read_s, inflight_publish_s)

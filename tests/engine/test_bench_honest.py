@@ -68,6 +68,32 @@ def test_observed_ttft_carries_the_queue_wait_the_engine_did_not_foresee():
     assert slowest_observed(1e-6) < 1.5
 
 
+def test_in_flight_counts_shared_late_let_the_gateways_pile_onto_the_same_backends():
+    # The same burst, the live maps read at every request; only how often each gateway
+    # shares its in-flight counts changes. Shared once a minute, each gateway sees only
+    # its own requests, and the queues nobody foresaw show in the observed TTFT.
+    world, jobs = _world_and_jobs(3000, model_share={"llama-3.1-405b-instruct": 1.0})
+    n = len(jobs)
+    arrivals = [0.0001 * k for k in range(n)]
+
+    def slowest_observed(publish_s):
+        truth = Truth(
+            [1.0] * n,
+            [1.0] * n,
+            {},
+            counter_age_s=1e-6,
+            inflight_read_s=1e-6,
+            inflight_publish_s=publish_s,
+        )
+        _, backends, _ = simulate(
+            world, engine_snapshot(world), jobs, arrivals, "fastest_feasible", truth=truth
+        )
+        return max((b.observed_ttft or 0.0) / b.ttft_ms for b in backends.values())
+
+    assert slowest_observed(60.0) > 3.0
+    assert slowest_observed(1e-6) < 1.5
+
+
 def test_an_honest_run_shorter_than_ten_service_times_is_refused(tmp_path):
     # counters read every millisecond: enough reads, too few service times
     with pytest.raises(SystemExit, match="mean service times"):
