@@ -221,6 +221,19 @@ class LiveMaps(msgspec.Struct, frozen=True):
         return until is not None and until > now
 
 
+def occupancy(shared: int, live: DeploymentLive | None) -> tuple[int, int]:
+    """(holding a slot, waiting for one) at a deployment, as the engine counts them.
+
+    `shared` is every gateway's count of requests sent to it and not finished: those
+    running and those in its queue alike. `live` is what the backend itself last
+    reported (running, waiting: every source's, a scrape old). The queue is the
+    backend's; what holds a slot is the rest of the gateways' count, and never less
+    than the backend says is running."""
+    running = live.running or 0 if live is not None else 0
+    waiting = live.waiting or 0 if live is not None else 0
+    return max(running, shared - waiting), waiting
+
+
 def _maps(deployments: Mapping[bytes, bytes], health: Mapping[bytes, bytes],
           rtt: Mapping[bytes, bytes], cooling: Mapping[bytes, bytes],
           rejected: Mapping[bytes, bytes],

@@ -31,7 +31,7 @@ from itertools import count
 
 from django.conf import settings
 
-from backends import sealing
+from backends import livestate, sealing
 from backends.livestate import LiveMaps
 from backends.models import Deployment, Provider, Region, RegionLatency
 from backends.world import INTRA_REGION_RTT_MS
@@ -189,12 +189,11 @@ def _overlay(b: Backend, maps: LiveMaps, *, out: str = "") -> Backend:
             observed_ttft_ms=live.observed_ttft_ms,
             observed_decode_tokens_per_s=live.observed_decode_tps,
             loaded=state.loaded if live.loaded is None else live.loaded,
-            queued=live.waiting or 0,
         )
-    # The backend's own count includes every gateway's requests; between two scrapes
-    # the gateways' counters are fresher. Take the larger.
-    running = live.running if live is not None and live.running is not None else 0
-    return replace(b, state=replace(state, in_flight=max(running, in_flight)))
+    # The gateways' count is fresher than the backend's last scrape, but takes in its
+    # queue too (`livestate.occupancy`).
+    holding, waiting = livestate.occupancy(in_flight, live)
+    return replace(b, state=replace(state, in_flight=holding, queued=waiting))
 
 
 def _provider_out(provider: Provider | None) -> bool:

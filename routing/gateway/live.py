@@ -552,8 +552,8 @@ SHARED_STALE_S = 2.0
 class _SharedRead:
     """Everyone's in-flight counts as one read found them (`InFlight.read`)."""
 
-    #: model → backend → (its in-flight count then: every gateway's, this process's
-    #: part exact; at least what the backend itself last reported running, queued)
+    #: model → backend → (holding a slot, waiting for one) then (`livestate.occupancy`
+    #: of every gateway's count, this process's part exact)
     by_model: dict[str, dict[str, tuple[float, float]]]
     #: gateway processes with requests in flight, this one included
     gateways: int
@@ -601,10 +601,10 @@ class InFlight:
         deployments = live.deployments if live is not None else {}
         by_model: dict[str, dict[str, tuple[float, float]]] = {}
         for b in snapshot.backends:
+            shared = others.get(b.id, 0) + mine.get(b.id, 0)
             record = deployments.get(b.id)
-            running = record.running if record is not None and record.running else 0
-            count = max(others.get(b.id, 0) + mine.get(b.id, 0), running)
-            by_model.setdefault(b.model, {})[b.id] = (count, b.state.queued)
+            load = livestate.occupancy(shared, record) if record else (shared, b.state.queued)
+            by_model.setdefault(b.model, {})[b.id] = load
         self._shared = _SharedRead(by_model, gateways, self._clock())
         self._at_read = mine
 
@@ -655,7 +655,10 @@ class InFlight:
                 except KeyError:  # it left the catalog (its private cluster was removed)
                     continue
                 was, queued = state.in_flight, state.queued
-            load[i] = (projected_in_flight(was, count, at_read, gateways), queued)
+            # the projection is on everyone's requests at the backend, queued or not
+            total = projected_in_flight(was + queued, count, at_read, gateways)
+            queued = min(queued, total)
+            load[i] = (total - queued, queued)
         return snapshot.with_load(load, models=(model,), org_id=org_id)
 
     def counts(self) -> dict[str, int]:

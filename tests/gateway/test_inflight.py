@@ -2,7 +2,8 @@
 
 import pytest
 
-from backends.livestate import DeploymentLive, LiveMaps
+from backends.livestate import DeploymentLive, LiveMaps, occupancy
+from backends.snapshot import World
 from routing.gateway.live import SHARED_STALE_S, InFlight
 from tests.engine.mini_world import make_backend, make_snapshot
 
@@ -146,3 +147,31 @@ def test_a_read_gone_stale_counts_this_processs_sends_from_the_live_maps_read_ag
     assert _in_flight(inflight.apply(snap, "m-70b", live=live), "a") == 40
     inflight.start("a", "m-70b")
     assert _in_flight(inflight.apply(snap, "m-70b", live=live), "a") == 41
+
+
+# ---------------------------------------------- the gateways' count and the backend's queue
+
+
+def _load(snapshot, backend_id):
+    idx = snapshot.index("m-70b")
+    pos = idx.pos[backend_id]
+    return float(idx.in_flight[pos]), float(idx.queued[pos])
+
+
+def test_the_gateways_count_takes_in_the_backends_queue_so_the_queue_is_not_counted_twice():
+    # 15 sent and not finished: 10 running, 5 in the backend's queue
+    assert occupancy(15, DeploymentLive(running=10, waiting=5)) == (10, 5)
+    # a scrape newer than the count: never fewer than the backend says run
+    assert occupancy(8, DeploymentLive(running=12, waiting=0)) == (12, 0)
+    assert occupancy(3, None) == (3, 0)
+
+
+def test_the_live_maps_and_a_read_of_everyones_counts_split_running_from_queued_alike():
+    snap = make_snapshot(make_backend("a", slots=100))
+    record = {"a": DeploymentLive(running=10, waiting=5)}
+    maps = LiveMaps(record, {}, {"a": 15})
+    laid = World(snap, {}).with_live(maps).snapshot
+    assert _load(laid, "a") == (10, 5)
+    inflight = InFlight(Clock())
+    inflight.read({"gw-b:1": {"a": 15}}, "me", snap, maps)
+    assert _load(inflight.apply(snap, "m-70b", live=maps), "a") == (10, 5)
