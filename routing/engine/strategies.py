@@ -98,22 +98,22 @@ class Deadline(Strategy):
 
     Why margin first: predictions are medians; a real backend's time to first token
     scatters around it (bench/README.md, "Honest mode"), and a candidate predicted to
-    answer just in time misses about as often as it makes it. Why nearest next: the live
-    maps' counters are a second old while an 8B request holds a slot for a quarter of a
-    second; distance does not change with the counters, clients spread by geography as
-    the capacity is placed, and an idle mesh serves each request from nearby. The band
-    is on decode, not on the whole finish, because the observed TTFT the prefill
-    prediction scales with carries the queues nobody foresaw, while observed decode
-    speed is measured between the first and the last token, past any queue; it keeps a
-    request off a backend that would stream its answer far more slowly than another that
-    also meets its deadline (a slowed backend loses its traffic while still in time,
-    spread or not). Why spread when nearly full: the nearest rule alone fills each
-    nearby backend to the edge of feasibility, where the scatter misses (at 90% load it
-    trailed finishing first by 6-17 points). Each gateway projects everyone's in-flight
-    counts from its own sends (`mesh.projected_in_flight`), so a backend filling up is
-    seen within the second and the spread does not herd. Finishing first instead
-    (`fastest_feasible`) piles requests with slack on the fast chips and loses at every
-    load of the honest benchmark.
+    answer just in time misses about as often as it makes it. Why nearest next: the
+    shared counters are a quarter of a second to a second old while an 8B request holds
+    a slot for about a quarter of a second; distance does not change with the counters,
+    clients spread by geography as the capacity is placed, and an idle mesh serves each
+    request from nearby. The band is on decode, not on the whole finish, because the
+    observed TTFT the prefill prediction scales with carries the queues nobody foresaw,
+    while observed decode speed is measured between the first and the last token, past
+    any queue; it keeps a request off a backend that would stream its answer far more
+    slowly than another that also meets its deadline (a slowed backend loses its traffic
+    while still in time, spread or not). Why spread when nearly full: the nearest rule
+    alone fills each nearby backend to the edge of feasibility, where the scatter misses
+    (at 90% load it trailed finishing first by 6-17 points). Each gateway projects
+    everyone's in-flight counts from its own sends (`mesh.projected_in_flight`), so a
+    backend filling up is seen within the second and the spread does not herd. Finishing
+    first instead (`fastest_feasible`) piles requests with slack on the fast chips and
+    loses at every load of the honest benchmark.
     """
 
     name = "deadline"
