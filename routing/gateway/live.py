@@ -602,8 +602,7 @@ class InFlight:
         by_model: dict[str, dict[str, tuple[float, float]]] = {}
         for b in snapshot.backends:
             shared = others.get(b.id, 0) + mine.get(b.id, 0)
-            record = deployments.get(b.id)
-            load = livestate.occupancy(shared, record) if record else (shared, b.state.queued)
+            load = livestate.occupancy(shared, deployments.get(b.id))
             by_model.setdefault(b.model, {})[b.id] = load
         self._shared = _SharedRead(by_model, gateways, self._clock())
         self._at_read = mine
