@@ -18,6 +18,7 @@ from django.dispatch import receiver
 
 from accounts import redis_client
 from backends.models import AIModel, Chip, Cluster, Deployment, Provider, Region, RegionLatency
+from billing.models import ListPrice
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def world_changed() -> None:
 
 
 #: Every table `backends.snapshot.load_world` reads.
-CATALOG = (Region, RegionLatency, Chip, Cluster, AIModel, Deployment, Provider)
+CATALOG = (Region, RegionLatency, Chip, Cluster, AIModel, Deployment, Provider, ListPrice)
 
 
 @receiver(post_save)

@@ -35,6 +35,8 @@ from backends import livestate, sealing
 from backends.livestate import LiveMaps
 from backends.models import Deployment, Provider, Region, RegionLatency
 from backends.world import INTRA_REGION_RTT_MS
+from billing import rating
+from billing.models import ListPrice
 from routing.engine import (
     OUT_COOLING,
     OUT_PROVIDER,
@@ -93,6 +95,9 @@ class Endpoint:
     model_field: re.Pattern[bytes] | None = field(default=None, repr=False, compare=False)
     #: None: a public backend; else the organization whose private cluster this is
     org_id: int | None = None
+    #: the operators' list prices for its model, (effective from, unix s; price), oldest
+    #: first: what `billing.rating.PriceBook` charges instead of cost × margin
+    list_prices: tuple[tuple[float, rating.Price], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.upstream_model:
@@ -280,6 +285,11 @@ def load_world() -> World:
         for slug, lat, lon in Region.objects.values_list("slug", "latitude", "longitude")
     }
     backends = [_backend(d, out="" if usable(d) else OUT_PROVIDER) for d in deployments]
+    listed: dict[str, list[tuple[float, rating.Price]]] = {}
+    for model, since, pin, pout in ListPrice.objects.order_by(
+        "model", "effective_from"
+    ).values_list("model", "effective_from", "input_per_mtok_usd", "output_per_mtok_usd"):
+        listed.setdefault(model, []).append((since.timestamp(), rating.Price(pin, pout)))
     snapshot = Snapshot(
         backends,
         LatencyMap(rtt=rtt, coords=coords, intra_region_ms=INTRA_REGION_RTT_MS),
@@ -310,6 +320,7 @@ def load_world() -> World:
             jurisdictions=tuple(sorted(b.jurisdictions)),
             country=b.country,
             org_id=b.org_id,
+            list_prices=tuple(listed.get(d.model.slug, ())),
         )
         for d, b in zip(deployments, backends, strict=True)
     }

@@ -24,10 +24,12 @@ integer: exact in Lua's doubles up to $9M). Admission reserves the request's wor
 charge (`worst_case`, rounded up to the nano-dollar) if `spend + reserve <= cap`, in the
 same script as the rate limits, so no two requests can both take the last dollar.
 The worst case is the most any one of the plan's candidates would charge for the
-request's tokens (`charge`, the drain's rule): a public deployment its provider cost
-with the tier's margin, the organization's own private cluster (`PLATFORM_FEE`; no
-provider cost) the tier's platform fee, per request plus per token. The fee rides in
-the limits (`Limits.platform_fee`, loaded with the tier), so pricing stays off the DB.
+request's tokens (`charge`, the drain's rule): a public deployment the operators' list
+price for its model (`Listed`) where one is in force, else its provider cost with the
+tier's margin; the organization's own private cluster (`PLATFORM_FEE`; no provider
+cost) the tier's platform fee, per request plus per token. The fee rides in the limits
+(`Limits.platform_fee`, loaded with the tier) and list prices in the world snapshot, so
+pricing stays off the DB. The sums are integers of pico-dollars (`tariff`).
 Settlement (`settle_args`, run in the usage XADD's pipeline) replaces the reservation
 with the actual charge (`charge` again, for the candidate that served it; rounded up to
 the nano-dollar), so the live spend equals what the drain stores, and a failed or
@@ -56,7 +58,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from redis.exceptions import NoScriptError
 
@@ -185,19 +187,63 @@ class Billing(enum.Enum):
     PLATFORM_FEE = "platform-fee"
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """An operator's list price for the served model (`billing.models.ListPrice`): the
+    price itself, for every tier, with no margin on top."""
+
+    price: rating.Price
+
+
 #: A candidate billed at the tier's platform fee: the organization's own private cluster
 #: (`billing.rating.PriceBook.rate`), whatever its provider cost.
 PLATFORM_FEE = Billing.PLATFORM_FEE
-#: How a candidate is billed: its provider cost (with the tier's margin), or the fee.
-Rate = rating.Price | Literal[Billing.PLATFORM_FEE]
+#: How a candidate is billed: its provider cost (with the tier's margin), a list price,
+#: or the fee.
+Rate = rating.Price | Listed | Literal[Billing.PLATFORM_FEE]
+
+#: On the hot path charges are integers of pico-dollars (1e-12 USD, the last digit a
+#: stored charge keeps): rates are stated to 1e-6 USD per 1M tokens (`billing.models`),
+#: so a token costs a whole number of them, and every charge is exact.
+PICO_PER_NANO = 1000
+#: pico-dollars: per request, per input token, per output token
+Tariff = tuple[int, int, int]
+
+
+def _pico(usd: Decimal, *, per_mtok: bool = False) -> int:
+    units = usd.scaleb(6 if per_mtok else 12)
+    if units != units.to_integral_value():
+        raise ValueError(f"{usd} USD is finer than the rates' 1e-6 per 1M tokens")
+    return int(units)
+
+
+def tariff(rate: Rate, limits: Limits) -> Tariff:
+    """What a candidate charges, by the drain's rule (`billing.rating`): the platform fee
+    for a private cluster, a list price as it stands, our price (cost with the tier's
+    margin) for the rest."""
+    if rate is PLATFORM_FEE:
+        fee = limits.platform_fee
+        per_token = _pico(fee.per_mtok, per_mtok=True)
+        return _pico(fee.per_request), per_token, per_token
+    ours = rate.price if isinstance(rate, Listed) else price(rate, limits)
+    return 0, _pico(ours.input_per_mtok, per_mtok=True), _pico(ours.output_per_mtok, per_mtok=True)
+
+
+def pico_charge(tariff: Tariff, *, input_tokens: int, output_tokens: int) -> int:
+    """A charge in pico-dollars: exact."""
+    per_request, per_input, per_output = tariff
+    return per_request + input_tokens * per_input + output_tokens * per_output
+
+
+def nano_up(pico: int) -> int:
+    """Pico- to nano-dollars, rounded up (as `to_nano` rounds)."""
+    return -(-pico // PICO_PER_NANO)
 
 
 def charge(rate: Rate, limits: Limits, *, input_tokens: int, output_tokens: int) -> Decimal:
-    """What a candidate charges for these tokens, by the drain's rule (`billing.rating`):
-    the platform fee for a private cluster, our price (cost with margin) for the rest."""
-    if rate is PLATFORM_FEE:
-        return limits.platform_fee.charge(input_tokens, output_tokens)
-    return rating.charge(price(rate, limits), input_tokens, output_tokens)
+    """What a candidate charges for these tokens, exactly (`tariff`)."""
+    pico = pico_charge(tariff(rate, limits), input_tokens=input_tokens, output_tokens=output_tokens)
+    return Decimal(pico).scaleb(-12)
 
 
 def worst_case(
@@ -216,6 +262,20 @@ def worst_case(
 
 def month_of(now: datetime) -> str:
     return f"{now.year:04d}-{now.month:02d}"  # strftime costs µs on every admission
+
+
+_month: tuple[float, float, str] = (0.0, 0.0, "")
+
+
+def month_at(unix_s: float) -> str:
+    """`month_of` a unix time (UTC), remembered until the month ends: the hot path's."""
+    global _month
+    start, end, month = _month
+    if not start <= unix_s < end:
+        month = month_of(datetime.fromtimestamp(unix_s, UTC))
+        first, following = month_bounds(month)
+        _month = (first.timestamp(), following.timestamp(), month)
+    return month
 
 
 def month_bounds(month: str) -> tuple[datetime, datetime]:
@@ -295,8 +355,9 @@ local function tighter(a_lim, a_used, b_lim, b_used, add)
 end
 local rl, rr = tighter(org_rpm, org_r, key_rpm, key_r, add_r)
 local tl, tr = tighter(org_tpm, org_t, key_tpm, key_t, add_t)
+-- spends as integers: Lua's tostring prints 1.5e+14 from $150,000 on
 return {status, window, rl, rr, tl, tr, reset_ms,
-        tostring(org_spend or 0), tostring(key_spend or 0), reserved_org, reserved_key}
+        tonumber(org_spend) or 0, tonumber(key_spend) or 0, reserved_org, reserved_key}
 """
 
 SETTLE = """
@@ -317,8 +378,7 @@ return 1
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """What the script said: the outcome, the windows' state (for the headers) and the
     reservation to settle."""
 
@@ -336,8 +396,12 @@ class Verdict:
 
     @classmethod
     def from_reply(cls, reply: list[Any]) -> Verdict:
-        v = [int(x) for x in reply]
-        return cls(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], bool(v[9]), bool(v[10]))
+        """Integers all (the spends too: a string there is from a script loaded before)."""
+        status, window, rl, rr, tl, tr, reset, org_spend, key_spend, org, key = reply
+        return cls(
+            status, window, rl, rr, tl, tr, reset, int(org_spend), int(key_spend),
+            org == 1, key == 1,
+        )  # fmt: skip
 
 
 def _limit(value: int | None) -> int:

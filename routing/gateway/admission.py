@@ -10,10 +10,14 @@ and otherwise returns a `Ticket`: the reservation, and the x-ratelimit-* headers
 answer carries. `settlement` turns the ticket and the usage record into the settle
 script's call, which the usage publisher runs in the XADD's pipeline.
 
-Both price a backend as the drain does (`rate`): a public one at its provider cost with
-the tier's margin, the organization's own private cluster at the tier's platform fee
-(per request and per token; it has no provider cost), so the reservation covers what
-any candidate would charge and the settled spend is the charge the drain stores.
+Both price a backend as the drain does (`rate`): the organization's own private cluster
+at the tier's platform fee (per request and per token; it has no provider cost), a
+public one at the operators' list price for its model when one is in force, else at its
+provider cost with the tier's margin. The reservation covers the dearest candidate at
+the rate in force and at any list price already scheduled to replace it (a request may
+complete after the change); the settlement charges the rate in force when the request
+completed, as the drain does, so the settled spend is the charge the drain stores. The
+sums are integers of pico-dollars (`limits.tariff`): exact, and cheap per request.
 
 `TESSERACT_LIMITS=0` switches rate limits and budgets off (suspension still applies):
 for the benchmark's "off" run only.
@@ -23,9 +27,9 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -56,10 +60,27 @@ def cost(endpoint: Endpoint) -> rating.Price:
     return _cost(endpoint.price_input_per_mtok, endpoint.price_output_per_mtok)
 
 
-def rate(endpoint: Endpoint) -> limits.Rate:
-    """How a request this backend serves is billed (`billing.rating.PriceBook.rate`): a
-    private cluster's at the platform fee, any other at its cost with the margin."""
-    return limits.PLATFORM_FEE if endpoint.org_id is not None else cost(endpoint)
+def rate(endpoint: Endpoint, at: float) -> limits.Rate:
+    """How a request this backend serves and that completes at `at` is billed
+    (`billing.rating.PriceBook.rate`): a private cluster's at the platform fee, else at
+    the model's list price in force then, else at its cost with the margin."""
+    if endpoint.org_id is not None:
+        return limits.PLATFORM_FEE
+    listed = None
+    for since, price in endpoint.list_prices:  # oldest first
+        if since > at:
+            break
+        listed = price
+    return cost(endpoint) if listed is None else limits.Listed(listed)
+
+
+def rates_from(endpoint: Endpoint, at: float) -> list[limits.Rate]:
+    """Every way a request admitted at `at` may be billed, however late it completes:
+    the rate in force now and each list price an operator has scheduled after."""
+    now = rate(endpoint, at)
+    if now is limits.PLATFORM_FEE:
+        return [now]
+    return [now, *(limits.Listed(price) for since, price in endpoint.list_prices if since > at)]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -67,10 +88,38 @@ def _cost(input_per_mtok: float, output_per_mtok: float) -> rating.Price:
     return rating.Price(Decimal(str(input_per_mtok)), Decimal(str(output_per_mtok)))
 
 
+class _Tariffs:
+    """`limits.tariff` per (rate, tier margin, platform fee), remembered: the hot path
+    prices every candidate of every request. Keyed by value, so a new price in the
+    catalog is a new entry; cleared when it grows past what a catalog could fill."""
+
+    MAX = 4096
+
+    def __init__(self) -> None:
+        self._by_terms: dict[tuple[Decimal, rating.PlatformFee], dict[limits.Rate, limits.Tariff]]
+        self._by_terms = {}
+        self._size = 0
+
+    def of(self, rate: limits.Rate, lim: limits.Limits) -> limits.Tariff:
+        terms = (lim.margin_pct, lim.platform_fee)
+        known = self._by_terms.get(terms)
+        if known is None:
+            known = self._by_terms[terms] = {}
+        tariff = known.get(rate)
+        if tariff is None:
+            if self._size >= self.MAX:
+                self._by_terms, self._size = {terms: known}, 0
+                known.clear()
+            tariff = known[rate] = limits.tariff(rate, lim)
+            self._size += 1
+        return tariff
+
+
 class Admission:
     def __init__(self, redis: Any, *, enabled: bool | None = None) -> None:
         self.redis = redis
         self.scripts = limits.Scripts(redis)
+        self.tariffs = _Tariffs()
         self.enabled = settings.TESSERACT_LIMITS if enabled is None else enabled
 
     async def admit(self, call: Call, plan: Plan, world: World) -> Ticket | None:
@@ -88,13 +137,17 @@ class Admission:
             return None
         r = call.parsed.route
         tokens = r.input_tokens + r.max_output_tokens
-        rates = [rate(world.endpoints[c.backend_id]) for c in plan.choices]
-        worst = limits.worst_case(
-            rates, lim, input_tokens=r.input_tokens, output_tokens=r.max_output_tokens
-        )
-        reserve = limits.to_nano(worst)
-        now = datetime.now(UTC)
-        month = limits.month_of(now)
+        now = time.time()
+        worst = 0  # pico-dollars: what the dearest candidate could charge
+        for choice in plan.choices:
+            for candidate in rates_from(world.endpoints[choice.backend_id], now):
+                tariff = self.tariffs.of(candidate, lim)
+                charge = limits.pico_charge(
+                    tariff, input_tokens=r.input_tokens, output_tokens=r.max_output_tokens
+                )
+                worst = max(worst, charge)
+        reserve = limits.nano_up(worst)
+        month = limits.month_at(now)
         keys = limits.redis_keys(org_id=key.org_id, key_id=key.id, month=month)
         verdict = await limits.admit(self.scripts, keys, lim, tokens=tokens, reserve_nano=reserve)
         if verdict.status in (limits.SEED_ORG, limits.SEED_KEY):
@@ -129,8 +182,9 @@ class Admission:
                 verdict.org_spend_nano if org_budget else verdict.key_spend_nano
             )
             _, reset = limits.month_bounds(month)
+            worst_usd = limits.from_nano(reserve)
             budget_error = BudgetExceeded(
-                f"This request could cost up to ${worst:.6f}, which does not fit the "
+                f"This request could cost up to ${worst_usd:.6f}, which does not fit the "
                 f"{'organization' if org_budget else 'API key'}'s monthly budget: "
                 f"cap ${cap:.2f}, spent (and reserved) ${spent:.6f} this month. "
                 f"The budget resets on {reset:%Y-%m-%d} 00:00 UTC; an owner can raise it.",
@@ -147,19 +201,19 @@ class Admission:
         unused tokens go back. Nothing served costs nothing, fee included."""
         if ticket is None:
             return None
-        actual = rating.ZERO
+        actual = 0
         if endpoint is not None and (record.input_tokens or record.output_tokens):
-            actual = limits.charge(
-                rate(endpoint),
-                ticket.limits,
-                input_tokens=record.input_tokens,
-                output_tokens=record.output_tokens,
+            tariff = self.tariffs.of(rate(endpoint, record.created_at), ticket.limits)
+            actual = limits.nano_up(
+                limits.pico_charge(
+                    tariff, input_tokens=record.input_tokens, output_tokens=record.output_tokens
+                )
             )
         args = limits.settle_args(
             ticket.verdict,
             reserved_tokens=ticket.tokens,
             actual_tokens=record.input_tokens + record.output_tokens,
             reserve_nano=ticket.reserve_nano,
-            actual_nano=limits.to_nano(actual),
+            actual_nano=actual,
         )
         return self.scripts.settle, ticket.keys, args

@@ -23,3 +23,18 @@ def test_a_chip_renamed_in_the_catalog_is_announced_to_the_gateways(transactiona
 
     assert next_message(pubsub, "message")["data"] == b"changed"
     pubsub.close()
+
+
+def test_a_new_list_price_is_announced_so_budgets_reserve_at_it_at_once(transactional_db):
+    """The gateways reserve and settle budgets at the list price (`routing.gateway.
+    admission.rate`): it rides in the world, and reaches every gateway when written."""
+    from billing.models import ListPrice
+
+    pubsub = redis.Redis.from_url(settings.REDIS_URL).pubsub()
+    pubsub.subscribe(WORLD_CHANNEL)
+    next_message(pubsub, "subscribe")
+
+    ListPrice.objects.create(model="m", input_per_mtok_usd=1, output_per_mtok_usd=2)
+
+    assert next_message(pubsub, "message")["data"] == b"changed"
+    pubsub.close()

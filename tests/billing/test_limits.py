@@ -172,6 +172,59 @@ def test_a_private_candidate_counts_its_platform_fee_and_the_dearest_candidate_i
     )
 
 
+def test_a_list_price_is_charged_as_it_stands_for_every_tier_with_no_margin():
+    lim = limits.Limits("pro", None, None, None, None, None, None, Decimal("20"))
+    listed = limits.Listed(rating.Price(Decimal("10"), Decimal("30")))
+    tokens = {"input_tokens": 1000, "output_tokens": 500}
+    assert limits.charge(listed, lim, **tokens) == Decimal("0.025")  # 0.01 + 0.015
+    cost = rating.Price(Decimal("3"), Decimal("1"))  # $0.0042 with the margin
+    assert limits.worst_case([cost, listed], lim, **tokens) == Decimal("0.025")
+
+
+def test_charges_are_exact_to_the_stored_digit_and_a_reservation_rounds_up_to_the_nano():
+    lim = limits.Limits("pro", None, None, None, None, None, None, Decimal("12.5"))
+    cost = rating.Price(Decimal("0.000123"), Decimal("7.654321"))
+    ours = rating.with_margin(cost, Decimal("12.5"))
+    exact = rating.charge(ours, 3, 7)  # 12 decimal places, as a UsageEvent stores it
+    assert limits.charge(cost, lim, input_tokens=3, output_tokens=7) == exact
+    t = limits.tariff(cost, lim)
+    pico = limits.pico_charge(t, input_tokens=3, output_tokens=7)
+    assert limits.nano_up(pico) == limits.to_nano(exact)
+    assert [limits.nano_up(p) for p in (0, 1, 1000, 1001)] == [0, 1, 1, 2]
+
+
+def test_a_rate_finer_than_a_millionth_per_million_tokens_is_refused_not_rounded():
+    lim = limits.Limits("pro", None, None, None, None, None, None, Decimal(0))
+    with pytest.raises(ValueError, match="finer"):
+        limits.tariff(limits.Listed(rating.Price(Decimal("0.0000001"), Decimal(1))), lim)
+
+
+def test_the_month_of_a_unix_time_turns_at_utc_midnight_on_the_first():
+    from datetime import UTC, datetime
+
+    before = datetime(2026, 11, 30, 23, 59, 59, 999000, tzinfo=UTC).timestamp()
+    after = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    assert limits.month_at(before) == "2026-11"
+    assert limits.month_at(after) == "2026-12"
+    assert limits.month_at(before) == "2026-11"  # remembered, never stale
+
+
+def test_an_org_that_spent_over_a_hundred_thousand_dollars_this_month_is_still_admitted_exactly():
+    # Lua prints such numbers as 1.5e+14: the script must answer integers.
+    keys = _keys()
+    lim = limits.Limits("test", None, None, None, None, Decimal("1000000"), None, Decimal(0))
+    spent = limits.to_nano(Decimal("150000.123456789"))
+
+    async def scenario():
+        async with _seeded(keys) as (client, scripts):
+            await client.set(keys[2], spent)
+            return await limits.admit(scripts, keys, lim, tokens=10, reserve_nano=7)
+
+    verdict = asyncio.run(scenario())
+    assert verdict.status == limits.OK
+    assert verdict.org_spend_nano == spent + 7
+
+
 def test_the_limits_a_key_loads_carry_its_tier_s_platform_fee(db, alice):
     from billing.models import SlaTier
     from billing.subscriptions import tier_change

@@ -19,7 +19,7 @@ from accounts import services
 from accounts.keycache import KeyCache
 from backends.models import Deployment
 from billing import dunning, limits, rating
-from billing.models import ApiKeyLimits, BillingAccount, SlaTier, UsageEvent
+from billing.models import ApiKeyLimits, BillingAccount, ListPrice, SlaTier, UsageEvent
 from billing.subscriptions import budget_set, key_limits_set, tier_change
 from billing.tiers import ENTERPRISE
 from routing.gateway.app import GatewayApp, KeyAuth
@@ -161,6 +161,56 @@ def test_a_budget_holds_across_gateways_under_hundreds_of_concurrent_requests(me
     with pytest.raises(openai.RateLimitError) as caught:
         sdk(mesh, plaintext).chat.completions.create(**ASK)
     assert caught.value.code == "insufficient_quota"
+
+
+def test_an_operator_s_list_price_is_what_a_budget_reserves_and_what_it_settles(
+    mesh, org_key, usage
+):
+    org, key, plaintext = org_key
+    enterprise, _ = SlaTier.objects.get_or_create(
+        slug=ENTERPRISE.slug, defaults={k: v for k, v in ENTERPRISE.fields().items() if k != "slug"}
+    )
+    tier_change(org=org, tier=enterprise)
+    budget_set(org=org, monthly_budget_usd=Decimal("1.00"))
+    Deployment.objects.filter(model__slug=EIGHT_B).update(
+        price_input_per_mtok=0, price_output_per_mtok=1000
+    )
+    # Ten times cost × margin, with no margin on top: 4 tokens cost $0.04, 25 fit.
+    ListPrice.objects.create(
+        model=EIGHT_B,
+        input_per_mtok_usd=0,
+        output_per_mtok_usd=10_000,
+        effective_from=timezone.now() - timedelta(minutes=1),
+    )
+    from routing.gateway.app import application
+
+    application.forget_world()
+
+    async def burst(n: int) -> list[int]:
+        limit = asyncio.Semaphore(16)
+        async with httpx.AsyncClient(timeout=60) as client:
+
+            async def one() -> int:
+                async with limit:
+                    r = await client.post(
+                        f"{mesh.gateway_url}/v1/chat/completions",
+                        headers={"Authorization": f"Bearer {plaintext}"},
+                        json=ASK,
+                    )
+                    return r.status_code
+
+            return await asyncio.gather(*(one() for _ in range(n)))
+
+    statuses = asyncio.run(burst(40))
+    assert statuses.count(200) == 25
+    assert statuses.count(429) == 15
+    events = usage()
+    assert {e.charge_usd for e in events} == {Decimal("0.04")}  # the drain's list price
+    stored = sum((e.charge_usd for e in events), Decimal(0))
+    assert stored == Decimal("1.00")
+    month = limits.month_of(timezone.now())
+    spend_key = limits.redis_keys(org_id=org.pk, key_id=key.pk, month=month)[2]
+    assert int(redis.Redis.from_url(settings.REDIS_URL).get(spend_key)) == limits.to_nano(stored)
 
 
 def test_a_key_budget_is_its_own_cap_below_the_org_s(mesh, org_key):
