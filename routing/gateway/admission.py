@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -53,6 +53,7 @@ class Ticket:
     tokens: int
     reserve_nano: int
     headers: list[tuple[bytes, bytes]]
+    world: World  # the catalog it was priced in
 
 
 def cost(endpoint: Endpoint) -> rating.Price:
@@ -89,30 +90,69 @@ def _cost(input_per_mtok: float, output_per_mtok: float) -> rating.Price:
 
 
 class _Tariffs:
-    """`limits.tariff` per (rate, tier margin, platform fee), remembered: the hot path
-    prices every candidate of every request. Keyed by value, so a new price in the
-    catalog is a new entry; cleared when it grows past what a catalog could fill."""
-
-    MAX = 4096
+    """Each backend's tariffs for a tier's terms (margin, platform fee), remembered for
+    the world they were read from: the hot path prices every candidate of every request.
+    An entry holds what `rates_from` gives, the first being the rate in force; it serves
+    from when that rate started until the next scheduled list price starts."""
 
     def __init__(self) -> None:
-        self._by_terms: dict[tuple[Decimal, rating.PlatformFee], dict[limits.Rate, limits.Tariff]]
-        self._by_terms = {}
-        self._size = 0
+        self._world: World | None = None
+        self._books: dict[tuple[Decimal, rating.PlatformFee], dict[str, _Entry]] = {}
 
-    def of(self, rate: limits.Rate, lim: limits.Limits) -> limits.Tariff:
+    def _book(self, world: World, lim: limits.Limits) -> dict[str, _Entry]:
+        if world is not self._world:
+            self._world, self._books = world, {}
         terms = (lim.margin_pct, lim.platform_fee)
-        known = self._by_terms.get(terms)
-        if known is None:
-            known = self._by_terms[terms] = {}
-        tariff = known.get(rate)
-        if tariff is None:
-            if self._size >= self.MAX:
-                self._by_terms, self._size = {terms: known}, 0
-                known.clear()
-            tariff = known[rate] = limits.tariff(rate, lim)
-            self._size += 1
-        return tariff
+        book = self._books.get(terms)
+        if book is None:
+            book = self._books[terms] = {}
+        return book
+
+    @staticmethod
+    def _entry(endpoint: Endpoint, lim: limits.Limits, at: float) -> _Entry:
+        starts = [since for since, _ in endpoint.list_prices]
+        start = max((t for t in starts if t <= at), default=-math.inf)
+        until = min((t for t in starts if t > at), default=math.inf)
+        return [limits.tariff(r, lim) for r in rates_from(endpoint, at)], start, until
+
+    def worst(
+        self,
+        world: World,
+        lim: limits.Limits,
+        backend_ids: Iterable[str],
+        now: float,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+    ) -> int:
+        """The most (pico-dollars) a request admitted `now` may be charged on any of
+        these backends, whenever it completes."""
+        book = self._book(world, lim)
+        worst = 0
+        for backend_id in backend_ids:
+            entry = book.get(backend_id)
+            if entry is None or not entry[1] <= now < entry[2]:
+                entry = book[backend_id] = self._entry(world.endpoints[backend_id], lim, now)
+            for per_request, per_input, per_output in entry[0]:
+                charge = per_request + input_tokens * per_input + output_tokens * per_output
+                if charge > worst:  # limits.pico_charge, inline: it runs per candidate
+                    worst = charge
+        return worst
+
+    def in_force(
+        self, world: World, lim: limits.Limits, endpoint: Endpoint, at: float
+    ) -> limits.Tariff:
+        """The tariff of a request that completed at `at` (admitted in `world`)."""
+        entry = None
+        if world is self._world:  # else one admitted before a reload: not kept
+            entry = self._book(world, lim).get(endpoint.backend_id)
+        if entry is not None and entry[1] <= at < entry[2]:
+            return entry[0][0]
+        return limits.tariff(rate(endpoint, at), lim)
+
+
+#: tariffs (the rate in force first, then those scheduled), from, until (unix s)
+_Entry = tuple[list[limits.Tariff], float, float]
 
 
 class Admission:
@@ -138,14 +178,14 @@ class Admission:
         r = call.parsed.route
         tokens = r.input_tokens + r.max_output_tokens
         now = time.time()
-        worst = 0  # pico-dollars: what the dearest candidate could charge
-        for choice in plan.choices:
-            for candidate in rates_from(world.endpoints[choice.backend_id], now):
-                tariff = self.tariffs.of(candidate, lim)
-                charge = limits.pico_charge(
-                    tariff, input_tokens=r.input_tokens, output_tokens=r.max_output_tokens
-                )
-                worst = max(worst, charge)
+        worst = self.tariffs.worst(
+            world,
+            lim,
+            (c.backend_id for c in plan.choices),
+            now,
+            input_tokens=r.input_tokens,
+            output_tokens=r.max_output_tokens,
+        )
         reserve = limits.nano_up(worst)
         month = limits.month_at(now)
         keys = limits.redis_keys(org_id=key.org_id, key_id=key.id, month=month)
@@ -191,19 +231,19 @@ class Admission:
             )
             budget_error.extra_headers = headers + _NO_RETRY
             raise budget_error
-        return Ticket(keys, verdict, lim, tokens, reserve, headers)
+        return Ticket(keys, verdict, lim, tokens, reserve, headers, world)
 
     def settlement(
         self, ticket: Ticket | None, endpoint: Endpoint | None, record: metering.UsageRecord
     ) -> tuple[Any, Sequence[str], list[Any]] | None:
-        """The settle script's call: the actual charge (the drain's rule: the platform
-        fee on a private cluster, else cost with margin) replaces the reservation;
-        unused tokens go back. Nothing served costs nothing, fee included."""
+        """The settle script's call: the actual charge (the drain's rule, `rate`, at the
+        record's completion) replaces the reservation; unused tokens go back. Nothing
+        served costs nothing, fee included."""
         if ticket is None:
             return None
         actual = 0
         if endpoint is not None and (record.input_tokens or record.output_tokens):
-            tariff = self.tariffs.of(rate(endpoint, record.created_at), ticket.limits)
+            tariff = self.tariffs.in_force(ticket.world, ticket.limits, endpoint, record.created_at)
             actual = limits.nano_up(
                 limits.pico_charge(
                     tariff, input_tokens=record.input_tokens, output_tokens=record.output_tokens

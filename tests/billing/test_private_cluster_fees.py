@@ -14,7 +14,7 @@ from django.conf import settings
 from accounts import services
 from backends.demo import demo_world_load
 from backends.models import Deployment
-from backends.snapshot import Endpoint
+from backends.snapshot import load_world
 from billing import invoicing, limits, pricebook, rating, subscriptions
 from billing.models import ListPrice, SlaTier, UsageEvent
 from routing.gateway.admission import Admission, Ticket
@@ -123,37 +123,34 @@ def test_the_invoice_bills_private_usage_on_its_own_line_at_the_platform_fee(acm
 # --------------------------------------------------------------------------- the gateway
 
 
-def _endpoint(d: Deployment) -> Endpoint:
-    """The gateway's view of `d` (as `backends.snapshot` builds it)."""
-    return Endpoint(
-        backend_id=d.slug, url="http://10.0.0.7:8000/v1", adapter="openai", model=d.model.slug,
-        region=d.cluster.region.slug, cluster=d.cluster.slug, chip=d.chip.slug,
-        price_input_per_mtok=float(d.price_input_per_mtok),
-        price_output_per_mtok=float(d.price_output_per_mtok),
-        certifications=(), jurisdictions=(), org_id=d.cluster.organization_id,
-    )  # fmt: skip
-
-
-@pytest.mark.parametrize("served_by", ["private", "public"])
+@pytest.mark.parametrize("served_by", ["private", "public", "listed"])
 def test_the_gateway_settles_a_request_at_the_charge_the_drain_stores(acme, deployments, served_by):
     """The live spend counter and the stored charges must agree to the nano-dollar: the
-    settlement rates a request by the drain's rule, the platform fee on a private cluster."""
+    settlement rates a request by the drain's rule, the platform fee on a private cluster,
+    the list price in force where an operator set one."""
     public, mine = deployments
     served = mine if served_by == "private" else public
     subscriptions.tier_change(org=acme, tier=SlaTier.objects.get(slug="pro"))
+    if served_by == "listed":
+        ListPrice.objects.create(
+            model=public.model.slug, input_per_mtok_usd=D("0.123457"), output_per_mtok_usd=D("9")
+        )
+    world = load_world()
     key = services.api_key_create(org=acme, name="k").api_key
     lim = limits.load(key_id=key.pk, org_id=acme.pk)
     at = datetime.now(UTC) + timedelta(seconds=1)
     done = usage(acme, at=at, deployment=served, input_tokens=1234, output_tokens=567)
     verdict = limits.Verdict(limits.OK, 0, -1, -1, -1, -1, 0, 0, 0, True, True)
-    ticket = Ticket(("a", "b", "c", "d"), verdict, lim, 2000, 10**9, [])
+    ticket = Ticket(("a", "b", "c", "d"), verdict, lim, 2000, 10**9, [], world)
     admission = Admission(aioredis.Redis.from_url(settings.REDIS_URL), enabled=True)
 
-    settled = admission.settlement(ticket, _endpoint(served), done)
+    settled = admission.settlement(ticket, world.endpoints[served.slug], done)
 
     assert settled is not None
     actual_nano = settled[2][5]
     stored = pricebook.rate_record(pricebook.for_records([done]), done)
-    assert stored.basis == ("platform-fee" if served_by == "private" else "margin")
+    assert (
+        stored.basis == {"private": "platform-fee", "public": "margin", "listed": "list"}[served_by]
+    )
     assert stored.amount > 0
     assert actual_nano == limits.to_nano(stored.amount)

@@ -46,3 +46,25 @@ def test_a_private_cluster_pays_the_platform_fee_whatever_the_list_price():
     endpoint = _endpoint(org_id=7, list_prices=((T0, LISTED),))
     assert rate(endpoint, T0 + 1) is limits.PLATFORM_FEE
     assert rates_from(endpoint, T0 - 1) == [limits.PLATFORM_FEE]
+
+
+def test_remembered_tariffs_follow_a_scheduled_price_when_it_starts():
+    from types import SimpleNamespace
+
+    from routing.gateway.admission import _Tariffs
+
+    lim = limits.Limits("pro", None, None, None, None, None, None, D("20"))
+    endpoint = _endpoint(list_prices=((T0 + 60, LATER),))
+    world = SimpleNamespace(endpoints={"b": endpoint})
+    tariffs = _Tariffs()
+
+    def worst(at: float) -> int:
+        return tariffs.worst(world, lim, ["b"], at, input_tokens=1000, output_tokens=0)
+
+    # Before the start: cost × 1.2 ($1.2 per 1M input), but LATER ($50) is reserved for.
+    assert worst(T0) == worst(T0 + 59) == 1000 * 50 * 10**6
+    assert tariffs.in_force(world, lim, endpoint, T0 + 59) == (0, 1_200_000, 2_400_000)
+    assert tariffs.in_force(world, lim, endpoint, T0 + 60) == (0, 50 * 10**6, 70 * 10**6)
+    assert worst(T0 + 61) == 1000 * 50 * 10**6
+    assert tariffs.in_force(world, lim, endpoint, T0 + 61) == (0, 50 * 10**6, 70 * 10**6)
+    assert tariffs.in_force(world, lim, endpoint, T0 + 1) == (0, 1_200_000, 2_400_000)
