@@ -21,7 +21,7 @@ boundary; they are what OpenAI's reset headers describe and cost two hash reads.
 **Budgets: reserve the worst case, settle the actual.** Spend lives in Redis per org and
 per key and month (`...:spend:{org:N}:YYYY-MM:org`), in nano-dollars (1e-9 USD, an
 integer: exact in Lua's doubles up to $9M). Admission reserves the request's worst-case
-charge (`worst_case`, rounded up to the nano-dollar) if `spend + reserve <= cap`, in the
+charge (the dearest candidate's, rounded up to the nano-dollar) if `spend + reserve <= cap`, in the
 same script as the rate limits, so no two requests can both take the last dollar.
 The worst case is the most any one of the plan's candidates would charge for the
 request's tokens (`charge`, the drain's rule): a public deployment the operators' list
@@ -244,20 +244,6 @@ def charge(rate: Rate, limits: Limits, *, input_tokens: int, output_tokens: int)
     """What a candidate charges for these tokens, exactly (`tariff`)."""
     pico = pico_charge(tariff(rate, limits), input_tokens=input_tokens, output_tokens=output_tokens)
     return Decimal(pico).scaleb(-12)
-
-
-def worst_case(
-    rates: Sequence[Rate], limits: Limits, *, input_tokens: int, output_tokens: int
-) -> Decimal:
-    """The most a request can cost: what the dearest of its candidates would charge for
-    its tokens (one candidate serves it; failover never leaves the plan)."""
-    return max(
-        (
-            charge(rate, limits, input_tokens=input_tokens, output_tokens=output_tokens)
-            for rate in rates
-        ),
-        default=rating.ZERO,
-    )
 
 
 def month_of(now: datetime) -> str:

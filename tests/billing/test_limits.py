@@ -136,36 +136,16 @@ def test_resets_read_like_openai_s(ms, text):
     assert limits.reset_text(ms) == text
 
 
-def test_the_worst_case_is_the_dearest_candidate_s_charge_with_the_tier_margin():
-    lim = limits.Limits("pro", None, None, None, None, None, None, Decimal("20"))
-    costs = [
-        limits.rating.Price(Decimal("1"), Decimal("2")),
-        limits.rating.Price(Decimal("3"), Decimal("1")),
-    ]
-    # The first: 1.2 per 1M input, 2.4 per 1M output: $0.0024 for 1000 in + 500 out.
-    # The second: 3.6 and 1.2: $0.0042, the dearest (one candidate serves the request).
-    expected = (1000 * Decimal("3.6") + 500 * Decimal("1.2")) / 1_000_000
-    assert limits.worst_case(costs, lim, input_tokens=1000, output_tokens=500) == expected
-    assert limits.worst_case([], lim, input_tokens=1000, output_tokens=500) == 0
-
-
 PRO_FEE = rating.PlatformFee(per_request=Decimal("0.0001"), per_mtok=Decimal("0.05"))
 
 
-def test_a_private_candidate_counts_its_platform_fee_and_the_dearest_candidate_is_reserved():
+def test_a_candidate_is_charged_by_the_drain_s_rule_the_platform_fee_on_a_private_cluster():
     lim = limits.Limits(
         "pro", None, None, None, None, None, None, Decimal("20"), platform_fee=PRO_FEE
     )
-    cheap = rating.Price(Decimal("0.01"), Decimal("0.02"))  # $0.000024 for 1000 + 500
-    dear = rating.Price(Decimal("3"), Decimal("1"))  # $0.0042
+    cheap = rating.Price(Decimal("0.01"), Decimal("0.02"))
     own = limits.PLATFORM_FEE  # the org's private cluster: its provider cost is zero
-    fee = Decimal("0.0001") + 1500 * Decimal("0.05") / 1_000_000  # $0.000175
     tokens = {"input_tokens": 1000, "output_tokens": 500}
-    assert limits.worst_case([own], lim, **tokens) == fee
-    assert limits.worst_case([cheap, own], lim, **tokens) == fee
-    assert limits.worst_case([own, cheap], lim, **tokens) == fee
-    assert limits.worst_case([dear, own, cheap], lim, **tokens) == Decimal("0.0042")
-    # What each would charge is the drain's rule (`billing.rating`).
     assert limits.charge(own, lim, **tokens) == PRO_FEE.charge(1000, 500)
     assert limits.charge(cheap, lim, **tokens) == rating.charge(
         rating.with_margin(cheap, Decimal("20")), 1000, 500
@@ -177,8 +157,6 @@ def test_a_list_price_is_charged_as_it_stands_for_every_tier_with_no_margin():
     listed = limits.Listed(rating.Price(Decimal("10"), Decimal("30")))
     tokens = {"input_tokens": 1000, "output_tokens": 500}
     assert limits.charge(listed, lim, **tokens) == Decimal("0.025")  # 0.01 + 0.015
-    cost = rating.Price(Decimal("3"), Decimal("1"))  # $0.0042 with the margin
-    assert limits.worst_case([cost, listed], lim, **tokens) == Decimal("0.025")
 
 
 def test_charges_are_exact_to_the_stored_digit_and_a_reservation_rounds_up_to_the_nano():

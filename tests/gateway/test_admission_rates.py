@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from decimal import Decimal as D
+from types import SimpleNamespace
 
 from backends.snapshot import Endpoint
 from billing import limits, rating
-from routing.gateway.admission import rate, rates_from
+from routing.gateway.admission import _Tariffs, rate, rates_from
 
 T0 = 1_800_000_000.0
 LISTED = rating.Price(D("5"), D("7"))
@@ -14,11 +15,12 @@ LATER = rating.Price(D("50"), D("70"))
 
 
 def _endpoint(**options) -> Endpoint:
-    return Endpoint(
-        backend_id="b", url="http://b/v1", adapter="openai", model="m", region="r",
-        cluster="c", chip="h100", price_input_per_mtok=1.0, price_output_per_mtok=2.0,
-        certifications=(), jurisdictions=(), **options,
-    )  # fmt: skip
+    fields = {
+        "backend_id": "b", "url": "http://b/v1", "adapter": "openai", "model": "m",
+        "region": "r", "cluster": "c", "chip": "h100", "price_input_per_mtok": 1.0,
+        "price_output_per_mtok": 2.0, "certifications": (), "jurisdictions": (),
+    }  # fmt: skip
+    return Endpoint(**{**fields, **options})
 
 
 def test_without_a_list_price_a_public_backend_is_billed_at_its_cost_with_the_margin():
@@ -49,10 +51,6 @@ def test_a_private_cluster_pays_the_platform_fee_whatever_the_list_price():
 
 
 def test_remembered_tariffs_follow_a_scheduled_price_when_it_starts():
-    from types import SimpleNamespace
-
-    from routing.gateway.admission import _Tariffs
-
     lim = limits.Limits("pro", None, None, None, None, None, None, D("20"))
     endpoint = _endpoint(list_prices=((T0 + 60, LATER),))
     world = SimpleNamespace(endpoints={"b": endpoint})
@@ -68,3 +66,37 @@ def test_remembered_tariffs_follow_a_scheduled_price_when_it_starts():
     assert worst(T0 + 61) == 1000 * 50 * 10**6
     assert tariffs.in_force(world, lim, endpoint, T0 + 61) == (0, 50 * 10**6, 70 * 10**6)
     assert tariffs.in_force(world, lim, endpoint, T0 + 1) == (0, 1_200_000, 2_400_000)
+
+
+PRO_FEE = rating.PlatformFee(per_request=D("0.0001"), per_mtok=D("0.05"))
+PRO = limits.Limits("pro", None, None, None, None, None, None, D("20"), platform_fee=PRO_FEE)
+
+
+def _worst_usd(endpoints: dict[str, Endpoint], *backend_ids: str) -> D:
+    world = SimpleNamespace(endpoints=endpoints)
+    pico = _Tariffs().worst(world, PRO, backend_ids, T0, input_tokens=1000, output_tokens=500)
+    return D(pico).scaleb(-12)
+
+
+def test_the_reservation_is_the_dearest_candidate_s_charge_with_the_tier_margin():
+    endpoints = {
+        "a": _endpoint(price_input_per_mtok=1.0, price_output_per_mtok=2.0),
+        "b": _endpoint(price_input_per_mtok=3.0, price_output_per_mtok=1.0),
+    }
+    # a: 1.2 per 1M input, 2.4 per 1M output: $0.0024 for 1000 in + 500 out.
+    # b: 3.6 and 1.2: $0.0042, the dearest (one candidate serves the request).
+    assert _worst_usd(endpoints, "a", "b") == D("0.0042")
+    assert _worst_usd(endpoints) == 0
+
+
+def test_a_private_candidate_counts_its_platform_fee_and_the_dearest_candidate_is_reserved():
+    endpoints = {
+        "cheap": _endpoint(price_input_per_mtok=0.01, price_output_per_mtok=0.02),  # $0.000024
+        "dear": _endpoint(price_input_per_mtok=3.0, price_output_per_mtok=1.0),  # $0.0042
+        "own": _endpoint(price_input_per_mtok=9.0, price_output_per_mtok=9.0, org_id=7),
+    }
+    fee = D("0.0001") + 1500 * D("0.05") / 1_000_000  # $0.000175: its cost is not charged
+    assert _worst_usd(endpoints, "own") == fee
+    assert _worst_usd(endpoints, "cheap", "own") == fee
+    assert _worst_usd(endpoints, "own", "cheap") == fee
+    assert _worst_usd(endpoints, "dear", "own", "cheap") == D("0.0042")
