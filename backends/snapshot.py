@@ -96,7 +96,8 @@ class Endpoint:
     #: None: a public backend; else the organization whose private cluster this is
     org_id: int | None = None
     #: the operators' list prices for its model, (effective from, unix s; price), oldest
-    #: first: what `billing.rating.PriceBook` charges instead of cost × margin
+    #: first, from the one in force when the world was read: what
+    #: `billing.rating.PriceBook` charges instead of cost × margin
     list_prices: tuple[tuple[float, rating.Price], ...] = ()
 
     def __post_init__(self) -> None:
@@ -286,10 +287,15 @@ def load_world() -> World:
     }
     backends = [_backend(d, out="" if usable(d) else OUT_PROVIDER) for d in deployments]
     listed: dict[str, list[tuple[float, rating.Price]]] = {}
-    for model, since, pin, pout in ListPrice.objects.order_by(
-        "model", "effective_from"
-    ).values_list("model", "effective_from", "input_per_mtok_usd", "output_per_mtok_usd"):
-        listed.setdefault(model, []).append((since.timestamp(), rating.Price(pin, pout)))
+    prices = ListPrice.objects.order_by("model", "effective_from")
+    loaded = time.time()  # every request of this world completes after it
+    for model, since, pin, pout in prices.values_list(
+        "model", "effective_from", "input_per_mtok_usd", "output_per_mtok_usd"
+    ):
+        history = listed.setdefault(model, [])
+        if history and since.timestamp() <= loaded:
+            history.pop()  # replaced before this world was read: nobody pays it now
+        history.append((since.timestamp(), rating.Price(pin, pout)))
     snapshot = Snapshot(
         backends,
         LatencyMap(rtt=rtt, coords=coords, intra_region_ms=INTRA_REGION_RTT_MS),

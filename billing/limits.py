@@ -21,19 +21,21 @@ boundary; they are what OpenAI's reset headers describe and cost two hash reads.
 **Budgets: reserve the worst case, settle the actual.** Spend lives in Redis per org and
 per key and month (`...:spend:{org:N}:YYYY-MM:org`), in nano-dollars (1e-9 USD, an
 integer: exact in Lua's doubles up to $9M). Admission reserves the request's worst-case
-charge (the dearest candidate's, rounded up to the nano-dollar) if `spend + reserve <= cap`, in the
-same script as the rate limits, so no two requests can both take the last dollar.
-The worst case is the most any one of the plan's candidates would charge for the
-request's tokens (`charge`, the drain's rule): a public deployment the operators' list
-price for its model (`Listed`) where one is in force, else its provider cost with the
-tier's margin; the organization's own private cluster (`PLATFORM_FEE`; no provider
-cost) the tier's platform fee, per request plus per token. The fee rides in the limits
+charge (the dearest candidate's, rounded up to the nano-dollar) if
+`spend + reserve <= cap`, in the same script as the rate limits, so no two requests
+can both take the last dollar. The worst case is the most any one of the plan's
+candidates would charge for the request's tokens by the drain's rule (`tariff`): a
+public deployment the operators' list price for its model (`Listed`) in force, or one
+scheduled to start before the request must end, else its provider cost with the tier's
+margin; the organization's own private cluster (`PLATFORM_FEE`; no provider cost) the
+tier's platform fee, per request plus per token. The fee rides in the limits
 (`Limits.platform_fee`, loaded with the tier) and list prices in the world snapshot, so
-pricing stays off the DB. The sums are integers of pico-dollars (`tariff`).
-Settlement (`settle_args`, run in the usage XADD's pipeline) replaces the reservation
-with the actual charge (`charge` again, for the candidate that served it; rounded up to
-the nano-dollar), so the live spend equals what the drain stores, and a failed or
-cancelled request releases everything but the tokens it was served.
+pricing stays off the DB. The sums are integers of pico-dollars (`tariff`,
+`pico_charge`): exact. Settlement (`settle_args`, run in the usage XADD's pipeline)
+replaces the reservation with the actual charge (the tariff in force when the request
+completed, for the candidate that served it), rounded up to the nano-dollar, so the
+live spend is what the drain stores, above it by less than a nano-dollar a request;
+a failed or cancelled request releases everything but the tokens it was served.
 
 **A Redis restart cannot grant a second budget.** A spend counter that is missing while
 a cap applies makes the script answer "seed me" instead of admitting: the gateway then
@@ -229,7 +231,7 @@ def tariff(rate: Rate, limits: Limits) -> Tariff:
     return 0, _pico(ours.input_per_mtok, per_mtok=True), _pico(ours.output_per_mtok, per_mtok=True)
 
 
-def pico_charge(tariff: Tariff, *, input_tokens: int, output_tokens: int) -> int:
+def pico_charge(tariff: Tariff, input_tokens: int, output_tokens: int) -> int:
     """A charge in pico-dollars: exact."""
     per_request, per_input, per_output = tariff
     return per_request + input_tokens * per_input + output_tokens * per_output
@@ -242,7 +244,7 @@ def nano_up(pico: int) -> int:
 
 def charge(rate: Rate, limits: Limits, *, input_tokens: int, output_tokens: int) -> Decimal:
     """What a candidate charges for these tokens, exactly (`tariff`)."""
-    pico = pico_charge(tariff(rate, limits), input_tokens=input_tokens, output_tokens=output_tokens)
+    pico = pico_charge(tariff(rate, limits), input_tokens, output_tokens)
     return Decimal(pico).scaleb(-12)
 
 
@@ -382,7 +384,7 @@ class Verdict(NamedTuple):
 
     @classmethod
     def from_reply(cls, reply: list[Any]) -> Verdict:
-        """Integers all (the spends too: a string there is from a script loaded before)."""
+        """Integers all (`int` on the spends: the script's numbers, whatever their type)."""
         status, window, rl, rr, tl, tr, reset, org_spend, key_spend, org, key = reply
         return cls(
             status, window, rl, rr, tl, tr, reset, int(org_spend), int(key_spend),

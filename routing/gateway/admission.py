@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -75,84 +75,95 @@ def rate(endpoint: Endpoint, at: float) -> limits.Rate:
     return cost(endpoint) if listed is None else limits.Listed(listed)
 
 
-def rates_from(endpoint: Endpoint, at: float) -> list[limits.Rate]:
-    """Every way a request admitted at `at` may be billed, however late it completes:
-    the rate in force now and each list price an operator has scheduled after."""
-    now = rate(endpoint, at)
-    if now is limits.PLATFORM_FEE:
-        return [now]
-    return [now, *(limits.Listed(price) for since, price in endpoint.list_prices if since > at)]
-
-
 @functools.lru_cache(maxsize=4096)
 def _cost(input_per_mtok: float, output_per_mtok: float) -> rating.Price:
     return rating.Price(Decimal(str(input_per_mtok)), Decimal(str(output_per_mtok)))
 
 
+#: A request's record is written this long after its deadline at the latest (the
+#: stream is cut at the deadline; the record follows): how far ahead a reservation
+#: looks for list prices scheduled to start.
+RECORD_SLACK_S = 5.0
+
+
 class _Tariffs:
     """Each backend's tariffs for a tier's terms (margin, platform fee), remembered for
-    the world they were read from: the hot path prices every candidate of every request.
-    An entry holds what `rates_from` gives, the first being the rate in force; it serves
-    from when that rate started until the next scheduled list price starts."""
+    the catalog they were read from (its endpoints: the live maps laid over it every
+    second keep them): the hot path prices every candidate of every request.
+
+    An entry holds the tariff in force and the list prices scheduled after it; it
+    serves from when that tariff started until the next scheduled one starts."""
 
     def __init__(self) -> None:
-        self._world: World | None = None
+        self._endpoints: Mapping[str, Endpoint] | None = None
         self._books: dict[tuple[Decimal, rating.PlatformFee], dict[str, _Entry]] = {}
 
-    def _book(self, world: World, lim: limits.Limits) -> dict[str, _Entry]:
-        if world is not self._world:
-            self._world, self._books = world, {}
+    def _book(self, endpoints: Mapping[str, Endpoint], lim: limits.Limits) -> dict[str, _Entry]:
+        if endpoints is not self._endpoints:
+            self._endpoints, self._books = endpoints, {}
         terms = (lim.margin_pct, lim.platform_fee)
         book = self._books.get(terms)
         if book is None:
             book = self._books[terms] = {}
         return book
 
-    @staticmethod
-    def _entry(endpoint: Endpoint, lim: limits.Limits, at: float) -> _Entry:
-        starts = [since for since, _ in endpoint.list_prices]
-        start = max((t for t in starts if t <= at), default=-math.inf)
-        until = min((t for t in starts if t > at), default=math.inf)
-        return [limits.tariff(r, lim) for r in rates_from(endpoint, at)], start, until
+    def _entry(
+        self, endpoints: Mapping[str, Endpoint], lim: limits.Limits, backend_id: str, at: float
+    ) -> _Entry:
+        book = self._book(endpoints, lim)
+        entry = book.get(backend_id)
+        if entry is None or not entry[2] <= at < entry[3]:
+            endpoint = endpoints[backend_id]
+            starts = [since for since, _ in endpoint.list_prices]
+            scheduled: tuple[tuple[float, limits.Tariff], ...] = ()
+            if endpoint.org_id is None:  # a private cluster pays its fee, listed or not
+                scheduled = tuple(
+                    (since, limits.tariff(limits.Listed(price), lim))
+                    for since, price in endpoint.list_prices
+                    if since > at
+                )
+            entry = book[backend_id] = (
+                limits.tariff(rate(endpoint, at), lim),
+                scheduled,
+                max((t for t in starts if t <= at), default=-math.inf),
+                min((t for t in starts if t > at), default=math.inf),
+            )
+        return entry
 
     def worst(
         self,
-        world: World,
+        endpoints: Mapping[str, Endpoint],
         lim: limits.Limits,
         backend_ids: Iterable[str],
         now: float,
+        ends_by: float,
         *,
         input_tokens: int,
         output_tokens: int,
     ) -> int:
         """The most (pico-dollars) a request admitted `now` may be charged on any of
-        these backends, whenever it completes."""
-        book = self._book(world, lim)
+        these backends if it completes by `ends_by`."""
         worst = 0
         for backend_id in backend_ids:
-            entry = book.get(backend_id)
-            if entry is None or not entry[1] <= now < entry[2]:
-                entry = book[backend_id] = self._entry(world.endpoints[backend_id], lim, now)
-            for per_request, per_input, per_output in entry[0]:
-                charge = per_request + input_tokens * per_input + output_tokens * per_output
-                if charge > worst:  # limits.pico_charge, inline: it runs per candidate
-                    worst = charge
+            in_force, scheduled, _, _ = self._entry(endpoints, lim, backend_id, now)
+            per_request, per_input, per_output = in_force  # limits.pico_charge, inline
+            charge = per_request + input_tokens * per_input + output_tokens * per_output
+            if charge > worst:
+                worst = charge
+            for since, tariff in scheduled:  # rarely any
+                if since <= ends_by:
+                    worst = max(worst, limits.pico_charge(tariff, input_tokens, output_tokens))
         return worst
 
     def in_force(
-        self, world: World, lim: limits.Limits, endpoint: Endpoint, at: float
+        self, endpoints: Mapping[str, Endpoint], lim: limits.Limits, backend_id: str, at: float
     ) -> limits.Tariff:
-        """The tariff of a request that completed at `at` (admitted in `world`)."""
-        entry = None
-        if world is self._world:  # else one admitted before a reload: not kept
-            entry = self._book(world, lim).get(endpoint.backend_id)
-        if entry is not None and entry[1] <= at < entry[2]:
-            return entry[0][0]
-        return limits.tariff(rate(endpoint, at), lim)
+        """The tariff of a request that completed at `at`."""
+        return self._entry(endpoints, lim, backend_id, at)[0]
 
 
-#: tariffs (the rate in force first, then those scheduled), from, until (unix s)
-_Entry = tuple[list[limits.Tariff], float, float]
+#: the tariff in force; the list prices scheduled after it (start, tariff); from; until
+_Entry = tuple[limits.Tariff, tuple[tuple[float, limits.Tariff], ...], float, float]
 
 
 class Admission:
@@ -162,7 +173,9 @@ class Admission:
         self.tariffs = _Tariffs()
         self.enabled = settings.TESSERACT_LIMITS if enabled is None else enabled
 
-    async def admit(self, call: Call, plan: Plan, world: World) -> Ticket | None:
+    async def admit(self, call: Call, plan: Plan, world: World, deadline_s: float) -> Ticket | None:
+        """`deadline_s`: how long the request may run (a list price scheduled to start
+        by then is reserved for)."""
         key = call.key
         lim = limits.of(key)
         if lim.suspended_reason is not None:
@@ -179,10 +192,11 @@ class Admission:
         tokens = r.input_tokens + r.max_output_tokens
         now = time.time()
         worst = self.tariffs.worst(
-            world,
+            world.endpoints,
             lim,
             (c.backend_id for c in plan.choices),
             now,
+            now + deadline_s + RECORD_SLACK_S,
             input_tokens=r.input_tokens,
             output_tokens=r.max_output_tokens,
         )
@@ -234,20 +248,29 @@ class Admission:
         return Ticket(keys, verdict, lim, tokens, reserve, headers, world)
 
     def settlement(
-        self, ticket: Ticket | None, endpoint: Endpoint | None, record: metering.UsageRecord
+        self,
+        ticket: Ticket | None,
+        endpoint: Endpoint | None,
+        record: metering.UsageRecord,
+        catalog: Mapping[str, Endpoint] | None = None,
     ) -> tuple[Any, Sequence[str], list[Any]] | None:
         """The settle script's call: the actual charge (the drain's rule, `rate`, at the
         record's completion) replaces the reservation; unused tokens go back. Nothing
-        served costs nothing, fee included."""
+        served costs nothing, fee included. `catalog`: the gateway's endpoints now (a
+        list price written while the request ran is in it), else those it was
+        admitted with."""
         if ticket is None:
             return None
         actual = 0
         if endpoint is not None and (record.input_tokens or record.output_tokens):
-            tariff = self.tariffs.in_force(ticket.world, ticket.limits, endpoint, record.created_at)
+            endpoints: Mapping[str, Endpoint] = ticket.world.endpoints
+            if catalog is not None and endpoint.backend_id in catalog:
+                endpoints = catalog
+            tariff = self.tariffs.in_force(
+                endpoints, ticket.limits, endpoint.backend_id, record.created_at
+            )
             actual = limits.nano_up(
-                limits.pico_charge(
-                    tariff, input_tokens=record.input_tokens, output_tokens=record.output_tokens
-                )
+                limits.pico_charge(tariff, record.input_tokens, record.output_tokens)
             )
         args = limits.settle_args(
             ticket.verdict,

@@ -307,7 +307,10 @@ class Gateway:
         attempt.published = True
         record = attempt.record(end)
         observability.request_finished(call=attempt.call, plan=attempt.plan, record=record)
-        settle = self.admission.settlement(attempt.ticket, attempt.endpoint, record)
+        world = self.holder.current
+        settle = self.admission.settlement(
+            attempt.ticket, attempt.endpoint, record, world.endpoints if world else None
+        )
         await self.usage.publish(record, settle=settle)
 
     def _passive(
@@ -349,14 +352,15 @@ class Gateway:
             observability.plan_made(plan)
             if not plan.ok:
                 raise infeasible_error(plan, world.live)
-            ticket = await self.admission.admit(call, plan, world)  # 403/429: nothing called
+            deadline_s = _deadline_s(parsed, plan)
+            # 403/429: nothing called
+            ticket = await self.admission.admit(call, plan, world, deadline_s)
         except _REDIS_DOWN as exc:
             # Redis went away before this process noticed (affinity, limits): the same
             # answer as when the publisher already knows, and now it does.
             self.usage.report_down(exc)
             raise metering_unavailable() from exc
         attempt = Attempt(call=call, plan=plan, routed_at=time.perf_counter(), ticket=ticket)
-        deadline_s = _deadline_s(parsed, plan)
         deadline = call.started + deadline_s
         first_token_limit = settings.TESSERACT_FIRST_TOKEN_TIMEOUT_S
         last_error: Exception | None = None

@@ -4,6 +4,7 @@ invoice states it on lines of their own."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -144,6 +145,11 @@ def test_the_gateway_settles_a_request_at_the_charge_the_drain_stores(acme, depl
     ticket = Ticket(("a", "b", "c", "d"), verdict, lim, 2000, 10**9, [], world)
     admission = Admission(aioredis.Redis.from_url(settings.REDIS_URL), enabled=True)
 
+    # Priced at admission first, as a request is: the settlement reads what it kept.
+    tokens = {"input_tokens": 1234, "output_tokens": 567}
+    admission.tariffs.worst(
+        world.endpoints, lim, [served.slug], time.time(), time.time() + 60, **tokens
+    )
     settled = admission.settlement(ticket, world.endpoints[served.slug], done)
 
     assert settled is not None
