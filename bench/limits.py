@@ -374,7 +374,7 @@ async def python_path(redis_url: str, n: int, rounds: int = 5) -> float:
     served = endpoints["b0"]
 
     async def once() -> None:
-        ticket = await admission.admit(call, plan, world)  # type: ignore[arg-type]
+        ticket = await admission.admit(call, plan, world, 120.0)  # type: ignore[arg-type]
         admission.settlement(ticket, served, record)
 
     medians = []
