@@ -39,8 +39,12 @@ SESSION_ID_MAX_LENGTH = 200  # backends.SessionMove.session_id
 #: The longest deadline a request may ask for (a day): finite, so it can be stored.
 MAX_MS = 86_400_000
 DEFAULT_MAX_TOKENS = 256
-#: Prompt tokens are estimated for routing at ~4 characters a token (the usual rule
-#: of thumb for English with BPE tokenizers); billing uses the backend's own count.
+#: Prompt tokens are estimated at ~4 characters a token (the usual rule of thumb for
+#: English with BPE tokenizers), for routing and for what limits and budgets reserve;
+#: billing uses the backend's own count. Text outside ASCII tokenizes denser (CJK runs
+#: about a token a character), so each of its UTF-8 bytes past the first weighs 1.5
+#: characters more (`_weight`): a 3-byte CJK character weighs 4, a token; a 2-byte
+#: accented or Cyrillic one 2.5. ASCII text costs nothing extra to weigh.
 CHARS_PER_TOKEN = 4
 PER_MESSAGE_TOKENS = 4
 
@@ -272,18 +276,26 @@ def _number(key: str, text: str, kind: type) -> Any:
         ) from None
 
 
+def _weight(text: str) -> int:
+    """`text`'s length in ASCII characters' worth of tokens (`CHARS_PER_TOKEN`)."""
+    if text.isascii():  # a flag on the string: free
+        return len(text)
+    extra = len(text.encode()) - len(text)  # JSON decoding refused lone surrogates
+    return len(text) + 3 * extra // 2
+
+
 def _text_tokens(value: Any) -> int:
     if value is None:
         return 0
     if isinstance(value, str):
-        return len(value)
+        return _weight(value)
     if isinstance(value, list):
         total = 0
         for part in value:
             if isinstance(part, str):
-                total += len(part)
+                total += _weight(part)
             elif isinstance(part, dict):
-                total += len(str(part.get("text", "")))
+                total += _weight(str(part.get("text", "")))
         return total
     return 0
 

@@ -38,6 +38,21 @@ def body(**extra) -> bytes:
     )
 
 
+def _estimate(content) -> int:
+    raw = msgspec.json.encode(
+        {"model": "llama-3.1-8b-instruct", "messages": [{"role": "user", "content": content}]}
+    )
+    return parse("chat.completions", raw, [], key()).route.input_tokens
+
+
+def test_text_outside_ascii_is_estimated_denser_than_four_characters_a_token():
+    # What budgets reserve and limits count: a CJK prompt is not a quarter of its length.
+    assert _estimate("hi " * 40) == 120 // 4 + 4
+    assert _estimate("\u4f60\u597d" * 200) == 400 + 4  # 400 CJK characters: a token each
+    assert _estimate("\u043f\u0440\u0438\u0432\u0435\u0442 " * 50) == (350 + 3 * 300 // 2) // 4 + 4
+    assert _estimate([{"type": "text", "text": "\u4f60\u597d" * 10}]) == 20 + 4
+
+
 def test_a_plain_openai_body_routes_with_no_constraints():
     parsed = parse("chat.completions", body(max_tokens=50), [], key())
     r = parsed.route
