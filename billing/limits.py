@@ -242,12 +242,6 @@ def nano_up(pico: int) -> int:
     return -(-pico // PICO_PER_NANO)
 
 
-def charge(rate: Rate, limits: Limits, *, input_tokens: int, output_tokens: int) -> Decimal:
-    """What a candidate charges for these tokens, exactly (`tariff`)."""
-    pico = pico_charge(tariff(rate, limits), input_tokens, output_tokens)
-    return Decimal(pico).scaleb(-12)
-
-
 def month_of(now: datetime) -> str:
     return f"{now.year:04d}-{now.month:02d}"  # strftime costs µs on every admission
 

@@ -88,7 +88,7 @@ def round_cents(amount: Decimal) -> Decimal:
     return amount.quantize(CENT, ROUND_HALF_UP)
 
 
-def _in_force(
+def in_force(
     history: Sequence[tuple[float, object]], at: float, *, extend_back: bool
 ) -> object | None:
     """The value of a (since, value) history sorted by `since`, in force at `at`.
@@ -121,16 +121,16 @@ class PriceBook:
     default_fee: PlatformFee = PlatformFee(ZERO, ZERO)
 
     def margin(self, *, org_id: int, at: float) -> Decimal:
-        margin = _in_force(self.margins.get(org_id, ()), at, extend_back=True)
+        margin = in_force(self.margins.get(org_id, ()), at, extend_back=True)
         return self.default_margin_pct if margin is None else Decimal(str(margin))
 
     def platform_fee(self, *, org_id: int, at: float) -> PlatformFee:
-        fee = _in_force(self.fees.get(org_id, ()), at, extend_back=True)
+        fee = in_force(self.fees.get(org_id, ()), at, extend_back=True)
         return fee if isinstance(fee, PlatformFee) else self.default_fee
 
     def price(self, *, org_id: int, deployment: str, model: str, at: float) -> Charge | None:
         """Our price at `at` (as a zero charge naming its basis), or None if unknown."""
-        listed = _in_force(self.list_prices.get(model, ()), at, extend_back=False)
+        listed = in_force(self.list_prices.get(model, ()), at, extend_back=False)
         if isinstance(listed, Price):
             return Charge(listed, ZERO, "list")
         cost = self.costs.get(deployment)

@@ -67,12 +67,8 @@ def rate(endpoint: Endpoint, at: float) -> limits.Rate:
     the model's list price in force then, else at its cost with the margin."""
     if endpoint.org_id is not None:
         return limits.PLATFORM_FEE
-    listed = None
-    for since, price in endpoint.list_prices:  # oldest first
-        if since > at:
-            break
-        listed = price
-    return cost(endpoint) if listed is None else limits.Listed(listed)
+    listed = rating.in_force(endpoint.list_prices, at, extend_back=False)
+    return limits.Listed(listed) if isinstance(listed, rating.Price) else cost(endpoint)
 
 
 @functools.lru_cache(maxsize=4096)
