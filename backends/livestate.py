@@ -33,6 +33,7 @@ gateway's hot path uses the `a*` variants with a `redis.asyncio.Redis`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -76,12 +77,31 @@ class DeploymentLive(msgspec.Struct, kw_only=True, omit_defaults=True):
     observed_decode_tps: float | None = None
     #: when a sample last moved the two above (epoch seconds; 0: before this field)
     observed_at: float = 0.0
+    #: when the newest request folded into them was made (epoch seconds; 0: unknown)
+    sampled_at: float = 0.0
     #: from the backend's own metrics (vLLM: num_requests_running / waiting)
     running: int | None = None
     waiting: int | None = None
     #: the model is in accelerator memory (from the backend), None: as the catalog says
     loaded: bool | None = None
     updated_at: float = 0.0
+
+
+def fold_weight(count: int, span_s: float | None, alpha: float, time_constant_s: float) -> float:
+    """How far `count` new requests move a deployment's observed average (0 to 1).
+
+    Each request weighs `alpha`: `count` of them, 1 - (1 - alpha)^count, as many EWMA
+    steps would. The requests of a span of time weigh together no more than
+    1 - exp(-span / time_constant), as a moving average over time would: a backend
+    serving hundreds a second is averaged over about `time_constant`, not over its last
+    few requests, whose scatter alone would swing the average by tens of percent.
+    `span_s`: from the newest request folded before to the newest of these (None:
+    unknown, the first fold); `time_constant_s` 0 sets no bound in time.
+    """
+    weight = 1.0 - (1.0 - alpha) ** count
+    if span_s is not None and time_constant_s > 0:
+        weight = min(weight, 1.0 - math.exp(-max(span_s, 0.0) / time_constant_s))
+    return weight
 
 
 _encode = msgspec.json.encode

@@ -34,8 +34,12 @@ Two periodic jobs write it into the live maps (`backends.livestate`):
 * `fold_observed` (every `TESSERACT_OBSERVED_INTERVAL_S`): completed requests
   (`UsageEvent` rows, across tenants: the control plane aggregates, it shows nobody
   anything) newer than a watermark kept in Redis become samples of each deployment's
-  backend-side TTFT and decode speed, folded into EWMAs (a request weighs
-  `TESSERACT_OBSERVED_EWMA_ALPHA_PCT` %) seeded with the catalog profile. Only streamed,
+  backend-side TTFT and decode speed, folded into EWMAs seeded with the catalog
+  profile. A deployment's new requests move its averages by `livestate.fold_weight`:
+  a request weighs `TESSERACT_OBSERVED_EWMA_ALPHA_PCT` %, and the requests of a span
+  of time together no more than 1 - exp(-span / `TESSERACT_OBSERVED_TIME_CONSTANT_MS`),
+  so a busy backend's average covers about a second of its requests rather than its
+  last five, whose per-request scatter would swing it (bench/README.md). Only streamed,
   successful, first-attempt requests measure a backend: a whole answer has no first
   token, and a failover's TTFT includes the backends that failed. `observation()` has
   the formulas. The watermark is the event id, not its time: rows reach the database
@@ -69,7 +73,7 @@ from django.utils import timezone
 
 from backends import livestate
 from backends.models import Deployment
-from backends.probes import ewma, exclusive, http_client
+from backends.probes import exclusive, http_client
 from backends.snapshot import load_world
 from billing.models import UsageEvent
 from routing.engine import Profile
@@ -314,7 +318,19 @@ def observation(
 
 
 _FIELDS = ("id", "deployment", "status", "stream", "attempts", "input_tokens",
-           "output_tokens", "ttft_ms", "latency_ms", "network_ms", "queue_ms")  # fmt: skip
+           "output_tokens", "ttft_ms", "latency_ms", "network_ms", "queue_ms",
+           "created_at")  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Samples:
+    """One deployment's new requests in a fold: sums and counts of its two samples."""
+
+    ttft_sum: float = 0.0
+    ttft_count: int = 0
+    decode_sum: float = 0.0
+    decode_count: int = 0
+    newest: float = 0.0  # epoch seconds of the newest request
 
 
 def fold_observed(*, client: Any, batch: int = BATCH) -> int:
@@ -328,11 +344,11 @@ def fold_observed(*, client: Any, batch: int = BATCH) -> int:
 
 def _fold(client: Any, batch: int) -> int:
     alpha = settings.TESSERACT_OBSERVED_EWMA_ALPHA_PCT / 100
+    time_constant_s = settings.TESSERACT_OBSERVED_TIME_CONSTANT_MS / 1000
     mark = _watermark(client)
     live = livestate.read(client).deployments
     profiles: dict[str, Profile | None] = {}
-    ttft: dict[str, float] = {}
-    decode: dict[str, float] = {}
+    samples: dict[str, _Samples] = {}
     read = 0
     for _ in range(MAX_BATCHES):
         rows = list(
@@ -343,7 +359,7 @@ def _fold(client: Any, batch: int) -> int:
         read += len(rows)
         mark = rows[-1][0]
         _load_profiles(profiles, {r[1] for r in rows})
-        for _id, slug, status, stream, attempts, n_in, n_out, t, total, net, queue in rows:
+        for _id, slug, status, stream, attempts, n_in, n_out, t, total, net, queue, at in rows:
             profile = profiles.get(slug)
             if (profile is None or t is None or not stream or attempts != 1
                     or status != UsageEvent.Status.OK):  # fmt: skip
@@ -352,19 +368,40 @@ def _fold(client: Any, batch: int) -> int:
                 profile, input_tokens=n_in, output_tokens=n_out, ttft_ms=t,
                 latency_ms=total, network_ms=net, queue_ms=queue,
             )  # fmt: skip
-            # Each average starts from the live map's, or else from the profile: the
-            # engine routed on the profile until now.
-            state = live.get(slug) or livestate.DeploymentLive()
+            mine = samples.get(slug)
+            if mine is None:
+                mine = samples[slug] = _Samples()
             if o.ttft_ms is not None:
-                prior = _first(ttft.get(slug), state.observed_ttft_ms, profile.ttft_ms)
-                ttft[slug] = ewma(prior, o.ttft_ms, alpha)
+                mine.ttft_sum += o.ttft_ms
+                mine.ttft_count += 1
             if o.decode_tps is not None:
-                prior = _first(
-                    decode.get(slug), state.observed_decode_tps, profile.decode_tokens_per_s
-                )
-                decode[slug] = ewma(prior, o.decode_tps, alpha)
+                mine.decode_sum += o.decode_tps
+                mine.decode_count += 1
+            mine.newest = max(mine.newest, at.timestamp())
         if len(rows) < batch:
             break
+    # Each average starts from the live map's, or else from the profile: the engine
+    # routed on the profile until now.
+    ttft: dict[str, float] = {}
+    decode: dict[str, float] = {}
+    newest: dict[str, float] = {}
+    for slug, mine in samples.items():
+        if not (mine.ttft_count or mine.decode_count):
+            continue
+        profile = profiles[slug]
+        assert profile is not None
+        state = live.get(slug) or livestate.DeploymentLive()
+        span = mine.newest - state.sampled_at if state.sampled_at else None
+        newest[slug] = max(mine.newest, state.sampled_at)
+        for out, count, total, prior, seed in (
+            (ttft, mine.ttft_count, mine.ttft_sum, state.observed_ttft_ms, profile.ttft_ms),
+            (decode, mine.decode_count, mine.decode_sum, state.observed_decode_tps,
+             profile.decode_tokens_per_s),
+        ):  # fmt: skip
+            if count:
+                start = seed if prior is None else prior
+                weight = livestate.fold_weight(count, span, alpha, time_constant_s)
+                out[slug] = start + weight * (total / count - start)
     now = time.time()
     changed = _fade_stale(client, live, profiles, ttft.keys() | decode.keys(), now)
     if not read:
@@ -375,7 +412,7 @@ def _fold(client: Any, batch: int) -> int:
 
     client.set(WATERMARK, mark)  # first: at most once (module docstring)
     for slug in sorted(ttft.keys() | decode.keys()):
-        changes: dict[str, Any] = {"observed_at": now}
+        changes: dict[str, Any] = {"observed_at": now, "sampled_at": newest[slug]}
         if slug in ttft:
             changes["observed_ttft_ms"] = round(ttft[slug], 3)
         if slug in decode:
@@ -422,10 +459,6 @@ def _fade_stale(
         ):
             changed.append(slug)
     return changed
-
-
-def _first(*values: float | None) -> float | None:
-    return next((v for v in values if v is not None), None)
 
 
 def _watermark(client: Any) -> int:

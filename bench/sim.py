@@ -41,6 +41,7 @@ import random
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
 
+from backends.livestate import fold_weight
 from backends.world import WorldSpec
 from routing.engine import LiveState, Snapshot, get_strategy, projected_in_flight, route
 
@@ -53,8 +54,10 @@ EWMA_ALPHA = 0.1
 BLOCK_TOKENS = 512  # Mooncake's hash_ids: one hash per 512-token block
 CACHE_BLOCKS = 8192  # KV-cache blocks a backend keeps (LRU): ~4M tokens
 #: As the gateway's fold of observed speeds (TESSERACT_OBSERVED_EWMA_ALPHA_PCT = 20,
-#: backends.resources.MIN_DECODE_TOKENS = 8).
+#: TESSERACT_OBSERVED_TIME_CONSTANT_MS = 1000, backends.resources.MIN_DECODE_TOKENS = 8),
+#: one request at a time (`livestate.fold_weight`).
 OBSERVED_ALPHA = 0.2
+OBSERVED_TIME_CONSTANT_S = 1.0
 MIN_DECODE_TOKENS = 8
 
 
@@ -78,6 +81,7 @@ class _Backend:
     cache: OrderedDict | None = None
     observed_ttft: float | None = None
     observed_decode: float | None = None
+    sampled_ms: float | None = None  # when the last request folded into the two above ended
 
 
 @dataclass(slots=True)
@@ -225,10 +229,14 @@ def simulate(
                 observed_version,
             )
 
-    def observe(b: _Backend, k: int, ttft_ms: float, e2e_ms: float) -> None:
-        """Fold one finished request into `b`'s observed speeds (as the gateway does)."""
+    def observe(b: _Backend, k: int, ttft_ms: float, e2e_ms: float, now: float) -> None:
+        """Fold one request, finished at `now`, into `b`'s observed speeds (as the
+        gateway does)."""
         nonlocal observed_version
         tr = jobs[k].trace
+        span_s = None if b.sampled_ms is None else (now - b.sampled_ms) / 1000.0
+        b.sampled_ms = now
+        weight = fold_weight(1, span_s, OBSERVED_ALPHA, OBSERVED_TIME_CONSTANT_S)
         net, queue = predicted.pop(k)
         # The gateway times the backend from where it stands: the client's access path
         # is not in what it observes.
@@ -237,11 +245,11 @@ def simulate(
         if backend_ms > 0 and expected > 0:
             sample = backend_ms * b.ttft_ms / expected
             prior = b.ttft_ms if b.observed_ttft is None else b.observed_ttft
-            b.observed_ttft = prior + OBSERVED_ALPHA * (sample - prior)
+            b.observed_ttft = prior + weight * (sample - prior)
         if tr.output_tokens - 1 >= MIN_DECODE_TOKENS and e2e_ms > ttft_ms:
             sample = (tr.output_tokens - 1) * 1000.0 / (e2e_ms - ttft_ms)
             prior = 1000.0 / b.ms_per_out if b.observed_decode is None else b.observed_decode
-            b.observed_decode = prior + OBSERVED_ALPHA * (sample - prior)
+            b.observed_decode = prior + weight * (sample - prior)
         observed_version += 1
 
     if truth is not None:
@@ -295,7 +303,7 @@ def simulate(
             b, service, blocks, k = data
             b.busy -= 1
             if truth is not None:
-                observe(b, k, outcomes[k].ttft_ms, outcomes[k].e2e_ms)
+                observe(b, k, outcomes[k].ttft_ms, outcomes[k].e2e_ms, now)
                 own[gateway_of.pop(k)][b.id] -= 1
             b.ewma = service if b.ewma is None else b.ewma + EWMA_ALPHA * (service - b.ewma)
             if b.cache is not None and blocks:

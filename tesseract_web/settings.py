@@ -286,10 +286,15 @@ TESSERACT_PROBE_EWMA_ALPHA_PCT = env_int("TESSERACT_PROBE_EWMA_ALPHA_PCT", 30, m
 TESSERACT_PROBE_RETENTION_H = env_int("TESSERACT_PROBE_RETENTION_H", 24, minimum=1)
 #: The resource map: backends' metrics are scraped this often (seconds); completed
 #: requests are folded into observed TTFT and decode speed this often (seconds), each
-#: weighing this much in the moving averages (percent).
+#: weighing this much in the moving averages (percent), and the requests of a span of
+#: time weighing together no more than that span over this time constant allows
+#: (milliseconds; 0: no such bound) — backends.livestate.fold_weight.
 TESSERACT_SCRAPE_INTERVAL_S = env_int("TESSERACT_SCRAPE_INTERVAL_S", 1, minimum=1)
 TESSERACT_OBSERVED_INTERVAL_S = env_int("TESSERACT_OBSERVED_INTERVAL_S", 2, minimum=1)
 TESSERACT_OBSERVED_EWMA_ALPHA_PCT = env_int("TESSERACT_OBSERVED_EWMA_ALPHA_PCT", 20, minimum=1)
+TESSERACT_OBSERVED_TIME_CONSTANT_MS = env_int(
+    "TESSERACT_OBSERVED_TIME_CONSTANT_MS", 1000, minimum=0
+)
 if TESSERACT_PROBE_EWMA_ALPHA_PCT > 100 or TESSERACT_OBSERVED_EWMA_ALPHA_PCT > 100:
     raise ImproperlyConfiguredEnv("the *_EWMA_ALPHA_PCT settings are percentages: 1 to 100")
 #: Placement weighs the demand (requests by client region × model) of this many seconds.

@@ -476,6 +476,54 @@ def test_a_watermark_past_the_newest_event_starts_again_from_the_newest(mesh, li
     assert resources.fold_observed(client=live) == 1
 
 
+def test_a_busy_backends_requests_of_a_tenth_of_a_second_move_its_average_a_tenth_of_the_way(
+    mesh, live, acme, settings
+):
+    settings.TESSERACT_OBSERVED_EWMA_ALPHA_PCT = 20
+    settings.TESSERACT_OBSERVED_TIME_CONSTANT_MS = 1000
+    mesh()
+    t0 = timezone.now() - timedelta(seconds=5)
+    usage(acme, WESTEUROPE_70B, created_at=t0)
+    resources.fold_observed(client=live)
+    before = record(live, WESTEUROPE_70B)
+    assert before.sampled_at == pytest.approx(t0.timestamp())
+
+    # Fifty requests in the next 100 ms, all ten times as slow: as fifty EWMA steps they
+    # would carry the average all the way (1 - 0.8^50); as 100 ms of a moving average
+    # over a second, 1 - e^-0.1 of the way.
+    for i in range(50):
+        at = t0 + timedelta(milliseconds=2 * (i + 1))
+        usage(acme, WESTEUROPE_70B, created_at=at, ttft_ms=200.0)
+    resources.fold_observed(client=live)
+    after = record(live, WESTEUROPE_70B)
+
+    d = Deployment.objects.get(slug=WESTEUROPE_70B)
+    profile = Profile(
+        d.ttft_ms, d.reference_prompt_tokens, d.prefill_tokens_per_s, d.decode_tokens_per_s,
+        0.0, 0.0,
+    )  # fmt: skip
+    slow = resources.observation(
+        profile, input_tokens=2, output_tokens=10, ttft_ms=200.0, latency_ms=180.0,
+        network_ms=1.0, queue_ms=0.0,
+    ).ttft_ms  # fmt: skip
+    assert slow > 5 * before.observed_ttft_ms
+    weight = 1 - math.exp(-0.1)
+    assert after.observed_ttft_ms == pytest.approx(
+        before.observed_ttft_ms + weight * (slow - before.observed_ttft_ms), rel=1e-3
+    )
+    assert after.sampled_at == pytest.approx((t0 + timedelta(milliseconds=100)).timestamp())
+
+
+def test_a_quiet_backends_requests_still_weigh_what_the_alpha_gives_each():
+    # Three requests a second apart: each as one EWMA step; fewer than the span allows.
+    assert livestate.fold_weight(3, 3.0, 0.2, 1.0) == pytest.approx(1 - 0.8**3)
+    # The first fold (the span unknown) and a time constant of 0 are bounded by count only.
+    assert livestate.fold_weight(50, None, 0.2, 1.0) == pytest.approx(1 - 0.8**50)
+    assert livestate.fold_weight(50, 0.1, 0.2, 0.0) == pytest.approx(1 - 0.8**50)
+    # Requests older than the newest already folded (drained late) weigh nothing.
+    assert livestate.fold_weight(5, -0.5, 0.2, 1.0) == 0.0
+
+
 def test_an_observation_is_backend_side_and_normalised_to_the_reference_prompt():
     # 50 ms of fixed cost + 1,000 tokens at 20,000 tokens/s = 100 ms at the reference.
     profile = Profile(100.0, 1000, 20_000.0, 50.0, 0.0, 0.0)
