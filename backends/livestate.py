@@ -77,7 +77,8 @@ class DeploymentLive(msgspec.Struct, kw_only=True, omit_defaults=True):
     observed_decode_tps: float | None = None
     #: when a sample last moved the two above (epoch seconds; 0: before this field)
     observed_at: float = 0.0
-    #: when the newest request folded into them was made (epoch seconds; 0: unknown)
+    #: when the newest request folded into them ended (its record's `created_at`, epoch
+    #: seconds, never past the fold's own clock; 0: unknown)
     sampled_at: float = 0.0
     #: from the backend's own metrics (vLLM: num_requests_running / waiting)
     running: int | None = None
@@ -95,12 +96,14 @@ def fold_weight(count: int, span_s: float | None, alpha: float, time_constant_s:
     1 - exp(-span / time_constant), as a moving average over time would: a backend
     serving hundreds a second is averaged over about `time_constant`, not over its last
     few requests, whose scatter alone would swing the average by tens of percent.
-    `span_s`: from the newest request folded before to the newest of these (None:
-    unknown, the first fold); `time_constant_s` 0 sets no bound in time.
+    `span_s`: from the newest request folded before to the newest of these. When time
+    says nothing — the first fold (None), or none of them newer than what was folded
+    before (a gateway's spool replayed, a clock behind) — they weigh by count alone.
+    `time_constant_s` 0 sets no bound in time.
     """
     weight = 1.0 - (1.0 - alpha) ** count
-    if span_s is not None and time_constant_s > 0:
-        weight = min(weight, 1.0 - math.exp(-max(span_s, 0.0) / time_constant_s))
+    if span_s is not None and span_s > 0 and time_constant_s > 0:
+        weight = min(weight, 1.0 - math.exp(-span_s / time_constant_s))
     return weight
 
 

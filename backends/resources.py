@@ -385,6 +385,7 @@ def _fold(client: Any, batch: int) -> int:
     ttft: dict[str, float] = {}
     decode: dict[str, float] = {}
     newest: dict[str, float] = {}
+    now = time.time()
     for slug, mine in samples.items():
         if not (mine.ttft_count or mine.decode_count):
             continue
@@ -392,7 +393,8 @@ def _fold(client: Any, batch: int) -> int:
         assert profile is not None
         state = live.get(slug) or livestate.DeploymentLive()
         span = mine.newest - state.sampled_at if state.sampled_at else None
-        newest[slug] = max(mine.newest, state.sampled_at)
+        # A gateway whose clock runs ahead must not hold everyone's samples back.
+        newest[slug] = min(max(mine.newest, state.sampled_at), now)
         for out, count, total, prior, seed in (
             (ttft, mine.ttft_count, mine.ttft_sum, state.observed_ttft_ms, profile.ttft_ms),
             (decode, mine.decode_count, mine.decode_sum, state.observed_decode_tps,
@@ -402,7 +404,6 @@ def _fold(client: Any, batch: int) -> int:
                 start = seed if prior is None else prior
                 weight = livestate.fold_weight(count, span, alpha, time_constant_s)
                 out[slug] = start + weight * (total / count - start)
-    now = time.time()
     changed = _fade_stale(client, live, profiles, ttft.keys() | decode.keys(), now)
     if not read:
         _check_not_ahead(client, mark)

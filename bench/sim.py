@@ -55,7 +55,9 @@ BLOCK_TOKENS = 512  # Mooncake's hash_ids: one hash per 512-token block
 CACHE_BLOCKS = 8192  # KV-cache blocks a backend keeps (LRU): ~4M tokens
 #: As the gateway's fold of observed speeds (TESSERACT_OBSERVED_EWMA_ALPHA_PCT = 20,
 #: TESSERACT_OBSERVED_TIME_CONSTANT_MS = 1000, backends.resources.MIN_DECODE_TOKENS = 8),
-#: one request at a time (`livestate.fold_weight`).
+#: with the same weights (`livestate.fold_weight`) but one request at a time, as each
+#: ends: the control plane folds every TESSERACT_OBSERVED_INTERVAL_S (2 s), so there
+#: an average moves in steps of the interval's mean.
 OBSERVED_ALPHA = 0.2
 OBSERVED_TIME_CONSTANT_S = 1.0
 MIN_DECODE_TOKENS = 8

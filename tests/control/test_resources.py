@@ -476,16 +476,22 @@ def test_a_watermark_past_the_newest_event_starts_again_from_the_newest(mesh, li
     assert resources.fold_observed(client=live) == 1
 
 
-def test_a_busy_backends_requests_of_a_tenth_of_a_second_move_its_average_a_tenth_of_the_way(
-    mesh, live, acme, settings
-):
+def folded_once(mesh, live, acme, settings) -> tuple[Any, livestate.DeploymentLive]:
+    """One request 5 s ago, folded (α 20%, a time constant of 1 s): its time and the
+    live record after the fold."""
     settings.TESSERACT_OBSERVED_EWMA_ALPHA_PCT = 20
     settings.TESSERACT_OBSERVED_TIME_CONSTANT_MS = 1000
     mesh()
     t0 = timezone.now() - timedelta(seconds=5)
     usage(acme, WESTEUROPE_70B, created_at=t0)
     resources.fold_observed(client=live)
-    before = record(live, WESTEUROPE_70B)
+    return t0, record(live, WESTEUROPE_70B)
+
+
+def test_a_busy_backends_requests_of_a_tenth_of_a_second_move_its_average_a_tenth_of_the_way(
+    mesh, live, acme, settings
+):
+    t0, before = folded_once(mesh, live, acme, settings)
     assert before.sampled_at == pytest.approx(t0.timestamp())
 
     # Fifty requests in the next 100 ms, all ten times as slow: as fifty EWMA steps they
@@ -514,14 +520,31 @@ def test_a_busy_backends_requests_of_a_tenth_of_a_second_move_its_average_a_tent
     assert after.sampled_at == pytest.approx((t0 + timedelta(milliseconds=100)).timestamp())
 
 
+def test_requests_older_than_those_folded_before_still_move_the_average_by_their_count(
+    mesh, live, acme, settings
+):
+    t0, before = folded_once(mesh, live, acme, settings)
+
+    # A gateway's spool, replayed after Redis came back: five records of before t0.
+    for i in range(5):
+        usage(acme, WESTEUROPE_70B, created_at=t0 - timedelta(seconds=10 - i), ttft_ms=200.0)
+    resources.fold_observed(client=live)
+    after = record(live, WESTEUROPE_70B)
+
+    assert after.observed_ttft_ms > 2 * before.observed_ttft_ms  # 1 - 0.8^5 of the way
+    assert after.sampled_at == before.sampled_at
+
+
 def test_a_quiet_backends_requests_still_weigh_what_the_alpha_gives_each():
     # Three requests a second apart: each as one EWMA step; fewer than the span allows.
     assert livestate.fold_weight(3, 3.0, 0.2, 1.0) == pytest.approx(1 - 0.8**3)
     # The first fold (the span unknown) and a time constant of 0 are bounded by count only.
     assert livestate.fold_weight(50, None, 0.2, 1.0) == pytest.approx(1 - 0.8**50)
     assert livestate.fold_weight(50, 0.1, 0.2, 0.0) == pytest.approx(1 - 0.8**50)
-    # Requests older than the newest already folded (drained late) weigh nothing.
-    assert livestate.fold_weight(5, -0.5, 0.2, 1.0) == 0.0
+    # None newer than the newest folded before (a spool replayed, a clock behind): time
+    # says nothing, so they weigh by count, not nothing.
+    assert livestate.fold_weight(5, -0.5, 0.2, 1.0) == pytest.approx(1 - 0.8**5)
+    assert livestate.fold_weight(5, 0.0, 0.2, 1.0) == pytest.approx(1 - 0.8**5)
 
 
 def test_an_observation_is_backend_side_and_normalised_to_the_reference_prompt():
