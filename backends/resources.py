@@ -323,14 +323,26 @@ _FIELDS = ("id", "deployment", "status", "stream", "attempts", "input_tokens",
 
 
 @dataclass(slots=True)
-class _Samples:
-    """One deployment's new requests in a fold: sums and counts of its two samples."""
+class _Mean:
+    """The running mean of one kind of sample."""
 
-    ttft_sum: float = 0.0
-    ttft_count: int = 0
-    decode_sum: float = 0.0
-    decode_count: int = 0
-    newest: float = 0.0  # epoch seconds of the newest request
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, sample: float | None) -> None:
+        if sample is not None:
+            self.total += sample
+            self.count += 1
+
+
+@dataclass(slots=True)
+class _Samples:
+    """One deployment's new requests in a fold: its two samples, and when the newest
+    request ended (epoch seconds)."""
+
+    ttft: _Mean = field(default_factory=_Mean)
+    decode: _Mean = field(default_factory=_Mean)
+    newest: float = 0.0
 
 
 def fold_observed(*, client: Any, batch: int = BATCH) -> int:
@@ -371,12 +383,8 @@ def _fold(client: Any, batch: int) -> int:
             mine = samples.get(slug)
             if mine is None:
                 mine = samples[slug] = _Samples()
-            if o.ttft_ms is not None:
-                mine.ttft_sum += o.ttft_ms
-                mine.ttft_count += 1
-            if o.decode_tps is not None:
-                mine.decode_sum += o.decode_tps
-                mine.decode_count += 1
+            mine.ttft.add(o.ttft_ms)
+            mine.decode.add(o.decode_tps)
             mine.newest = max(mine.newest, at.timestamp())
         if len(rows) < batch:
             break
@@ -387,7 +395,7 @@ def _fold(client: Any, batch: int) -> int:
     newest: dict[str, float] = {}
     now = time.time()
     for slug, mine in samples.items():
-        if not (mine.ttft_count or mine.decode_count):
+        if not (mine.ttft.count or mine.decode.count):
             continue
         profile = profiles[slug]
         assert profile is not None
@@ -395,15 +403,14 @@ def _fold(client: Any, batch: int) -> int:
         span = mine.newest - state.sampled_at if state.sampled_at else None
         # A gateway whose clock runs ahead must not hold everyone's samples back.
         newest[slug] = min(max(mine.newest, state.sampled_at), now)
-        for out, count, total, prior, seed in (
-            (ttft, mine.ttft_count, mine.ttft_sum, state.observed_ttft_ms, profile.ttft_ms),
-            (decode, mine.decode_count, mine.decode_sum, state.observed_decode_tps,
-             profile.decode_tokens_per_s),
-        ):  # fmt: skip
-            if count:
+        for out, mean, prior, seed in (
+            (ttft, mine.ttft, state.observed_ttft_ms, profile.ttft_ms),
+            (decode, mine.decode, state.observed_decode_tps, profile.decode_tokens_per_s),
+        ):
+            if mean.count:
                 start = seed if prior is None else prior
-                weight = livestate.fold_weight(count, span, alpha, time_constant_s)
-                out[slug] = start + weight * (total / count - start)
+                weight = livestate.fold_weight(mean.count, span, alpha, time_constant_s)
+                out[slug] = start + weight * (mean.total / mean.count - start)
     changed = _fade_stale(client, live, profiles, ttft.keys() | decode.keys(), now)
     if not read:
         _check_not_ahead(client, mark)
