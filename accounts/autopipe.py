@@ -64,6 +64,10 @@ class Pipe(Protocol):
         """Close its own connection, if it has one (the client closes the rest)."""
         ...
 
+    def unanswered(self) -> int:
+        """Submissions not answered yet (queued, or written and waiting for replies)."""
+        ...
+
 
 def pipe_for(client: Any) -> Pipe:
     """The client's pipe, made once per client (its connection made on first use)."""
@@ -188,6 +192,10 @@ class AutoPipeline:
             self._flush_soon = True
             loop.call_soon(self._flush)
         return future
+
+    def unanswered(self) -> int:
+        connection = self._connection
+        return len(self._queued) + (len(connection.waiting) if connection is not None else 0)
 
     def _reset(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._connection is not None:
@@ -356,6 +364,7 @@ class ClientPipe:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queued: list[tuple[Sequence[Command], _Submission]] = []
         self._sending: set[asyncio.Task[None]] = set()
+        self._sent = 0  # submissions in the batches being sent
 
     def submit(
         self, commands: Sequence[Command], *, orphan: Orphan | None = None
@@ -372,11 +381,15 @@ class ClientPipe:
     async def aclose(self) -> None:
         pass  # the client's own pool
 
+    def unanswered(self) -> int:
+        return len(self._queued) + self._sent
+
     def _flush(self) -> None:
         batch, self._queued = self._queued, []
         batch = [(c, s) for c, s in batch if not s.future.done()]  # a caller gone: not sent
         if not batch:
             return
+        self._sent += len(batch)
         task = asyncio.ensure_future(self._send(batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
@@ -393,6 +406,8 @@ class ClientPipe:
                 if not submission.future.done():
                     submission.future.set_exception(exc)
             return
+        finally:
+            self._sent -= len(batch)  # before any caller hears
         at = 0
         for commands, submission in batch:
             submission.replies = replies[at : at + len(commands)]

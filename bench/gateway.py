@@ -548,12 +548,15 @@ def measure_limits(
     rounds: (p50 added in ms, share of throughput lost in %). Also writes limits.md."""
     from bench import limits
 
-    port = free_port()
-    procs.append(start_gateway(port, {**env, "TESSERACT_LIMITS": "0"}, work / "gateway-off.log"))
-    off = f"http://127.0.0.1:{port}/v1/chat/completions"
-    wait_http(off.replace("/chat/completions", "/models"), headers=tesseract.headers)
-    urls = {"on": tesseract.url, "off": off}
-    pids = {"on": on_pid, "off": procs[-1].pid}
+    urls, pids = {"on": tesseract.url}, {"on": on_pid}
+    for mode, overrides in limits.MODES.items():
+        if mode == "on":
+            continue
+        port = free_port()
+        procs.append(start_gateway(port, {**env, **overrides}, work / f"gateway-{mode}.log"))
+        urls[mode] = f"http://127.0.0.1:{port}/v1/chat/completions"
+        pids[mode] = procs[-1].pid
+        wait_http(urls[mode].replace("/chat/completions", "/models"), headers=tesseract.headers)
     rounds, n, seconds = (3, 200, 3.0) if quick else (9, 500, 6.0)
     print("measuring limits on / off ...", flush=True)
     results = limits.compare(

@@ -78,6 +78,8 @@ OK = 0
 RPM_ORG, RPM_KEY, TPM_ORG, TPM_KEY = 1, 2, 3, 4
 BUDGET_ORG, BUDGET_KEY = 5, 6
 SEED_ORG, SEED_KEY = 7, 8
+#: the outcomes that refuse the request
+REFUSALS = frozenset({RPM_ORG, RPM_KEY, TPM_ORG, TPM_KEY, BUDGET_ORG, BUDGET_KEY})
 
 
 NO_FEE = rating.PlatformFee(rating.ZERO, rating.ZERO)
@@ -416,14 +418,18 @@ class Scripts:
         self.settle = redis.register_script(SETTLE)
         self._releasing: set[asyncio.Task[None]] = set()
 
+    def admit_submit(self, keys: Sequence[str], args: Sequence[int]) -> asyncio.Future[list[Any]]:
+        """Send the admit script with everything else of this turn; its reply (an
+        error as an instance: NOSCRIPT is the caller's to handle) when read."""
+        command = ("EVALSHA", self.admit.sha, len(keys), *keys, *args)
+        return self.pipe.submit([command], orphan=functools.partial(self._orphaned, keys, args))
+
     async def admit_reply(self, keys: Sequence[str], args: Sequence[int]) -> Any:
         """The admit script's raw reply, sent with everything else of this turn."""
-        command = ("EVALSHA", self.admit.sha, len(keys), *keys, *args)
-        orphan = functools.partial(self._orphaned, keys, args)
-        (reply,) = await self.pipe.submit([command], orphan=orphan)
+        (reply,) = await self.admit_submit(keys, args)
         if isinstance(reply, NoScriptError):  # Redis restarted, or flushed its scripts
             await self.redis.script_load(ADMIT)
-            (reply,) = await self.pipe.submit([command], orphan=orphan)
+            (reply,) = await self.admit_submit(keys, args)
         if isinstance(reply, Exception):
             raise reply
         return reply
@@ -474,8 +480,14 @@ async def admit(
     tokens: int,
     reserve_nano: int,
 ) -> Verdict:
+    args = admit_args(limits, tokens=tokens, reserve_nano=reserve_nano)
+    return Verdict.from_reply(await scripts.admit_reply(keys, args))
+
+
+def admit_args(limits: Limits, *, tokens: int, reserve_nano: int) -> tuple[int, ...]:
+    """The admit script's arguments (after its keys)."""
     org_rpm, key_rpm, org_tpm, key_tpm, org_cap, key_cap = _limit_args(limits)
-    args = (
+    return (
         org_rpm,
         key_rpm,
         org_tpm,
@@ -487,7 +499,6 @@ async def admit(
         WINDOW_TTL_MS,
         SPEND_TTL_MS,
     )
-    return Verdict.from_reply(await scripts.admit_reply(keys, args))
 
 
 def settle_args(

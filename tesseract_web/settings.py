@@ -245,6 +245,10 @@ TESSERACT_KEY_CACHE_TTL_S = env_int("TESSERACT_KEY_CACHE_TTL_S", 30, minimum=1)
 # Rate limits and budgets on /v1 (billing.limits). 0 switches them off: for the
 # benchmark's "off" run only (suspension still applies).
 TESSERACT_LIMITS = env_bool("TESSERACT_LIMITS", True)
+#: Call a backend we run in the same round trip as the admission, when the key's last
+#: answer left room to spare (routing.gateway.admission.Admission.overlap); 0: always
+#: wait for the admission's answer before calling any backend.
+TESSERACT_ADMISSION_OVERLAP = env_bool("TESSERACT_ADMISSION_OVERLAP", True)
 #: A WebSocket on /v1/stream that has not authenticated within this is closed (seconds).
 TESSERACT_WS_AUTH_TIMEOUT_S = env_int("TESSERACT_WS_AUTH_TIMEOUT_S", 5, minimum=1)
 

@@ -47,6 +47,21 @@ def test_a_plain_server_gets_its_own_connection_and_a_cluster_or_tls_keeps_redis
     assert autopipe.pipe_for(client) is autopipe.pipe_for(client)  # one per client
 
 
+def test_a_pipe_counts_what_is_unanswered_from_submission_to_reply():
+    async def scenario():
+        async with _redis() as client:
+            counts = []
+            for pipe in (autopipe.pipe_for(client), autopipe.ClientPipe(client)):
+                counts.append(pipe.unanswered())
+                submitted = [pipe.submit([("PING",)]) for _ in range(3)]
+                counts.append(pipe.unanswered())
+                await asyncio.gather(*submitted)
+                counts.append(pipe.unanswered())
+            return counts
+
+    assert _run(scenario) == [0, 3, 0, 0, 3, 0]
+
+
 def test_what_one_turn_submits_leaves_in_one_write_and_each_caller_gets_its_own_replies(
     monkeypatch,
 ):

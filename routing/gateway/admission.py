@@ -1,7 +1,11 @@
 """Admission: rate limits and budgets, one Redis round trip per request (`billing.limits`).
 
-`Admission.admit` runs after the plan is made (routing is in memory) and before any
-backend is called: a refused request calls no backend and meters nothing. It answers
+An admission is made ready after the plan is made (`prepare`: routing is in memory),
+then either sent and waited for before any backend is called (`ask`), or, when this
+process's last answer for the key left room to spare, sent beside the first backend
+call (`overlap`, then `resolve`; the gateway cuts the call off on a refusal). Either
+way nothing is answered or metered before the answer, and a refused request meters
+nothing. It answers
     403 account_suspended      the org is suspended (dunning; the reason is said)
     429 rate_limit_exceeded    requests or tokens per minute, with Retry-After
     429 insufficient_quota     the worst-case charge does not fit the org's or the
@@ -25,6 +29,7 @@ for the benchmark's "off" run only.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 import time
@@ -34,11 +39,13 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from redis.exceptions import NoScriptError
 
 from backends.snapshot import Endpoint, World
 from billing import limits, metering, rating
 from routing.engine import Plan
 from routing.errors import BudgetExceeded, PermissionDenied, RateLimited
+from routing.gateway import observability
 from routing.gateway.attempt import Call
 from routing.gateway.db import off_loop
 
@@ -162,16 +169,105 @@ class _Tariffs:
 _Entry = tuple[limits.Tariff, tuple[tuple[float, limits.Tariff], ...], float, float]
 
 
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """An admission made ready (`Admission.prepare`): what the script is asked."""
+
+    keys: Sequence[str]
+    limits: limits.Limits
+    tokens: int
+    reserve_nano: int
+    month: str
+    org_id: int
+    key_id: int
+    world: World
+
+
+class Pending:
+    """An admission sent and not yet answered, while the backend is called beside it
+    (`Admission.overlap`); `Admission.resolve` turns it into the ticket or the refusal."""
+
+    __slots__ = ("ask", "reply")
+
+    def __init__(self, ask: Ask, reply: asyncio.Future[list[Any]]) -> None:
+        self.ask, self.reply = ask, reply
+
+    def stops(self) -> bool:
+        """The reply is in and the request cannot go on: refused (a rate limit or a
+        budget), or lost with the connection to Redis."""
+        if not self.reply.done() or self.reply.cancelled():
+            return False
+        if self.reply.exception() is not None:
+            return True
+        (reply,) = self.reply.result()
+        return not isinstance(reply, Exception) and reply[0] in limits.REFUSALS
+
+
+#: Overlap only while the last answer left this much of each limit and cap (a share)
+#: after the request: near a limit, where another process's requests may already have
+#: used the rest, the admission is answered before any backend is called.
+OVERLAP_MARGIN = 0.1
+#: ... and only on an answer this recent (seconds) ...
+OVERLAP_FRESH_S = 2.0
+#: ... and only while the process is quiet: at most this many Redis submissions
+#: unanswered. A busy process's admissions share round trips (one write per turn of
+#: the event loop) and its requests wait behind each other anyway, and overlapping
+#: there was measured to cost throughput (`make bench-limits`): it waits.
+OVERLAP_QUIET = 2
+
+
+class _Room:
+    """What this process last heard of a key's windows and spends, less what it has
+    overlapped since (`Admission.overlap`)."""
+
+    __slots__ = (
+        "at",
+        "key_spend",
+        "org_spend",
+        "requests",
+        "requests_limit",
+        "tokens",
+        "tokens_limit",
+    )
+
+    def __init__(self, verdict: limits.Verdict, at: float) -> None:
+        self.at = at
+        self.requests, self.requests_limit = verdict.requests_remaining, verdict.requests_limit
+        self.tokens, self.tokens_limit = verdict.tokens_remaining, verdict.tokens_limit
+        self.org_spend, self.key_spend = verdict.org_spend_nano, verdict.key_spend_nano
+
+
+def _keeps_margin(left: int, limit: int) -> bool:
+    """`left` of an integer limit stays at or above its margin (-1: no limit)."""
+    return limit < 0 or left >= math.ceil(limit * OVERLAP_MARGIN)
+
+
+def _keeps_cap_margin(spend_nano: int, cap: Decimal | None) -> bool:
+    if cap is None:
+        return True
+    cap_nano = limits.to_nano(cap)
+    return cap_nano - spend_nano >= cap_nano * OVERLAP_MARGIN
+
+
 class Admission:
     def __init__(self, redis: Any, *, enabled: bool | None = None) -> None:
         self.redis = redis
         self.scripts = limits.Scripts(redis)
         self.tariffs = _Tariffs()
         self.enabled = settings.TESSERACT_LIMITS if enabled is None else enabled
+        self.overlapping = settings.TESSERACT_ADMISSION_OVERLAP
+        self.fresh_s = OVERLAP_FRESH_S
+        self.clock = time.monotonic  # when an answer was heard (tests move it)
+        self._rooms: dict[tuple[int, int], _Room] = {}
 
     async def admit(self, call: Call, plan: Plan, world: World, deadline_s: float) -> Ticket | None:
         """`deadline_s`: how long the request may run (a list price scheduled to start
         by then is reserved for)."""
+        ask = self.prepare(call, plan, world, deadline_s)
+        return None if ask is None else await self.ask(ask)
+
+    def prepare(self, call: Call, plan: Plan, world: World, deadline_s: float) -> Ask | None:
+        """The admission to send (None: limits are off). A suspended org is refused here."""
         key = call.key
         lim = limits.of(key)
         if lim.suspended_reason is not None:
@@ -185,7 +281,6 @@ class Admission:
         if not self.enabled:
             return None
         r = call.parsed.route
-        tokens = r.input_tokens + r.max_output_tokens
         now = time.time()
         worst = self.tariffs.worst(
             world.endpoints,
@@ -196,20 +291,93 @@ class Admission:
             input_tokens=r.input_tokens,
             output_tokens=r.max_output_tokens,
         )
-        reserve = limits.nano_up(worst)
         month = limits.month_at(now)
-        keys = limits.redis_keys(org_id=key.org_id, key_id=key.id, month=month)
-        verdict = await limits.admit(self.scripts, keys, lim, tokens=tokens, reserve_nano=reserve)
+        return Ask(
+            keys=limits.redis_keys(org_id=key.org_id, key_id=key.id, month=month),
+            limits=lim,
+            tokens=r.input_tokens + r.max_output_tokens,
+            reserve_nano=limits.nano_up(worst),
+            month=month,
+            org_id=key.org_id,
+            key_id=key.id,
+            world=world,
+        )
+
+    async def ask(self, ask: Ask) -> Ticket:
+        """Send the admission and wait for its answer: the ticket, or the refusal raised."""
+        verdict = await limits.admit(
+            self.scripts, ask.keys, ask.limits, tokens=ask.tokens, reserve_nano=ask.reserve_nano
+        )
+        return await self._ticket(ask, verdict)
+
+    def overlap(self, ask: Ask) -> Pending | None:
+        """Send the admission without waiting for it, so that the backend is called in
+        the same round trip, when this process's last answer for the key left room to
+        spare (`OVERLAP_MARGIN`, `OVERLAP_FRESH_S`) and the process is quiet
+        (`OVERLAP_QUIET`); else None (ask and wait).
+
+        The answer is as exact as ever, and nothing is served, metered or charged
+        before it: what overlapping risks is only the backend's work on a request the
+        answer then refuses (the call is cut off as soon as the refusal arrives). Near
+        a limit, or for a key not heard of in the last seconds, nothing is risked.
+        """
+        if not self.overlapping or self.scripts.pipe.unanswered() > OVERLAP_QUIET:
+            return None
+        if not self.claim_room(ask):
+            return None
+        observability.overlapped()
+        return Pending(ask, self.scripts.admit_submit(ask.keys, self._args(ask)))
+
+    def claim_room(self, ask: Ask) -> bool:
+        """Whether this process's last answer for the key, at most `fresh_s` old, less
+        what it has overlapped since, leaves `OVERLAP_MARGIN` of every limit and cap
+        after this request; if so, the request is taken off that room."""
+        room = self._rooms.get((ask.org_id, ask.key_id))
+        if room is None or self.clock() - room.at > self.fresh_s:
+            return False
+        lim = ask.limits
+        if not (
+            _keeps_margin(room.requests - 1, room.requests_limit)
+            and _keeps_margin(room.tokens - ask.tokens, room.tokens_limit)
+            and _keeps_cap_margin(room.org_spend + ask.reserve_nano, lim.org_cap_usd)
+            and _keeps_cap_margin(room.key_spend + ask.reserve_nano, lim.key_cap_usd)
+        ):
+            return False
+        room.requests -= 1
+        room.tokens -= ask.tokens
+        room.org_spend += ask.reserve_nano
+        room.key_spend += ask.reserve_nano
+        return True
+
+    async def resolve(self, pending: Pending) -> Ticket:
+        """The overlapped admission's ticket, or its refusal raised. Safe to call again
+        after a cancellation: the reply is shielded, and stays for the next call."""
+        reply = pending.reply
+        (raw,) = reply.result() if reply.done() else await asyncio.shield(reply)
+        if isinstance(raw, Exception):  # NOSCRIPT (the script did not run), or worse
+            if not isinstance(raw, NoScriptError):
+                raise raw
+            return await self.ask(pending.ask)
+        return await self._ticket(pending.ask, limits.Verdict.from_reply(raw))
+
+    @staticmethod
+    def _args(ask: Ask) -> tuple[int, ...]:
+        return limits.admit_args(ask.limits, tokens=ask.tokens, reserve_nano=ask.reserve_nano)
+
+    async def _ticket(self, ask: Ask, verdict: limits.Verdict) -> Ticket:
+        """The ticket for the script's answer, or the refusal it says raised."""
         if verdict.status in (limits.SEED_ORG, limits.SEED_KEY):
             # The month's counter is missing (a new month, or Redis lost it): rebuild it
             # from the stored charges, once, then ask again.
             org_nano, key_nano = await off_loop(limits.stored_spend)(
-                org_id=key.org_id, key_id=key.id, month=month
+                org_id=ask.org_id, key_id=ask.key_id, month=ask.month
             )
-            await limits.seed(self.redis, keys, org_nano=org_nano, key_nano=key_nano)
+            await limits.seed(self.redis, ask.keys, org_nano=org_nano, key_nano=key_nano)
             verdict = await limits.admit(
-                self.scripts, keys, lim, tokens=tokens, reserve_nano=reserve
+                self.scripts, ask.keys, ask.limits, tokens=ask.tokens, reserve_nano=ask.reserve_nano
             )
+        self._rooms[ask.org_id, ask.key_id] = _Room(verdict, self.clock())
+        lim, tokens, reserve = ask.limits, ask.tokens, ask.reserve_nano
         headers = limits.headers(verdict)
         status = verdict.status
         if status in (limits.RPM_ORG, limits.RPM_KEY, limits.TPM_ORG, limits.TPM_KEY):
@@ -231,7 +399,7 @@ class Admission:
             spent = limits.from_nano(
                 verdict.org_spend_nano if org_budget else verdict.key_spend_nano
             )
-            _, reset = limits.month_bounds(month)
+            _, reset = limits.month_bounds(ask.month)
             worst_usd = limits.from_nano(reserve)
             budget_error = BudgetExceeded(
                 f"This request could cost up to ${worst_usd:.6f}, which does not fit the "
@@ -241,7 +409,7 @@ class Admission:
             )
             budget_error.extra_headers = headers + _NO_RETRY
             raise budget_error
-        return Ticket(keys, verdict, lim, tokens, reserve, headers, world)
+        return Ticket(ask.keys, verdict, lim, tokens, reserve, headers, ask.world)
 
     def settlement(
         self,

@@ -123,6 +123,10 @@ class Attempt:
     failure_outcome: str = "fail"
     #: The admission's reservation and x-ratelimit-* headers (`routing.gateway.admission`).
     ticket: Any = None
+    #: An admission sent beside the first backend call and not yet resolved (`Pending`).
+    pending: Any = None
+    #: The admission refused the request (or could not be answered): nothing is metered.
+    refused: bool = False
 
     def limit_headers(self) -> list[tuple[bytes, bytes]]:
         return list(self.ticket.headers) if self.ticket is not None else []

@@ -301,10 +301,33 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def _admitted(self, attempt: Attempt) -> None:
+        """Wait for an admission sent beside the backend call (`Admission.overlap`):
+        the ticket, or its refusal raised (the backend's answer goes unused)."""
+        pending = attempt.pending
+        if pending is None:
+            return
+        try:
+            attempt.ticket = await self.admission.resolve(pending)
+        except _REDIS_DOWN as exc:
+            attempt.pending, attempt.refused = None, True
+            self.usage.report_down(exc)
+            raise metering_unavailable() from exc
+        except TesseractAPIError:
+            attempt.pending, attempt.refused = None, True
+            observability.overlap_refused()
+            raise
+        attempt.pending = None
+
     async def _publish(self, attempt: Attempt, end: float) -> None:
         if attempt.published:
             return
         attempt.published = True
+        if attempt.pending is not None:
+            with contextlib.suppress(TesseractAPIError):
+                await self._admitted(attempt)
+        if attempt.refused:
+            return  # refused: nothing was served, nothing is metered
         record = attempt.record(end)
         observability.request_finished(call=attempt.call, plan=attempt.plan, record=record)
         world = self.holder.current
@@ -353,14 +376,21 @@ class Gateway:
             if not plan.ok:
                 raise infeasible_error(plan, world.live)
             deadline_s = _deadline_s(parsed, plan)
-            # 403/429: nothing called
-            ticket = await self.admission.admit(call, plan, world, deadline_s)
+            ask = self.admission.prepare(call, plan, world, deadline_s)  # 403: suspended
+            ticket, pending = None, None
+            if ask is not None:
+                if not world.endpoints[plan.choices[0].backend_id].provider:
+                    pending = self.admission.overlap(ask)  # sent; the backend goes beside it
+                if pending is None:
+                    ticket = await self.admission.ask(ask)  # 429: nothing called
         except _REDIS_DOWN as exc:
             # Redis went away before this process noticed (affinity, limits): the same
             # answer as when the publisher already knows, and now it does.
             self.usage.report_down(exc)
             raise metering_unavailable() from exc
-        attempt = Attempt(call=call, plan=plan, routed_at=time.perf_counter(), ticket=ticket)
+        attempt = Attempt(
+            call=call, plan=plan, routed_at=time.perf_counter(), ticket=ticket, pending=pending
+        )
         deadline = call.started + deadline_s
         first_token_limit = settings.TESSERACT_FIRST_TOKEN_TIMEOUT_S
         last_error: Exception | None = None
@@ -417,6 +447,7 @@ class Gateway:
                     watch.close()
                     self.inflight.finish(choice.backend_id)
             attempt.status = "error"
+            await self._admitted(attempt)  # a refusal outranks the backends' failures
             error: TesseractAPIError
             if isinstance(last_error, UpstreamTimeout) or last_error is None:
                 error = BackendTimeout(
@@ -466,13 +497,18 @@ class Gateway:
     ) -> _T:
         endpoint = attempt.endpoint
         assert endpoint is not None
+        args = (
+            endpoint.url + UPSTREAM_PATHS[call.parsed.endpoint],
+            self._upstream_body(call.parsed, endpoint),
+            self._upstream_headers(call, endpoint),
+        )
         try:
-            return await call_upstream(
-                endpoint.url + UPSTREAM_PATHS[call.parsed.endpoint],
-                self._upstream_body(call.parsed, endpoint),
-                self._upstream_headers(call, endpoint),
-                timeout_s=timeout_s,
-                connect_timeout_s=endpoint.connect_timeout_s,
+            if attempt.pending is None:
+                return await call_upstream(
+                    *args, timeout_s=timeout_s, connect_timeout_s=endpoint.connect_timeout_s
+                )
+            return await self._beside_admission(
+                call_upstream, args, attempt, timeout_s, endpoint.connect_timeout_s
             )
         except UpstreamRejected as exc:
             if exc.status != 404 or not endpoint.provider:
@@ -487,6 +523,52 @@ class Gateway:
                 endpoint.upstream_model,
             )
             raise UpstreamMisconfigured(exc.status, exc.body) from None
+
+    async def _beside_admission(
+        self,
+        call_upstream: Callable[..., Awaitable[_T]],
+        args: tuple[str, bytes, dict[str, str]],
+        attempt: Attempt,
+        timeout_s: float,
+        connect_timeout_s: float | None,
+    ) -> _T:
+        """The backend call while the admission is in flight: a refusal (or Redis lost)
+        cuts it off as soon as it is known; the call's answer is handed on only once
+        admitted (a backend's own refusal too: the admission's outranks it)."""
+        pending = attempt.pending
+        loop = asyncio.get_running_loop()
+        guarding = True
+
+        def cut_off_if_stopped(_: object) -> None:
+            if guarding and pending.stops():
+                cutoff.reschedule(loop.time())
+
+        try:
+            async with asyncio.timeout(None) as cutoff:
+                pending.reply.add_done_callback(cut_off_if_stopped)
+                result = await call_upstream(
+                    *args, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
+                )
+        except TimeoutError:
+            if cutoff.expired():
+                await self._admitted(attempt)  # raises the refusal, or Redis's failure
+            raise
+        except UpstreamError as exc:
+            # The admission's answer, in or waited for, outranks the backend's refusal;
+            # a backend that failed is failed over while the answer is still on its way.
+            if isinstance(exc, UpstreamRejected) or pending.reply.done():
+                await self._admitted(attempt)
+            raise
+        finally:
+            guarding = False
+            pending.reply.remove_done_callback(cut_off_if_stopped)
+        try:
+            await self._admitted(attempt)
+        except BaseException:
+            if isinstance(result, aiohttp.ClientResponse):
+                result.close()  # a stream refused after its head: not read, cut off
+            raise
+        return result
 
     async def _rejected(self, attempt: Attempt, exc: UpstreamRejected) -> list[Head | bytes]:
         """The backend refused the request itself (a 4xx): relay its answer in OpenAI's

@@ -135,6 +135,18 @@ ERRORS = Counter(
     ("status", "code"),
     registry=REGISTRY,
 )
+OVERLAPS = Counter(
+    "tesseract_gateway_admission_overlaps",
+    "Requests whose backend was called in the same round trip as their admission "
+    "(a key whose last answer left room to spare).",
+    registry=REGISTRY,
+)
+OVERLAPS_REFUSED = Counter(
+    "tesseract_gateway_admission_overlaps_refused",
+    "Requests whose backend was called beside their admission (a key with room to "
+    "spare) and that the admission then refused: the backend's work went unused.",
+    registry=REGISTRY,
+)
 
 _FAILOVER_REASONS = {
     "UpstreamTimeout": "timeout",
@@ -180,6 +192,14 @@ def failed_over(endpoint: Any, exc: BaseException) -> None:
     """A backend (a `backends.snapshot.Endpoint`) failed before the first token."""
     reason = _FAILOVER_REASONS.get(type(exc).__name__, "other")
     FAILOVERS.labels(endpoint.region, endpoint.chip, reason).inc()
+
+
+def overlapped() -> None:
+    OVERLAPS.inc()
+
+
+def overlap_refused() -> None:
+    OVERLAPS_REFUSED.inc()
 
 
 def error_answered(status: int, code: str) -> None:

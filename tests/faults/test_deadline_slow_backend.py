@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.clock import Clock
 from tests.gateway import conftest as gateway
 
 # The gateway suite's fixtures: a live simulator and gateway, a private usage stream.
@@ -139,14 +140,6 @@ def test_a_backend_slowed_ten_times_loses_its_traffic_within_seconds_and_wins_it
         f"{first_second:.0%}, from 5 s {after:.0%} of {n_after}; back to half "
         f"{back:.1f} s after recovering ({recovered_at - slowed_at:.1f} s slowed)"
     )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def two_backends() -> Any:

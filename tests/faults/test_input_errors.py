@@ -17,6 +17,7 @@ from accounts import services
 from accounts.keycache import KeyCache
 from backends.models import Deployment
 from routing.gateway.app import GatewayApp, KeyAuth
+from tests.clock import Clock
 from tests.faults.input_gateway import *  # noqa: F403 (its fixtures)
 from tests.faults.input_gateway import CHAT, EIGHT_B, assert_openai_error
 
@@ -43,14 +44,6 @@ def test_a_failed_backend_is_named_by_its_slug_never_by_its_url(site, key, usage
 
 
 # -- the database goes away -------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import pytest
 from backends.livestate import DeploymentLive, LiveMaps, occupancy
 from backends.snapshot import World
 from routing.gateway.live import SHARED_STALE_S, InFlight
+from tests.clock import Clock
 from tests.engine.mini_world import make_backend, make_snapshot
 
 
@@ -52,14 +53,6 @@ def test_a_lone_process_without_live_maps_counts_exactly_what_it_has_in_flight()
 
 
 # ------------------------------------------------- everyone's counts, read every 0.25 s
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_read_of_everyones_counts_takes_this_processs_own_part_exact_not_as_published():

@@ -22,6 +22,7 @@ from billing import dunning, limits, rating
 from billing.models import ApiKeyLimits, BillingAccount, ListPrice, SlaTier, UsageEvent
 from billing.subscriptions import budget_set, key_limits_set, tier_change
 from billing.tiers import ENTERPRISE
+from routing.gateway import observability
 from routing.gateway.app import GatewayApp, KeyAuth
 from routing.gateway.core import Gateway
 from routing.gateway.live import WorldHolder
@@ -91,12 +92,15 @@ def test_tokens_per_minute_count_max_tokens_and_refuse_what_would_exceed_them(me
     assert "tokens per minute (30" in caught.value.message
 
 
-def _gateway_app() -> GatewayApp:
-    """A gateway as another process would have it: its own key cache, Redis client, world."""
+def _gateway_app(*, fresh_s: float | None = None) -> GatewayApp:
+    """A gateway as another process would have it: its own key cache, Redis client, world.
+    `fresh_s`: how long what it hears of a key's limits counts (`Admission.fresh_s`)."""
     import redis.asyncio as aioredis
 
     client = aioredis.Redis.from_url(settings.REDIS_URL)
     gateway = Gateway(holder=WorldHolder(redis=client), upstream=Upstream(), redis=client)
+    if fresh_s is not None:
+        gateway.admission.fresh_s = fresh_s
     return GatewayApp(gateway=gateway, auth=KeyAuth(KeyCache()))
 
 
@@ -265,3 +269,96 @@ def test_a_suspended_org_gets_403_and_a_paid_invoice_restores_it_at_once(mesh, o
     eventually(served)
     assert len(usage()) == before + 1  # refusals metered nothing
     assert UsageEvent.objects.filter(org=org).count() == before + 1
+
+
+def overlaps(what: str = "overlaps") -> float:
+    """How many requests this process has called a backend for beside their admission
+    (`what="overlaps_refused"`: and then seen refused)."""
+    name = f"tesseract_gateway_admission_{what}_total"
+    return observability.REGISTRY.get_sample_value(name) or 0.0
+
+
+def test_a_key_with_room_to_spare_calls_its_backend_beside_its_admission_and_a_refusal_cuts_it_off(
+    mesh, org_key, usage
+):
+    """Gateway A last heard that the key had room; gateway B then used the rest of the
+    minute. A's next request goes to its backend beside its admission, which refuses it:
+    the client gets the 429, the backend call is cut off, nothing is metered, and A, now
+    knowing, waits for the answer before calling any backend."""
+    _, key, plaintext = org_key
+    key_limits_set(api_key=key, requests_per_minute=10)
+    gateway_a = _gateway_app(fresh_s=3600)  # what A hears stays fresh, however slow this is
+    gateway_b = _gateway_app()
+    if time.time() % 60 > 40:  # the window is the minute: start a new one
+        time.sleep(60.1 - time.time() % 60)
+    minute = int(time.time() // 60)
+    with serve(gateway_a) as url_a, serve(gateway_b) as url_b:
+        a, b = sdk(mesh, plaintext, url_a), sdk(mesh, plaintext, url_b)
+        before = overlaps()
+        a.chat.completions.create(**ASK)
+        assert overlaps() == before  # A had not heard of the key: it waited for the answer
+        raw = a.chat.completions.with_raw_response.create(**ASK)
+        assert overlaps() == before + 1  # 9 left, 8 after it: room to spare
+        assert raw.headers["x-ratelimit-remaining-requests"] == "8"  # as exact as ever
+        for _ in range(8):
+            b.chat.completions.create(**ASK)
+        stalled = mesh.deployments(EIGHT_B)
+        for slug in stalled:  # a backend called now holds the call open, never answering
+            mesh.fault(slug, stall_after_tokens=0)
+        before, refused_before = overlaps(), overlaps("overlaps_refused")  # B's counted too
+        error: openai.APIError | None = None
+        try:  # served, if the minute turned: then the stalled backend holds it
+            a.with_options(timeout=30).chat.completions.create(**ASK)
+        except (openai.RateLimitError, openai.APITimeoutError) as exc:
+            error = exc
+        if int(time.time() // 60) != minute:
+            pytest.skip("the minute turned during the test")
+        assert isinstance(error, openai.RateLimitError), error
+        assert overlaps() == before + 1  # A still believed 7 were left
+        assert overlaps("overlaps_refused") == refused_before + 1
+        assert error.code == "rate_limit_exceeded"
+        assert error.response.headers["x-ratelimit-remaining-requests"] == "0"
+        for slug in stalled:
+            mesh.wait_until_idle(mesh.simulator.deployments[slug], timeout_s=30)
+        with pytest.raises(openai.RateLimitError):
+            a.chat.completions.create(**ASK)
+        assert overlaps() == before + 1  # now it knows: no backend is called first
+    assert len(usage()) == 10  # the refused requests metered nothing
+
+
+def test_a_client_that_hangs_up_beside_its_overlapped_admission_leaves_nothing_reserved(
+    mesh, org_key, usage
+):
+    org, key, plaintext = org_key
+    budget_set(org=org, monthly_budget_usd=Decimal("5.00"))
+    gateway = _gateway_app(fresh_s=3600)
+    with serve(gateway) as url:
+        sdk(mesh, plaintext, url).chat.completions.create(**ASK)  # heard of: room to spare
+        stalled = mesh.deployments(EIGHT_B)
+        for slug in stalled:
+            mesh.fault(slug, stall_after_tokens=0)
+        before = overlaps()
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up, the backend silent
+            httpx.post(
+                f"{url}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {plaintext}"},
+                json=ASK,
+                timeout=httpx.Timeout(30, read=1.0),
+            )
+        assert overlaps() == before + 1
+        for slug in stalled:
+            mesh.wait_until_idle(mesh.simulator.deployments[slug], timeout_s=30)
+        events: list[UsageEvent] = []
+
+        def both_recorded() -> bool:
+            events[:] = usage()
+            return len(events) == 2
+
+        eventually(both_recorded, timeout_s=30)
+    assert [e.status for e in events] == ["ok", "cancelled"]
+    assert events[1].output_tokens == 0
+    month = limits.month_of(timezone.now())
+    spend_key = limits.redis_keys(org_id=org.pk, key_id=key.pk, month=month)[2]
+    ledger = int(redis.Redis.from_url(settings.REDIS_URL).get(spend_key))
+    stored = sum((e.charge_usd for e in events), Decimal(0))
+    assert ledger == limits.to_nano(stored)  # the hung-up request's reservation came back

@@ -1,0 +1,139 @@
+"""When the gateway calls a backend in the same round trip as the admission: only while
+what this process last heard of the key leaves every limit and cap room to spare."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal as D
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from billing import limits
+from routing.gateway.admission import Admission, Ask
+from tests.clock import Clock
+
+NO_LIMIT = -1
+FREE = limits.Limits("free", 60, 100_000, None, None, D("5.00"), None, D("0"))
+UNLIMITED = limits.UNLIMITED
+
+
+@pytest.fixture
+def admission() -> Any:
+    admission = Admission(aioredis.Redis.from_url(settings.REDIS_URL), enabled=True)
+    admission.overlapping = True
+    admission.clock = Clock()
+    return admission
+
+
+def ask(lim: limits.Limits = FREE, *, tokens: int = 100, reserve_usd: str = "0.01") -> Ask:
+    return Ask(
+        keys=("rl:org", "rl:key", "spend:org", "spend:key"),
+        limits=lim,
+        tokens=tokens,
+        reserve_nano=limits.to_nano(D(reserve_usd)),
+        month="2026-11",
+        org_id=1,
+        key_id=2,
+        world=None,  # type: ignore[arg-type]
+    )
+
+
+def hear(admission: Admission, request: Ask, **answer: int) -> None:
+    """The script's answer to an admission of this key, admitted."""
+    fields: dict[str, Any] = {
+        "status": limits.OK, "window": 0, "requests_limit": 60, "requests_remaining": 59,
+        "tokens_limit": 100_000, "tokens_remaining": 99_900, "reset_ms": 30_000,
+        "org_spend_nano": 0, "key_spend_nano": 0, "reserved_org": True, "reserved_key": False,
+    }  # fmt: skip
+    asyncio.run(admission._ticket(request, limits.Verdict(**{**fields, **answer})))
+
+
+def claims(admission: Admission, request: Ask, most: int = 1000) -> int:
+    """How many requests like `request` the room takes before it says no."""
+    n = 0
+    while n < most and admission.claim_room(request):
+        n += 1
+    return n
+
+
+def test_a_key_this_process_has_not_heard_of_waits_for_its_answer(admission):
+    assert not admission.claim_room(ask())
+
+
+def test_the_room_takes_requests_until_a_tenth_of_the_minute_s_requests_would_be_left(admission):
+    request = ask()
+    hear(admission, request, requests_remaining=59)
+    assert claims(admission, request) == 53  # 59 - 53 = 6 left: a tenth of 60
+
+
+def test_tokens_per_minute_keep_a_tenth_spare(admission):
+    request = ask(tokens=150)
+    hear(admission, request, tokens_limit=1000, tokens_remaining=300)
+    assert claims(admission, request) == 1  # 150 left after it; one more would leave 0
+
+
+def test_a_budget_keeps_a_tenth_of_its_cap_spare_counting_the_reservation(admission):
+    request = ask(reserve_usd="0.05")
+    hear(admission, request, org_spend_nano=limits.to_nano(D("4.40")))  # cap $5.00
+    assert claims(admission, request) == 2  # to 4.50 spent, $0.50 left; 4.55 would leave less
+    hear(admission, request, org_spend_nano=limits.to_nano(D("4.46")))
+    assert not admission.claim_room(request)
+
+
+def test_a_key_without_limits_always_has_room(admission):
+    request = ask(UNLIMITED)
+    hear(admission, request, requests_limit=NO_LIMIT, tokens_limit=NO_LIMIT)
+    assert claims(admission, request) == 1000
+
+
+def test_what_was_heard_more_than_two_seconds_ago_does_not_count(admission):
+    request = ask()
+    hear(admission, request)
+    admission.clock.now += 2.5
+    assert not admission.claim_room(request)
+
+
+def test_a_refusal_leaves_no_room(admission):
+    request = ask()
+    with pytest.raises(Exception, match="Rate limit reached"):
+        hear(admission, request, status=limits.RPM_KEY, requests_remaining=0)
+    assert not admission.claim_room(request)
+
+
+def test_overlapping_switched_off_never_overlaps(admission, settings):
+    settings.TESSERACT_ADMISSION_OVERLAP = False
+    off = Admission(admission.redis, enabled=True)
+    request = ask()
+    hear(off, request)
+    assert off.overlap(request) is None
+
+
+class Pipe:
+    """A pipe that only counts: how many submissions are unanswered, and what was sent."""
+
+    def __init__(self, unanswered: int) -> None:
+        self.waiting = unanswered
+        self.sent: list[Any] = []
+
+    def unanswered(self) -> int:
+        return self.waiting
+
+    def submit(self, commands: Any, *, orphan: Any = None) -> Any:
+        self.sent.append(commands)
+        return object()
+
+
+def test_a_busy_process_waits_for_the_answer_where_a_quiet_one_sends_beside_it(admission):
+    request = ask()
+    hear(admission, request)
+    admission.scripts.pipe = busy = Pipe(unanswered=3)
+    assert admission.overlap(request) is None
+    assert busy.sent == []
+    admission.scripts.pipe = quiet = Pipe(unanswered=2)
+    pending = admission.overlap(request)
+    assert pending is not None
+    [[command]] = quiet.sent
+    assert command[0] == "EVALSHA"
