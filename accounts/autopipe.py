@@ -371,7 +371,7 @@ class ClientPipe:
     ) -> asyncio.Future[list[Any]]:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            self._loop, self._queued = loop, []
+            self._loop, self._queued, self._sent = loop, [], 0
         future: asyncio.Future[list[Any]] = loop.create_future()
         self._queued.append((commands, _Submission(future, len(commands), orphan)))
         if len(self._queued) == 1:

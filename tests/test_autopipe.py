@@ -47,19 +47,32 @@ def test_a_plain_server_gets_its_own_connection_and_a_cluster_or_tls_keeps_redis
     assert autopipe.pipe_for(client) is autopipe.pipe_for(client)  # one per client
 
 
+#: Holds Redis for 0.3 s of its own clock (a written command stays unanswered).
+BUSY = """
+local t = redis.call('TIME')
+local stop = tonumber(t[1]) * 1000000 + tonumber(t[2]) + 300000
+repeat t = redis.call('TIME') until tonumber(t[1]) * 1000000 + tonumber(t[2]) >= stop
+return 1
+"""
+
+
 def test_a_pipe_counts_what_is_unanswered_from_submission_to_reply():
     async def scenario():
         async with _redis() as client:
             counts = []
             for pipe in (autopipe.pipe_for(client), autopipe.ClientPipe(client)):
                 counts.append(pipe.unanswered())
-                submitted = [pipe.submit([("PING",)]) for _ in range(3)]
+                busy = pipe.submit([("EVAL", BUSY, 0)])
+                pings = [pipe.submit([("PING",)]) for _ in range(2)]
+                counts.append(pipe.unanswered())  # queued
+                await asyncio.sleep(0.05)  # written, Redis still busy with the first
                 counts.append(pipe.unanswered())
-                await asyncio.gather(*submitted)
+                assert await busy == [1]
+                await asyncio.gather(*pings)
                 counts.append(pipe.unanswered())
             return counts
 
-    assert _run(scenario) == [0, 3, 0, 0, 3, 0]
+    assert _run(scenario) == [0, 3, 3, 0] * 2
 
 
 def test_what_one_turn_submits_leaves_in_one_write_and_each_caller_gets_its_own_replies(

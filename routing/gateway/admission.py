@@ -194,13 +194,16 @@ class Pending:
 
     def stops(self) -> bool:
         """The reply is in and the request cannot go on: refused (a rate limit or a
-        budget), or lost with the connection to Redis."""
+        budget), lost with the connection to Redis, or an error (but NOSCRIPT, which
+        is asked again)."""
         if not self.reply.done() or self.reply.cancelled():
             return False
         if self.reply.exception() is not None:
             return True
         (reply,) = self.reply.result()
-        return not isinstance(reply, Exception) and reply[0] in limits.REFUSALS
+        if isinstance(reply, Exception):
+            return not isinstance(reply, NoScriptError)
+        return reply[0] in limits.REFUSALS
 
 
 #: Overlap only while the last answer left this much of each limit and cap (a share)
@@ -214,6 +217,8 @@ OVERLAP_FRESH_S = 2.0
 #: the event loop) and its requests wait behind each other anyway, and overlapping
 #: there was measured to cost throughput (`make bench-limits`): it waits.
 OVERLAP_QUIET = 2
+#: At most this many keys' last answers are kept (stale ones are dropped to make room).
+ROOMS_KEPT = 10_000
 
 
 class _Room:
@@ -360,6 +365,16 @@ class Admission:
             return await self.ask(pending.ask)
         return await self._ticket(pending.ask, limits.Verdict.from_reply(raw))
 
+    def _remember(self, ask: Ask, verdict: limits.Verdict) -> None:
+        now = self.clock()
+        rooms = self._rooms
+        if len(rooms) >= ROOMS_KEPT and (ask.org_id, ask.key_id) not in rooms:
+            for key in [k for k, room in rooms.items() if now - room.at > self.fresh_s]:
+                del rooms[key]  # the stale: they no longer count
+            if len(rooms) >= ROOMS_KEPT:
+                return  # this many keys heard of in the last seconds: no room kept
+        rooms[ask.org_id, ask.key_id] = _Room(verdict, now)
+
     @staticmethod
     def _args(ask: Ask) -> tuple[int, ...]:
         return limits.admit_args(ask.limits, tokens=ask.tokens, reserve_nano=ask.reserve_nano)
@@ -376,7 +391,8 @@ class Admission:
             verdict = await limits.admit(
                 self.scripts, ask.keys, ask.limits, tokens=ask.tokens, reserve_nano=ask.reserve_nano
             )
-        self._rooms[ask.org_id, ask.key_id] = _Room(verdict, self.clock())
+        if self.overlapping:
+            self._remember(ask, verdict)
         lim, tokens, reserve = ask.limits, ask.tokens, ask.reserve_nano
         headers = limits.headers(verdict)
         status = verdict.status

@@ -40,8 +40,10 @@ from routing.engine import DEFAULT_STRATEGY, POLICY_CODES, STRATEGIES, Choice, P
 from routing.errors import (
     BackendTimeout,
     BackendUnavailable,
+    BudgetExceeded,
     InvalidRequest,
     ModelNotFound,
+    RateLimited,
     SlaUnsatisfiable,
     TesseractAPIError,
 )
@@ -187,7 +189,7 @@ def metering_unavailable() -> TesseractAPIError:
     """Refuse new work while usage cannot be recorded: nothing is served unbilled."""
     return BackendUnavailable(
         "Usage metering is temporarily unavailable, so Tesseract is not accepting new "
-        "requests (none was sent to a backend). Retry in a few seconds.",
+        "requests (nothing was served or billed). Retry in a few seconds.",
         code="metering_unavailable",
         retry_after_s=2,
     )
@@ -309,25 +311,23 @@ class Gateway:
             return
         try:
             attempt.ticket = await self.admission.resolve(pending)
-        except _REDIS_DOWN as exc:
+        except Exception as exc:  # (a hang-up is not: `_publish` waits for the answer)
             attempt.pending, attempt.refused = None, True
-            self.usage.report_down(exc)
-            raise metering_unavailable() from exc
-        except TesseractAPIError:
-            attempt.pending, attempt.refused = None, True
-            observability.overlap_refused()
+            if isinstance(exc, RateLimited | BudgetExceeded):
+                observability.overlap_refused()
+            elif isinstance(exc, _REDIS_DOWN):
+                self.usage.report_down(exc)
+                raise metering_unavailable() from exc
             raise
         attempt.pending = None
 
     async def _publish(self, attempt: Attempt, end: float) -> None:
-        if attempt.published:
-            return
-        attempt.published = True
-        if attempt.pending is not None:
-            with contextlib.suppress(TesseractAPIError):
+        if attempt.pending is not None:  # before `published`: a hang-up here leaves the
+            with contextlib.suppress(Exception):  # record to `run`'s `_publish_later`
                 await self._admitted(attempt)
-        if attempt.refused:
+        if attempt.published or attempt.refused:
             return  # refused: nothing was served, nothing is metered
+        attempt.published = True
         record = attempt.record(end)
         observability.request_finished(call=attempt.call, plan=attempt.plan, record=record)
         world = self.holder.current
@@ -502,6 +502,8 @@ class Gateway:
             self._upstream_body(call.parsed, endpoint),
             self._upstream_headers(call, endpoint),
         )
+        if attempt.pending is not None and endpoint.provider:
+            await self._admitted(attempt)  # a provider's API is never called beside it
         try:
             if attempt.pending is None:
                 return await call_upstream(
@@ -544,24 +546,28 @@ class Gateway:
                 cutoff.reschedule(loop.time())
 
         try:
-            async with asyncio.timeout(None) as cutoff:
-                pending.reply.add_done_callback(cut_off_if_stopped)
-                result = await call_upstream(
-                    *args, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
-                )
+            try:
+                async with asyncio.timeout(None) as cutoff:
+                    pending.reply.add_done_callback(cut_off_if_stopped)
+                    result = await call_upstream(
+                        *args, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
+                    )
+            finally:  # before any await below: the cut-off is over
+                guarding = False
+                pending.reply.remove_done_callback(cut_off_if_stopped)
         except TimeoutError:
             if cutoff.expired():
                 await self._admitted(attempt)  # raises the refusal, or Redis's failure
             raise
-        except UpstreamError as exc:
-            # The admission's answer, in or waited for, outranks the backend's refusal;
-            # a backend that failed is failed over while the answer is still on its way.
-            if isinstance(exc, UpstreamRejected) or pending.reply.done():
+        except UpstreamRejected:
+            await self._admitted(attempt)  # the admission's answer outranks the backend's
+            raise
+        except UpstreamError:
+            # A backend that failed is failed over while the answer is on its way; an
+            # answer already in is heard first (a refusal ends the request here).
+            if pending.reply.done():
                 await self._admitted(attempt)
             raise
-        finally:
-            guarding = False
-            pending.reply.remove_done_callback(cut_off_if_stopped)
         try:
             await self._admitted(attempt)
         except BaseException:

@@ -278,8 +278,9 @@ def overlaps(what: str = "overlaps") -> float:
     return observability.REGISTRY.get_sample_value(name) or 0.0
 
 
+@pytest.mark.parametrize("stream", [False, True])
 def test_a_key_with_room_to_spare_calls_its_backend_beside_its_admission_and_a_refusal_cuts_it_off(
-    mesh, org_key, usage
+    mesh, org_key, usage, settings, stream
 ):
     """Gateway A last heard that the key had room; gateway B then used the rest of the
     minute. A's next request goes to its backend beside its admission, which refuses it:
@@ -287,6 +288,8 @@ def test_a_key_with_room_to_spare_calls_its_backend_beside_its_admission_and_a_r
     knowing, waits for the answer before calling any backend."""
     _, key, plaintext = org_key
     key_limits_set(api_key=key, requests_per_minute=10)
+    # A stalled backend would hold an attempt for a minute: longer than the client waits.
+    settings.TESSERACT_FIRST_TOKEN_TIMEOUT_S = 120
     gateway_a = _gateway_app(fresh_s=3600)  # what A hears stays fresh, however slow this is
     gateway_b = _gateway_app()
     if time.time() % 60 > 40:  # the window is the minute: start a new one
@@ -308,20 +311,23 @@ def test_a_key_with_room_to_spare_calls_its_backend_beside_its_admission_and_a_r
         before, refused_before = overlaps(), overlaps("overlaps_refused")  # B's counted too
         error: openai.APIError | None = None
         try:  # served, if the minute turned: then the stalled backend holds it
-            a.with_options(timeout=30).chat.completions.create(**ASK)
+            a.with_options(timeout=30).chat.completions.create(**ASK, stream=stream)
         except (openai.RateLimitError, openai.APITimeoutError) as exc:
             error = exc
         if int(time.time() // 60) != minute:
             pytest.skip("the minute turned during the test")
-        assert isinstance(error, openai.RateLimitError), error
+        assert isinstance(error, openai.RateLimitError), error  # not after a minute's wait
         assert overlaps() == before + 1  # A still believed 7 were left
         assert overlaps("overlaps_refused") == refused_before + 1
         assert error.code == "rate_limit_exceeded"
         assert error.response.headers["x-ratelimit-remaining-requests"] == "0"
         for slug in stalled:
             mesh.wait_until_idle(mesh.simulator.deployments[slug], timeout_s=30)
+            mesh.fault(slug, stall_after_tokens=None)
         with pytest.raises(openai.RateLimitError):
             a.chat.completions.create(**ASK)
+        if int(time.time() // 60) != minute:
+            pytest.skip("the minute turned during the test")
         assert overlaps() == before + 1  # now it knows: no backend is called first
     assert len(usage()) == 10  # the refused requests metered nothing
 
