@@ -497,10 +497,11 @@ def write(
             else []
         ),
         "",
-        "As deployed, a key whose last answer left room to spare (here, every request "
-        "after the first) has its backend called in the same round trip as its "
-        "admission (`routing.gateway.admission.Admission.overlap`); nothing is served "
-        "or metered before the answer.",
+        "As deployed, a key whose last answer left room to spare has its backend called "
+        "in the same round trip as its admission while the process is quiet "
+        "(`routing.gateway.admission.Admission.overlap`): here, the sequential requests "
+        "after the first; under 32 concurrent requests most wait. Nothing is served or "
+        "metered before the answer.",
         "",
         "Sleeps per request: the gateway worker's voluntary context switches during the "
         "sequential requests, per request: each time it waits on a socket (the client, "
