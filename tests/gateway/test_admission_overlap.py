@@ -12,7 +12,11 @@ import redis.asyncio as aioredis
 from django.conf import settings
 
 from billing import limits
-from routing.gateway.admission import Admission, Ask
+from routing.errors import BudgetExceeded, RateLimited
+from routing.gateway.admission import Admission, Ask, Pending
+from routing.gateway.attempt import Attempt
+from routing.gateway.core import Gateway
+from routing.gateway.upstream import UpstreamRejected
 from tests.clock import Clock
 
 NO_LIMIT = -1
@@ -137,3 +141,59 @@ def test_a_busy_process_waits_for_the_answer_where_a_quiet_one_sends_beside_it(a
     assert pending is not None
     [[command]] = quiet.sent
     assert command[0] == "EVALSHA"
+
+
+def answered(status: int) -> Pending:
+    """An admission sent beside the backend call whose answer is already in."""
+    reply = asyncio.get_running_loop().create_future()
+    reply.set_result([[status, 0, 10, 0 if status else 5, 1000, 900, 30_000, 0, 0, 1, 0]])
+    return Pending(ask(), reply)
+
+
+def beside(status: int, backend: Any) -> tuple[Attempt, BaseException | None]:
+    """Call `backend` beside an admission answered `status`: the attempt, and what the
+    gateway raised (None: it handed the backend's answer on)."""
+
+    async def scenario() -> tuple[Attempt, BaseException | None]:
+        gateway = Gateway(
+            holder=None, upstream=None, redis=aioredis.Redis.from_url(settings.REDIS_URL)
+        )
+        attempt = Attempt(call=None, plan=None, pending=answered(status))
+        try:
+            await gateway._beside_admission(backend, ("u", b"", {}), attempt, 5.0, None)
+        except BaseException as exc:  # what the request would end with
+            return attempt, exc
+        return attempt, None
+
+    return asyncio.run(scenario())
+
+
+async def _refused_by_the_backend(*_: Any, **__: Any) -> bytes:
+    raise UpstreamRejected(400, b'{"error": {"message": "bad"}}')
+
+
+async def _served(*_: Any, **__: Any) -> bytes:
+    return b"{}"
+
+
+def test_a_backend_s_own_refusal_gives_way_to_the_admission_s():
+    attempt, raised = beside(limits.RPM_KEY, _refused_by_the_backend)
+    assert isinstance(raised, RateLimited)
+    assert attempt.refused
+    assert attempt.pending is None
+
+
+def test_an_admitted_request_hands_on_the_backend_s_refusal_with_its_ticket():
+    attempt, raised = beside(limits.OK, _refused_by_the_backend)
+    assert isinstance(raised, UpstreamRejected)
+    assert attempt.ticket is not None
+    assert not attempt.refused
+
+
+def test_an_answer_refused_after_the_backend_answered_is_not_handed_on():
+    attempt, raised = beside(limits.BUDGET_ORG, _served)
+    assert isinstance(raised, BudgetExceeded)
+    assert attempt.refused
+    attempt, raised = beside(limits.OK, _served)
+    assert raised is None
+    assert attempt.ticket is not None
