@@ -340,8 +340,8 @@ PYTHON_PATH = "admit + settle, the gateway's Python alone (8 candidates priced a
 
 
 async def python_path(redis_url: str, n: int, rounds: int = 5) -> float:
-    """Median µs (of round medians) of `Admission.admit` and `.settlement` for a plan of
-    8 candidates, each priced apart, with Redis's answer given at once."""
+    """Median µs (of round medians) of `Admission.prepare`, `.ask` and `.settlement` for a
+    plan of 8 candidates, each priced apart, with Redis's answer given at once."""
     from decimal import Decimal
     from types import SimpleNamespace
 
@@ -385,7 +385,9 @@ async def python_path(redis_url: str, n: int, rounds: int = 5) -> float:
     served = endpoints["b0"]
 
     async def once() -> None:
-        ticket = await admission.admit(call, plan, world, 120.0)  # type: ignore[arg-type]
+        ask = admission.prepare(call, plan, world, 120.0)  # type: ignore[arg-type]
+        assert ask is not None
+        ticket = await admission.ask(ask)
         admission.settlement(ticket, served, record)
 
     medians = []

@@ -484,6 +484,10 @@ async def admit(
     return Verdict.from_reply(await scripts.admit_reply(keys, args))
 
 
+#: where the caps (nano-dollars, -1: none) are in `admit_args`
+ARG_ORG_CAP, ARG_KEY_CAP = 5, 6
+
+
 def admit_args(limits: Limits, *, tokens: int, reserve_nano: int) -> tuple[int, ...]:
     """The admit script's arguments (after its keys)."""
     org_rpm, key_rpm, org_tpm, key_tpm, org_cap, key_cap = _limit_args(limits)

@@ -174,6 +174,7 @@ class Ask:
     """An admission made ready (`Admission.prepare`): what the script is asked."""
 
     keys: Sequence[str]
+    args: tuple[int, ...]  # the script's (`limits.admit_args`)
     limits: limits.Limits
     tokens: int
     reserve_nano: int
@@ -243,15 +244,9 @@ class _Room:
 
 
 def _keeps_margin(left: int, limit: int) -> bool:
-    """`left` of an integer limit stays at or above its margin (-1: no limit)."""
+    """`left` of a limit (requests, tokens, nano-dollars) stays at or above its margin
+    (-1: no limit)."""
     return limit < 0 or left >= math.ceil(limit * OVERLAP_MARGIN)
-
-
-def _keeps_cap_margin(spend_nano: int, cap: Decimal | None) -> bool:
-    if cap is None:
-        return True
-    cap_nano = limits.to_nano(cap)
-    return cap_nano - spend_nano >= cap_nano * OVERLAP_MARGIN
 
 
 class Admission:
@@ -265,14 +260,10 @@ class Admission:
         self.clock = time.monotonic  # when an answer was heard (tests move it)
         self._rooms: dict[tuple[int, int], _Room] = {}
 
-    async def admit(self, call: Call, plan: Plan, world: World, deadline_s: float) -> Ticket | None:
-        """`deadline_s`: how long the request may run (a list price scheduled to start
-        by then is reserved for)."""
-        ask = self.prepare(call, plan, world, deadline_s)
-        return None if ask is None else await self.ask(ask)
-
     def prepare(self, call: Call, plan: Plan, world: World, deadline_s: float) -> Ask | None:
-        """The admission to send (None: limits are off). A suspended org is refused here."""
+        """The admission to send (None: limits are off). A suspended org is refused here.
+        `deadline_s`: how long the request may run (a list price scheduled to start by
+        then is reserved for)."""
         key = call.key
         lim = limits.of(key)
         if lim.suspended_reason is not None:
@@ -297,11 +288,13 @@ class Admission:
             output_tokens=r.max_output_tokens,
         )
         month = limits.month_at(now)
+        tokens, reserve = r.input_tokens + r.max_output_tokens, limits.nano_up(worst)
         return Ask(
             keys=limits.redis_keys(org_id=key.org_id, key_id=key.id, month=month),
+            args=limits.admit_args(lim, tokens=tokens, reserve_nano=reserve),
             limits=lim,
-            tokens=r.input_tokens + r.max_output_tokens,
-            reserve_nano=limits.nano_up(worst),
+            tokens=tokens,
+            reserve_nano=reserve,
             month=month,
             org_id=key.org_id,
             key_id=key.id,
@@ -310,10 +303,10 @@ class Admission:
 
     async def ask(self, ask: Ask) -> Ticket:
         """Send the admission and wait for its answer: the ticket, or the refusal raised."""
-        verdict = await limits.admit(
-            self.scripts, ask.keys, ask.limits, tokens=ask.tokens, reserve_nano=ask.reserve_nano
-        )
-        return await self._ticket(ask, verdict)
+        return await self._ticket(ask, await self._verdict(ask))
+
+    async def _verdict(self, ask: Ask) -> limits.Verdict:
+        return limits.Verdict.from_reply(await self.scripts.admit_reply(ask.keys, ask.args))
 
     def overlap(self, ask: Ask) -> Pending | None:
         """Send the admission without waiting for it, so that the backend is called in
@@ -331,7 +324,7 @@ class Admission:
         if not self.claim_room(ask):
             return None
         observability.overlapped()
-        return Pending(ask, self.scripts.admit_submit(ask.keys, self._args(ask)))
+        return Pending(ask, self.scripts.admit_submit(ask.keys, ask.args))
 
     def claim_room(self, ask: Ask) -> bool:
         """Whether this process's last answer for the key, at most `fresh_s` old, less
@@ -340,12 +333,12 @@ class Admission:
         room = self._rooms.get((ask.org_id, ask.key_id))
         if room is None or self.clock() - room.at > self.fresh_s:
             return False
-        lim = ask.limits
+        org_cap, key_cap = ask.args[limits.ARG_ORG_CAP], ask.args[limits.ARG_KEY_CAP]
         if not (
             _keeps_margin(room.requests - 1, room.requests_limit)
             and _keeps_margin(room.tokens - ask.tokens, room.tokens_limit)
-            and _keeps_cap_margin(room.org_spend + ask.reserve_nano, lim.org_cap_usd)
-            and _keeps_cap_margin(room.key_spend + ask.reserve_nano, lim.key_cap_usd)
+            and _keeps_margin(org_cap - room.org_spend - ask.reserve_nano, org_cap)
+            and _keeps_margin(key_cap - room.key_spend - ask.reserve_nano, key_cap)
         ):
             return False
         room.requests -= 1
@@ -375,10 +368,6 @@ class Admission:
                 return  # this many keys heard of in the last seconds: no room kept
         rooms[ask.org_id, ask.key_id] = _Room(verdict, now)
 
-    @staticmethod
-    def _args(ask: Ask) -> tuple[int, ...]:
-        return limits.admit_args(ask.limits, tokens=ask.tokens, reserve_nano=ask.reserve_nano)
-
     async def _ticket(self, ask: Ask, verdict: limits.Verdict) -> Ticket:
         """The ticket for the script's answer, or the refusal it says raised."""
         if verdict.status in (limits.SEED_ORG, limits.SEED_KEY):
@@ -388,9 +377,7 @@ class Admission:
                 org_id=ask.org_id, key_id=ask.key_id, month=ask.month
             )
             await limits.seed(self.redis, ask.keys, org_nano=org_nano, key_nano=key_nano)
-            verdict = await limits.admit(
-                self.scripts, ask.keys, ask.limits, tokens=ask.tokens, reserve_nano=ask.reserve_nano
-            )
+            verdict = await self._verdict(ask)
         if self.overlapping:
             self._remember(ask, verdict)
         lim, tokens, reserve = ask.limits, ask.tokens, ask.reserve_nano

@@ -33,11 +33,13 @@ def admission() -> Any:
 
 
 def ask(lim: limits.Limits = FREE, *, tokens: int = 100, reserve_usd: str = "0.01") -> Ask:
+    reserve = limits.to_nano(D(reserve_usd))
     return Ask(
         keys=("rl:org", "rl:key", "spend:org", "spend:key"),
+        args=limits.admit_args(lim, tokens=tokens, reserve_nano=reserve),
         limits=lim,
         tokens=tokens,
-        reserve_nano=limits.to_nano(D(reserve_usd)),
+        reserve_nano=reserve,
         month="2026-11",
         org_id=1,
         key_id=2,
