@@ -12,8 +12,10 @@ hiredis's C packer and parses replies with its C reader. Whatever is submitted i
 turn of the event loop leaves in one write; replies come back in order and resolve each
 submission as soon as its last reply is read (like ioredis's `enableAutoPipelining` and
 Lettuce's single shared connection). ~5 µs of CPU per command under load
-(bench/results/limits.md). Each command still runs on its own in Redis: a script is as
-atomic as ever; only the syscalls are shared.
+(bench/results/limits.md). A caller with more work to do before it waits can have what
+is queued written at once instead (`send_now`: an admission sent beside its backend
+call, on an otherwise idle connection). Each command still runs on its own in Redis: a
+script is as atomic as ever; only the syscalls are shared.
 
 `ClientPipe`, for everything else (Redis Cluster, TLS): the same batching by turn, sent
 as a redis-py pipeline (which splits it per node on Cluster).
@@ -66,6 +68,12 @@ class Pipe(Protocol):
 
     def unanswered(self) -> int:
         """Submissions not answered yet (queued, or written and waiting for replies)."""
+        ...
+
+    def send_now(self) -> None:
+        """Write what is queued now rather than at the end of this turn of the event
+        loop: for a caller that has more work before it waits, so that the reply is on
+        its way meanwhile."""
         ...
 
 
@@ -196,6 +204,10 @@ class AutoPipeline:
     def unanswered(self) -> int:
         connection = self._connection
         return len(self._queued) + (len(connection.waiting) if connection is not None else 0)
+
+    def send_now(self) -> None:
+        if self._queued and self._loop is asyncio.get_running_loop():
+            self._flush()  # the turn's own flush, still scheduled, finds nothing left
 
     def _reset(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._connection is not None:
@@ -383,6 +395,10 @@ class ClientPipe:
 
     def unanswered(self) -> int:
         return len(self._queued) + self._sent
+
+    def send_now(self) -> None:
+        if self._queued and self._loop is asyncio.get_running_loop():
+            self._flush()
 
     def _flush(self) -> None:
         batch, self._queued = self._queued, []

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 from redis import exceptions as redis_errors
@@ -73,6 +75,40 @@ def test_a_pipe_counts_what_is_unanswered_from_submission_to_reply():
             return counts
 
     assert _run(scenario) == [0, 3, 3, 0] * 2
+
+
+def test_a_submission_sent_now_reaches_redis_before_the_turn_ends_and_is_sent_once():
+    key = _key()
+    sync = redis.Redis.from_url(settings.REDIS_URL)
+
+    def in_redis_within(seconds: float) -> bool:
+        """Polled without yielding to the event loop: only a write already made counts."""
+        give_up = time.monotonic() + seconds
+        while time.monotonic() < give_up:
+            if sync.get(key) == b"1":
+                return True
+            time.sleep(0.01)
+        return False
+
+    async def scenario():
+        async with _redis(key) as client:
+            pipe = autopipe.pipe_for(client)
+            await pipe.submit([("PING",)])  # connected
+            left_at_turn_end = pipe.submit([("INCR", key)])
+            assert not in_redis_within(0.3)  # queued: it leaves when this turn ends
+            assert await left_at_turn_end == [1]
+            await client.delete(key)
+            sent_now = pipe.submit([("INCR", key)])
+            pipe.send_now()
+            assert in_redis_within(30)
+            assert await sent_now == [1]
+            await asyncio.sleep(0.05)  # the turn's own flush has run: nothing sent twice
+            return int(await client.get(key))
+
+    try:
+        assert _run(scenario) == 1
+    finally:
+        sync.close()
 
 
 def test_what_one_turn_submits_leaves_in_one_write_and_each_caller_gets_its_own_replies(

@@ -123,16 +123,20 @@ class Pipe:
     def __init__(self, unanswered: int) -> None:
         self.waiting = unanswered
         self.sent: list[Any] = []
+        self.written: list[Any] = []  # sent at once (`send_now`), not at the turn's end
 
     def unanswered(self) -> int:
-        return self.waiting
+        return self.waiting + len(self.sent)
 
     def submit(self, commands: Any, *, orphan: Any = None) -> Any:
         self.sent.append(commands)
         return object()
 
+    def send_now(self) -> None:
+        self.written = list(self.sent)
 
-def test_a_busy_process_waits_for_the_answer_where_a_quiet_one_sends_beside_it(admission):
+
+def test_a_busy_process_waits_for_its_answer_and_a_quiet_one_sends_it_beside_the_call(admission):
     request = ask()
     hear(admission, request)
     admission.scripts.pipe = busy = Pipe(unanswered=3)
@@ -143,6 +147,15 @@ def test_a_busy_process_waits_for_the_answer_where_a_quiet_one_sends_beside_it(a
     assert pending is not None
     [[command]] = quiet.sent
     assert command[0] == "EVALSHA"
+    assert quiet.written == []  # it leaves with the turn's write, beside the others
+
+
+def test_an_admission_alone_on_the_connection_is_written_at_once(admission):
+    request = ask()
+    hear(admission, request)
+    admission.scripts.pipe = idle = Pipe(unanswered=0)
+    assert admission.overlap(request) is not None
+    assert idle.written == idle.sent  # on its way while the backend call is made
 
 
 def answered(status: int) -> Pending:
