@@ -2,16 +2,19 @@
 
     make bench-limits        (python -m bench.limits [--quick])
 
-One run starts, on loopback: the backend simulator at `--time-scale 0` (answers at
-once), and two Tesseract gateways (one uvicorn worker each, uvloop, httptools) on the
-same SQLite catalog and the same Redis: one as deployed (`TESSERACT_LIMITS=1`: every
-request runs the admission script, and its settlement rides the usage XADD), one with
-`TESSERACT_LIMITS=0` (the switch exists for this "off" run only). The demo org is moved
-to a tier whose limits and budget are far out of reach, so every request is checked
-and none is refused.
+One run starts, on loopback, the backend simulator at `--time-scale 0` (answers at
+once), and then, for every round, three fresh Tesseract gateways (one uvicorn worker
+each, uvloop, httptools) on the same SQLite catalog and the same Redis: one as deployed
+(`TESSERACT_LIMITS=1`: every request runs the admission script, and its settlement rides
+the usage XADD), one with limits on and every admission answered before the backend is
+called (`TESSERACT_ADMISSION_OVERLAP=0`), and one with `TESSERACT_LIMITS=0` (the switch
+exists for this "off" run only). The demo org is moved to a tier whose limits and budget
+are far out of reach, so every request is checked and none is refused.
 
-The two gateways are measured in alternating rounds (on, off, on, off, ...), so both see
-the same contention on a shared machine; the report quotes the medians over rounds of
+In each round the three are measured one after another in rotating order, so all see
+the same contention on a shared machine; each round's processes are new, so the draw of
+one process (memory layout, hash seed: about a tenth of CPU per request here) does not
+decide the run. The report quotes the medians over rounds of
   * latency at concurrency 1: p50 and p99 of sequential non-streamed requests;
   * throughput at concurrency 32: wrk, as `make bench-gateway` (an aiohttp load
     generator where wrk is not installed: it shares the cores, so its req/s are lower;
@@ -39,7 +42,8 @@ import statistics
 import subprocess
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,7 @@ import uvloop
 from bench.gateway import (
     BODY,
     RESULTS,
+    Target,
     bench_env,
     catalog_and_key,
     free_port,
@@ -57,6 +62,7 @@ from bench.gateway import (
     start_gateway,
     start_simulator,
     wait_http,
+    wrk,
 )
 
 
@@ -126,26 +132,16 @@ def main() -> None:
     env = bench_env(work, sim_url)
 
     with ExitStack() as stack:
-        procs: list[subprocess.Popen[bytes]] = []
-        stack.callback(lambda: [p.terminate() for p in procs])
-        procs.append(start_simulator(sim_port, env, work))
+        simulator = start_simulator(sim_port, env, work)
+        stack.callback(simulator.terminate)
         key = catalog_and_key(env)
-        urls, pids = {}, {}
-        for mode, overrides in MODES.items():
-            port = free_port()
-            log = work / f"gateway-{mode}.log"
-            procs.append(start_gateway(port, {**env, **overrides}, log))
-            urls[mode] = f"http://127.0.0.1:{port}/v1/chat/completions"
-            pids[mode] = procs[-1].pid
         headers = {"Authorization": f"Bearer {key}"}
         wait_http(f"{sim_url}/health")
-        for url in urls.values():
-            wait_http(url.replace("/chat/completions", "/models"), headers=headers)
         results = compare(
-            urls, headers, pids=pids, redis_url=env["REDIS_URL"],
-            rounds=rounds, n=n, seconds=seconds,
+            env, work, headers, rounds=rounds, n=n, seconds=seconds,
         )  # fmt: skip
-        checked = asyncio.run(has_limit_headers(urls["on"], headers))
+        with gateways(env, work, headers, "checked") as (urls, _):
+            checked = asyncio.run(has_limit_headers(urls["on"], headers))
         micro = uvloop.run(in_process(env["REDIS_URL"], 2000 if not args.quick else 500))
     write(results, rounds=rounds, n=n, seconds=seconds, checked=checked, micro=micro)
 
@@ -169,54 +165,97 @@ def redis_cpu_s(redis_url: str) -> float:
     return redis_stats(redis_url)[0]
 
 
+@contextmanager
+def gateways(
+    env: dict[str, str], work: Path, headers: dict[str, str], tag: str
+) -> Iterator[tuple[dict[str, str], dict[str, int]]]:
+    """A fresh gateway per mode (`MODES`), started together, answering and warmed up (key
+    cache, world, scripts, and 32 connections' pools and buffers: a new process's first
+    seconds at c=32 cost more CPU per request than its later ones): their URLs and worker
+    pids. Stopped on leaving."""
+    procs: list[subprocess.Popen[bytes]] = []
+    urls, pids = {}, {}
+    try:
+        for mode, overrides in MODES.items():
+            port = free_port()
+            log = work / f"gateway-{mode}-{tag}.log"
+            procs.append(start_gateway(port, {**env, **overrides}, log))
+            urls[mode] = f"http://127.0.0.1:{port}/v1/chat/completions"
+            pids[mode] = procs[-1].pid
+        for url in urls.values():
+            wait_http(url.replace("/chat/completions", "/models"), headers=headers)
+        for mode, url in urls.items():
+            asyncio.run(sequential(url, headers, 50))
+            warm_up_at_32(Target(mode, url, headers, BODY))
+        yield urls, pids
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+
+
+def warm_up_at_32(target: Target) -> None:
+    """A second at 32 concurrent requests."""
+    if shutil.which("wrk"):
+        wrk(target, stream=False, seconds=1)
+    else:
+        asyncio.run(throughput(target.url, target.headers, 1.0))
+
+
 def compare(
-    urls: dict[str, str],
+    env: dict[str, str],
+    work: Path,
     headers: dict[str, str],
     *,
-    pids: dict[str, int],
-    redis_url: str,
     rounds: int,
     n: int,
     seconds: float,
 ) -> dict[str, dict[str, list[float]]]:
-    """The gateways (`MODES`) in rotating order round by round: per round, each one's p50 and
-    p99 of `n` sequential requests, its req/s at 32 concurrent (wrk when installed,
-    else the aiohttp load generator), and the CPU time per request under that load of
-    the gateway's process and of Redis (what a machine to itself would turn into
-    throughput; the wall-clock req/s of a shared machine swing with its other load)."""
-    from bench.gateway import Target, wrk
+    """The gateways (`MODES`) round by round, fresh processes each round, measured in
+    rotating order: per round, each one's p50 and p99 of `n` sequential requests, its
+    req/s at 32 concurrent (wrk when installed, else the aiohttp load generator), and the
+    CPU time per request under that load of the gateway's process and of Redis (what a
+    machine to itself would turn into throughput; the wall-clock req/s of a shared
+    machine swing with its other load).
 
+    Fresh processes every round, because on this kind of machine two processes of the
+    same code differ by about a tenth in CPU per request (memory layout, hash seeds), as
+    much as what is measured: one process per mode for the whole run would measure
+    that draw; a new draw per round lets the medians over rounds average it out."""
+    redis_url = env["REDIS_URL"]
     results: dict[str, dict[str, list[float]]] = {
         m: {"p50": [], "p99": [], "rps": [], "cpu_us": [], "redis_cpu_us": [], "waits": []}
-        for m in urls
+        for m in MODES
     }
-    for url in urls.values():  # warm up both (key cache, world, scripts)
-        asyncio.run(sequential(url, headers, 50))
-    modes = list(urls)
+    modes = list(MODES)
     for r in range(rounds):
-        for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
-            url = urls[mode]
-            waits0 = waits(pids[mode])
-            lat = asyncio.run(sequential(url, headers, n))
-            results[mode]["waits"].append((waits(pids[mode]) - waits0) / n)
-            results[mode]["p50"].append(statistics.median(lat))
-            results[mode]["p99"].append(pct(lat, 0.99))
-            cpu0, redis0, t0 = cpu_s(pids[mode]), redis_cpu_s(redis_url), time.perf_counter()
-            if shutil.which("wrk"):
-                rps = wrk(Target(mode, url, headers, BODY), stream=False, seconds=round(seconds))
-            else:
-                rps = asyncio.run(throughput(url, headers, seconds))
-            requests = rps * (time.perf_counter() - t0)  # wrk's own start-up is negligible
-            results[mode]["rps"].append(rps)
-            results[mode]["cpu_us"].append((cpu_s(pids[mode]) - cpu0) / requests * 1e6)
-            results[mode]["redis_cpu_us"].append((redis_cpu_s(redis_url) - redis0) / requests * 1e6)
-            print(
-                f"round {r + 1} {mode}: p50 {results[mode]['p50'][-1]:.3f} ms, "
-                f"{results[mode]['waits'][-1]:.1f} sleeps/request, {rps:.0f} req/s, "
-                f"CPU/request: gateway {results[mode]['cpu_us'][-1]:.0f} µs, "
-                f"Redis {results[mode]['redis_cpu_us'][-1]:.0f} µs",
-                flush=True,
-            )
+        with gateways(env, work, headers, f"round-{r + 1}") as (urls, pids):
+            for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
+                url = urls[mode]
+                waits0 = waits(pids[mode])
+                lat = asyncio.run(sequential(url, headers, n))
+                results[mode]["waits"].append((waits(pids[mode]) - waits0) / n)
+                results[mode]["p50"].append(statistics.median(lat))
+                results[mode]["p99"].append(pct(lat, 0.99))
+                cpu0, redis0, t0 = cpu_s(pids[mode]), redis_cpu_s(redis_url), time.perf_counter()
+                if shutil.which("wrk"):
+                    target = Target(mode, url, headers, BODY)
+                    rps = wrk(target, stream=False, seconds=round(seconds))
+                else:
+                    rps = asyncio.run(throughput(url, headers, seconds))
+                requests = rps * (time.perf_counter() - t0)  # wrk's own start-up is negligible
+                results[mode]["rps"].append(rps)
+                results[mode]["cpu_us"].append((cpu_s(pids[mode]) - cpu0) / requests * 1e6)
+                redis_us = (redis_cpu_s(redis_url) - redis0) / requests * 1e6
+                results[mode]["redis_cpu_us"].append(redis_us)
+                print(
+                    f"round {r + 1} {mode}: p50 {results[mode]['p50'][-1]:.3f} ms, "
+                    f"{results[mode]['waits'][-1]:.1f} sleeps/request, {rps:.0f} req/s, "
+                    f"CPU/request: gateway {results[mode]['cpu_us'][-1]:.0f} µs, "
+                    f"Redis {redis_us:.0f} µs",
+                    flush=True,
+                )
     return results
 
 
@@ -334,6 +373,9 @@ class _Answered:
         future = asyncio.get_running_loop().create_future()
         future.set_result([list(self.REPLY)])
         return future
+
+    def send_now(self) -> None:
+        pass
 
 
 PYTHON_PATH = "admit + settle, the gateway's Python alone (8 candidates priced apart; no Redis)"
