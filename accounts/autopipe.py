@@ -73,7 +73,8 @@ class Pipe(Protocol):
     def send_now(self) -> None:
         """Write what is queued now rather than at the end of this turn of the event
         loop: for a caller that has more work before it waits, so that the reply is on
-        its way meanwhile."""
+        its way meanwhile. What is submitted after it in the same turn still leaves
+        together, at the turn's end."""
         ...
 
 
@@ -207,7 +208,7 @@ class AutoPipeline:
 
     def send_now(self) -> None:
         if self._queued and self._loop is asyncio.get_running_loop():
-            self._flush()  # the turn's own flush, still scheduled, finds nothing left
+            self._write_queued()  # the turn's own flush stays scheduled for what follows
 
     def _reset(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._connection is not None:
@@ -217,6 +218,9 @@ class AutoPipeline:
 
     def _flush(self) -> None:
         self._flush_soon = False
+        self._write_queued()
+
+    def _write_queued(self) -> None:
         connection = self._connection
         if connection is None or connection.lost:
             if self._connecting is None:
@@ -377,16 +381,18 @@ class ClientPipe:
         self._queued: list[tuple[Sequence[Command], _Submission]] = []
         self._sending: set[asyncio.Task[None]] = set()
         self._sent = 0  # submissions in the batches being sent
+        self._flush_soon = False
 
     def submit(
         self, commands: Sequence[Command], *, orphan: Orphan | None = None
     ) -> asyncio.Future[list[Any]]:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            self._loop, self._queued, self._sent = loop, [], 0
+            self._loop, self._queued, self._sent, self._flush_soon = loop, [], 0, False
         future: asyncio.Future[list[Any]] = loop.create_future()
         self._queued.append((commands, _Submission(future, len(commands), orphan)))
-        if len(self._queued) == 1:
+        if not self._flush_soon:
+            self._flush_soon = True
             loop.call_soon(self._flush)
         return future
 
@@ -397,10 +403,16 @@ class ClientPipe:
         return len(self._queued) + self._sent
 
     def send_now(self) -> None:
+        """Starts sending at once: redis-py's pipeline writes when its task first runs,
+        at the start of the next turn rather than at the end of the next."""
         if self._queued and self._loop is asyncio.get_running_loop():
-            self._flush()
+            self._send_queued()
 
     def _flush(self) -> None:
+        self._flush_soon = False
+        self._send_queued()
+
+    def _send_queued(self) -> None:
         batch, self._queued = self._queued, []
         batch = [(c, s) for c, s in batch if not s.future.done()]  # a caller gone: not sent
         if not batch:

@@ -625,7 +625,7 @@ def write(
     if limits_cost is not None:
         added, lost = limits_cost
         lines += [
-            f"| rate limits and budgets: p50 added (on − off, alternating rounds; "
+            f"| rate limits and budgets: p50 added (on − off, fresh gateways every round; "
             f"limits.md) | {added:.3f} ms | ≤ 0.15 ms |",
             f"| rate limits and budgets: throughput lost | {lost:.1f}% | ≤ 10% |",
         ]

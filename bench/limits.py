@@ -42,7 +42,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -140,7 +140,7 @@ def main() -> None:
         results = compare(
             env, work, headers, rounds=rounds, n=n, seconds=seconds,
         )  # fmt: skip
-        with gateways(env, work, headers, "checked") as (urls, _):
+        with gateways(env, work, headers, "checked", modes=("on",)) as (urls, _):
             checked = asyncio.run(has_limit_headers(urls["on"], headers))
         micro = uvloop.run(in_process(env["REDIS_URL"], 2000 if not args.quick else 500))
     write(results, rounds=rounds, n=n, seconds=seconds, checked=checked, micro=micro)
@@ -167,23 +167,32 @@ def redis_cpu_s(redis_url: str) -> float:
 
 @contextmanager
 def gateways(
-    env: dict[str, str], work: Path, headers: dict[str, str], tag: str
+    env: dict[str, str],
+    work: Path,
+    headers: dict[str, str],
+    tag: str,
+    modes: Sequence[str] = tuple(MODES),
 ) -> Iterator[tuple[dict[str, str], dict[str, int]]]:
-    """A fresh gateway per mode (`MODES`), started together, answering and warmed up (key
+    """A fresh gateway per mode (`MODES`; uvicorn, as `make bench-gateway`'s default
+    server), started together, each its own live process, answering and warmed up (key
     cache, world, scripts, and 32 connections' pools and buffers: a new process's first
     seconds at c=32 cost more CPU per request than its later ones): their URLs and worker
     pids. Stopped on leaving."""
     procs: list[subprocess.Popen[bytes]] = []
     urls, pids = {}, {}
     try:
-        for mode, overrides in MODES.items():
+        for mode in modes:
             port = free_port()
             log = work / f"gateway-{mode}-{tag}.log"
-            procs.append(start_gateway(port, {**env, **overrides}, log))
+            procs.append(start_gateway(port, {**env, **MODES[mode]}, log))
             urls[mode] = f"http://127.0.0.1:{port}/v1/chat/completions"
             pids[mode] = procs[-1].pid
         for url in urls.values():
             wait_http(url.replace("/chat/completions", "/models"), headers=headers)
+        # Two modes given one port (free_port lets it go before uvicorn binds) would be
+        # answered by one process: each must be up, on a port of its own.
+        if len(set(urls.values())) < len(urls) or any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a gateway did not start on a port of its own (logs in {work})")
         for mode, url in urls.items():
             asyncio.run(sequential(url, headers, 50))
             warm_up_at_32(Target(mode, url, headers, BODY))
@@ -192,7 +201,11 @@ def gateways(
         for proc in procs:
             proc.terminate()
         for proc in procs:
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def warm_up_at_32(target: Target) -> None:
@@ -374,9 +387,6 @@ class _Answered:
         future.set_result([list(self.REPLY)])
         return future
 
-    def send_now(self) -> None:
-        pass
-
 
 PYTHON_PATH = "admit + settle, the gateway's Python alone (8 candidates priced apart; no Redis)"
 
@@ -485,8 +495,8 @@ def write(
     on, off = med["on"], med["off"]
     overhead = on["p50"] - off["p50"]
     loss = (off["rps"] - on["rps"]) / off["rps"] * 100
-    # Each round measures on and off back to back: their differences pair out the load
-    # that changes between rounds.
+    # Each round measures its modes one after another, on processes of its own: their
+    # differences pair out the load that changes between rounds.
     paired = [a - b for a, b in zip(results["on"]["p50"], results["off"]["p50"], strict=True)]
     paired_loss = [
         (b - a) / b * 100 for a, b in zip(results["on"]["rps"], results["off"]["rps"], strict=True)
@@ -498,7 +508,7 @@ def write(
         f"{os.cpu_count()} cores (shared with other work; run with `nice`). Upstream: the "
         "backend simulator at time scale 0. Gateways on one Redis and one catalog, "
         "`TESSERACT_LIMITS=1` and `=0` (and `=1` with `TESSERACT_ADMISSION_OVERLAP=0`), "
-        "measured in rotating order round by round; medians of "
+        "fresh processes every round, measured in rotating order; medians of "
         f"{rounds} rounds, each {n} sequential requests (latency) and {seconds:.0f} s at "
         f"32 concurrent requests ({LOAD}). "
         f"Limit headers present with limits on: {'yes' if checked else 'NO'}.",

@@ -156,6 +156,9 @@ def test_an_admission_alone_on_the_connection_is_written_at_once(admission):
     admission.scripts.pipe = idle = Pipe(unanswered=0)
     assert admission.overlap(request) is not None
     assert idle.written == idle.sent  # on its way while the backend call is made
+    admission.scripts.pipe = one_other = Pipe(unanswered=1)
+    assert admission.overlap(request) is not None
+    assert one_other.written == []  # leaves with the turn's write
 
 
 def answered(status: int) -> Pending:
