@@ -11,14 +11,14 @@ called (`TESSERACT_ADMISSION_OVERLAP=0`), and one with `TESSERACT_LIMITS=0` (the
 exists for this "off" run only). The demo org is moved to a tier whose limits and budget
 are far out of reach, so every request is checked and none is refused.
 
-In each round the three are measured one after another in rotating order, so all see
-the same contention on a shared machine; each round's processes are new, so the draw of
-one process (memory layout, hash seed: about a tenth of CPU per request here) does not
-decide the run. The report quotes the medians over rounds of
-  * latency at concurrency 1: p50 and p99 of sequential non-streamed requests;
-  * throughput at concurrency 32: wrk, as `make bench-gateway` (an aiohttp load
-    generator where wrk is not installed: it shares the cores, so its req/s are lower;
-    the delta is what counts).
+Each round's processes are new, so the draw of one process (about a tenth of CPU per
+request here) does not decide the run. The report quotes the medians over rounds of
+  * latency at concurrency 1: p50 and p99 of sequential non-streamed requests, taken in
+    turn (one to each gateway, then the next), so that every side meets the same
+    moments of a shared machine;
+  * throughput at concurrency 32, one gateway after another in rotating order: wrk, as
+    `make bench-gateway` (an aiohttp load generator where wrk is not installed: it
+    shares the cores, so its req/s are lower; the delta is what counts).
 and, in this process, the admission itself against the same Redis, in alternating
 rounds: the median time of an admission alone (c=1) and of each of 32 concurrent ones
 (wall time / 32: what each costs the event loop), by the path as shipped (one
@@ -66,17 +66,28 @@ from bench.gateway import (
 )
 
 
-async def sequential(url: str, headers: dict[str, str], n: int) -> list[float]:
-    out = []
+async def taken_in_turn(
+    urls: dict[str, str], headers: dict[str, str], n: int
+) -> dict[str, list[float]]:
+    """`n` sequential requests to each gateway (ms), taken in turn: one to each, in the
+    order given, then the next. Every side meets the same moments of a shared machine,
+    whose speed here moves by more than a limit costs from one second to the next."""
+    out: dict[str, list[float]] = {mode: [] for mode in urls}
     async with aiohttp.ClientSession() as session:
         for _ in range(n):
-            t0 = time.perf_counter()
-            async with session.post(url, json=BODY, headers=headers) as r:
-                await r.read()
-                if r.status != 200:
-                    raise RuntimeError(f"{r.status}: {await r.text()}")
-            out.append((time.perf_counter() - t0) * 1000)
+            for mode, url in urls.items():
+                t0 = time.perf_counter()
+                async with session.post(url, json=BODY, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"{mode} {r.status}: {await r.text()}")
+                out[mode].append((time.perf_counter() - t0) * 1000)
     return out
+
+
+async def sequential(url: str, headers: dict[str, str], n: int) -> list[float]:
+    """`n` sequential requests to one gateway (ms)."""
+    return (await taken_in_turn({url: url}, headers, n))[url]
 
 
 async def throughput(url: str, headers: dict[str, str], seconds: float, c: int = 32) -> float:
@@ -244,13 +255,16 @@ def compare(
     modes = list(MODES)
     for r in range(rounds):
         with gateways(env, work, headers, f"round-{r + 1}") as (urls, pids):
-            for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:
-                url = urls[mode]
-                waits0 = waits(pids[mode])
-                lat = asyncio.run(sequential(url, headers, n))
-                results[mode]["waits"].append((waits(pids[mode]) - waits0) / n)
+            order = modes[r % len(modes) :] + modes[: r % len(modes)]
+            waits0 = {mode: waits(pids[mode]) for mode in order}
+            latencies = asyncio.run(taken_in_turn({m: urls[m] for m in order}, headers, n))
+            for mode in order:
+                lat = latencies[mode]
+                results[mode]["waits"].append((waits(pids[mode]) - waits0[mode]) / n)
                 results[mode]["p50"].append(statistics.median(lat))
                 results[mode]["p99"].append(pct(lat, 0.99))
+            for mode in order:
+                url = urls[mode]
                 cpu0, redis0, t0 = cpu_s(pids[mode]), redis_cpu_s(redis_url), time.perf_counter()
                 if shutil.which("wrk"):
                     target = Target(mode, url, headers, BODY)
@@ -508,9 +522,10 @@ def write(
         f"{os.cpu_count()} cores (shared with other work; run with `nice`). Upstream: the "
         "backend simulator at time scale 0. Gateways on one Redis and one catalog, "
         "`TESSERACT_LIMITS=1` and `=0` (and `=1` with `TESSERACT_ADMISSION_OVERLAP=0`), "
-        "fresh processes every round, measured in rotating order; medians of "
-        f"{rounds} rounds, each {n} sequential requests (latency) and {seconds:.0f} s at "
-        f"32 concurrent requests ({LOAD}). "
+        "fresh processes every round; medians of "
+        f"{rounds} rounds, each {n} sequential requests to each gateway taken in turn "
+        f"(latency) and {seconds:.0f} s at 32 concurrent requests on each in rotating "
+        f"order ({LOAD}). "
         f"Limit headers present with limits on: {'yes' if checked else 'NO'}.",
         "",
         "| limits | p50 ms | p99 ms | sleeps/request c=1 | req/s c=32 "
