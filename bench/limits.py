@@ -64,6 +64,7 @@ from bench.gateway import (
     wait_http,
     wrk,
 )
+from tesseract_web.run import stop_processes
 
 
 async def taken_in_turn(
@@ -209,14 +210,7 @@ def gateways(
             warm_up_at_32(Target(mode, url, headers, BODY))
         yield urls, pids
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs, timeout_s=30)
 
 
 def warm_up_at_32(target: Target) -> None:

@@ -424,6 +424,10 @@ class Scripts:
         command = ("EVALSHA", self.admit.sha, len(keys), *keys, *args)
         return self.pipe.submit([command], orphan=functools.partial(self._orphaned, keys, args))
 
+    async def admit_verdict(self, keys: Sequence[str], args: Sequence[int]) -> Verdict:
+        """The admit script's answer, sent with everything else of this turn."""
+        return Verdict.from_reply(await self.admit_reply(keys, args))
+
     async def admit_reply(self, keys: Sequence[str], args: Sequence[int]) -> Any:
         """The admit script's raw reply, sent with everything else of this turn."""
         (reply,) = await self.admit_submit(keys, args)
@@ -481,7 +485,7 @@ async def admit(
     reserve_nano: int,
 ) -> Verdict:
     args = admit_args(limits, tokens=tokens, reserve_nano=reserve_nano)
-    return Verdict.from_reply(await scripts.admit_reply(keys, args))
+    return await scripts.admit_verdict(keys, args)
 
 
 #: where the caps (nano-dollars, -1: none) are in `admit_args`

@@ -24,6 +24,7 @@ import pytest
 import yaml
 from django.conf import settings
 
+from tesseract_web.run import stop_processes
 from tests.workers import database_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,13 +100,7 @@ def services(transactional_db, tmp_path):
             checks[name] = ["sh", "-c", " ".join(check)] if shell else check
         yield procs, checks, env
     finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs.values(), timeout_s=20)
 
 
 def test_every_service_of_compose_starts_and_passes_its_own_health_check(services):

@@ -28,6 +28,7 @@ from accounts import keycache, redis_client
 from backends import health, livestate
 from backends.signals import WORLD_CHANNEL
 from billing import limits, metering
+from tesseract_web.run import stop_processes
 
 ALICE_ORG, BOB_ORG = 1, 2
 ALICE_KEY, BOB_KEY = 11, 22
@@ -119,14 +120,7 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             )
         yield "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports[:2])
     finally:
-        for server in servers:
-            server.terminate()
-        for server in servers:
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+        stop_processes(servers, timeout_s=10)
 
 
 def ports_of(url: str) -> list[int]:

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.db import connection
 
 from tesseract_web.celery import environment_queues
+from tesseract_web.run import stop_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,11 +100,4 @@ class Workers:
         task.apply_async(kwargs=kwargs, queue=self.queue)  # type: ignore[attr-defined]
 
     def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(self.procs, timeout_s=10)

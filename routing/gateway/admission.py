@@ -303,10 +303,7 @@ class Admission:
 
     async def ask(self, ask: Ask) -> Ticket:
         """Send the admission and wait for its answer: the ticket, or the refusal raised."""
-        return await self._ticket(ask, await self._verdict(ask))
-
-    async def _verdict(self, ask: Ask) -> limits.Verdict:
-        return limits.Verdict.from_reply(await self.scripts.admit_reply(ask.keys, ask.args))
+        return await self._ticket(ask, await self.scripts.admit_verdict(ask.keys, ask.args))
 
     def overlap(self, ask: Ask) -> Pending | None:
         """Send the admission without waiting for it, so that the backend is called in
@@ -386,7 +383,7 @@ class Admission:
                 org_id=ask.org_id, key_id=ask.key_id, month=ask.month
             )
             await limits.seed(self.redis, ask.keys, org_nano=org_nano, key_nano=key_nano)
-            verdict = await self._verdict(ask)
+            verdict = await self.scripts.admit_verdict(ask.keys, ask.args)
         if self.overlapping:
             self._remember(ask, verdict)
         lim, tokens, reserve = ask.limits, ask.tokens, ask.reserve_nano
