@@ -12,10 +12,11 @@ hiredis's C packer and parses replies with its C reader. Whatever is submitted i
 turn of the event loop leaves in one write; replies come back in order and resolve each
 submission as soon as its last reply is read (like ioredis's `enableAutoPipelining` and
 Lettuce's single shared connection). ~5 µs of CPU per command under load
-(bench/results/limits.md). A caller with more work to do before it waits can have what
-is queued written at once instead (`send_now`: an admission sent beside its backend
-call, on an otherwise idle connection). Each command still runs on its own in Redis: a
-script is as atomic as ever; only the syscalls are shared.
+(bench/results/limits.md). Each command still runs on its own in Redis: a script is as
+atomic as ever; only the syscalls are shared. Leaving at the end of the turn also puts
+it after whatever else the turn wrote: an admission sent beside its backend call
+(`routing.gateway.admission`) leaves just after the call, so the backend, the longer
+leg, starts first.
 
 `ClientPipe`, for everything else (Redis Cluster, TLS): the same batching by turn, sent
 as a redis-py pipeline (which splits it per node on Cluster).
@@ -68,13 +69,6 @@ class Pipe(Protocol):
 
     def unanswered(self) -> int:
         """Submissions not answered yet (queued, or written and waiting for replies)."""
-        ...
-
-    def send_now(self) -> None:
-        """Write what is queued now rather than at the end of this turn of the event
-        loop: for a caller that has more work before it waits, so that the reply is on
-        its way meanwhile. What is submitted after it in the same turn still leaves
-        together, at the turn's end."""
         ...
 
 
@@ -206,10 +200,6 @@ class AutoPipeline:
         connection = self._connection
         return len(self._queued) + (len(connection.waiting) if connection is not None else 0)
 
-    def send_now(self) -> None:
-        if self._queued and self._loop is asyncio.get_running_loop():
-            self._write_queued()  # the turn's own flush stays scheduled for what follows
-
     def _reset(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._connection is not None:
             self._connection.abandon()
@@ -218,9 +208,6 @@ class AutoPipeline:
 
     def _flush(self) -> None:
         self._flush_soon = False
-        self._write_queued()
-
-    def _write_queued(self) -> None:
         connection = self._connection
         if connection is None or connection.lost:
             if self._connecting is None:
@@ -402,17 +389,8 @@ class ClientPipe:
     def unanswered(self) -> int:
         return len(self._queued) + self._sent
 
-    def send_now(self) -> None:
-        """Starts sending at once: redis-py's pipeline writes when its task first runs,
-        at the start of the next turn rather than at the end of the next."""
-        if self._queued and self._loop is asyncio.get_running_loop():
-            self._send_queued()
-
     def _flush(self) -> None:
         self._flush_soon = False
-        self._send_queued()
-
-    def _send_queued(self) -> None:
         batch, self._queued = self._queued, []
         batch = [(c, s) for c, s in batch if not s.future.done()]  # a caller gone: not sent
         if not batch:
