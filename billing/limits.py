@@ -85,6 +85,14 @@ REFUSALS = frozenset({RPM_ORG, RPM_KEY, TPM_ORG, TPM_KEY, BUDGET_ORG, BUDGET_KEY
 NO_FEE = rating.PlatformFee(rating.ZERO, rating.ZERO)
 
 
+def _limit(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+def _cap(value: Decimal | None) -> int:
+    return -1 if value is None else to_nano(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """A key's limits in force, as the gateway needs them (None: no limit)."""
@@ -100,6 +108,22 @@ class Limits:
     suspended_reason: str | None = None
     #: what a request served by the org's own private cluster pays (the tier's)
     platform_fee: rating.PlatformFee = NO_FEE
+    #: the admit script's limit arguments (`admit_args`), worked out once: the hot path
+    #: asks them per request, and hashing these fields would cost more than reading
+    limit_args: tuple[int, int, int, int, int, int] = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        args = (
+            _limit(self.org_rpm),
+            _limit(self.key_rpm),
+            _limit(self.org_tpm),
+            _limit(self.key_tpm),
+            _cap(self.org_cap_usd),
+            _cap(self.key_cap_usd),
+        )
+        object.__setattr__(self, "limit_args", args)
 
 
 UNLIMITED = Limits("none", None, None, None, None, None, None, rating.ZERO)
@@ -388,14 +412,6 @@ class Verdict(NamedTuple):
         )  # fmt: skip
 
 
-def _limit(value: int | None) -> int:
-    return -1 if value is None else value
-
-
-def _cap(value: Decimal | None) -> int:
-    return -1 if value is None else to_nano(value)
-
-
 class Scripts:
     """The two scripts, registered once per client (EVALSHA, reloaded on NOSCRIPT).
 
@@ -462,20 +478,6 @@ class Scripts:
             logger.warning("could not release an abandoned admission on %s", keys[0], exc_info=True)
 
 
-@functools.lru_cache(maxsize=4096)
-def _limit_args(limits: Limits) -> tuple[int, int, int, int, int, int]:
-    """The script's limit arguments for a key's limits (cached: the same object serves
-    every request of the key)."""
-    return (
-        _limit(limits.org_rpm),
-        _limit(limits.key_rpm),
-        _limit(limits.org_tpm),
-        _limit(limits.key_tpm),
-        _cap(limits.org_cap_usd),
-        _cap(limits.key_cap_usd),
-    )
-
-
 async def admit(
     scripts: Scripts,
     keys: Sequence[str],
@@ -494,7 +496,7 @@ ARG_ORG_CAP, ARG_KEY_CAP = 5, 6
 
 def admit_args(limits: Limits, *, tokens: int, reserve_nano: int) -> tuple[int, ...]:
     """The admit script's arguments (after its keys)."""
-    org_rpm, key_rpm, org_tpm, key_tpm, org_cap, key_cap = _limit_args(limits)
+    org_rpm, key_rpm, org_tpm, key_tpm, org_cap, key_cap = limits.limit_args
     return (
         org_rpm,
         key_rpm,

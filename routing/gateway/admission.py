@@ -100,20 +100,31 @@ class _Tariffs:
     def __init__(self) -> None:
         self._endpoints: Mapping[str, Endpoint] | None = None
         self._books: dict[tuple[Decimal, rating.PlatformFee], dict[str, _Entry]] = {}
+        #: the last limits asked for and their book: hashing a tier's terms (Decimals)
+        #: costs more than pricing a candidate, and one key's requests come in runs
+        self._last: tuple[limits.Limits | None, dict[str, _Entry]] = (None, {})
 
     def _book(self, endpoints: Mapping[str, Endpoint], lim: limits.Limits) -> dict[str, _Entry]:
         if endpoints is not self._endpoints:
-            self._endpoints, self._books = endpoints, {}
+            self._endpoints, self._books, self._last = endpoints, {}, (None, {})
+        last, book = self._last
+        if lim is last:
+            return book
         terms = (lim.margin_pct, lim.platform_fee)
         book = self._books.get(terms)
         if book is None:
             book = self._books[terms] = {}
+        self._last = (lim, book)
         return book
 
+    @staticmethod
     def _entry(
-        self, endpoints: Mapping[str, Endpoint], lim: limits.Limits, backend_id: str, at: float
+        book: dict[str, _Entry],
+        endpoints: Mapping[str, Endpoint],
+        lim: limits.Limits,
+        backend_id: str,
+        at: float,
     ) -> _Entry:
-        book = self._book(endpoints, lim)
         entry = book.get(backend_id)
         if entry is None or not entry[2] <= at < entry[3]:
             endpoint = endpoints[backend_id]
@@ -147,8 +158,9 @@ class _Tariffs:
         """The most (pico-dollars) a request admitted `now` may be charged on any of
         these backends if it completes by `ends_by`."""
         worst = 0
+        book = self._book(endpoints, lim)
         for backend_id in backend_ids:
-            in_force, scheduled, _, _ = self._entry(endpoints, lim, backend_id, now)
+            in_force, scheduled, _, _ = self._entry(book, endpoints, lim, backend_id, now)
             per_request, per_input, per_output = in_force  # limits.pico_charge, inline
             charge = per_request + input_tokens * per_input + output_tokens * per_output
             if charge > worst:
@@ -162,7 +174,7 @@ class _Tariffs:
         self, endpoints: Mapping[str, Endpoint], lim: limits.Limits, backend_id: str, at: float
     ) -> limits.Tariff:
         """The tariff of a request that completed at `at`."""
-        return self._entry(endpoints, lim, backend_id, at)[0]
+        return self._entry(self._book(endpoints, lim), endpoints, lim, backend_id, at)[0]
 
 
 #: the tariff in force; the list prices scheduled after it (start, tariff); from; until
