@@ -111,9 +111,7 @@ class _Tariffs:
         if lim is last:
             return book
         terms = (lim.margin_pct, lim.platform_fee)
-        book = self._books.get(terms)
-        if book is None:
-            book = self._books[terms] = {}
+        book = self._books.setdefault(terms, {})
         self._last = (lim, book)
         return book
 
