@@ -13,10 +13,7 @@ turn of the event loop leaves in one write; replies come back in order and resol
 submission as soon as its last reply is read (like ioredis's `enableAutoPipelining` and
 Lettuce's single shared connection). ~5 µs of CPU per command under load
 (bench/results/limits.md). Each command still runs on its own in Redis: a script is as
-atomic as ever; only the syscalls are shared. Leaving at the end of the turn also puts
-it after whatever else the turn wrote: an admission sent beside its backend call
-(`routing.gateway.admission`) leaves just after the call, so the backend, the longer
-leg, starts first.
+atomic as ever; only the syscalls are shared.
 
 `ClientPipe`, for everything else (Redis Cluster, TLS): the same batching by turn, sent
 as a redis-py pipeline (which splits it per node on Cluster).

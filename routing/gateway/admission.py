@@ -331,11 +331,11 @@ class Admission:
         if not self.claim_room(ask):
             return None
         observability.overlapped()
-        # Queued: it leaves with the turn's write (`accounts.autopipe`), just after the
-        # backend call is written in the same turn, so the backend (the longer leg)
-        # starts first. Written before the call instead, it cost a sequential request
-        # about 0.03 ms more on two shared cores, though its answer was then more often
-        # in before the process next waited (`make bench-limits`).
+        # Queued: it leaves with the turn's write (`accounts.autopipe`), once the
+        # backend call is prepared. Written at once instead, before the call was
+        # prepared, it measured about 0.04 ms more per sequential request on two shared
+        # cores, though its answer was then more often in before the process next
+        # waited (bench/results/gateway.md, 2026-11-30 10:03).
         return Pending(ask, self.scripts.admit_submit(ask.keys, ask.args))
 
     def claim_room(self, ask: Ask) -> bool:

@@ -145,14 +145,14 @@ def test_a_busy_process_waits_for_its_answer_and_a_quiet_one_sends_it_beside_the
     assert command[0] == "EVALSHA"
 
 
-def test_an_admission_alone_on_the_connection_is_queued_to_leave_after_the_backend_call(
+def test_an_admission_alone_on_the_connection_is_queued_to_leave_with_the_turn_s_write(
     admission,
 ):
     request = ask()
     hear(admission, request)
     admission.scripts.pipe = idle = Pipe(unanswered=0)  # no way to write it at once
     assert admission.overlap(request) is not None
-    [[command]] = idle.sent  # it leaves with the turn's write, after the call's
+    [[command]] = idle.sent  # it leaves with the turn's write
     assert command[0] == "EVALSHA"
 
 

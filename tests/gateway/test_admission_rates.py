@@ -106,3 +106,24 @@ def test_a_new_catalog_is_priced_afresh_and_an_old_one_still_settles_by_its_own_
     assert _worst_usd(tariffs, after, "b") == D("0.085")
     assert tariffs.in_force(before, PRO, "b", T0) == (0, 1_200_000, 2_400_000)
     assert _worst_usd(tariffs, after, "b") == D("0.085")
+
+
+def test_one_process_pricing_keys_of_different_tiers_in_turn_prices_each_by_its_own_terms():
+    catalog = _catalog(_endpoint("a"), _endpoint("own", org_id=7))
+    free = limits.Limits("free", None, None, None, None, None, None, D("50"))
+    pro_again = limits.Limits(
+        "pro", None, None, None, None, None, None, D("20"), platform_fee=PRO_FEE
+    )  # the same terms as PRO in another object: a key reloaded
+
+    def worst(lim: limits.Limits, *ids: str) -> D:
+        pico = tariffs.worst(catalog, lim, ids, T0, T0 + 60, input_tokens=1000, output_tokens=500)
+        return D(pico).scaleb(-12)
+
+    tariffs = _Tariffs()
+    pro_fee = D("0.0001") + 1500 * D("0.05") / 1_000_000
+    for _ in range(2):  # each tier after the other, twice: nothing is carried across
+        assert worst(PRO, "a") == D("0.0024")  # 1000 × 1.2 + 500 × 2.4 per 1M
+        assert worst(free, "a") == D("0.003")  # 1000 × 1.5 + 500 × 3.0 per 1M
+        assert worst(free, "own") == 0  # the free tier has no platform fee
+        assert worst(pro_again, "own") == pro_fee
+        assert worst(PRO, "a", "own") == D("0.0024")
