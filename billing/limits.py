@@ -108,8 +108,9 @@ class Limits:
     suspended_reason: str | None = None
     #: what a request served by the org's own private cluster pays (the tier's)
     platform_fee: rating.PlatformFee = NO_FEE
-    #: the admit script's limit arguments (`admit_args`), worked out once: the hot path
-    #: asks them per request, and hashing these fields would cost more than reading
+    #: the admit script's limit arguments (`admit_args`), worked out once with the
+    #: limits: the hot path reads them per request (a cache keyed by these fields
+    #: would hash its Decimals every time)
     limit_args: tuple[int, int, int, int, int, int] = dataclasses.field(
         init=False, repr=False, compare=False
     )
