@@ -49,6 +49,8 @@ from typing import Any
 
 import aiohttp
 
+from bench import notes
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
@@ -678,7 +680,7 @@ def write(
             f"| 2 | {two[0]:.0f} ({two[0] / one[0]:.2f}×) "
             f"| {two[1]:.0f} ({two[1] / one[1]:.2f}×) |",
         ]
-    (RESULTS / "gateway.md").write_text("\n".join(lines) + "\n")
+    notes.write(RESULTS / "gateway.md", "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -50,6 +50,7 @@ from typing import Any
 import aiohttp
 import uvloop
 
+from bench import notes
 from bench.gateway import (
     BODY,
     RESULTS,
@@ -606,8 +607,7 @@ def write(
             for mode in results
         ]
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "limits.md").write_text("\n".join(lines) + "\n")
+    notes.write(RESULTS / "limits.md", "\n".join(lines))
     print("\n".join(lines))
     return overhead, loss
 

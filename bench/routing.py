@@ -40,6 +40,7 @@ from backends.world import (
     certifications,
     demo_world,
 )
+from bench import notes
 from bench.worlds import ROOT, engine_snapshot
 from routing.engine import STRATEGIES, get_strategy, route
 
@@ -761,7 +762,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if mix.no_location_share:
         extra.append(("attainment_vs_oracle_no_location", "met / feasible, no location", "{:.1%}"))
     md = markdown(results, header, extra)
-    (args.out_dir / f"{args.name}.md").write_text(md)
+    notes.write(args.out_dir / f"{args.name}.md", md)
     with open(args.out_dir / f"{args.name}.csv", "w", newline="") as fh:
         wr = csv.DictWriter(fh, fieldnames=list(results[0]))
         wr.writeheader()
