@@ -365,18 +365,16 @@ class ClientPipe:
         self._queued: list[tuple[Sequence[Command], _Submission]] = []
         self._sending: set[asyncio.Task[None]] = set()
         self._sent = 0  # submissions in the batches being sent
-        self._flush_soon = False
 
     def submit(
         self, commands: Sequence[Command], *, orphan: Orphan | None = None
     ) -> asyncio.Future[list[Any]]:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            self._loop, self._queued, self._sent, self._flush_soon = loop, [], 0, False
+            self._loop, self._queued, self._sent = loop, [], 0
         future: asyncio.Future[list[Any]] = loop.create_future()
         self._queued.append((commands, _Submission(future, len(commands), orphan)))
-        if not self._flush_soon:
-            self._flush_soon = True
+        if len(self._queued) == 1:  # the first of this turn: one flush sends them all
             loop.call_soon(self._flush)
         return future
 
@@ -387,7 +385,6 @@ class ClientPipe:
         return len(self._queued) + self._sent
 
     def _flush(self) -> None:
-        self._flush_soon = False
         batch, self._queued = self._queued, []
         batch = [(c, s) for c, s in batch if not s.future.done()]  # a caller gone: not sent
         if not batch:

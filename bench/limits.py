@@ -504,7 +504,7 @@ def write(
     on, off = med["on"], med["off"]
     overhead = on["p50"] - off["p50"]
     loss = (off["rps"] - on["rps"]) / off["rps"] * 100
-    # Each round measures its modes one after another, on processes of its own: their
+    # Each round measures its modes side by side, on processes of its own: their
     # differences pair out the load that changes between rounds.
     paired = [a - b for a, b in zip(results["on"]["p50"], results["off"]["p50"], strict=True)]
     paired_loss = [

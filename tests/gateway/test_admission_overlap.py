@@ -138,22 +138,12 @@ def test_a_busy_process_waits_for_its_answer_and_a_quiet_one_sends_it_beside_the
     admission.scripts.pipe = busy = Pipe(unanswered=3)
     assert admission.overlap(request) is None
     assert busy.sent == []
-    admission.scripts.pipe = quiet = Pipe(unanswered=2)
-    pending = admission.overlap(request)
-    assert pending is not None
-    [[command]] = quiet.sent
-    assert command[0] == "EVALSHA"
-
-
-def test_an_admission_alone_on_the_connection_is_queued_to_leave_with_the_turn_s_write(
-    admission,
-):
-    request = ask()
-    hear(admission, request)
-    admission.scripts.pipe = idle = Pipe(unanswered=0)  # no way to write it at once
-    assert admission.overlap(request) is not None
-    [[command]] = idle.sent  # it leaves with the turn's write
-    assert command[0] == "EVALSHA"
+    for unanswered in (2, 0):  # quiet, and alone on the connection
+        admission.scripts.pipe = quiet = Pipe(unanswered)  # no way to write it at once
+        pending = admission.overlap(request)
+        assert pending is not None
+        [[command]] = quiet.sent  # it leaves with the turn's write
+        assert command[0] == "EVALSHA"
 
 
 def answered(status: int) -> Pending:
