@@ -636,7 +636,7 @@ class InFlight:
         base = shared.by_model.get(model) if shared is not None else None
         if not ids and not base:
             return snapshot
-        load: dict[str, tuple[float, float]] = dict(base) if base else {}
+        load: dict[str, tuple[float, float]] = {}  # laid over `base`
         if shared is not None:
             gateways = shared.gateways
         else:
@@ -658,7 +658,7 @@ class InFlight:
             total = projected_in_flight(was + queued, count, at_read, gateways)
             queued = min(queued, total)
             load[i] = (total - queued, queued)
-        return snapshot.with_load(load, models=(model,), org_id=org_id)
+        return snapshot.with_load(load, models=(model,), org_id=org_id, base=base)
 
     def counts(self) -> dict[str, int]:
         return {slug: n for slug, n in self._counts.items() if n > 0}

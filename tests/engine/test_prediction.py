@@ -110,3 +110,44 @@ def test_with_load_replaces_counters_and_keeps_everything_else():
     assert route(snap, Request(**base)).primary.prediction.queue_ms == 0.0
     assert route(busy, Request(**base)).primary.prediction.queue_ms == pytest.approx(2 * 205 / 2)
     assert route(snap, Request(**base)).primary.prediction.queue_ms == 0.0  # old one untouched
+
+
+def _queues(snap):
+    """Each region's backend's predicted queue for one request from Paris."""
+    out = {}
+    for region in ("paris", "frankfurt", "virginia"):
+        req = Request(model="m-70b", input_tokens=1000, max_output_tokens=10,
+                      client_region="paris", allowed_regions=frozenset({region}))  # fmt: skip
+        out[region] = route(snap, req).primary.prediction.queue_ms
+    return out
+
+
+def test_counters_laid_over_a_base_read_are_the_read_s_with_the_request_s_own_on_top():
+    snap = make_snapshot(
+        make_backend("a", "paris", slots=2),
+        make_backend("b", "frankfurt", slots=2),
+        make_backend("c", "virginia", slots=2, in_flight=2, queued=1),
+    )
+    read = {"a": (2, 1), "b": (1, 0)}
+    over = snap.with_load({"b": (2, 1)}, base=read)
+    assert _queues(over) == _queues(snap.with_load({"a": (2, 1), "b": (2, 1), "c": (2, 1)}))
+    assert _queues(over)["paris"] > 0
+    assert _queues(over)["frankfurt"] > 0
+    assert _queues(snap.with_load({}, base=read))["frankfurt"] == 0.0  # the read's own
+    assert _queues(snap) == {"paris": 0.0, "frankfurt": 0.0, "virginia": pytest.approx(2 * 205 / 2)}
+
+
+def test_a_base_read_is_taken_once_while_it_is_the_same_read_and_a_new_read_at_once():
+    snap = make_snapshot(make_backend("a", "paris", slots=2))
+    read = {"a": (2, 1)}
+    first = snap.with_load({}, base=read)
+    again = snap.with_load({}, base=read)
+    assert first.index("m-70b") is again.index("m-70b")  # built once for the read
+    assert _queues_a(first) == _queues_a(again) > 0
+    assert _queues_a(snap.with_load({}, base={"a": (0, 0)})) == 0.0  # a new read counts
+    assert _queues_a(snap.with_load({"a": (2, 1)}, base={"a": (0, 0)})) == _queues_a(first)
+
+
+def _queues_a(snap):
+    req = Request(model="m-70b", input_tokens=1000, max_output_tokens=10, client_region="paris")
+    return route(snap, req).primary.prediction.queue_ms
