@@ -35,6 +35,13 @@ FINISH_BAND_SHARE = 0.5
 #: Below it a full backend's queue would miss deadlines the scatter of service times
 #: decides; above it requests leave a backend that still had room (bench/README.md).
 SPREAD_WHEN_FREE = 0.1
+#: How far a late request (nothing meets its deadline) reaches beyond the nearest
+#: candidate for an earlier first token: at most this factor times the nearest's round
+#: trip plus these milliseconds. Its answer is late anyway, and the earliest first
+#: token keeps the lateness smallest; staying near keeps the late requests (a third of
+#: the honest benchmark's) off the quick backends of other regions, whose slots serve
+#: requests still in time there (bench/README.md, "Late requests").
+LATE_REACH = (2.0, 5.0)
 #: A candidate meets the deadline "with margin" when its prediction leaves this share
 #: of the deadline unused: predictions are medians, service times scatter around them
 #: and the network jitters. `deadline` ranks candidates with margin first.
@@ -89,7 +96,10 @@ class Deadline(Strategy):
     4. A request with no deadline at all is served by the earliest predicted finish:
        there is nothing to trade speed against.
     5. A late request (the plan relaxes its deadline because nothing can meet it) goes
-       to the nearest backend, ties to a session's affinity backend, the earlier finish.
+       to the earliest predicted first token among the candidates within LATE_REACH of
+       the nearest that have more than SPREAD_WHEN_FREE of their slots free; a
+       candidate out of reach or nearly full comes after them, one both after that;
+       ties to the nearest, a session's affinity backend, the earlier finish.
     With `prefer_cost_over_latency`, the cheapest candidate meeting the SLA with
     margin wins (with no deadline, the cheapest); at one price the nearest, then the
     earlier finish, the less loaded.
@@ -128,8 +138,21 @@ class Deadline(Strategy):
         affinity = (cand != held).astype(float) if held is not None else idx.zeros[cand]
         if d.late:
             rtt = d.rtt[cand]
+            factor, extra_ms = LATE_REACH
+            far = rtt > factor * float(rtt.min()) + extra_ms
+            full = idx.free_slots[cand] <= SPREAD_WHEN_FREE * idx.slots[cand]
+            aside = far.astype(float) + full
             return self._by_keys(
-                cand, total, rtt, affinity, total, load, d.price[cand], need=d.need
+                cand,
+                total,
+                aside,
+                d.ttft[cand],
+                rtt,
+                affinity,
+                total,
+                load,
+                d.price[cand],
+                need=d.need,
             )
         short = 2.0 * ~_with_margin(d, cand)
         if r.prefer_cost_over_latency:

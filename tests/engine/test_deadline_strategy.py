@@ -6,10 +6,13 @@ import pytest
 
 from routing.engine import (
     FINISH_BAND_SHARE,
+    LATE_REACH,
     SAFETY_SHARE,
     SPREAD_WHEN_FREE,
+    LatencyMap,
     Profile,
     Request,
+    Snapshot,
     route,
 )
 from tests.engine.mini_world import PROFILE, make_backend, make_snapshot
@@ -236,9 +239,10 @@ def test_margin_counts_on_both_deadlines_when_both_are_set():
     assert plan.fallbacks[0].prediction.ttft_ms <= (1 - SAFETY_SHARE) * 300
 
 
-def test_a_late_request_goes_to_the_nearest_backend_however_full():
-    # Nothing meets 100 ms (paris: 106). The request accepts a late answer: the
-    # nearest serves it, nearly full or not; it does not take margin from others.
+def test_a_late_request_does_not_cross_an_ocean_for_a_backend_with_room():
+    # Nothing meets 100 ms (paris: 106). The request accepts a late answer. Paris is
+    # nearly full and Virginia idle, but 80 ms away: out of a late request's reach
+    # (LATE_REACH), and its first token would come later. Paris serves it.
     snap = make_snapshot(
         make_backend("paris", slots=100, in_flight=95),
         make_backend("virginia", "virginia", slots=100),
@@ -246,6 +250,55 @@ def test_a_late_request_goes_to_the_nearest_backend_however_full():
     late = route(snap, Request(**BASE, max_ttft_ms=100, allow_relaxed_deadline=True))
     assert late.status == "degraded"
     assert late.primary.backend_id == "paris"
+
+
+def test_a_late_request_takes_the_earliest_first_token_among_backends_as_near():
+    # Two Paris backends, neither meets 50 ms. One prefills twice as fast but decodes
+    # slowly: it finishes later, and answers first. The answer is late anyway: the
+    # earlier first token is the smaller lateness.
+    quick_start = Profile(55.0, 1000, 20_000.0, 20.0, 1.0, 2.0)
+    snap = make_snapshot(make_backend("steady"), make_backend("quick-start", profile=quick_start))
+    late = route(snap, Request(**BASE, max_ttft_ms=50, allow_relaxed_deadline=True))
+    assert late.status == "degraded"
+    assert late.primary.backend_id == "quick-start"
+    assert late.primary.prediction.total_ms > late.fallbacks[0].prediction.total_ms
+
+
+def test_a_late_request_leaves_a_nearly_full_backend_for_one_as_near_with_room():
+    # The quicker Paris backend has a tenth of its slots free (SPREAD_WHEN_FREE): the
+    # late request goes to the other one, which has room, rather than take the last
+    # slots from requests still in time.
+    quick_start = Profile(55.0, 1000, 20_000.0, 100.0, 1.0, 2.0)
+    snap = make_snapshot(
+        make_backend("quick-start", profile=quick_start, slots=100, in_flight=90),
+        make_backend("steady", slots=100),
+    )
+    late = route(snap, Request(**BASE, max_ttft_ms=50, allow_relaxed_deadline=True))
+    assert late.primary.backend_id == "steady"
+
+
+def test_a_late_request_reaches_a_little_farther_than_the_nearest_for_a_quicker_backend():
+    # The client is 5 ms from its Paris backend and 10 ms from Frankfurt's: within
+    # twice the nearest's round trip plus LATE_REACH's few ms. Frankfurt prefills twice
+    # as fast and answers first; 80 ms away in Virginia an idle one as quick does not.
+    quick_start = Profile(55.0, 1000, 20_000.0, 100.0, 1.0, 2.0)
+    factor, extra_ms = LATE_REACH
+    assert 5.0 < 10.0 <= factor * 5.0 + extra_ms < 80.0
+    latency = LatencyMap(
+        rtt={("paris", "frankfurt"): 10.0, ("paris", "virginia"): 80.0},
+        intra_region_ms=5.0,
+    )
+    snap = Snapshot(
+        [
+            make_backend("paris"),
+            make_backend("frankfurt", "frankfurt", profile=quick_start),
+            make_backend("virginia", "virginia", profile=quick_start),
+        ],
+        latency,
+        1,
+    )
+    late = route(snap, Request(**BASE, max_ttft_ms=50, allow_relaxed_deadline=True))
+    assert late.primary.backend_id == "frankfurt"
 
 
 def test_a_late_request_that_prefers_cost_goes_to_the_nearest_not_the_cheapest():
