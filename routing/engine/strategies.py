@@ -14,11 +14,12 @@ Registry: `STRATEGIES` (name -> class); `get_strategy(name)` makes a fresh insta
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .decision import Decision
+from .mesh import ModelIndex
 
 #: `deadline`'s finish band: a candidate meeting the deadline is "in band" when its
 #: predicted decode takes at most this share of the request's own deadline (TTFT, else
@@ -140,8 +141,7 @@ class Deadline(Strategy):
             rtt = d.rtt[cand]
             factor, extra_ms = LATE_REACH
             far = rtt > factor * float(rtt.min()) + extra_ms
-            full = idx.free_slots[cand] <= SPREAD_WHEN_FREE * idx.slots[cand]
-            aside = far.astype(float) + full
+            aside = far.astype(float) + _nearly_full(idx, cand)
             return self._by_keys(
                 cand,
                 total,
@@ -167,11 +167,18 @@ class Deadline(Strategy):
             cand, total, first, d.rtt[cand], affinity, total, load, d.price[cand], need=d.need
         )
         top = int(order[0])
-        if idx.free_slots[top] > SPREAD_WHEN_FREE * idx.slots[top]:
+        if not _nearly_full(idx, top):
             return order, score
         # Spread: the same groups (margin, band), the least loaded first; a queue shows
         # in the predicted finish, the tie-break (`load` stops at a full backend).
         return self._by_keys(cand, total, first, load, total, need=d.need)
+
+
+def _nearly_full(idx: ModelIndex, at: int | np.ndarray) -> Any:
+    """Whether the backend(s) at `at` (a position or an array of them) have at most
+    SPREAD_WHEN_FREE of their slots free, in flight and queued as this gateway projects
+    them: where `deadline` spreads a request, and what a late request leaves aside."""
+    return idx.free_slots[at] <= SPREAD_WHEN_FREE * idx.slots[at]
 
 
 def _with_margin(d: Decision, cand: np.ndarray) -> np.ndarray:
