@@ -80,6 +80,8 @@ _OPTIONS = (
     "max_latency_ms",
     "priority",
     "client_region",
+    "allow_relaxed_deadline",
+    "prefer_cost_over_latency",
 )
 
 

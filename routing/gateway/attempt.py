@@ -284,6 +284,9 @@ def _constraints(parsed: Parsed) -> dict[str, Any]:
             "max_latency_ms": r.max_latency_ms,
             "priority": r.priority,
             "client_region": r.client_region,
+            # the flags only when asked (what the request page routes again with)
+            "allow_relaxed_deadline": r.allow_relaxed_deadline or None,
+            "prefer_cost_over_latency": r.prefer_cost_over_latency or None,
         }.items()
         if v is not None
     }

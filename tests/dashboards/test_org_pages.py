@@ -457,6 +457,25 @@ def test_a_request_s_page_recomputes_its_plan_from_the_stored_constraints(alice,
             assert "is not in today" in response.content.decode()
 
 
+def test_a_late_request_s_page_recomputes_a_late_plan_not_an_impossible_one(alice, acme):
+    from backends.demo import demo_world_load
+    from backends.models import Deployment
+
+    demo_world_load()
+    served = Deployment.objects.filter(model__slug="llama-3.1-8b-instruct").first()
+    e = event(
+        acme,
+        model="llama-3.1-8b-instruct",
+        deployment=served.slug,
+        constraints={"max_ttft_ms": 0.001, "allow_relaxed_deadline": True},
+    )
+    response = login(alice).get(f"/orgs/{acme.slug}/requests/{e.request_id}/")
+    why = response.context["why"]
+    assert why.plan is not None
+    assert why.plan["status"] == "degraded"
+    assert why.plan["ranked"]
+
+
 def test_an_owner_changes_a_role_and_removes_a_member(alice, acme, bob):
     from accounts.models import Membership
 
