@@ -117,7 +117,11 @@ async def throughput(url: str, headers: dict[str, str], seconds: float, c: int =
 #: limits off.
 MODES = {
     "on": {"TESSERACT_LIMITS": "1"},
-    "waited": {"TESSERACT_LIMITS": "1", "TESSERACT_ADMISSION_OVERLAP": "0"},
+    "waited": {
+        "TESSERACT_LIMITS": "1",
+        "TESSERACT_ADMISSION_OVERLAP": "0",
+        "TESSERACT_ADMISSION_DEFER": "0",
+    },
     "off": {"TESSERACT_LIMITS": "0"},
 }
 

@@ -37,6 +37,13 @@ completed, for the candidate that served it), rounded up to the nano-dollar, so 
 live spend is what the drain stores, above it by less than a nano-dollar a request;
 a failed or cancelled request releases everything but the tokens it was served.
 
+**Or, for a served request, check the actual and record it in one step.** A request
+the gateway admits once served (`routing.gateway.admission.Admission.defer`: a
+non-streamed one, with room to spare) runs `ADMIT_RECORD`: the same check, counting the
+tokens it used and the charge it cost instead of the worst case, and, only if it admits,
+the request's usage record appended to the stream in the same atomic step. Nothing is
+reserved or settled, and a refusal meters nothing.
+
 **A Redis restart cannot grant a second budget.** A spend counter that is missing while
 a cap applies makes the script answer "seed me" instead of admitting: the gateway then
 reads the month's stored charges from the database (off the event loop, once per org
@@ -310,7 +317,7 @@ def redis_keys(*, org_id: int, key_id: int | None, month: str) -> tuple[str, str
     )
 
 
-ADMIT = """
+_ADMIT_CHECK = """
 -- KEYS: rate org, rate key, spend org, spend key
 -- ARGV: org_rpm key_rpm org_tpm key_tpm tokens org_cap key_cap reserve window_ttl (-1: no limit)
 local now = redis.call('TIME')
@@ -353,6 +360,9 @@ if status == 0 then
   if org_spend then org_spend, reserved_org = redis.call('INCRBY', KEYS[3], reserve), 1 end
   if key_spend then key_spend, reserved_key = redis.call('INCRBY', KEYS[4], reserve), 1 end
 end
+"""
+
+_ADMIT_ANSWER = """
 -- the tighter of the org's and the key's windows (-1: neither has a limit)
 local function tighter(a_lim, a_used, b_lim, b_used, add)
   local a_rem, b_rem = a_lim - a_used - add, b_lim - b_used - add
@@ -368,6 +378,20 @@ local tl, tr = tighter(org_tpm, org_t, key_tpm, key_t, add_t)
 return {status, window, rl, rr, tl, tr, reset_ms,
         tonumber(org_spend) or 0, tonumber(key_spend) or 0, reserved_org, reserved_key}
 """
+
+#: Admission: the rate windows counted and the worst case reserved, or the refusal.
+ADMIT = _ADMIT_CHECK + _ADMIT_ANSWER
+
+#: Admission at completion (`Scripts.admit_record`): the same check, counting what the
+#: request used and charging what it cost, and, if admitted, its usage record appended
+#: to the stream in the same atomic step (KEYS[5]: the stream; ARGV[11]: the record).
+ADMIT_RECORD = (
+    _ADMIT_CHECK
+    + """
+if status == 0 then redis.call('XADD', KEYS[5], '*', 'r', ARGV[11]) end
+"""
+    + _ADMIT_ANSWER
+)
 
 SETTLE = """
 -- KEYS: as ADMIT. ARGV: window, tokens_delta, reserved_org, reserved_key, reserve, actual
@@ -432,6 +456,7 @@ class Scripts:
         self.redis = redis
         self.pipe = autopipe.pipe_for(redis)
         self.admit = redis.register_script(ADMIT)
+        self.admit_with_record = redis.register_script(ADMIT_RECORD)
         self.settle = redis.register_script(SETTLE)
         self._releasing: set[asyncio.Task[None]] = set()
 
@@ -455,6 +480,14 @@ class Scripts:
             raise reply
         return reply
 
+    def admit_record(
+        self, keys: Sequence[str], args: Sequence[int], stream: str, record: bytes
+    ) -> Recorded:
+        """Send the admission of a request that has been served (`ADMIT_RECORD`), with
+        everything else of this turn: its record is in the stream if, and only if, the
+        answer admits it."""
+        return Recorded(self, keys, args, stream, record)
+
     def _orphaned(self, keys: Sequence[str], args: Sequence[int], replies: list[Any]) -> None:
         """The reply of an admission whose caller left while it was in flight."""
         (reply,) = replies
@@ -477,6 +510,48 @@ class Scripts:
             await self.settle(keys=keys, args=release)
         except Exception:  # stricter, never looser: the reservation expires with its month
             logger.warning("could not release an abandoned admission on %s", keys[0], exc_info=True)
+
+
+class Recorded:
+    """A served request's admission with its record (`Scripts.admit_record`), sent:
+    the last command sent for it, so that whoever sees it through (the request, or a
+    task of its own when the client leaves) never sends it twice. Its reply is
+    shielded: once written, it runs whoever waits."""
+
+    __slots__ = ("args", "keys", "record", "reply", "scripts", "stream")
+
+    def __init__(
+        self,
+        scripts: Scripts,
+        keys: Sequence[str],
+        args: Sequence[int],
+        stream: str,
+        record: bytes,
+    ) -> None:
+        self.scripts, self.keys, self.args, self.stream, self.record = (
+            scripts, keys, args, stream, record,
+        )  # fmt: skip
+        self.reply: asyncio.Future[list[Any]] = self.send()
+
+    def send(self) -> asyncio.Future[list[Any]]:
+        """(Again: after NOSCRIPT, or once a missing counter is seeded.)"""
+        script = self.scripts.admit_with_record
+        command = ("EVALSHA", script.sha, len(self.keys) + 1, *self.keys, self.stream,
+                   *self.args, self.record)  # fmt: skip
+        self.reply = self.scripts.pipe.submit([command])
+        return self.reply
+
+    async def verdict(self) -> Verdict:
+        """The answer; a script Redis had lost is loaded and sent again."""
+        while True:
+            (reply,) = await asyncio.shield(self.reply)
+            if not isinstance(reply, NoScriptError):
+                break
+            await self.scripts.redis.script_load(ADMIT_RECORD)
+            self.send()
+        if isinstance(reply, Exception):
+            raise reply
+        return Verdict.from_reply(reply)
 
 
 async def admit(

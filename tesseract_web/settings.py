@@ -249,6 +249,10 @@ TESSERACT_LIMITS = env_bool("TESSERACT_LIMITS", True)
 #: answer left room to spare (routing.gateway.admission.Admission.overlap); 0: always
 #: wait for the admission's answer before calling any backend.
 TESSERACT_ADMISSION_OVERLAP = env_bool("TESSERACT_ADMISSION_OVERLAP", True)
+#: Admit a non-streamed request with room to spare once it has been served, in one
+#: atomic step with its usage record (routing.gateway.admission.Admission.defer): one
+#: Redis command a request instead of two; 0: admit it before (or beside) the call.
+TESSERACT_ADMISSION_DEFER = env_bool("TESSERACT_ADMISSION_DEFER", True)
 #: A WebSocket on /v1/stream that has not authenticated within this is closed (seconds).
 TESSERACT_WS_AUTH_TIMEOUT_S = env_int("TESSERACT_WS_AUTH_TIMEOUT_S", 5, minimum=1)
 

@@ -3,8 +3,10 @@
 An admission is made ready after the plan is made (`prepare`: routing is in memory),
 then either sent and waited for before any backend is called (`ask`), or, when this
 process's last answer for the key left room to spare, sent beside the first backend
-call (`overlap`, then `resolve`; the gateway cuts the call off on a refusal). Either
-way nothing is answered or metered before the answer, and a refused request meters
+call (`overlap`, then `resolve`; the gateway cuts the call off on a refusal), or, for a
+non-streamed request on the same condition, made only once the request is served, in
+one atomic step with its usage record (`defer`, then `admit_served`). Every way
+nothing is answered or metered before the answer, and a refused request meters
 nothing. It answers
     403 account_suspended      the org is suspended (dunning; the reason is said)
     429 rate_limit_exceeded    requests or tokens per minute, with Retry-After
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,6 +44,7 @@ from typing import Any
 from django.conf import settings
 from redis.exceptions import NoScriptError
 
+from accounts import autopipe
 from backends.snapshot import Endpoint, World
 from billing import limits, metering, rating
 from routing.engine import Plan
@@ -48,6 +52,8 @@ from routing.errors import BudgetExceeded, PermissionDenied, RateLimited
 from routing.gateway import observability
 from routing.gateway.attempt import Call
 from routing.gateway.db import off_loop
+
+logger = logging.getLogger(__name__)
 
 _NO_RETRY = [(b"x-should-retry", b"false")]
 
@@ -266,9 +272,20 @@ class Admission:
         self.tariffs = _Tariffs()
         self.enabled = settings.TESSERACT_LIMITS if enabled is None else enabled
         self.overlapping = settings.TESSERACT_ADMISSION_OVERLAP
+        #: admit a served request with its usage record (`defer`): one atomic script
+        #: runs both, so one Redis command, not two, on a single server or Sentinel's
+        #: master (Cluster keeps the stream in a slot of its own: there it is `overlap`)
+        self.deferring = settings.TESSERACT_ADMISSION_DEFER and isinstance(
+            self.scripts.pipe, autopipe.AutoPipeline
+        )
         self.fresh_s = OVERLAP_FRESH_S
         self.clock = time.monotonic  # when an answer was heard (tests move it)
         self._rooms: dict[tuple[int, int], _Room] = {}
+        #: what deferred requests in flight have claimed, per key (requests, tokens,
+        #: nano-dollars): Redis has not heard of them, so every answer leaves it out
+        self._held: dict[tuple[int, int], list[int]] = {}
+        #: served requests' admissions seen through after their clients left
+        self._finishing: set[asyncio.Task[Ticket]] = set()
 
     def prepare(self, call: Call, plan: Plan, world: World, deadline_s: float) -> Ask | None:
         """The admission to send (None: limits are off). A suspended org is refused here.
@@ -338,6 +355,100 @@ class Admission:
         # waited (bench/results/gateway.md, 2026-11-30 10:03).
         return Pending(ask, self.scripts.admit_submit(ask.keys, ask.args))
 
+    def defer(self, ask: Ask) -> bool:
+        """Whether to admit this request only once it has been served, in the same
+        atomic step as its usage record (`admit_served`): when this process's last
+        answer for the key left room to spare (`claim_room`), as for `overlap`. Only a
+        non-streamed request may wait so (nothing of it reaches the client before its
+        record), and only for backends we run (`Gateway.run`).
+
+        It is as exact as the admission before the call: the check counts what the
+        request used and charges what it cost, atomically with every other process's,
+        and a refusal meters nothing. What it risks, like `overlap`, is the backend's
+        work on a request the answer then refuses (here all of it, and the client waits
+        for it): only when other processes used the key's last tenth meanwhile."""
+        if not self.deferring or not self.claim_room(ask):
+            return False
+        held = self._held.setdefault((ask.org_id, ask.key_id), [0, 0, 0])
+        held[0] += 1
+        held[1] += ask.tokens
+        held[2] += ask.reserve_nano
+        observability.deferred()
+        return True
+
+    def release(self, ask: Ask) -> None:
+        """A deferred request is admitted, refused or gone: its claim is no longer held."""
+        key = (ask.org_id, ask.key_id)
+        held = self._held.get(key)
+        if held is None:
+            return
+        held[0] -= 1
+        held[1] -= ask.tokens
+        held[2] -= ask.reserve_nano
+        if held[0] <= 0:
+            del self._held[key]
+
+    async def admit_served(
+        self,
+        ask: Ask,
+        record: metering.UsageRecord,
+        endpoint: Endpoint | None,
+        catalog: Mapping[str, Endpoint] | None,
+    ) -> Ticket:
+        """A deferred request's admission (`defer`), now that it has been served: its
+        rate windows count the tokens it used and its budgets the charge it cost (the
+        drain's, as `settlement` charges), and its record is appended in the same step;
+        the ticket, or the refusal raised (nothing metered). Raises Redis's failure too
+        (the record is then in the stream if the script ran; nothing was answered)."""
+        self.release(ask)
+        tokens = record.input_tokens + record.output_tokens
+        cost = self._actual_nano(ask.limits, ask.world, endpoint, record, catalog)
+        served = Ask(
+            keys=ask.keys,
+            args=limits.admit_args(ask.limits, tokens=tokens, reserve_nano=cost),
+            limits=ask.limits,
+            tokens=tokens,
+            reserve_nano=cost,
+            month=ask.month,
+            org_id=ask.org_id,
+            key_id=ask.key_id,
+            world=ask.world,
+        )
+        recorded = self.scripts.admit_record(
+            served.keys, served.args, metering.STREAM, metering.encode(record)
+        )
+        try:
+            return await self._recorded_ticket(served, recorded)
+        except asyncio.CancelledError:
+            # The client left while the answer was on its way: what was served is
+            # metered all the same if admitted. A task of its own sees it through.
+            task = asyncio.ensure_future(self._recorded_ticket(served, recorded))
+            self._finishing.add(task)
+            task.add_done_callback(self._finished)
+            raise
+
+    async def _recorded_ticket(self, served: Ask, recorded: limits.Recorded) -> Ticket:
+        verdict = await recorded.verdict()
+        if verdict.status in (limits.SEED_ORG, limits.SEED_KEY):
+            await self._seed(served)
+            recorded.send()
+            verdict = await recorded.verdict()
+            if verdict.status in (limits.SEED_ORG, limits.SEED_KEY):
+                raise RuntimeError(f"the spend counters of {served.keys[2]} vanished twice")
+        try:
+            return await self._ticket(served, verdict)
+        except (RateLimited, BudgetExceeded):
+            observability.deferral_refused()
+            raise
+
+    def _finished(self, task: asyncio.Task[Ticket]) -> None:
+        self._finishing.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, RateLimited | BudgetExceeded):
+            logger.warning("the admission of a served request whose client left failed: %r", exc)
+
     def claim_room(self, ask: Ask) -> bool:
         """Whether this process's last answer for the key, at most `fresh_s` old, less
         what it has overlapped since, leaves `OVERLAP_MARGIN` of every limit and cap
@@ -378,19 +489,29 @@ class Admission:
                 del rooms[key]  # the stale: they no longer count
             if len(rooms) >= ROOMS_KEPT:
                 return  # this many keys heard of in the last seconds: no room kept
-        rooms[ask.org_id, ask.key_id] = _Room(verdict, now)
+        room = rooms[ask.org_id, ask.key_id] = _Room(verdict, now)
+        held = self._held.get((ask.org_id, ask.key_id))
+        if held is not None:  # deferred requests in flight: not in the answer yet
+            room.requests -= held[0]
+            room.tokens -= held[1]
+            room.org_spend += held[2]
+            room.key_spend += held[2]
+
+    async def _seed(self, ask: Ask) -> None:
+        """The month's counter is missing (a new month, or Redis lost it): rebuild it
+        from the stored charges (off the event loop), once."""
+        org_nano, key_nano = await off_loop(limits.stored_spend)(
+            org_id=ask.org_id, key_id=ask.key_id, month=ask.month
+        )
+        await limits.seed(self.redis, ask.keys, org_nano=org_nano, key_nano=key_nano)
 
     async def _ticket(self, ask: Ask, verdict: limits.Verdict) -> Ticket:
-        """The ticket for the script's answer, or the refusal it says raised."""
+        """The ticket for the script's answer (seeding and asking again if the month's
+        counter is missing), or the refusal it says raised."""
         if verdict.status in (limits.SEED_ORG, limits.SEED_KEY):
-            # The month's counter is missing (a new month, or Redis lost it): rebuild it
-            # from the stored charges, once, then ask again.
-            org_nano, key_nano = await off_loop(limits.stored_spend)(
-                org_id=ask.org_id, key_id=ask.key_id, month=ask.month
-            )
-            await limits.seed(self.redis, ask.keys, org_nano=org_nano, key_nano=key_nano)
+            await self._seed(ask)
             verdict = await self.scripts.admit_verdict(ask.keys, ask.args)
-        if self.overlapping:
+        if self.overlapping or self.deferring:
             self._remember(ask, verdict)
         lim, tokens, reserve = ask.limits, ask.tokens, ask.reserve_nano
         headers = limits.headers(verdict)
@@ -440,17 +561,7 @@ class Admission:
         admitted with."""
         if ticket is None:
             return None
-        actual = 0
-        if endpoint is not None and (record.input_tokens or record.output_tokens):
-            endpoints: Mapping[str, Endpoint] = ticket.world.endpoints
-            if catalog is not None and endpoint.backend_id in catalog:
-                endpoints = catalog
-            tariff = self.tariffs.in_force(
-                endpoints, ticket.limits, endpoint.backend_id, record.created_at
-            )
-            actual = limits.nano_up(
-                limits.pico_charge(tariff, record.input_tokens, record.output_tokens)
-            )
+        actual = self._actual_nano(ticket.limits, ticket.world, endpoint, record, catalog)
         args = limits.settle_args(
             ticket.verdict,
             reserved_tokens=ticket.tokens,
@@ -459,3 +570,23 @@ class Admission:
             actual_nano=actual,
         )
         return self.scripts.settle, ticket.keys, args
+
+    def _actual_nano(
+        self,
+        lim: limits.Limits,
+        world: World,
+        endpoint: Endpoint | None,
+        record: metering.UsageRecord,
+        catalog: Mapping[str, Endpoint] | None,
+    ) -> int:
+        """What the request cost (nano-dollars, rounded up), by the drain's rule at its
+        completion. Nothing served costs nothing, fee included. `catalog`: the gateway's
+        endpoints now (a list price written while the request ran is in it), else those
+        it was admitted with."""
+        if endpoint is None or not (record.input_tokens or record.output_tokens):
+            return 0
+        endpoints: Mapping[str, Endpoint] = world.endpoints
+        if catalog is not None and endpoint.backend_id in catalog:
+            endpoints = catalog
+        tariff = self.tariffs.in_force(endpoints, lim, endpoint.backend_id, record.created_at)
+        return limits.nano_up(limits.pico_charge(tariff, record.input_tokens, record.output_tokens))

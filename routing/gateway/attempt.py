@@ -125,6 +125,9 @@ class Attempt:
     ticket: Any = None
     #: An admission sent beside the first backend call and not yet resolved (`Pending`).
     pending: Any = None
+    #: An admission to make once served, with the usage record (`Admission.defer`: an
+    #: `Ask`).
+    deferred: Any = None
     #: The admission refused the request (or could not be answered): nothing is metered.
     refused: bool = False
 

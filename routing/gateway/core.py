@@ -327,6 +327,9 @@ class Gateway:
                 await self._admitted(attempt)
         if attempt.published or attempt.refused:
             return  # refused: nothing was served, nothing is metered
+        if attempt.deferred is not None:
+            await self._publish_admitted(attempt, end)
+            return
         attempt.published = True
         record = attempt.record(end)
         observability.request_finished(call=attempt.call, plan=attempt.plan, record=record)
@@ -335,6 +338,22 @@ class Gateway:
             attempt.ticket, attempt.endpoint, record, world.endpoints if world else None
         )
         await self.usage.publish(record, settle=settle)
+
+    async def _publish_admitted(self, attempt: Attempt, end: float) -> None:
+        """A deferred request (`Admission.defer`), served: admitted and metered in one
+        atomic step, or refused (raised, nothing metered)."""
+        ask, attempt.deferred = attempt.deferred, None
+        attempt.published = True  # one try, whatever it answers: exactly one record
+        record = attempt.record(end)
+        world = self.holder.current
+        try:
+            attempt.ticket = await self.admission.admit_served(
+                ask, record, attempt.endpoint, world.endpoints if world else None
+            )
+        except _REDIS_DOWN as exc:  # not answered: nothing is served either
+            self.usage.report_down(exc)
+            raise metering_unavailable() from exc
+        observability.request_finished(call=attempt.call, plan=attempt.plan, record=record)
 
     def _passive(
         self, backend_id: str, error: Exception | None, outcome: str = health.FAIL
@@ -362,9 +381,18 @@ class Gateway:
     def _publish_later(self, attempt: Attempt) -> None:
         """For a request that ended abnormally: publish from a task of its own (the caller
         is unwinding, and may be cancelled again or closed before an await returns)."""
-        task = asyncio.get_running_loop().create_task(self._publish(attempt, time.perf_counter()))
+        task = asyncio.get_running_loop().create_task(
+            self._publish_quietly(attempt, time.perf_counter())
+        )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _publish_quietly(self, attempt: Attempt, end: float) -> None:
+        """`_publish`, with nobody left to answer: a deferred request refused, or not
+        admitted for want of Redis, is not metered (`_publish_admitted`), and says so
+        only in the metrics and the log."""
+        with contextlib.suppress(TesseractAPIError):
+            await self._publish(attempt, end)
 
     async def run(self, call: Call) -> AsyncGenerator[Frame, None]:
         if not self.usage.available:  # an attribute read: no round trip on the happy path
@@ -377,11 +405,14 @@ class Gateway:
                 raise infeasible_error(plan, world.live)
             deadline_s = _deadline_s(parsed, plan)
             ask = self.admission.prepare(call, plan, world, deadline_s)  # 403: suspended
-            ticket, pending = None, None
+            ticket, pending, deferred = None, None, None
             if ask is not None:
                 if not world.endpoints[plan.choices[0].backend_id].provider:
-                    pending = self.admission.overlap(ask)  # sent; the backend goes beside it
-                if pending is None:
+                    if not parsed.stream and self.admission.defer(ask):
+                        deferred = ask  # admitted with its usage record, once served
+                    else:
+                        pending = self.admission.overlap(ask)  # the backend goes beside it
+                if pending is None and deferred is None:
                     ticket = await self.admission.ask(ask)  # 429: nothing called
         except _REDIS_DOWN as exc:
             # Redis went away before this process noticed (affinity, limits): the same
@@ -389,7 +420,12 @@ class Gateway:
             self.usage.report_down(exc)
             raise metering_unavailable() from exc
         attempt = Attempt(
-            call=call, plan=plan, routed_at=time.perf_counter(), ticket=ticket, pending=pending
+            call=call,
+            plan=plan,
+            routed_at=time.perf_counter(),
+            ticket=ticket,
+            pending=pending,
+            deferred=deferred,
         )
         deadline = call.started + deadline_s
         first_token_limit = settings.TESSERACT_FIRST_TOKEN_TIMEOUT_S
@@ -502,8 +538,17 @@ class Gateway:
             self._upstream_body(call.parsed, endpoint),
             self._upstream_headers(call, endpoint),
         )
-        if attempt.pending is not None and endpoint.provider:
-            await self._admitted(attempt)  # a provider's API is never called beside it
+        if endpoint.provider:  # a provider's API is never called before the answer
+            if attempt.pending is not None:
+                await self._admitted(attempt)
+            elif attempt.deferred is not None:  # failed over to a provider: ask now
+                ask, attempt.deferred = attempt.deferred, None
+                self.admission.release(ask)
+                try:
+                    attempt.ticket = await self.admission.ask(ask)
+                except BaseException:
+                    attempt.refused = True
+                    raise
         try:
             if attempt.pending is None:
                 return await call_upstream(

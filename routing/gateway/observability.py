@@ -147,6 +147,18 @@ OVERLAPS_REFUSED = Counter(
     "spare) and that the admission then refused: the backend's work went unused.",
     registry=REGISTRY,
 )
+DEFERRALS = Counter(
+    "tesseract_gateway_admission_deferrals",
+    "Non-streamed requests admitted only once served, in one step with their usage "
+    "record (a key whose last answer left room to spare).",
+    registry=REGISTRY,
+)
+DEFERRALS_REFUSED = Counter(
+    "tesseract_gateway_admission_deferrals_refused",
+    "Requests admitted once served (a key with room to spare) that the admission then "
+    "refused: the backend's work went unused, and nothing was metered.",
+    registry=REGISTRY,
+)
 
 _FAILOVER_REASONS = {
     "UpstreamTimeout": "timeout",
@@ -200,6 +212,14 @@ def overlapped() -> None:
 
 def overlap_refused() -> None:
     OVERLAPS_REFUSED.inc()
+
+
+def deferred() -> None:
+    DEFERRALS.inc()
+
+
+def deferral_refused() -> None:
+    DEFERRALS_REFUSED.inc()
 
 
 def error_answered(status: int, code: str) -> None:

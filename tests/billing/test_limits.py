@@ -400,3 +400,60 @@ def test_a_tier_s_new_platform_fee_reaches_every_gateway_s_cached_keys_at_once(
         "0.0002"
     )
     assert bobs.lookup not in published
+
+
+def test_a_served_request_s_record_is_appended_exactly_when_its_admission_admits_it():
+    """`ADMIT_RECORD`, many clients at once: what fits the budget is admitted with its
+    record, to the nano-dollar; what does not is refused and leaves no record."""
+    keys = _keys()
+    stream = f"test:admit-record:{uuid.uuid4().hex}"
+    lim = limits.Limits("test", None, None, None, None, Decimal("1.00"), None, Decimal(0))
+    cost = limits.to_nano(Decimal("0.03"))
+
+    async def scenario():
+        pool = [aioredis.Redis.from_url(settings.REDIS_URL) for _ in range(4)]
+        client = pool[0]
+        await limits.seed(client, keys, org_nano=0, key_nano=0)
+        await client.script_flush()  # as after a Redis restart: loaded again, sent again
+        scripts = [limits.Scripts(c) for c in pool]
+        args = limits.admit_args(lim, tokens=10, reserve_nano=cost)
+        verdicts = await asyncio.gather(
+            *(
+                scripts[i % 4].admit_record(keys, args, stream, b"record-%d" % i).verdict()
+                for i in range(60)
+            )
+        )
+        records = await client.xrange(stream)
+        spent = int(await client.get(keys[2]))
+        window = await client.hgetall(keys[0])
+        await client.delete(stream, *keys)
+        for c in pool:
+            await c.aclose()
+        return verdicts, records, spent, window
+
+    verdicts, records, spent, window = asyncio.run(scenario())
+    admitted = [i for i, v in enumerate(verdicts) if v.status == limits.OK]
+    assert len(admitted) == 33  # 33 × 0.03 = 0.99 ≤ 1.00 < 34 × 0.03
+    assert {v.status for v in verdicts} == {limits.OK, limits.BUDGET_ORG}
+    assert sorted(r[b"r"] for _, r in records) == sorted(b"record-%d" % i for i in admitted)
+    assert spent == 33 * cost  # charged what it cost: nothing reserved, nothing to settle
+    assert window[b"r"] == b"33"
+    assert window[b"t"] == b"330"
+
+
+def test_a_served_request_whose_budget_counter_is_missing_is_asked_to_seed_and_not_recorded():
+    keys = _keys()
+    stream = f"test:admit-record:{uuid.uuid4().hex}"
+    lim = limits.Limits("test", None, None, None, None, Decimal("1.00"), None, Decimal(0))
+
+    async def scenario():
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        args = limits.admit_args(lim, tokens=10, reserve_nano=5)
+        verdict = await limits.Scripts(client).admit_record(keys, args, stream, b"r").verdict()
+        length = await client.xlen(stream)
+        await client.aclose()
+        return verdict, length
+
+    verdict, length = asyncio.run(scenario())
+    assert verdict.status == limits.SEED_ORG
+    assert length == 0

@@ -4,6 +4,10 @@ what this process last heard of the key leaves every limit and cap room to spare
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import time
+import uuid
 from decimal import Decimal as D
 from typing import Any
 
@@ -11,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from billing import limits
+from billing import limits, metering
 from routing.errors import BudgetExceeded, RateLimited
 from routing.gateway.admission import Admission, Ask, Pending
 from routing.gateway.attempt import Attempt
@@ -115,6 +119,76 @@ def test_overlapping_switched_off_never_overlaps(admission, settings):
     request = ask()
     hear(off, request)
     assert off.overlap(request) is None
+
+
+def test_a_deferred_request_s_claim_is_held_until_it_is_admitted_whatever_is_heard_meanwhile(
+    admission,
+):
+    request = ask()
+    hear(admission, request, requests_remaining=59)
+    assert admission.defer(request)
+    # Another request's answer: Redis has not heard of the deferred one, still in flight.
+    hear(admission, request, requests_remaining=59)
+    assert claims(admission, request) == 52  # 59 - 1 held - 52 = 6 left: a tenth of 60
+    admission.release(request)  # admitted (or refused, or gone): Redis knows
+    hear(admission, request, requests_remaining=59)
+    assert claims(admission, request) == 53
+
+
+def test_deferring_switched_off_never_defers(admission, settings):
+    settings.TESSERACT_ADMISSION_DEFER = False
+    off = Admission(admission.redis, enabled=True)
+    request = ask()
+    hear(off, request)
+    assert not off.defer(request)
+    assert off.claim_room(request)  # the room is there: only deferring is off
+
+
+def _record_of(org_id: int) -> metering.UsageRecord:
+    return metering.UsageRecord(
+        request_id=uuid.uuid4().hex, org_id=org_id, api_key_id=2, created_at=time.time(),
+        endpoint="chat.completions", model="m", served_model="m", deployment="d", region="r",
+        cluster="c", chip="x", stream=False, status="ok", input_tokens=10, output_tokens=20,
+        usage_source="upstream", cost_usd="0",
+    )  # fmt: skip
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_served_request_whose_client_leaves_while_its_admission_is_answered_is_still_metered(
+    admission, monkeypatch
+):
+    """The month's spend counter is missing too (a new month): the admission is seeded
+    from the stored charges and sent again, with nobody waiting for it."""
+    stream = f"test:usage:{uuid.uuid4().hex}"
+    monkeypatch.setattr(metering, "STREAM", stream)
+    org_id = 10**9 + uuid.uuid4().int % 10**6  # counters of its own: none yet
+    request = dataclasses.replace(
+        ask(), keys=limits.redis_keys(org_id=org_id, key_id=2, month="2026-11"), org_id=org_id
+    )
+    hear(admission, request)
+    assert admission.defer(request)
+
+    async def scenario() -> tuple[bool, list[Any]]:
+        admitting = asyncio.ensure_future(
+            admission.admit_served(request, _record_of(org_id), None, None)
+        )
+        await asyncio.sleep(0)  # sent with this turn's write
+        admitting.cancel()  # the client hangs up
+        with contextlib.suppress(asyncio.CancelledError):
+            await admitting
+        while admission._finishing:  # seen through by a task of its own
+            await asyncio.gather(*admission._finishing, return_exceptions=True)
+        redis = aioredis.Redis.from_url(settings.REDIS_URL)
+        try:
+            return admitting.cancelled(), await redis.xrange(stream)
+        finally:
+            await redis.delete(stream, *request.keys)
+            await redis.aclose()
+
+    cancelled, records = asyncio.run(scenario())
+    assert cancelled
+    assert len(records) == 1  # metered once: not lost, not sent twice
+    assert not admission._held  # and its claim released
 
 
 class Pipe:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import timedelta
 from decimal import Decimal
@@ -273,9 +275,24 @@ def test_a_suspended_org_gets_403_and_a_paid_invoice_restores_it_at_once(mesh, o
 
 def overlaps(what: str = "overlaps") -> float:
     """How many requests this process has called a backend for beside their admission
-    (`what="overlaps_refused"`: and then seen refused)."""
+    (`what="overlaps_refused"`: and then seen refused; `"deferrals"`: before it, to be
+    admitted once served)."""
     name = f"tesseract_gateway_admission_{what}_total"
     return observability.REGISTRY.get_sample_value(name) or 0.0
+
+
+@contextlib.contextmanager
+def _a_and_b(mesh, plaintext: str) -> Iterator[tuple[openai.OpenAI, openai.OpenAI, int]]:
+    """The SDK on gateway A (what it hears stays fresh, however slow this is) and on
+    gateway B, early in a minute (the rate window; a new one if this one is late), and
+    that minute."""
+    gateway_a = _gateway_app(fresh_s=3600)
+    gateway_b = _gateway_app()
+    if time.time() % 60 > 40:
+        time.sleep(60.1 - time.time() % 60)
+    minute = int(time.time() // 60)
+    with serve(gateway_a) as url_a, serve(gateway_b) as url_b:
+        yield sdk(mesh, plaintext, url_a), sdk(mesh, plaintext, url_b), minute
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -285,18 +302,15 @@ def test_a_key_with_room_to_spare_calls_its_backend_beside_its_admission_and_a_r
     """Gateway A last heard that the key had room; gateway B then used the rest of the
     minute. A's next request goes to its backend beside its admission, which refuses it:
     the client gets the 429, the backend call is cut off, nothing is metered, and A, now
-    knowing, waits for the answer before calling any backend."""
+    knowing, waits for the answer before calling any backend. (Non-streamed requests are
+    admitted once served, with their record, unless deferring is off, as here: the next
+    test.)"""
+    settings.TESSERACT_ADMISSION_DEFER = False
     _, key, plaintext = org_key
     key_limits_set(api_key=key, requests_per_minute=10)
     # A stalled backend would hold an attempt for a minute: longer than the client waits.
     settings.TESSERACT_FIRST_TOKEN_TIMEOUT_S = 120
-    gateway_a = _gateway_app(fresh_s=3600)  # what A hears stays fresh, however slow this is
-    gateway_b = _gateway_app()
-    if time.time() % 60 > 40:  # the window is the minute: start a new one
-        time.sleep(60.1 - time.time() % 60)
-    minute = int(time.time() // 60)
-    with serve(gateway_a) as url_a, serve(gateway_b) as url_b:
-        a, b = sdk(mesh, plaintext, url_a), sdk(mesh, plaintext, url_b)
+    with _a_and_b(mesh, plaintext) as (a, b, minute):
         before = overlaps()
         a.chat.completions.create(**ASK)
         assert overlaps() == before  # A had not heard of the key: it waited for the answer
@@ -332,9 +346,47 @@ def test_a_key_with_room_to_spare_calls_its_backend_beside_its_admission_and_a_r
     assert len(usage()) == 10  # the refused requests metered nothing
 
 
-def test_a_client_that_hangs_up_beside_its_overlapped_admission_leaves_nothing_reserved(
+def test_a_served_request_with_room_to_spare_is_admitted_with_its_record_and_refused_meters_none(
     mesh, org_key, usage
 ):
+    """Gateway A last heard that the key had room; gateway B then used the rest of the
+    minute. A serves its next non-streamed request and then admits it in one step with
+    its usage record: refused, the client gets the 429 (not the answer), nothing is
+    metered, and A, now knowing, waits for the answer before calling any backend."""
+    _, key, plaintext = org_key
+    key_limits_set(api_key=key, requests_per_minute=10)
+    with _a_and_b(mesh, plaintext) as (a, b, minute):
+        before = overlaps("deferrals")
+        a.chat.completions.create(**ASK)
+        assert overlaps("deferrals") == before  # not heard of: it waited for the answer
+        raw = a.chat.completions.with_raw_response.create(**ASK)
+        assert overlaps("deferrals") == before + 1  # 9 left, 8 after it: room to spare
+        assert raw.headers["x-ratelimit-remaining-requests"] == "8"  # as exact as ever
+        assert raw.parse().choices[0].message.content
+        for _ in range(8):
+            b.chat.completions.create(**ASK)
+        before, refused_before = overlaps("deferrals"), overlaps("deferrals_refused")
+        with pytest.raises(openai.RateLimitError) as caught:
+            a.chat.completions.create(**ASK)
+        assert overlaps("deferrals") == before + 1  # A still believed 7 were left
+        assert overlaps("deferrals_refused") == refused_before + 1
+        assert caught.value.code == "rate_limit_exceeded"
+        assert caught.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+        with pytest.raises(openai.RateLimitError):
+            a.chat.completions.create(**ASK)
+        assert overlaps("deferrals") == before + 1  # now it knows: it waits for the answer
+        if int(time.time() // 60) != minute:
+            pytest.skip("the minute turned during the test")
+    assert len(usage()) == 10  # the refused requests metered nothing
+
+
+@pytest.mark.parametrize("defer", [True, False], ids=["deferred", "overlapped"])
+def test_a_client_that_hangs_up_beside_its_overlapped_admission_leaves_nothing_reserved(
+    mesh, org_key, usage, settings, defer
+):
+    """Admitted beside the call, what it reserved comes back; admitted once served (with
+    its record), it reserved nothing and is charged for what it was served: nothing."""
+    settings.TESSERACT_ADMISSION_DEFER = defer
     org, key, plaintext = org_key
     budget_set(org=org, monthly_budget_usd=Decimal("5.00"))
     gateway = _gateway_app(fresh_s=3600)
@@ -343,7 +395,7 @@ def test_a_client_that_hangs_up_beside_its_overlapped_admission_leaves_nothing_r
         stalled = mesh.deployments(EIGHT_B)
         for slug in stalled:
             mesh.fault(slug, stall_after_tokens=0)
-        before = overlaps()
+        before = overlaps() + overlaps("deferrals")
         with pytest.raises(httpx.ReadTimeout):  # the client gives up, the backend silent
             httpx.post(
                 f"{url}/v1/chat/completions",
@@ -351,7 +403,7 @@ def test_a_client_that_hangs_up_beside_its_overlapped_admission_leaves_nothing_r
                 json=ASK,
                 timeout=httpx.Timeout(30, read=1.0),
             )
-        assert overlaps() == before + 1
+        assert overlaps() + overlaps("deferrals") == before + 1
         for slug in stalled:
             mesh.wait_until_idle(mesh.simulator.deployments[slug], timeout_s=30)
         events: list[UsageEvent] = []
