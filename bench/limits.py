@@ -352,6 +352,9 @@ async def in_process(redis_url: str, n: int, rounds: int = 5) -> dict[str, float
         sha = scripts["hiredis"].settle.sha
         await pipe.submit([xadd_command, ("EVALSHA", sha, len(keys), *keys, *settle)])
 
+    async def admit_record() -> None:
+        await scripts["hiredis"].admit_record(keys, args, stream, record).verdict()
+
     async def sequential_us(fn: Any, count: int) -> float:
         times = []
         for _ in range(count):
@@ -373,6 +376,8 @@ async def in_process(redis_url: str, n: int, rounds: int = 5) -> dict[str, float
     for name, (parser, sent) in PATHS.items():
         cases[f"admit c=1: {name}"] = ("seq", path(parser, sent))
         cases[f"admit c=32, per call: {name}"] = ("conc", path(parser, sent))
+    cases[RECORDED_ALONE] = ("seq", admit_record)
+    cases[RECORDED_MANY] = ("conc", admit_record)
     per_round: dict[str, list[float]] = {name: [] for name in cases}
     for r in range(rounds):
         names = list(cases) if r % 2 == 0 else list(reversed(cases))
@@ -467,6 +472,11 @@ async def python_path(redis_url: str, n: int, rounds: int = 5) -> float:
     return statistics.median(medians)
 
 
+#: A served request's admission with its record, as shipped for non-streamed requests
+#: with room to spare (`Admission.defer`): the record's XADD inside the script.
+RECORDED_ALONE = "admit with the usage record (ADMIT_RECORD), c=1"
+RECORDED_MANY = "admit with the usage record (ADMIT_RECORD), c=32, per call"
+
 _BEFORE, *_, _AFTER = PATHS
 ALONE_BEFORE, ALONE_AFTER = f"admit c=1: {_BEFORE}", f"admit c=1: {_AFTER}"
 MANY_BEFORE, MANY_AFTER = f"admit c=32, per call: {_BEFORE}", f"admit c=32, per call: {_AFTER}"
@@ -520,7 +530,8 @@ def write(
         f"`{command}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{os.cpu_count()} cores (shared with other work; run with `nice`). Upstream: the "
         "backend simulator at time scale 0. Gateways on one Redis and one catalog, "
-        "`TESSERACT_LIMITS=1` and `=0` (and `=1` with `TESSERACT_ADMISSION_OVERLAP=0`), "
+        "`TESSERACT_LIMITS=1` and `=0` (and `=1` with every admission answered before the "
+        "backend is called), "
         "fresh processes every round; medians of "
         f"{rounds} rounds, each {n} sequential requests to each gateway taken in turn "
         f"(latency) and {seconds:.0f} s at 32 concurrent requests on each in rotating "
@@ -558,18 +569,21 @@ def write(
         *(
             [
                 f"| p50 added with every admission answered before the backend is called "
-                f"(`TESSERACT_ADMISSION_OVERLAP=0`; median − median off) | "
+                f"(deferring and overlapping off; median − median off) | "
                 f"{waited['p50'] - off['p50']:.3f} ms | (for orientation) |"
             ]
             if waited is not None
             else []
         ),
         "",
-        "As deployed, a key whose last answer left room to spare has its backend called "
-        "in the same round trip as its admission while the process is quiet "
-        "(`routing.gateway.admission.Admission.overlap`): here, the sequential requests "
-        "after the first; under 32 concurrent requests most wait. Nothing is served or "
-        "metered before the answer.",
+        "As deployed, a non-streamed request whose key's last answer left room to spare "
+        "calls its backend with no Redis command, and is admitted once served, in one "
+        "atomic script with its usage record (`routing.gateway.admission.Admission.defer`, "
+        "`TESSERACT_ADMISSION_DEFER`), while its process has no other request in flight: "
+        "here, the sequential requests after the first; under 32 concurrent requests they "
+        "wait for their admissions. A refusal would meter nothing; none is refused here. The "
+        '"answered first" gateway has deferring and overlapping off '
+        "(`TESSERACT_ADMISSION_DEFER=0`, `TESSERACT_ADMISSION_OVERLAP=0`).",
         "",
         "Sleeps per request: the gateway worker's voluntary context switches during the "
         "sequential requests, per request: each time it waits on a socket (the client, "
@@ -595,7 +609,12 @@ def write(
         f"{micro['xadd+settle'] - micro['xadd']:.0f} µs to the usage XADD it rides with. "
         f"Beside the round trip, the gateway's own Python for an admission and its "
         f"settlement (pricing a plan of 8 candidates, the script's arguments and reply, "
-        f"the headers) takes {micro[PYTHON_PATH]:.0f} µs.",
+        f"the headers) takes {micro[PYTHON_PATH]:.0f} µs. A served request admitted "
+        f"with its record (as shipped for non-streamed requests with room to spare) "
+        f"sends one script instead of the admission and the XADD with its settlement: "
+        f"{micro[RECORDED_ALONE]:.0f} µs alone and {micro[RECORDED_MANY]:.0f} µs each "
+        f"of 32, against {micro['xadd+settle']:.0f} µs for the XADD and settlement "
+        f"alone, which it replaces with the admission.",
         "",
         f"Per round ({' / '.join(results)}):",
         "",

@@ -360,7 +360,8 @@ class Admission:
         atomic step as its usage record (`admit_served`): when this process's last
         answer for the key left room to spare (`claim_room`), as for `overlap`. Only a
         non-streamed request may wait so (nothing of it reaches the client before its
-        record), and only for backends we run (`Gateway.run`).
+        record), and the gateway asks only for a backend we run, in a process with no
+        other request in flight (`Gateway.run`).
 
         It is as exact as the admission before the call: the check counts what the
         request used and charges what it cost, atomically with every other process's,

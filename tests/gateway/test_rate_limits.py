@@ -380,6 +380,24 @@ def test_a_served_request_with_room_to_spare_is_admitted_with_its_record_and_ref
     assert len(usage()) == 10  # the refused requests metered nothing
 
 
+def test_a_process_with_another_request_in_flight_waits_for_every_admission(mesh, org_key):
+    """Under load, the requests that went ahead of their admission measured more CPU per
+    request for all: a key with room to spare waits too, unless its process is idle."""
+    _, _, plaintext = org_key
+    app = _gateway_app(fresh_s=3600)
+    with serve(app) as url:
+        client = sdk(mesh, plaintext, url)
+        client.chat.completions.create(**ASK)  # heard of: room to spare
+        before = overlaps() + overlaps("deferrals")
+        app.gateway.running += 1  # as if another request were in flight
+        client.chat.completions.create(**ASK)
+        client.chat.completions.create(**ASK, stream=True).close()
+        assert overlaps() + overlaps("deferrals") == before
+        app.gateway.running -= 1
+        client.chat.completions.create(**ASK)
+        assert overlaps() + overlaps("deferrals") == before + 1
+
+
 @pytest.mark.parametrize("defer", [True, False], ids=["deferred", "overlapped"])
 def test_a_client_that_hangs_up_beside_its_overlapped_admission_leaves_nothing_reserved(
     mesh, org_key, usage, settings, defer
