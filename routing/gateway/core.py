@@ -205,7 +205,7 @@ class Gateway:
         self.usage = metering.Publisher(redis)
         self.admission = Admission(redis)
         self.inflight = InFlight()
-        #: requests of this process past their admission's decision and not yet ended
+        #: requests of this process in flight (routed, admitted, served), this one included
         self.running = 0
         self._background: set[asyncio.Task[Any]] = set()
         self._suspects: set[str] = set()
@@ -400,6 +400,7 @@ class Gateway:
         if not self.usage.available:  # an attribute read: no round trip on the happy path
             raise metering_unavailable()
         parsed = call.parsed
+        self.running += 1  # until it ends, however it ends
         try:
             world, plan, session = await self._route(parsed, None, call.key.org_id)
             observability.plan_made(plan)
@@ -412,7 +413,8 @@ class Gateway:
                 # Not waiting for the answer before the backend is called pays only in a
                 # process with nothing else in flight: under load, the requests that went
                 # ahead measured more CPU per request for all (bench/results/limits.md).
-                if not self.running and not world.endpoints[plan.choices[0].backend_id].provider:
+                alone = self.running == 1
+                if alone and not world.endpoints[plan.choices[0].backend_id].provider:
                     if not parsed.stream and self.admission.defer(ask):
                         deferred = ask  # admitted with its usage record, once served
                     else:
@@ -422,8 +424,12 @@ class Gateway:
         except _REDIS_DOWN as exc:
             # Redis went away before this process noticed (affinity, limits): the same
             # answer as when the publisher already knows, and now it does.
+            self.running -= 1
             self.usage.report_down(exc)
             raise metering_unavailable() from exc
+        except BaseException:
+            self.running -= 1
+            raise
         attempt = Attempt(
             call=call,
             plan=plan,
@@ -435,7 +441,6 @@ class Gateway:
         deadline = call.started + deadline_s
         first_token_limit = settings.TESSERACT_FIRST_TOKEN_TIMEOUT_S
         last_error: Exception | None = None
-        self.running += 1
         try:
             choices = plan.choices
             for n, choice in enumerate(choices):

@@ -396,6 +396,9 @@ def test_a_process_with_another_request_in_flight_waits_for_every_admission(mesh
         app.gateway.running -= 1
         client.chat.completions.create(**ASK)
         assert overlaps() + overlaps("deferrals") == before + 1
+        with pytest.raises(openai.NotFoundError):  # refused before its admission
+            client.chat.completions.create(**{**ASK, "model": "no-such-model"})
+        assert app.gateway.running == 0  # however each ended, none is left counted
 
 
 @pytest.mark.parametrize("defer", [True, False], ids=["deferred", "overlapped"])
