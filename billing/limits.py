@@ -519,6 +519,7 @@ class Recorded:
     shielded: once written, it runs whoever waits."""
 
     __slots__ = ("args", "keys", "record", "reply", "scripts", "stream")
+    reply: asyncio.Future[list[Any]]
 
     def __init__(
         self,
@@ -531,15 +532,14 @@ class Recorded:
         self.scripts, self.keys, self.args, self.stream, self.record = (
             scripts, keys, args, stream, record,
         )  # fmt: skip
-        self.reply: asyncio.Future[list[Any]] = self.send()
+        self.send()
 
-    def send(self) -> asyncio.Future[list[Any]]:
-        """(Again: after NOSCRIPT, or once a missing counter is seeded.)"""
+    def send(self) -> None:
+        """Send it (again: after NOSCRIPT, or once a missing counter is seeded)."""
         script = self.scripts.admit_with_record
         command = ("EVALSHA", script.sha, len(self.keys) + 1, *self.keys, self.stream,
                    *self.args, self.record)  # fmt: skip
         self.reply = self.scripts.pipe.submit([command])
-        return self.reply
 
     async def verdict(self) -> Verdict:
         """The answer; a script Redis had lost is loaded and sent again."""

@@ -305,6 +305,13 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _metering_lost(self, exc: BaseException) -> TesseractAPIError:
+        """Redis went away before this process noticed (affinity, limits): the answer
+        the publisher gives when it already knows (`metering_unavailable`), and now it
+        does."""
+        self.usage.report_down(exc)
+        return metering_unavailable()
+
     async def _admitted(self, attempt: Attempt) -> None:
         """Wait for an admission sent beside the backend call (`Admission.overlap`):
         the ticket, or its refusal raised (the backend's answer goes unused)."""
@@ -318,8 +325,7 @@ class Gateway:
             if isinstance(exc, RateLimited | BudgetExceeded):
                 observability.overlap_refused()
             elif isinstance(exc, _REDIS_DOWN):
-                self.usage.report_down(exc)
-                raise metering_unavailable() from exc
+                raise self._metering_lost(exc) from exc
             raise
         attempt.pending = None
 
@@ -353,8 +359,7 @@ class Gateway:
                 ask, record, attempt.endpoint, world.endpoints if world else None
             )
         except _REDIS_DOWN as exc:  # not answered: nothing is served either
-            self.usage.report_down(exc)
-            raise metering_unavailable() from exc
+            raise self._metering_lost(exc) from exc
         observability.request_finished(call=attempt.call, plan=attempt.plan, record=record)
 
     def _passive(
@@ -422,11 +427,8 @@ class Gateway:
                 if pending is None and deferred is None:
                     ticket = await self.admission.ask(ask)  # 429: nothing called
         except _REDIS_DOWN as exc:
-            # Redis went away before this process noticed (affinity, limits): the same
-            # answer as when the publisher already knows, and now it does.
             self.running -= 1
-            self.usage.report_down(exc)
-            raise metering_unavailable() from exc
+            raise self._metering_lost(exc) from exc
         except BaseException:
             self.running -= 1
             raise
@@ -558,8 +560,10 @@ class Gateway:
                 self.admission.release(ask)
                 try:
                     attempt.ticket = await self.admission.ask(ask)
-                except BaseException:
+                except BaseException as exc:
                     attempt.refused = True
+                    if isinstance(exc, _REDIS_DOWN):
+                        raise self._metering_lost(exc) from exc
                     raise
         try:
             if attempt.pending is None:
