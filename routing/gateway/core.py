@@ -553,18 +553,7 @@ class Gateway:
             self._upstream_headers(call, endpoint),
         )
         if endpoint.provider:  # a provider's API is never called before the answer
-            if attempt.pending is not None:
-                await self._admitted(attempt)
-            elif attempt.deferred is not None:  # failed over to a provider: ask now
-                ask, attempt.deferred = attempt.deferred, None
-                self.admission.release(ask)
-                try:
-                    attempt.ticket = await self.admission.ask(ask)
-                except BaseException as exc:
-                    attempt.refused = True
-                    if isinstance(exc, _REDIS_DOWN):
-                        raise self._metering_lost(exc) from exc
-                    raise
+            await self._admitted_for_provider(attempt)
         try:
             if attempt.pending is None:
                 return await call_upstream(
@@ -586,6 +575,24 @@ class Gateway:
                 endpoint.upstream_model,
             )
             raise UpstreamMisconfigured(exc.status, exc.body) from None
+
+    async def _admitted_for_provider(self, attempt: Attempt) -> None:
+        """Before a provider's API is called (whose work we pay for): the admission's
+        answer. One sent beside the call is waited for; a deferred one (the request
+        failed over from a backend we run) is asked now, its claim released; Redis gone
+        is `metering_unavailable`, and a refused attempt meters nothing."""
+        if attempt.pending is not None:
+            await self._admitted(attempt)
+        elif attempt.deferred is not None:
+            ask, attempt.deferred = attempt.deferred, None
+            self.admission.release(ask)
+            try:
+                attempt.ticket = await self.admission.ask(ask)
+            except BaseException as exc:
+                attempt.refused = True
+                if isinstance(exc, _REDIS_DOWN):
+                    raise self._metering_lost(exc) from exc
+                raise
 
     async def _beside_admission(
         self,

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis import exceptions as redis_errors
 
 from billing import limits, metering
-from routing.errors import BudgetExceeded, RateLimited
+from routing.errors import BackendUnavailable, BudgetExceeded, RateLimited
 from routing.gateway.admission import Admission, Ask, Pending
 from routing.gateway.attempt import Attempt
 from routing.gateway.core import Gateway
@@ -274,3 +275,47 @@ def test_an_answer_refused_after_the_backend_answered_is_not_handed_on():
     attempt, raised = beside(limits.OK, _served)
     assert raised is None
     assert attempt.ticket is not None
+
+
+def test_a_deferred_request_failing_over_to_a_provider_while_redis_is_gone_gets_a_503_unbilled(
+    admission,
+):
+    """A request deferred on a backend we run is admitted before a provider's API is
+    called; with Redis gone that answer cannot be had: the client gets
+    `metering_unavailable` (not Redis's own error), its claim is let go, the publisher
+    stops taking new work, and nothing is metered."""
+
+    async def scenario() -> None:
+        gateway = Gateway(
+            holder=None, upstream=None, redis=aioredis.Redis.from_url(settings.REDIS_URL)
+        )
+        gateway.admission = admission
+        request = ask()
+        await admission._ticket(request, limits.Verdict(
+            status=limits.OK, window=0, requests_limit=60, requests_remaining=59,
+            tokens_limit=100_000, tokens_remaining=99_900, reset_ms=30_000,
+            org_spend_nano=0, key_spend_nano=0, reserved_org=True, reserved_key=False,
+        ))  # fmt: skip
+        admission.deferring = True
+        assert admission.defer(request)
+
+        async def redis_gone(_: Ask) -> Any:
+            raise redis_errors.ConnectionError("Error 111 connecting to Redis")
+
+        admission.ask = redis_gone
+        attempt = Attempt(call=None, plan=None, deferred=request)
+        with pytest.raises(BackendUnavailable) as raised:
+            await gateway._admitted_for_provider(attempt)
+        assert raised.value.code == "metering_unavailable"
+        assert attempt.refused
+        assert attempt.deferred is None
+        assert attempt.ticket is None
+        assert admission._held == {}  # the claim no longer held
+        assert not gateway.usage.available
+        await gateway._publish(attempt, time.perf_counter())
+        assert not attempt.published  # nothing metered
+        async with asyncio.timeout(30):  # this Redis answers: the publisher reopens
+            while not gateway.usage.available:
+                await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
