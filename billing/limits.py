@@ -468,17 +468,15 @@ class Scripts:
 
     async def admit_verdict(self, keys: Sequence[str], args: Sequence[int]) -> Verdict:
         """The admit script's answer, sent with everything else of this turn."""
-        return Verdict.from_reply(await self.admit_reply(keys, args))
-
-    async def admit_reply(self, keys: Sequence[str], args: Sequence[int]) -> Any:
-        """The admit script's raw reply, sent with everything else of this turn."""
         (reply,) = await self.admit_submit(keys, args)
-        if isinstance(reply, NoScriptError):  # Redis restarted, or flushed its scripts
-            await self.redis.script_load(ADMIT)
-            (reply,) = await self.admit_submit(keys, args)
         if isinstance(reply, Exception):
-            raise reply
-        return reply
+            if not isinstance(reply, NoScriptError):
+                raise reply
+            await self.redis.script_load(ADMIT)  # Redis restarted, or flushed its scripts
+            (reply,) = await self.admit_submit(keys, args)
+            if isinstance(reply, Exception):
+                raise reply
+        return Verdict.from_reply(reply)
 
     def admit_record(
         self, keys: Sequence[str], args: Sequence[int], stream: str, record: bytes
@@ -646,15 +644,16 @@ def headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
     """OpenAI's x-ratelimit-* headers for the tighter of the org's and the key's window."""
     out: list[tuple[bytes, bytes]] = []
     reset = reset_text(verdict.reset_ms).encode()
-    for kind, limit, remaining in (
-        (b"requests", verdict.requests_limit, verdict.requests_remaining),
-        (b"tokens", verdict.tokens_limit, verdict.tokens_remaining),
-    ):
-        if limit < 0:
-            continue
+    if verdict.requests_limit >= 0:
         out += [
-            (b"x-ratelimit-limit-" + kind, str(limit).encode()),
-            (b"x-ratelimit-remaining-" + kind, str(remaining).encode()),
-            (b"x-ratelimit-reset-" + kind, reset),
+            (b"x-ratelimit-limit-requests", b"%d" % verdict.requests_limit),
+            (b"x-ratelimit-remaining-requests", b"%d" % verdict.requests_remaining),
+            (b"x-ratelimit-reset-requests", reset),
+        ]
+    if verdict.tokens_limit >= 0:
+        out += [
+            (b"x-ratelimit-limit-tokens", b"%d" % verdict.tokens_limit),
+            (b"x-ratelimit-remaining-tokens", b"%d" % verdict.tokens_remaining),
+            (b"x-ratelimit-reset-tokens", reset),
         ]
     return out

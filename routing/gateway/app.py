@@ -387,10 +387,10 @@ class _Response:
     async def send(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.started = True
-            self.sse = any(
-                k == b"content-type" and v.startswith(b"text/event-stream")
-                for k, v in message.get("headers", ())
-            )
+            for k, v in message.get("headers", ()):
+                if k == b"content-type":
+                    self.sse = v.startswith(b"text/event-stream")
+                    break
         elif message["type"] == "http.response.body" and not message.get("more_body"):
             self.ended = True
         await self._send(message)

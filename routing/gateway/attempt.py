@@ -4,6 +4,7 @@ response headers, the `tesseract` field and the one usage record (`Attempt`)."""
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -91,10 +92,16 @@ class Call:
         return self.trace.trace_id
 
 
+@functools.lru_cache(maxsize=4096)
+def _per_mtok(price: float) -> Decimal:
+    """A catalog price as the decimal it was written as (a few distinct values)."""
+    return Decimal(str(price))
+
+
 def _cost(endpoint: Endpoint, input_tokens: int, output_tokens: int) -> Decimal:
     return (
-        Decimal(input_tokens) * Decimal(str(endpoint.price_input_per_mtok))
-        + Decimal(output_tokens) * Decimal(str(endpoint.price_output_per_mtok))
+        Decimal(input_tokens) * _per_mtok(endpoint.price_input_per_mtok)
+        + Decimal(output_tokens) * _per_mtok(endpoint.price_output_per_mtok)
     ) / _MTOK
 
 
@@ -130,6 +137,7 @@ class Attempt:
     deferred: Any = None
     #: The admission refused the request (or could not be answered): nothing is metered.
     refused: bool = False
+    _timings: tuple[float, dict[str, float]] | None = field(default=None, repr=False)
 
     def limit_headers(self) -> list[tuple[bytes, bytes]]:
         return list(self.ticket.headers) if self.ticket is not None else []
@@ -140,11 +148,16 @@ class Attempt:
         return None if self.first_at is None else (self.first_at - self.call.started) * 1000
 
     def timings(self, end: float) -> dict[str, float]:
+        """The request's phases (ms) as of `end`: the same dict for the same `end` (the
+        record, the headers and the body's `tesseract` object all ask)."""
+        last = self._timings
+        if last is not None and last[0] == end:
+            return last[1]
         p = self.choice.prediction if self.choice else None
         upstream_ms = (end - self.sent_at) * 1000 if self.sent_at else 0.0
         net = p.rtt_ms if p else 0.0
         queue = p.queue_ms if p else 0.0
-        return {
+        t = {
             "route": (self.routed_at - self.call.started) * 1000,
             "net": net,
             "queue": queue,
@@ -152,6 +165,8 @@ class Attempt:
             "upstream": upstream_ms,
             "total": (end - self.call.started) * 1000,
         }
+        self._timings = (end, t)
+        return t
 
     def sla_met(self, total_ms: float) -> bool:
         r = self.call.parsed.route
@@ -170,7 +185,11 @@ class Attempt:
 
     def headers(self, content_type: bytes, end: float) -> list[tuple[bytes, bytes]]:
         t = self.timings(end)
-        timing = ", ".join(f"{k};dur={v:.2f}" for k, v in t.items())
+        timing = (
+            f"route;dur={t['route']:.2f}, net;dur={t['net']:.2f}, queue;dur={t['queue']:.2f}, "
+            f"compute;dur={t['compute']:.2f}, upstream;dur={t['upstream']:.2f}, "
+            f"total;dur={t['total']:.2f}"
+        )
         headers = [
             (b"content-type", content_type),
             (b"x-request-id", self.call.request_id.encode()),
