@@ -644,16 +644,15 @@ def headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
     """OpenAI's x-ratelimit-* headers for the tighter of the org's and the key's window."""
     out: list[tuple[bytes, bytes]] = []
     reset = reset_text(verdict.reset_ms).encode()
-    if verdict.requests_limit >= 0:
+    for kind, limit, remaining in (
+        (b"requests", verdict.requests_limit, verdict.requests_remaining),
+        (b"tokens", verdict.tokens_limit, verdict.tokens_remaining),
+    ):
+        if limit < 0:
+            continue
         out += [
-            (b"x-ratelimit-limit-requests", b"%d" % verdict.requests_limit),
-            (b"x-ratelimit-remaining-requests", b"%d" % verdict.requests_remaining),
-            (b"x-ratelimit-reset-requests", reset),
-        ]
-    if verdict.tokens_limit >= 0:
-        out += [
-            (b"x-ratelimit-limit-tokens", b"%d" % verdict.tokens_limit),
-            (b"x-ratelimit-remaining-tokens", b"%d" % verdict.tokens_remaining),
-            (b"x-ratelimit-reset-tokens", reset),
+            (b"x-ratelimit-limit-" + kind, b"%d" % limit),
+            (b"x-ratelimit-remaining-" + kind, b"%d" % remaining),
+            (b"x-ratelimit-reset-" + kind, reset),
         ]
     return out

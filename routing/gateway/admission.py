@@ -164,10 +164,7 @@ class _Tariffs:
         worst = 0
         book = self._book(endpoints, lim)
         for backend_id in backend_ids:
-            entry = book.get(backend_id)  # `_entry`'s common case, inline: every candidate
-            if entry is None or not entry[2] <= now < entry[3]:
-                entry = self._entry(book, endpoints, lim, backend_id, now)
-            in_force, scheduled, _, _ = entry
+            in_force, scheduled, _, _ = self._entry(book, endpoints, lim, backend_id, now)
             per_request, per_input, per_output = in_force  # limits.pico_charge, inline
             charge = per_request + input_tokens * per_input + output_tokens * per_output
             if charge > worst:

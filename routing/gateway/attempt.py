@@ -137,7 +137,6 @@ class Attempt:
     deferred: Any = None
     #: The admission refused the request (or could not be answered): nothing is metered.
     refused: bool = False
-    _timings: tuple[float, dict[str, float]] | None = field(default=None, repr=False)
 
     def limit_headers(self) -> list[tuple[bytes, bytes]]:
         return list(self.ticket.headers) if self.ticket is not None else []
@@ -148,16 +147,11 @@ class Attempt:
         return None if self.first_at is None else (self.first_at - self.call.started) * 1000
 
     def timings(self, end: float) -> dict[str, float]:
-        """The request's phases (ms) as of `end`: the same dict for the same `end` (the
-        record, the headers and the body's `tesseract` object all ask)."""
-        last = self._timings
-        if last is not None and last[0] == end:
-            return last[1]
         p = self.choice.prediction if self.choice else None
         upstream_ms = (end - self.sent_at) * 1000 if self.sent_at else 0.0
         net = p.rtt_ms if p else 0.0
         queue = p.queue_ms if p else 0.0
-        t = {
+        return {
             "route": (self.routed_at - self.call.started) * 1000,
             "net": net,
             "queue": queue,
@@ -165,8 +159,6 @@ class Attempt:
             "upstream": upstream_ms,
             "total": (end - self.call.started) * 1000,
         }
-        self._timings = (end, t)
-        return t
 
     def sla_met(self, total_ms: float) -> bool:
         r = self.call.parsed.route
@@ -185,11 +177,7 @@ class Attempt:
 
     def headers(self, content_type: bytes, end: float) -> list[tuple[bytes, bytes]]:
         t = self.timings(end)
-        timing = (
-            f"route;dur={t['route']:.2f}, net;dur={t['net']:.2f}, queue;dur={t['queue']:.2f}, "
-            f"compute;dur={t['compute']:.2f}, upstream;dur={t['upstream']:.2f}, "
-            f"total;dur={t['total']:.2f}"
-        )
+        timing = ", ".join(f"{k};dur={v:.2f}" for k, v in t.items())
         headers = [
             (b"content-type", content_type),
             (b"x-request-id", self.call.request_id.encode()),

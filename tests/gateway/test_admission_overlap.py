@@ -52,14 +52,19 @@ def ask(lim: limits.Limits = FREE, *, tokens: int = 100, reserve_usd: str = "0.0
     )
 
 
-def hear(admission: Admission, request: Ask, **answer: int) -> None:
-    """The script's answer to an admission of this key, admitted."""
+def admitted(**answer: int) -> limits.Verdict:
+    """The script's answer to an admission, admitted (fields overridden by `answer`)."""
     fields: dict[str, Any] = {
         "status": limits.OK, "window": 0, "requests_limit": 60, "requests_remaining": 59,
         "tokens_limit": 100_000, "tokens_remaining": 99_900, "reset_ms": 30_000,
         "org_spend_nano": 0, "key_spend_nano": 0, "reserved_org": True, "reserved_key": False,
     }  # fmt: skip
-    asyncio.run(admission._ticket(request, limits.Verdict(**{**fields, **answer})))
+    return limits.Verdict(**{**fields, **answer})
+
+
+def hear(admission: Admission, request: Ask, **answer: int) -> None:
+    """This process hears the script's answer to an admission of this key."""
+    asyncio.run(admission._ticket(request, admitted(**answer)))
 
 
 def claims(admission: Admission, request: Ask, most: int = 1000) -> int:
@@ -291,11 +296,7 @@ def test_a_deferred_request_failing_over_to_a_provider_while_redis_is_gone_gets_
         )
         gateway.admission = admission
         request = ask()
-        await admission._ticket(request, limits.Verdict(
-            status=limits.OK, window=0, requests_limit=60, requests_remaining=59,
-            tokens_limit=100_000, tokens_remaining=99_900, reset_ms=30_000,
-            org_spend_nano=0, key_spend_nano=0, reserved_org=True, reserved_key=False,
-        ))  # fmt: skip
+        await admission._ticket(request, admitted())
         admission.deferring = True
         assert admission.defer(request)
 
