@@ -107,6 +107,24 @@ def fold_weight(count: int, span_s: float | None, alpha: float, time_constant_s:
     return weight
 
 
+def fold(prior: float, mean: float, weight: float) -> float:
+    """`prior` moved `weight` (0 to 1, `fold_weight`) of the way to `mean`, on the
+    logarithm: prior × (mean / prior)^weight.
+
+    Speeds are ratios and their scatter is multiplicative: one straggler — a first
+    token 100 times late, which real backends do produce — would move an arithmetic
+    average of a busy backend's second by a multiple and make it look slow to every
+    gateway for that second; on the logarithm it moves it by a few percent, while a
+    backend that slows for everyone moves as far as before. With `mean` the geometric
+    mean of the samples (`backends.resources`) the average tracks the median, which is
+    what the engine's predictions are (bench/README.md, "Stragglers"). A prior that is
+    not positive (a profile's TTFT of 0) is no prior: `mean` is taken as it is.
+    """
+    if prior <= 0:
+        return mean
+    return prior * (mean / prior) ** weight
+
+
 _encode = msgspec.json.encode
 _decode = msgspec.json.Decoder(DeploymentLive).decode
 

@@ -35,7 +35,11 @@ Two periodic jobs write it into the live maps (`backends.livestate`):
   (`UsageEvent` rows, across tenants: the control plane aggregates, it shows nobody
   anything) newer than a watermark kept in Redis become samples of each deployment's
   backend-side TTFT and decode speed, folded into EWMAs seeded with the catalog
-  profile. A deployment's new requests move its averages by `livestate.fold_weight`:
+  profile. Both are geometric: a fold's samples are averaged on the logarithm and
+  move the average by a power, not a difference (`livestate.fold`), so one straggler
+  a hundred times late among a busy backend's second of requests moves its average
+  by a few percent, not by a multiple.
+  A deployment's new requests move its averages by `livestate.fold_weight`:
   a request weighs `TESSERACT_OBSERVED_EWMA_ALPHA_PCT` %, and the requests of a span
   of time together no more than 1 - exp(-span / `TESSERACT_OBSERVED_TIME_CONSTANT_MS`),
   so a busy backend's average covers about a second of its requests rather than its
@@ -324,15 +328,18 @@ _FIELDS = ("id", "deployment", "status", "stream", "attempts", "input_tokens",
 
 @dataclass(slots=True)
 class _Mean:
-    """The running mean of one kind of sample."""
+    """The running geometric mean of one kind of sample (`livestate.fold` says why)."""
 
-    total: float = 0.0
+    logs: float = 0.0
     count: int = 0
 
     def add(self, sample: float | None) -> None:
-        if sample is not None:
-            self.total += sample
+        if sample is not None and sample > 0:  # a profile's TTFT of 0 scales every one to 0
+            self.logs += math.log(sample)
             self.count += 1
+
+    def value(self) -> float:
+        return math.exp(self.logs / self.count)
 
 
 @dataclass(slots=True)
@@ -410,7 +417,7 @@ def _fold(client: Any, batch: int) -> int:
             if mean.count:
                 start = seed if prior is None else prior
                 weight = livestate.fold_weight(mean.count, span, alpha, time_constant_s)
-                out[slug] = start + weight * (mean.total / mean.count - start)
+                out[slug] = livestate.fold(start, mean.value(), weight)
     changed = _fade_stale(client, live, profiles, ttft.keys() | decode.keys(), now)
     if not read:
         _check_not_ahead(client, mark)

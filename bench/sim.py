@@ -41,7 +41,7 @@ import random
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
 
-from backends.livestate import fold_weight
+from backends.livestate import fold, fold_weight
 from backends.world import WorldSpec
 from routing.engine import LiveState, Snapshot, get_strategy, projected_in_flight, route
 
@@ -247,11 +247,11 @@ def simulate(
         if backend_ms > 0 and expected > 0:
             sample = backend_ms * b.ttft_ms / expected
             prior = b.ttft_ms if b.observed_ttft is None else b.observed_ttft
-            b.observed_ttft = prior + weight * (sample - prior)
+            b.observed_ttft = fold(prior, sample, weight)
         if tr.output_tokens - 1 >= MIN_DECODE_TOKENS and e2e_ms > ttft_ms:
             sample = (tr.output_tokens - 1) * 1000.0 / (e2e_ms - ttft_ms)
             prior = 1000.0 / b.ms_per_out if b.observed_decode is None else b.observed_decode
-            b.observed_decode = prior + weight * (sample - prior)
+            b.observed_decode = fold(prior, sample, weight)
         observed_version += 1
 
     if truth is not None:

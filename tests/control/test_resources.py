@@ -413,7 +413,8 @@ def test_observed_ttft_rises_after_the_slow_fault(mesh, live, acme):
     assert profile.ttft_ms - 1.0 <= healthy.observed_ttft_ms < profile.ttft_ms * 2
     assert healthy.observed_decode_tps == pytest.approx(profile.decode_tokens_per_s, rel=0.15)
     # ... then three times slower, of which five requests carry the average 2/3 of the
-    # way: at least 1/3 × 50 + 2/3 × 150 = 117 ms, whatever the machine did.
+    # way on the logarithm: at least 50^(1/3) × 150^(2/3) = 104 ms, whatever the
+    # machine did.
     assert slow.observed_ttft_ms > profile.ttft_ms * 2
     assert slow.observed_decode_tps < healthy.observed_decode_tps / 1.5
 
@@ -476,6 +477,21 @@ def test_a_watermark_past_the_newest_event_starts_again_from_the_newest(mesh, li
     assert resources.fold_observed(client=live) == 1
 
 
+def observed_ttft(slug: str, ttft_ms: float) -> float:
+    """The TTFT sample `usage(org, slug, ttft_ms=...)` makes (at the reference prompt)."""
+    d = Deployment.objects.get(slug=slug)
+    profile = Profile(
+        d.ttft_ms, d.reference_prompt_tokens, d.prefill_tokens_per_s, d.decode_tokens_per_s,
+        0.0, 0.0,
+    )  # fmt: skip
+    sample = resources.observation(
+        profile, input_tokens=2, output_tokens=10, ttft_ms=ttft_ms, latency_ms=180.0,
+        network_ms=1.0, queue_ms=0.0,
+    ).ttft_ms  # fmt: skip
+    assert sample is not None
+    return sample
+
+
 def folded_once(mesh, live, acme, settings) -> tuple[Any, livestate.DeploymentLive]:
     """One request 5 s ago, folded (α 20%, a time constant of 1 s): its time and the
     live record after the fold."""
@@ -503,21 +519,50 @@ def test_a_busy_backends_requests_of_a_tenth_of_a_second_move_its_average_a_tent
     resources.fold_observed(client=live)
     after = record(live, WESTEUROPE_70B)
 
-    d = Deployment.objects.get(slug=WESTEUROPE_70B)
-    profile = Profile(
-        d.ttft_ms, d.reference_prompt_tokens, d.prefill_tokens_per_s, d.decode_tokens_per_s,
-        0.0, 0.0,
-    )  # fmt: skip
-    slow = resources.observation(
-        profile, input_tokens=2, output_tokens=10, ttft_ms=200.0, latency_ms=180.0,
-        network_ms=1.0, queue_ms=0.0,
-    ).ttft_ms  # fmt: skip
+    slow = observed_ttft(WESTEUROPE_70B, 200.0)
     assert slow > 5 * before.observed_ttft_ms
     weight = 1 - math.exp(-0.1)
     assert after.observed_ttft_ms == pytest.approx(
-        before.observed_ttft_ms + weight * (slow - before.observed_ttft_ms), rel=1e-3
+        before.observed_ttft_ms * (slow / before.observed_ttft_ms) ** weight, rel=1e-3
     )
     assert after.sampled_at == pytest.approx((t0 + timedelta(milliseconds=100)).timestamp())
+
+
+def test_one_straggler_among_a_busy_seconds_requests_barely_moves_the_average(
+    mesh, live, acme, settings
+):
+    t0, before = folded_once(mesh, live, acme, settings)
+
+    # A second of a busy backend: 99 requests as fast as before and one whose first
+    # token came 100 times later (a straggler). An arithmetic average of the second
+    # would double; the geometric one moves by 100^(1/100), under 5%.
+    for i in range(100):
+        at = t0 + timedelta(milliseconds=10 * (i + 1))
+        usage(acme, WESTEUROPE_70B, created_at=at, ttft_ms=2000.0 if i == 50 else 20.0)
+    resources.fold_observed(client=live)
+    after = record(live, WESTEUROPE_70B)
+
+    weight = 1 - math.exp(-1.0)
+    without = livestate.fold(before.observed_ttft_ms, observed_ttft(WESTEUROPE_70B, 20.0), weight)
+    assert without < after.observed_ttft_ms < 1.05 * without
+
+
+def test_a_backend_slower_for_everyone_moves_as_far_on_the_logarithm():
+    # The fold's weight carries the average that share of the way, as a ratio: a
+    # tenth of the way from 50 to 500 is x1.26, a half x3.16, all of it 500.
+    assert livestate.fold(50.0, 500.0, 0.1) == pytest.approx(50.0 * 10**0.1)
+    assert livestate.fold(50.0, 500.0, 0.5) == pytest.approx(50.0 * 10**0.5)
+    assert livestate.fold(50.0, 500.0, 1.0) == pytest.approx(500.0)
+    assert livestate.fold(50.0, 5.0, 0.5) == pytest.approx(50.0 / 10**0.5)  # faster too
+
+
+def test_a_sample_or_a_prior_of_zero_is_none():
+    # A profile's TTFT of 0 scales every sample to 0: no logarithm, no sample, no prior.
+    mean = resources._Mean()
+    for sample in (0.0, None, 4.0, 16.0):
+        mean.add(sample)
+    assert (mean.count, mean.value()) == (2, pytest.approx(8.0))
+    assert livestate.fold(0.0, 8.0, 0.2) == 8.0
 
 
 def test_requests_older_than_those_folded_before_still_move_the_average_by_their_count(
