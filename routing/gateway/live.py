@@ -23,6 +23,7 @@ backend's count from what it sent and saw finish since.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import time
@@ -207,7 +208,8 @@ class WorldHolder:
 # --------------------------------------------------------------------------- observed
 
 
-#: Weight of a sample slower than the current estimate: a slowdown is believed at once ...
+#: Weight of a sample slower than the current estimate: a slowdown is believed at once
+#: (once a second request has confirmed the first, `Observed`) ...
 SLOWER_WEIGHT = 0.6
 #: ... and of a faster one: one quick answer does not clear a backend seen slow.
 FASTER_WEIGHT = 0.4
@@ -232,6 +234,9 @@ MIN_FACTOR = 1.5
 #: when it has moved by a STEP.
 REFRESH_S = 0.25
 STEP = 1.25
+#: One request's evidence of a slowdown waits this long (seconds) for another request's
+#: to confirm it (`Observed`: one request alone is not believed).
+CONFIRM_WITHIN_S = 2 * HALF_LIFE_S
 #: Decode speed is measured on streams of at least this many tokens after the first.
 MIN_DECODE_TOKENS = 8
 
@@ -271,9 +276,20 @@ class Observed:
     predicted, while a 600 ms answer predicted at 60 ms stays clearly slow.
 
     An attempt still waiting after LATE_FACTOR × its predicted time (LATE_MIN_S at
-    least) is evidence at once
-    (a lower bound, raised again each time the wait doubles): a hung or crawling
-    backend stops receiving requests before the first of them ends.
+    least) is evidence already (a lower bound, raised again each time the wait
+    doubles): a hung or crawling backend stops receiving requests before the first
+    two of them end.
+
+    One request alone is not believed: for a backend this process does not see as
+    slow (its estimate under MIN_FACTOR, no trial in flight), evidence of a slowdown
+    from one request is held until a request sent after it shows one too, within
+    CONFIRM_WITHIN_S of the first; then the less slow of the two is believed. An
+    answer under MIN_FACTOR from a request sent after the held one clears it (answers
+    from requests sent before it do not: a backend that has just slowed down is still
+    finishing those). Real backends answer the odd request a hundred times late (a
+    straggler); believed at once, each would send this process's traffic away from a
+    healthy backend for several half-lives, while a backend that really slowed down
+    or hung is slow for every request, and the next one confirms it.
 
     Recovery: an estimate fades back to 1 (the maps' view) with HALF_LIFE_S, so a
     backend avoided for being slow becomes competitive again and is sent a request.
@@ -293,6 +309,10 @@ class Observed:
         self._region = gateway_region
         self._clock = clock
         self._slow: dict[str, _Slowness] = {}
+        #: backend → (the request's serial, its ttft and decode factors, when first
+        #: seen): one request's evidence of a slowdown, not believed until a later
+        #: request's confirms it
+        self._alone: dict[str, tuple[int, float, float, float]] = {}
         self._base: Snapshot | None = None
         self._built: Snapshot | None = None
         self._factors: dict[str, tuple[float, float]] = {}
@@ -378,31 +398,76 @@ class Observed:
             self.noise_ms = max(NOISE_MS, noise + NOISE_WEIGHT * (miss - noise))
         return (max(measured_ms, 0.0) + noise) / (max(expected_ms, 0.0) + noise)
 
-    def sample(self, backend_id: str, *, ttft: float | None, decode: float | None) -> None:
-        """Fold one observation (factors over the snapshot's prediction) into the estimate."""
+    def sample(
+        self, backend_id: str, *, ttft: float | None, decode: float | None, source: int
+    ) -> None:
+        """Fold one observation (factors over the snapshot's prediction) into the
+        estimate; `source` is the serial of the request it came from (in the order
+        they were sent; the class docstring: one request alone is not believed)."""
         if ttft is None and decode is None:
             return
         now = self._clock()
-        slow = self._slow.get(backend_id)
-        if slow is None:
-            if (ttft or 1.0) <= 1.0 and (decode or 1.0) <= 1.0:
-                return  # the common case: as fast as predicted, nothing to remember
-            slow = self._slow[backend_id] = _Slowness(at=now)
+        if (ttft or 1.0) < MIN_FACTOR and (decode or 1.0) < MIN_FACTOR:
+            held = self._alone.get(backend_id)
+            if held is not None and source > held[0]:
+                del self._alone[backend_id]  # a later request in time: that was a straggler
+            slow = self._slow.get(backend_id)
+            if slow is None:
+                return  # the common case: about as fast as predicted, nothing to remember
+        else:
+            believed = self._believed(backend_id, source, ttft or 1.0, decode or 1.0, now)
+            if believed is None:
+                return
+            slow, t, d = believed
+            # A phase this answer did not measure (None) stays as it was.
+            ttft, decode = (None if ttft is None else t), (None if decode is None else d)
         prior_ttft, prior_decode = slow.faded(now)
         slow.ttft = _moved(prior_ttft, ttft)
         slow.decode = _moved(prior_decode, decode)
         slow.at = now
         self._dirty = True
 
-    def bound(self, backend_id: str, *, ttft: float, decode: float) -> None:
-        """An attempt is this late already: the backend is at least this slow."""
+    def bound(self, backend_id: str, *, ttft: float, decode: float, source: int) -> None:
+        """An attempt (serial `source`) is this late already: the backend is at least
+        this slow (believed as `sample` believes a slow answer)."""
         now = self._clock()
-        slow = self._slow.setdefault(backend_id, _Slowness(at=now))
+        believed = self._believed(backend_id, source, ttft, decode, now)
+        if believed is None:
+            return
+        slow, ttft, decode = believed
         prior_ttft, prior_decode = slow.faded(now)
         slow.ttft = max(prior_ttft, ttft)
         slow.decode = max(prior_decode, decode)
         slow.at = now
         self._dirty = True
+
+    def _believed(
+        self, backend_id: str, source: int, ttft: float, decode: float, now: float
+    ) -> tuple[_Slowness, float, float] | None:
+        """Evidence of a slowdown from request `source`: the estimate to move and the
+        factors to move it by, or None while this request alone shows a slowdown of a
+        backend not seen slow (held; the class docstring)."""
+        slow = self._slow.get(backend_id)
+        if slow is not None and (slow.trials or max(slow.faded(now)) >= MIN_FACTOR):
+            return slow, ttft, decode  # seen slow already: believed at once
+        held = self._alone.get(backend_id)
+        if held is not None and now - held[3] > CONFIRM_WITHIN_S:
+            held = None  # two stragglers far apart are not a slowdown
+        if held is None or held[0] == source:
+            if held is None:
+                self._alone[backend_id] = (source, ttft, decode, now)
+            else:  # the same request, later: its evidence only grows
+                self._alone[backend_id] = (
+                    source,
+                    max(ttft, held[1]),
+                    max(decode, held[2]),
+                    held[3],
+                )
+            return None
+        del self._alone[backend_id]
+        if slow is None:
+            slow = self._slow[backend_id] = _Slowness(at=now)
+        return slow, min(ttft, held[1]), min(decode, held[2])
 
     def _trial_over(self, backend_id: str) -> None:
         slow = self._slow.get(backend_id)
@@ -449,10 +514,15 @@ def _gateway_region() -> str:
     return str(settings.TESSERACT_GATEWAY_REGION)
 
 
+_SERIALS = itertools.count()
+
+
 class Watch:
     """One attempt under observation: a late timer while it waits, a sample when it ends."""
 
-    __slots__ = ("_attempt", "_decode", "_handle", "_observed", "_rtt_ms", "_trial", "_ttft")
+    __slots__ = (
+        "_attempt", "_decode", "_handle", "_observed", "_rtt_ms", "_serial", "_trial", "_ttft",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -465,6 +535,7 @@ class Watch:
     ) -> None:
         self._observed = observed
         self._attempt = attempt
+        self._serial = next(_SERIALS)  # this request's place in the order they were sent
         self._ttft, self._decode = ttft, decode  # the factors its prediction was made with
         self._rtt_ms = rtt_ms
         self._trial = trial
@@ -497,6 +568,7 @@ class Watch:
             a.choice.backend_id,
             ttft=self._ttft * slower,
             decode=self._decode * slower if whole and p.decode_ms > 0 else 1.0,
+            source=self._serial,
         )
         self._handle = asyncio.get_running_loop().call_later(waited_s, self._late, 2 * waited_s)
 
@@ -529,7 +601,10 @@ class Watch:
             expected = p.prefill_ms + p.decode_ms * n / max_out
             slower = self._observed.slower(first_ms, expected)
             self._observed.sample(
-                a.choice.backend_id, ttft=self._ttft * slower, decode=self._decode * slower
+                a.choice.backend_id,
+                ttft=self._ttft * slower,
+                decode=self._decode * slower,
+                source=self._serial,
             )
             return
         ttft = self._ttft * self._observed.slower(first_ms, p.prefill_ms)
@@ -540,7 +615,7 @@ class Watch:
             span_ms = (a.done_at - a.first_at) * 1000
             expected = p.decode_ms * (n - 1) / max_out
             decode = self._decode * self._observed.slower(span_ms, expected)
-        self._observed.sample(a.choice.backend_id, ttft=ttft, decode=decode)
+        self._observed.sample(a.choice.backend_id, ttft=ttft, decode=decode, source=self._serial)
 
 
 #: A read of everyone's in-flight counts older than this (seconds; Redis went away) is

@@ -154,7 +154,7 @@ def two_backends() -> Any:
     return Snapshot([backend("a"), backend("b")], LatencyMap(rtt={}), version=1)
 
 
-def test_the_gateways_own_view_believes_a_slowdown_at_once_and_lets_it_fade():
+def test_the_gateways_own_view_believes_a_slowdown_at_its_second_request_and_lets_it_fade():
     from routing.gateway.live import HALF_LIFE_S, Observed
 
     clock = Clock()
@@ -162,19 +162,84 @@ def test_the_gateways_own_view_believes_a_slowdown_at_once_and_lets_it_fade():
     base = two_backends()
     assert observed.overlay(base) is base  # nothing seen: the maps' own snapshot, no copy
 
-    observed.sample("a", ttft=1.0, decode=1.0)  # as predicted: nothing to remember
+    # Requests are numbered in the order they were sent.
+    observed.sample("a", ttft=1.0, decode=1.0, source=1)  # as predicted: nothing to remember
     assert observed.overlay(base) is base
-    observed.sample("b", ttft=10.0, decode=10.0)  # 10× slower
+    observed.sample("b", ttft=10.0, decode=10.0, source=2)  # 10× slower ...
+    assert observed.overlay(base) is base  # ... one request alone: maybe a straggler
+    observed.sample("b", ttft=12.0, decode=10.0, source=3)  # another: a slowdown
     slowed = observed.overlay(base).backend("b").state
     assert (slowed.observed_ttft_ms or 0) >= 50.0 * 5
     assert (slowed.observed_decode_tokens_per_s or 1e9) <= 100.0 / 5
     assert observed.overlay(base).backend("a").state.observed_ttft_ms is None
 
-    observed.sample("b", ttft=1.0, decode=1.0)  # one quick answer does not clear it
+    observed.sample("b", ttft=1.0, decode=1.0, source=4)  # one quick answer does not clear it
     assert (observed.overlay(base).backend("b").state.observed_ttft_ms or 0) >= 50.0 * 2
+    observed.sample("b", ttft=10.0, decode=10.0, source=5)  # seen slow: believed at once
+    assert (observed.overlay(base).backend("b").state.observed_ttft_ms or 0) >= 50.0 * 5
 
     clock.now += 10 * HALF_LIFE_S  # no news: it fades back to the maps' view
     assert observed.overlay(base) is base
+
+
+def test_two_slow_requests_are_believed_as_the_less_slow_of_them():
+    from routing.gateway.live import Observed
+
+    observed = Observed("a", clock=Clock())
+    base = two_backends()
+    observed.sample("b", ttft=100.0, decode=1.0, source=1)
+    observed.sample("b", ttft=3.0, decode=1.0, source=2)
+    # 3× moves the estimate 60% of the way: 2.2× (laid over as a power of 1.25), not 60×.
+    ttft = observed.overlay(base).backend("b").state.observed_ttft_ms or 0
+    assert 50.0 * 1.5 <= ttft <= 50.0 * 3
+
+
+def test_one_straggler_among_answers_in_time_moves_nothing():
+    from routing.gateway.live import CONFIRM_WITHIN_S, Observed
+
+    clock = Clock()
+    observed = Observed("a", clock=clock)
+    base = two_backends()
+    # A first token 100 times late between answers in time, twice: never believed.
+    for n in (0, 10):
+        observed.sample("b", ttft=1.0, decode=1.0, source=n + 1)
+        observed.sample("b", ttft=100.0, decode=1.0, source=n + 2)
+        observed.sample("b", ttft=1.1, decode=1.0, source=n + 3)
+        assert observed.overlay(base) is base
+    # Nor two stragglers far apart, with no answer between them.
+    observed.sample("b", ttft=100.0, decode=1.0, source=21)
+    clock.now += 2 * CONFIRM_WITHIN_S
+    observed.sample("b", ttft=100.0, decode=1.0, source=22)
+    assert observed.overlay(base) is base
+
+
+def test_answers_from_requests_sent_before_a_slowdown_do_not_hide_it():
+    from routing.gateway.live import Observed
+
+    observed = Observed("a", clock=Clock())
+    base = two_backends()
+    observed.sample("b", ttft=10.0, decode=1.0, source=5)  # the first slow answer
+    observed.sample("b", ttft=1.0, decode=1.0, source=3)  # sent before it, still in time
+    observed.sample("b", ttft=10.0, decode=1.0, source=6)  # confirms the first
+    assert (observed.overlay(base).backend("b").state.observed_ttft_ms or 0) >= 50.0 * 5
+
+
+def test_a_request_still_waiting_is_confirmed_by_another_not_by_itself():
+    from routing.gateway.live import CONFIRM_WITHIN_S, Observed
+
+    clock = Clock()
+    observed = Observed("a", clock=clock)
+    base = two_backends()
+    # The same attempt, later and later (its wait doubling): still one request, and
+    # its evidence is as old as its first.
+    for factor in (4.0, 8.0, 16.0):
+        observed.bound("b", ttft=factor, decode=1.0, source=1)
+        assert observed.overlay(base) is base
+        clock.now += 0.4 * CONFIRM_WITHIN_S
+    observed.bound("b", ttft=4.0, decode=1.0, source=2)  # past the window: held anew
+    assert observed.overlay(base) is base
+    observed.bound("b", ttft=4.0, decode=1.0, source=3)  # a second one: it hangs
+    assert (observed.overlay(base).backend("b").state.observed_ttft_ms or 0) >= 50.0 * 3
 
 
 def test_a_faster_sample_never_makes_a_backend_look_faster_than_the_maps_say():
@@ -182,8 +247,8 @@ def test_a_faster_sample_never_makes_a_backend_look_faster_than_the_maps_say():
 
     observed = Observed("a", clock=Clock())
     base = two_backends()
-    for _ in range(5):
-        observed.sample("a", ttft=0.1, decode=0.1)
+    for n in range(5):
+        observed.sample("a", ttft=0.1, decode=0.1, source=n)
     assert observed.overlay(base) is base
 
 
