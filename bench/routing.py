@@ -28,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from backends import livestate
@@ -163,27 +163,40 @@ def mark_oracle_from_truth(world: WorldSpec, jobs: list[Job], truth: Truth) -> N
     """Honest oracle: the request could meet its SLA on some policy-allowed backend at
     the pair's p50 RTT with empty queues, at its *true* (scattered) compute time — not
     at the engine's prediction. Physics is marked by `mark_oracle_and_physics`."""
-    sites: dict[tuple, list[str]] = {}
+    sites = AllowedSites(world)
     for k, job in enumerate(jobs):
+        job.oracle_ok = any(in_time_at(world, truth, k, job, slug)[0] for slug in sites(job))
+
+
+class AllowedSites:
+    """The deployments a job's policy allows, cached by what decides it."""
+
+    def __init__(self, world: WorldSpec) -> None:
+        self.world = world
+        self._cache: dict[tuple, list[str]] = {}
+
+    def __call__(self, job: Job) -> list[str]:
         r = job.request
         key = (r.model, r.compliance, r.allowed_jurisdictions)
-        mine = sites.get(key)
+        mine = self._cache.get(key)
         if mine is None:
-            mine = sites[key] = [s for s in world.deployments if allowed(world, s, job)]
-        ok = False
-        for slug in mine:
-            d = world.deployments[slug]
-            prefill, decode = truth.on_profile(
-                slug, k, d.profile, r.input_tokens, r.max_output_tokens
-            )
-            region = world.clusters[d.cluster].region
-            ttft = world.rtt_ms(job.client, region) + job.access_ms + prefill
-            if (r.max_ttft_ms is None or ttft <= r.max_ttft_ms) and (
-                r.max_latency_ms is None or ttft + decode <= r.max_latency_ms
-            ):
-                ok = True
-                break
-        job.oracle_ok = ok
+            mine = self._cache[key] = [
+                s for s in self.world.deployments if allowed(self.world, s, job)
+            ]
+        return mine
+
+
+def in_time_at(world: WorldSpec, truth: Truth, k: int, job: Job, slug: str) -> tuple[bool, float]:
+    """Whether job `k` meets its SLA on `slug` at the pair's p50 RTT with no queue, at
+    its true compute time there; and that compute time (ms, the slot it holds)."""
+    r = job.request
+    d = world.deployments[slug]
+    prefill, decode = truth.on_profile(slug, k, d.profile, r.input_tokens, r.max_output_tokens)
+    ttft = world.rtt_ms(job.client, world.clusters[d.cluster].region) + job.access_ms + prefill
+    ok = (r.max_ttft_ms is None or ttft <= r.max_ttft_ms) and (
+        r.max_latency_ms is None or ttft + decode <= r.max_latency_ms
+    )
+    return ok, prefill + decode
 
 
 def mark_oracle_and_physics(world: WorldSpec, jobs: list[Job]) -> None:
@@ -542,7 +555,8 @@ def describe(mix: Mix) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def parser() -> argparse.ArgumentParser:
+    """The benchmark's options (also `bench.fluid`'s: the same world, trace and mix)."""
     ap = argparse.ArgumentParser(description="Trace-driven routing benchmark")
     ap.add_argument("--trace", type=Path, default=DEFAULT_TRACE)
     ap.add_argument("--regions", type=Path, default=REGIONS_CSV)
@@ -623,14 +637,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--name", default="routing")
     ap.add_argument("--no-plot", action="store_true")
-    args = ap.parse_args(argv)
+    return ap
 
-    strategies = [s for s in args.strategies.split(",") if s]
-    for s in strategies:
-        if s not in STRATEGIES:
-            ap.error(f"unknown strategy {s}; one of {sorted(STRATEGIES)}")
-    loads = [float(x) for x in args.loads.split(",")]
-    t_start = time.perf_counter()
+
+@dataclass(slots=True)
+class Setup:
+    """What every strategy of a run meets: the world, the jobs, the truth, the capacity."""
+
+    world: WorldSpec
+    placement: str
+    jobs: list[Job]
+    mix: Mix
+    truth: Truth | None
+    capacity: dict[str, float]
+
+
+def setup(args: argparse.Namespace) -> Setup:
     regions_path, rtt_path = args.regions, args.rtt
     if args.region_subset:
         tmp = Path(tempfile.mkdtemp(prefix="bench-world-"))
@@ -638,7 +660,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
             args.regions, args.rtt, set(args.region_subset.split(",")), tmp
         )
     world, placement = load_world(regions_path, rtt_path)
-    snapshot = engine_snapshot(world)
     trace = looped(load_trace(args.trace), args.requests)
     mix = mix_from_args(args)
     if args.honest:
@@ -667,7 +688,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     if truth is not None:
         mark_oracle_from_truth(world, jobs, truth)
-    capacity = pool_capacity(world, jobs, truth)
+    return Setup(world, placement, jobs, mix, truth, pool_capacity(world, jobs, truth))
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = parser()
+    args = ap.parse_args(argv)
+
+    strategies = [s for s in args.strategies.split(",") if s]
+    for s in strategies:
+        if s not in STRATEGIES:
+            ap.error(f"unknown strategy {s}; one of {sorted(STRATEGIES)}")
+    loads = [float(x) for x in args.loads.split(",")]
+    t_start = time.perf_counter()
+    run = setup(args)
+    world, jobs, truth, capacity = run.world, run.jobs, run.truth, run.capacity
+    placement, mix = run.placement, run.mix
+    snapshot = engine_snapshot(world)
     runs = [(s, False) for s in strategies]
     if args.affinity:
         runs = [(s, True) for s in strategies] + (
