@@ -34,7 +34,7 @@ from __future__ import annotations
 import statistics
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
@@ -56,15 +56,14 @@ from bench.routing import (
 class _Group:
     """Requests that the same backends serve in time and the same backends allow."""
 
+    slot_s: np.ndarray  # summed over its requests, per allowed backend
     count: int = 0
-    slot_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per allowed backend
 
 
 @dataclass(slots=True)
 class _Request:
     at_s: float
-    feasible: bool
-    in_time: tuple[int, ...]
+    in_time: tuple[int, ...]  # empty: the oracle cannot serve it in time
     allowed: tuple[int, ...]
     slot_s: list[float]  # per allowed backend
 
@@ -90,7 +89,7 @@ def requests_of(run: Setup, rho: float) -> dict[str, list[_Request]]:
             if ok:
                 in_time.append(position[slug])
         allowed = tuple(position[s] for s in mine)
-        out[job.request.model].append(_Request(at, job.oracle_ok, tuple(in_time), allowed, slot_s))
+        out[job.request.model].append(_Request(at, tuple(in_time), allowed, slot_s))
     return out
 
 
@@ -227,7 +226,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for rho in (float(x) for x in args.loads.split(",")):
         for model, requests in sorted(requests_of(run, rho).items()):
             mean_s = statistics.fmean(statistics.fmean(r.slot_s) for r in requests)
-            feasible = sum(r.feasible for r in requests)
+            feasible = sum(bool(r.in_time) for r in requests)
             served = fluid_in_time(requests, slots, args.slice_s)
             rows.append(
                 {

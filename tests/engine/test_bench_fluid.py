@@ -12,12 +12,12 @@ TWO_ONE_SLOT_BACKENDS = np.array([1.0, 1.0])
 
 def tight(at_s: float, slot_s: float = 0.5) -> _Request:
     """In time only on backend 0, allowed on both."""
-    return _Request(at_s, True, (0,), (0, 1), [slot_s, slot_s])
+    return _Request(at_s, (0,), (0, 1), [slot_s, slot_s])
 
 
 def loose(at_s: float, slot_s: float = 0.5) -> _Request:
     """In time on either backend."""
-    return _Request(at_s, True, (0, 1), (0, 1), [slot_s, slot_s])
+    return _Request(at_s, (0, 1), (0, 1), [slot_s, slot_s])
 
 
 def test_the_fluid_bound_sends_the_loose_requests_where_the_tight_ones_are_not():
