@@ -278,11 +278,11 @@ class Observed:
     An attempt still waiting after LATE_FACTOR × its predicted time (LATE_MIN_S at
     least) is evidence already (a lower bound, raised again each time the wait
     doubles): a hung or crawling backend stops receiving requests before the first
-    two of them end.
+    of them ends.
 
-    One request alone is not believed: for a backend this process does not see as
-    slow (its estimate under MIN_FACTOR, no trial in flight), evidence of a slowdown
-    from one request is held until a request sent after it shows one too, within
+    One answer alone is not believed: for a backend this process does not see as
+    slow (its estimate under MIN_FACTOR, no trial in flight), a slow answer from one
+    request is held until an answer from a request sent after it is slow too, within
     CONFIRM_WITHIN_S of the first; then the less slow of the two is believed. An
     answer under MIN_FACTOR from a request sent after the held one clears it (answers
     from requests sent before it do not: a backend that has just slowed down is still
@@ -427,14 +427,12 @@ class Observed:
         slow.at = now
         self._dirty = True
 
-    def bound(self, backend_id: str, *, ttft: float, decode: float, source: int) -> None:
-        """An attempt (serial `source`) is this late already: the backend is at least
-        this slow (believed as `sample` believes a slow answer)."""
+    def bound(self, backend_id: str, *, ttft: float, decode: float) -> None:
+        """An attempt is this late already: the backend is at least this slow. Believed
+        at once, unlike an answer (the class docstring): a client is waiting on it, and
+        with one request at a time a hung backend would never get a second one."""
         now = self._clock()
-        believed = self._believed(backend_id, source, ttft, decode, now)
-        if believed is None:
-            return
-        slow, ttft, decode = believed
+        slow = self._slow.setdefault(backend_id, _Slowness(at=now))
         prior_ttft, prior_decode = slow.faded(now)
         slow.ttft = max(prior_ttft, ttft)
         slow.decode = max(prior_decode, decode)
@@ -568,7 +566,6 @@ class Watch:
             a.choice.backend_id,
             ttft=self._ttft * slower,
             decode=self._decode * slower if whole and p.decode_ms > 0 else 1.0,
-            source=self._serial,
         )
         self._handle = asyncio.get_running_loop().call_later(waited_s, self._late, 2 * waited_s)
 
