@@ -627,9 +627,10 @@ def write(
     if limits_cost is not None:
         added, lost = limits_cost
         lines += [
-            f"| rate limits and budgets: p50 added (on − off, fresh gateways every round; "
-            f"limits.md) | {added:.3f} ms | ≤ 0.15 ms |",
-            f"| rate limits and budgets: throughput lost | {lost:.1f}% | ≤ 10% |",
+            f"| rate limits and budgets: p50 added (the median of the rounds' on − off, "
+            f"fresh gateways every round; limits.md) | {added:.3f} ms | ≤ 0.15 ms |",
+            f"| rate limits and budgets: throughput lost (the median of the rounds'; "
+            f"limits.md) | {lost:.1f}% | ≤ 10% |",
         ]
     if "litellm" in by:
         lite = by["litellm"]
