@@ -93,7 +93,8 @@ class Deadline(Strategy):
        predicted finish, the less loaded, the cheaper.
     3. When the winner of step 2 has at most SPREAD_WHEN_FREE of its slots free, the
        request spreads: inside the same groups (margin, then band) the least loaded
-       candidate wins, ties to the earlier finish.
+       candidate wins, ties to the earlier finish. A request that no candidate meets
+       with margin does not spread: it keeps step 2's order.
     4. A request with no deadline at all is served by the earliest predicted finish:
        there is nothing to trade speed against.
     5. A late request (the plan relaxes its deadline because nothing can meet it) goes
@@ -124,7 +125,11 @@ class Deadline(Strategy):
     everyone's in-flight counts from its own sends (`mesh.projected_in_flight`), so a
     backend filling up is seen within the second and the spread does not herd. Finishing
     first instead (`fastest_feasible`) piles requests with slack on the fast chips and
-    loses at every load of the honest benchmark.
+    loses at every load of the honest benchmark. Why not spread a request without
+    margin: every candidate is then near its deadline, and the least loaded one is
+    often the one it barely reaches (a neighbouring region's, predicted a few ms inside
+    the deadline), where the scatter misses about half the time, while the nearly
+    full one's queue, if it has one, is in its prediction already.
     """
 
     name = "deadline"
@@ -154,7 +159,8 @@ class Deadline(Strategy):
                 d.price[cand],
                 need=d.need,
             )
-        short = 2.0 * ~_with_margin(d, cand)
+        margin = _with_margin(d, cand)
+        short = 2.0 * ~margin
         if r.prefer_cost_over_latency:
             price = d.price[cand]
             return self._by_keys(cand, total, short, price, d.rtt[cand], total, load, need=d.need)
@@ -167,7 +173,7 @@ class Deadline(Strategy):
             cand, total, first, d.rtt[cand], affinity, total, load, d.price[cand], need=d.need
         )
         top = int(order[0])
-        if not _nearly_full(idx, top):
+        if not _nearly_full(idx, top) or not margin.any():
             return order, score
         # Spread: the same groups (margin, band), the least loaded first; a queue shows
         # in the predicted finish, the tie-break (`load` stops at a full backend).

@@ -1,6 +1,7 @@
 """`deadline` (the default): the nearest backend that meets the deadline, within a
 decode band of the quickest, until it is nearly full, then the least loaded one that
-meets it with margin; no deadline: the earliest finish; cost when asked."""
+meets it with margin (a request none meets with margin stays); no deadline: the
+earliest finish; cost when asked."""
 
 import pytest
 
@@ -73,6 +74,20 @@ def test_spreading_prefers_a_backend_with_margin_to_a_less_loaded_one_on_the_edg
     by_id = {c.backend_id: c for c in plan.choices}
     assert by_id["virginia"].prediction.ttft_ms > (1 - SAFETY_SHARE) * 195
     assert plan.primary.backend_id == "frankfurt"
+
+
+def test_a_request_no_backend_meets_with_margin_stays_on_a_nearly_full_nearest_backend():
+    # paris is nearly full; frankfurt is idle and 10 ms farther. Neither meets the 140 ms
+    # deadline with SAFETY_SHARE of it unused: the request would gamble on the scatter
+    # wherever it went, and the nearer one leaves it the most room.
+    snap = make_snapshot(
+        make_backend("paris", slots=100, in_flight=95),
+        make_backend("frankfurt", "frankfurt", slots=100),
+    )
+    plan = route(snap, Request(**BASE, max_ttft_ms=140), max_fallbacks=1)
+    assert all(c.prediction.ttft_ms > (1 - SAFETY_SHARE) * 140 for c in plan.choices)
+    assert all(c.meets_sla for c in plan.choices)
+    assert [c.backend_id for c in plan.choices] == ["paris", "frankfurt"]
 
 
 def test_a_queue_that_would_miss_the_deadline_sends_the_request_farther():
