@@ -209,18 +209,18 @@ def gateways(
             raise RuntimeError(f"a gateway did not start on a port of its own (logs in {work})")
         for mode, url in urls.items():
             asyncio.run(sequential(url, headers, 50))
-            warm_up_at_32(Target(mode, url, headers, BODY))
+            load_at_32(Target(mode, url, headers, BODY), 1)  # warm up
         yield urls, pids
     finally:
         stop_processes(procs, timeout_s=30)
 
 
-def warm_up_at_32(target: Target) -> None:
-    """A second at 32 concurrent requests."""
+def load_at_32(target: Target, seconds: int) -> float:
+    """`seconds` at 32 concurrent requests: req/s, by wrk when installed, else by the
+    aiohttp load generator."""
     if shutil.which("wrk"):
-        wrk(target, stream=False, seconds=1)
-    else:
-        asyncio.run(throughput(target.url, target.headers, 1.0))
+        return wrk(target, stream=False, seconds=seconds)
+    return asyncio.run(throughput(target.url, target.headers, seconds))
 
 
 #: The load at 32 connections is taken in slices of about this many seconds, the
@@ -274,13 +274,9 @@ def compare(
                 # Slices in rotating order: every side meets the same stretches of the
                 # machine's speed, as the sequential requests do one by one.
                 for mode in order[s % len(order) :] + order[: s % len(order)]:
-                    url = urls[mode]
                     cpu0, redis0 = cpu_s(pids[mode]), redis_cpu_s(redis_url)
                     t0 = time.perf_counter()
-                    if shutil.which("wrk"):
-                        rps = wrk(Target(mode, url, headers, BODY), stream=False, seconds=per)
-                    else:
-                        rps = asyncio.run(throughput(url, headers, per))
+                    rps = load_at_32(Target(mode, urls[mode], headers, BODY), per)
                     elapsed = time.perf_counter() - t0  # wrk's own start-up is negligible
                     totals = load[mode]
                     totals[0] += rps * elapsed
