@@ -111,7 +111,10 @@ class DeploymentAdmin(admin.ModelAdmin):
         "drained",
         "health",
     )
-    list_filter = ("chip", "model", "adapter", "provider", "loaded", "drained", "health")
+    list_filter = (
+        "chip", "model", "adapter", "provider", "priority_scheduling", "loaded", "drained",
+        "health",
+    )  # fmt: skip
     list_select_related = ("chip", "model", "cluster")
     search_fields = ("slug", "provider_model_id")
 

@@ -98,6 +98,8 @@ def demo_world_load(
                 "chip": chips[cluster.chip],
                 "model": models[d.model],
                 "adapter": Deployment.Adapter.SIMULATOR,
+                # the simulator orders its queues by priority, as vLLM can
+                "priority_scheduling": True,
                 "endpoint_url": f"{simulator_url.rstrip('/')}/d/{d.slug}/v1",
                 "price_input_per_mtok": Decimal(str(p.price_input_per_mtok)),
                 "price_output_per_mtok": Decimal(str(p.price_output_per_mtok)),

@@ -362,6 +362,13 @@ class Deployment(models.Model):
         "preset's id for the model, else the catalog's slug.",
     )
     adapter = models.CharField(max_length=16, choices=Adapter.choices, default=Adapter.SIMULATOR)
+    priority_scheduling = models.BooleanField(
+        default=False,
+        help_text="The server orders its waiting requests by the priority each request "
+        "carries (vLLM's --scheduling-policy priority): the gateway sends each request's "
+        "deadline as its priority, so the earliest deadline is served first. Leave off "
+        "for a server that refuses a priority (vLLM's default policy) or a provider's API.",
+    )
     price_input_per_mtok = models.DecimalField(max_digits=10, decimal_places=4)
     price_output_per_mtok = models.DecimalField(max_digits=10, decimal_places=4)
     concurrency_slots = models.PositiveIntegerField()

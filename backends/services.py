@@ -219,9 +219,11 @@ def private_cluster_auth_set(
 
 
 #: What an organization declares of a deployment: its server's own name for the model,
-#: and the profile the deadline prediction starts from.
+#: whether it orders its queue by priority, and the profile the deadline prediction
+#: starts from.
 DEPLOYMENT_FIELDS = (
     "provider_model_id",
+    "priority_scheduling",
     "concurrency_slots",
     "ttft_ms",
     "reference_prompt_tokens",

@@ -87,6 +87,10 @@ class Endpoint:
     first_token_timeout_s: float | None = None
     #: quirk: the server sends no usage in streams (tokens are then estimated)
     ignores_include_usage: bool = False
+    #: the server serves its waiting requests by the priority each carries (vLLM's
+    #: `--scheduling-policy priority`): the gateway sends the request's deadline
+    #: (`Request.queue_priority`) in place of any priority the client gave
+    priority_scheduling: bool = False
     #: it serves Prometheus /metrics beside its /v1 (`backends.resources` scrapes it):
     #: a provider says whether (`Provider.exposes_metrics`); a deployment without one
     #: (the simulator, a server at its own URL) is scraped, as it always was
@@ -316,6 +320,7 @@ def load_world() -> World:
             connect_timeout_s=d.provider.connect_timeout_s if d.provider else None,
             first_token_timeout_s=d.provider.first_token_timeout_s if d.provider else None,
             ignores_include_usage=bool(d.provider and d.provider.ignores_include_usage),
+            priority_scheduling=d.priority_scheduling,
             exposes_metrics=d.provider.exposes_metrics if d.provider else True,
             region=d.cluster.region.slug,
             cluster=d.cluster.slug,

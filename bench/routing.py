@@ -634,6 +634,14 @@ def parser() -> argparse.ArgumentParser:
         help="--honest: each gateway shares its in-flight counts every this many seconds"
         " (as the gateway does; 0: a read sees them exact)",
     )
+    ap.add_argument(
+        "--backend-queues",
+        choices=("deadline", "arrival"),
+        default="deadline",
+        help="--honest: the order in which a backend takes its waiting requests: earliest"
+        " deadline first, as the gateway's priority asks of a vLLM server started with"
+        " --scheduling-policy priority, or arrival order (first come, first served)",
+    )
     ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--name", default="routing")
     ap.add_argument("--no-plot", action="store_true")
@@ -682,6 +690,7 @@ def setup(args: argparse.Namespace) -> Setup:
             args.counter_age_s,
             args.inflight_read_s,
             args.inflight_publish_s,
+            deadline_queues=args.backend_queues == "deadline",
         )
         if args.honest
         else None
@@ -794,7 +803,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             " measured window over the mean service time, `window / read`: over the live"
             " maps' refresh period, the smallest over models. Each gateway projects"
             " everyone's in-flight counts from its own sends since the last read"
-            " (`routing.engine.projected_in_flight`).",
+            " (`routing.engine.projected_in_flight`). Backends take their waiting requests"
+            + (
+                " earliest deadline first (the priority the gateway sends,"
+                " `Request.queue_priority`)."
+                if truth.deadline_queues
+                else " in arrival order."
+            ),
         ]
     if mix.no_location_share:
         extra.append(("attainment_vs_oracle_no_location", "met / feasible, no location", "{:.1%}"))

@@ -4,7 +4,8 @@ Model of one request (times in ms, from its arrival at the gateway):
 
     decide (engine, on a snapshot with the live counters of that instant)
     -> travel half the round trip to the backend
-    -> wait for a free slot (FIFO per backend; `concurrency_slots` run at once)
+    -> wait for a free slot (`concurrency_slots` run at once; in arrival order, or
+       with `truth.deadline_queues` the earliest deadline first)
     -> prefill (fixed part + uncached input tokens / prefill speed), first token
     -> decode (output tokens / decode speed); the slot is freed
     -> the first and the last token travel half the round trip back.
@@ -30,7 +31,11 @@ projected_in_flight`, as `routing.gateway.live.InFlight.apply` does). Every fini
 request is folded into the backend's observed TTFT and decode speed the way the gateway and
 `backends.resources.observation` do it — TTFT less the *predicted* network and
 queue, so a queue wait the engine did not foresee shows up as a slower backend.
-The engine routes on those observed speeds from the next refresh on.
+The engine routes on those observed speeds from the next refresh on. With
+`truth.deadline_queues` every backend takes its waiting requests in the order of the
+priority the gateway sends (`Request.queue_priority`: the earliest deadline first,
+without preempting a request that holds a slot), as a vLLM server started with
+`--scheduling-policy priority` does.
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ from .workload import Job, gateway_sites, nearest_gateway
 from .worlds import engine_backends, latency_map
 
 ARRIVE, FINISH = 0, 1
+#: The deadline of a request that sets none, for deadline-ordered queues (the bench's
+#: requests all set one; the gateway uses the tier's default TTFT).
+DEFAULT_DEADLINE_MS = 60_000.0
 EWMA_ALPHA = 0.1
 BLOCK_TOKENS = 512  # Mooncake's hash_ids: one hash per 512-token block
 CACHE_BLOCKS = 8192  # KV-cache blocks a backend keeps (LRU): ~4M tokens
@@ -77,7 +85,9 @@ class _Backend:
     ttft_ms: float = 0.0  # the profile's, at its reference prompt
     busy: int = 0
     transit: int = 0
-    waiting: deque = field(default_factory=deque)
+    #: requests waiting for a slot: (k, rtt, t0, arrived), in arrival order, or with
+    #: deadline-ordered queues a heap of (priority, arrived, k, rtt, t0)
+    waiting: deque | list = field(default_factory=deque)
     ewma: float | None = None
     busy_ms: float = 0.0
     cache: OrderedDict | None = None
@@ -163,6 +173,10 @@ def simulate(
     """
     strat = get_strategy(strategy)
     backends = backends_of(world)
+    by_deadline = truth is not None and truth.deadline_queues
+    if by_deadline:
+        for b in backends.values():
+            b.waiting = []
     if kv_cache or affinity:
         for b in backends.values():
             b.cache = OrderedDict()
@@ -298,6 +312,10 @@ def simulate(
             b.transit -= 1
             if b.busy < b.slots:
                 start(b, now, k, rtt, t0)
+            elif by_deadline:
+                priority = jobs[k].request.queue_priority(t0, DEFAULT_DEADLINE_MS)
+                heapq.heappush(b.waiting, (priority, now, k, rtt, t0))
+                publish(b)
             else:
                 b.waiting.append((k, rtt, t0, now))
                 publish(b)
@@ -316,7 +334,10 @@ def simulate(
                 while len(b.cache) > CACHE_BLOCKS:
                     b.cache.popitem(last=False)
             if b.waiting:
-                k, rtt, t0, arrived = b.waiting.popleft()
+                if by_deadline:
+                    _, arrived, k, rtt, t0 = heapq.heappop(b.waiting)
+                else:
+                    k, rtt, t0, arrived = b.waiting.popleft()
                 start(b, now, k, rtt, t0, now - arrived)
             else:
                 publish(b)

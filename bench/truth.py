@@ -93,6 +93,9 @@ class Truth:
     inflight_read_s: float | None = None
     #: How often each gateway shares its in-flight counts (0: a read sees them exact).
     inflight_publish_s: float = 0.0
+    #: Backends take their waiting requests earliest deadline first (the priority the
+    #: gateway sends, `Request.queue_priority`), not in arrival order.
+    deadline_queues: bool = False
 
     def service_ms(
         self, deployment: str, k: int, floor_ms: float, prompt_ms: float, decode_ms: float
@@ -121,6 +124,7 @@ def make_truth(
     counter_age_s: float = 1.0,
     inflight_read_s: float | None = None,
     inflight_publish_s: float = 0.0,
+    deadline_queues: bool = False,
 ) -> Truth:
     """Draw every job's scatter once (its own RNG): every strategy meets the same truth."""
     scatter = load_scatter()
@@ -137,4 +141,6 @@ def make_truth(
         by_count = derived.get((dep.profile.chip, dep.model))
         if by_count:
             scale[slug] = SMALL_OVER_LARGE_TTFT / by_count
-    return Truth(ttft, decode, scale, counter_age_s, inflight_read_s, inflight_publish_s)
+    return Truth(
+        ttft, decode, scale, counter_age_s, inflight_read_s, inflight_publish_s, deadline_queues
+    )

@@ -115,6 +115,9 @@ class Limits:
     suspended_reason: str | None = None
     #: what a request served by the org's own private cluster pays (the tier's)
     platform_fee: rating.PlatformFee = NO_FEE
+    #: the tier's deadline on the first token of requests that set none (what its
+    #: latency objective counts): their place in a deadline-ordered backend queue
+    default_ttft_ms: int | None = None
     #: the admit script's limit arguments (`admit_args`), worked out once with the
     #: limits: the hot path reads them per request (a cache keyed by these fields
     #: would hash its Decimals every time)
@@ -162,6 +165,7 @@ def load(*, key_id: int, org_id: int) -> Limits:
         platform_fee=rating.PlatformFee(
             tier.private_cluster_fee_per_request_usd, tier.private_cluster_fee_per_mtok_usd
         ),
+        default_ttft_ms=tier.default_ttft_ms,
     )
 
 

@@ -55,8 +55,10 @@ Timing model (every duration below is multiplied by the time scale, and by
    alone would have produced it). Health probes sleep one RTT and report the time
    scale they slept at, so a prober can divide the wall time it measured by it
    (`backends.probes` does).
-2. Queue: at most `concurrency_slots` requests compute at once; the rest wait FIFO
-   (`vllm:num_requests_waiting`); past `max_waiting` (4 × slots) a request gets 503.
+2. Queue: at most `concurrency_slots` requests compute at once; the rest wait
+   (`vllm:num_requests_waiting`), the lowest `priority` first and in arrival order
+   among equals, as vLLM's `--scheduling-policy priority` orders them (a request that
+   sends none has priority 0); past `max_waiting` (4 × slots) a request gets 503.
 3. TTFT after admission = `ttft_floor_ms` + prompt_tokens / `prefill_tokens_per_s`.
 4. Decode: then one token every 1 / `decode_tokens_per_s` seconds; streams send the
    tokens that are due at most every 10 ms (one chunk per token), to save CPU.

@@ -462,7 +462,7 @@ class Simulator:
                 code="overloaded",
                 retry_after=1,
             )
-        await slots.acquire()
+        await slots.acquire(req.priority)
         admitted = loop.time()
         # The slot is held while the chip computes, not while the last bytes travel
         # back: a timer frees it when the last token is computed.

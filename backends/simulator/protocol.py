@@ -98,6 +98,8 @@ class GenerationRequest:
     stream: bool
     include_usage: bool
     seed: int
+    #: its place in the queue (vLLM's `priority`: lower first, ties in arrival order)
+    priority: int = 0
 
 
 def _text_of(content: Any, param: str) -> str:
@@ -237,6 +239,11 @@ def parse_request(raw: bytes, *, chat: bool, context_length: int) -> GenerationR
             param="messages" if chat else "prompt",
             code="context_length_exceeded",
         )
+    priority = body.get("priority", 0)
+    if priority is None:
+        priority = 0
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise invalid("'priority' must be an integer", param="priority", code="invalid_type")
     seed = body.get("seed")
     seed = seed if isinstance(seed, int) else 0
     seed = zlib.crc32("\x00".join(texts).encode(), seed & 0xFFFFFFFF)
@@ -249,6 +256,7 @@ def parse_request(raw: bytes, *, chat: bool, context_length: int) -> GenerationR
         stream=stream,
         include_usage=include_usage,
         seed=seed,
+        priority=priority,
     )
 
 

@@ -6,9 +6,10 @@ Everything here runs on the event loop thread; nothing needs a lock.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import math
 import random
-from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,36 +23,43 @@ FAULTS = ("none", "error", "slow", "down", "hang", "rate_limited")
 
 
 class Slots:
-    """Concurrency slots with a FIFO queue; `running` and `waiting` feed the metrics.
+    """Concurrency slots with a queue; `running` and `waiting` feed the metrics.
 
+    Waiting requests are admitted lowest `priority` first, in arrival order among
+    equals, as vLLM's priority scheduling does (without its preemption of running
+    requests); a request that gives none (0) waits in arrival order with the others.
     The capacity can change at run time; when it shrinks below the running count,
     nobody is admitted until enough requests finish.
     """
 
-    __slots__ = ("_waiters", "capacity", "running")
+    __slots__ = ("_arrivals", "_waiters", "capacity", "running")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.running = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        #: a heap of (priority, arrival, future)
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
 
     @property
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self) -> None:
+    async def acquire(self, priority: int = 0) -> None:
         if self.running < self.capacity and not self._waiters:
             self.running += 1
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        entry = (priority, next(self._arrivals), fut)
+        heapq.heappush(self._waiters, entry)
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.release()  # admitted and cancelled in the same tick: give it back
             else:
-                self._waiters.remove(fut)
+                self._waiters.remove(entry)
+                heapq.heapify(self._waiters)
             raise
 
     def release(self) -> None:
@@ -64,7 +72,7 @@ class Slots:
 
     def _wake(self) -> None:
         while self._waiters and self.running < self.capacity:
-            fut = self._waiters.popleft()
+            _, _, fut = heapq.heappop(self._waiters)
             if not fut.done():
                 self.running += 1
                 fut.set_result(None)

@@ -283,3 +283,22 @@ class Request:
             raise ValueError(f"priority must be 1..5, not {self.priority}")
         if self.input_tokens < 0 or self.max_output_tokens < 0:
             raise ValueError("token counts must be >= 0")
+
+    def queue_priority(self, arrived_ms: float, default_deadline_ms: float) -> int:
+        """Where this request belongs in a backend's queue that serves the earliest
+        deadline first: its first deadline (TTFT, else end-to-end, else
+        `default_deadline_ms`) as an absolute time in ms on the clock of `arrived_ms`.
+
+        Lower is sooner, as vLLM's priority scheduling (`--scheduling-policy priority`)
+        orders its waiting requests (ties: arrival). With the gateway's wall clock in
+        ms, requests from every gateway compare on one scale. A request no backend can
+        serve in time keeps its deadline: the earliest deadlines go first, late or
+        not (putting the late ones last measured worse, bench/README.md).
+        """
+        if self.max_ttft_ms is not None:
+            deadline = self.max_ttft_ms
+        elif self.max_latency_ms is not None:
+            deadline = self.max_latency_ms
+        else:
+            deadline = default_deadline_ms
+        return int(arrived_ms + deadline)

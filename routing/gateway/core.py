@@ -35,7 +35,7 @@ from redis import exceptions as redis_errors
 
 from backends import health, livestate, providers
 from backends.snapshot import Endpoint, World
-from billing import metering
+from billing import limits, metering
 from routing.engine import DEFAULT_STRATEGY, POLICY_CODES, STRATEGIES, Choice, Plan, route
 from routing.errors import (
     BackendTimeout,
@@ -263,9 +263,14 @@ class Gateway:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    def _upstream_body(self, parsed: Parsed, endpoint: Endpoint) -> bytes:
+    def _upstream_body(self, call: Call, endpoint: Endpoint) -> bytes:
+        parsed = call.parsed
         body = dict(parsed.body)
         body["model"] = endpoint.upstream_model  # the provider's own id for the model
+        if endpoint.priority_scheduling:
+            # Its queue serves the earliest deadline first; a client's own "priority"
+            # is never passed on to it (it would jump every tenant's queue).
+            body["priority"] = queue_priority(call)
         if parsed.stream:
             options = dict(body.get("stream_options") or {})
             options["include_usage"] = True  # we meter from the backend's own count
@@ -549,7 +554,7 @@ class Gateway:
         assert endpoint is not None
         args = (
             endpoint.url + UPSTREAM_PATHS[call.parsed.endpoint],
-            self._upstream_body(call.parsed, endpoint),
+            self._upstream_body(call, endpoint),
             self._upstream_headers(call, endpoint),
         )
         if endpoint.provider:  # a provider's API is never called before the answer
@@ -783,6 +788,20 @@ class Gateway:
                 "total_tokens": usage.prompt_tokens + usage.completion_tokens,
             }
         yield [_encode(final)]
+
+
+#: The deadline of a request that sets none and whose key has no tier (no limits):
+#: it waits behind every request that has one for up to a minute.
+NO_DEADLINE_MS = 60_000
+
+
+def queue_priority(call: Call) -> int:
+    """The priority a deadline-ordered backend queue gets for this request: its first
+    deadline on the wall clock, in ms (`Request.queue_priority`); without one, the
+    tier's default TTFT (what its latency objective counts)."""
+    arrived_ms = (time.time() - (time.perf_counter() - call.started)) * 1000.0
+    default = limits.of(call.key).default_ttft_ms or NO_DEADLINE_MS
+    return call.parsed.route.queue_priority(arrived_ms, default)
 
 
 def _deadline_s(parsed: Parsed, plan: Plan) -> float:

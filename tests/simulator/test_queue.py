@@ -79,6 +79,50 @@ def test_requests_are_admitted_first_come_first_served(world):
     assert done == [0, 1, 2, 3, 4]
 
 
+def test_waiting_requests_are_admitted_lowest_priority_first_then_in_arrival_order(world):
+    """As vLLM started with `--scheduling-policy priority`: the gateway's deadline-ordered
+    queue. A request without a priority (0) goes ahead of the epoch-ms deadlines."""
+    app = Simulator(world, time_scale=1.0)
+    dep = app.deployments[WESTEUROPE_8B]
+    done = []
+
+    async def one(client, name, priority):
+        fields = {} if priority is None else {"priority": priority}
+        r = await client.post(CHAT, json=chat(MODEL_8B, max_tokens=2, **fields))
+        assert r.status_code == 200
+        done.append(name)
+
+    async def go():
+        async with asgi_client(app) as client:
+            dep.slots.resize(0)  # nobody is admitted until all of them wait
+            asks = [
+                ("late", 1_700_000_030_000), ("soon", 1_700_000_010_000), ("none", None),
+                ("later", 1_700_000_020_000), ("soon too", 1_700_000_010_000),
+            ]  # fmt: skip
+            tasks = []
+            for name, priority in asks:
+                tasks.append(asyncio.create_task(one(client, name, priority)))
+                while dep.slots.waiting < len(tasks):
+                    await asyncio.sleep(0.001)
+            dep.slots.resize(1)
+            await asyncio.gather(*tasks)
+
+    run(go())
+    assert done == ["none", "soon", "soon too", "later", "late"]
+
+
+def test_a_priority_that_is_not_an_integer_is_refused(world):
+    app = Simulator(world, time_scale=0)
+
+    async def go():
+        async with asgi_client(app) as client:
+            return await client.post(CHAT, json=chat(MODEL_8B, max_tokens=2, priority="high"))
+
+    r = run(go())
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "priority"
+
+
 def test_past_max_waiting_a_request_is_turned_away_with_503(world):
     app = Simulator(world, time_scale=1.0)
 

@@ -1,0 +1,25 @@
+"""`Request.queue_priority`: a request's place in a deadline-ordered backend queue."""
+
+from routing.engine import Request
+
+
+def test_the_priority_is_the_first_token_deadline_on_the_arrival_clock():
+    r = Request(model="m", input_tokens=10, max_output_tokens=10, max_ttft_ms=200.0,
+                max_latency_ms=5000.0)  # fmt: skip
+    assert r.queue_priority(1_700_000_000_000.0, 1000.0) == 1_700_000_000_200
+
+
+def test_without_a_first_token_deadline_the_end_to_end_one_orders_it():
+    r = Request(model="m", input_tokens=10, max_output_tokens=10, max_latency_ms=5000.0)
+    assert r.queue_priority(1_000.0, 1000.0) == 6_000
+
+
+def test_without_any_deadline_the_default_orders_it():
+    r = Request(model="m", input_tokens=10, max_output_tokens=10)
+    assert r.queue_priority(1_000.0, 750.0) == 1_750
+
+
+def test_an_earlier_deadline_sorts_first_whenever_it_arrived():
+    early = Request(model="m", input_tokens=1, max_output_tokens=1, max_ttft_ms=50.0)
+    loose = Request(model="m", input_tokens=1, max_output_tokens=1, max_ttft_ms=1000.0)
+    assert early.queue_priority(500.0, 0.0) < loose.queue_priority(0.0, 0.0)
