@@ -188,6 +188,7 @@ def simulate(
     outcomes = [Outcome(j) for j in jobs]
     order = sorted(range(len(jobs)), key=lambda k: arrivals_s[k])
     predicted: dict[int, tuple[float, float]] = {}  # job -> the plan's (rtt, queue)
+    first_token: dict[int, float] = {}  # job -> the plan's TTFT (deadline-ordered queues)
     seen = load  # what the engine routes on: the true counters, or the live map's
     own: dict[str, dict[str, int]] = {}  # gateway -> backend -> sent, not finished
     gateway_of: dict[int, str] = {}  # job -> the gateway that sent it
@@ -313,7 +314,9 @@ def simulate(
             if b.busy < b.slots:
                 start(b, now, k, rtt, t0)
             elif by_deadline:
-                priority = jobs[k].request.queue_priority(t0, DEFAULT_DEADLINE_MS)
+                priority = jobs[k].request.queue_priority(
+                    t0, DEFAULT_DEADLINE_MS, first_token.pop(k)
+                )
                 heapq.heappush(b.waiting, (priority, now, k, rtt, t0))
                 publish(b)
             else:
@@ -391,6 +394,8 @@ def simulate(
         if truth is not None:
             pred = plan.primary.prediction
             predicted[k] = (pred.rtt_ms, pred.queue_ms)
+            if by_deadline:
+                first_token[k] = pred.ttft_ms
             gateway_of[k] = gw
             mine[b.id] = mine.get(b.id, 0) + 1
         tr = job.trace

@@ -57,7 +57,7 @@ class Slots:
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.release()  # admitted and cancelled in the same tick: give it back
-            else:
+            elif entry in self._waiters:
                 self._waiters.remove(entry)
                 heapq.heapify(self._waiters)
             raise

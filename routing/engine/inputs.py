@@ -284,16 +284,20 @@ class Request:
         if self.input_tokens < 0 or self.max_output_tokens < 0:
             raise ValueError("token counts must be >= 0")
 
-    def queue_priority(self, arrived_ms: float, default_deadline_ms: float) -> int:
+    def queue_priority(
+        self, arrived_ms: float, default_deadline_ms: float, earliest_ms: float = 0.0
+    ) -> int:
         """Where this request belongs in a backend's queue that serves the earliest
         deadline first: its first deadline (TTFT, else end-to-end, else
-        `default_deadline_ms`) as an absolute time in ms on the clock of `arrived_ms`.
+        `default_deadline_ms`), never earlier than `earliest_ms` (its backend's
+        predicted TTFT), as an absolute time in ms on the clock of `arrived_ms`.
 
         Lower is sooner, as vLLM's priority scheduling (`--scheduling-policy priority`)
         orders its waiting requests (ties: arrival). With the gateway's wall clock in
-        ms, requests from every gateway compare on one scale. A request no backend can
-        serve in time keeps its deadline: the earliest deadlines go first, late or
-        not (putting the late ones last measured worse, bench/README.md).
+        ms, requests from every gateway compare on one scale. The floor: a request
+        cannot claim more urgency than its first token can have, so a deadline nothing
+        meets (served late, as the client allowed) does not put it ahead of every
+        other tenant's requests; it keeps the place of its best first token.
         """
         if self.max_ttft_ms is not None:
             deadline = self.max_ttft_ms
@@ -301,4 +305,4 @@ class Request:
             deadline = self.max_latency_ms
         else:
             deadline = default_deadline_ms
-        return int(arrived_ms + deadline)
+        return int(arrived_ms + max(deadline, earliest_ms))

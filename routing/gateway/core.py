@@ -263,14 +263,16 @@ class Gateway:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    def _upstream_body(self, call: Call, endpoint: Endpoint) -> bytes:
+    def _upstream_body(self, call: Call, endpoint: Endpoint, choice: Choice) -> bytes:
         parsed = call.parsed
         body = dict(parsed.body)
         body["model"] = endpoint.upstream_model  # the provider's own id for the model
-        if endpoint.priority_scheduling:
-            # Its queue serves the earliest deadline first; a client's own "priority"
-            # is never passed on to it (it would jump every tenant's queue).
-            body["priority"] = queue_priority(call)
+        # A backend's queue order is ours to set, for every tenant alike: a client's
+        # own "priority" is never passed on (on a server ordering by it, it would jump
+        # every other tenant's requests).
+        body.pop("priority", None)
+        if endpoint.priority_scheduling:  # it serves the earliest deadline first
+            body["priority"] = queue_priority(call, choice)
         if parsed.stream:
             options = dict(body.get("stream_options") or {})
             options["include_usage"] = True  # we meter from the backend's own count
@@ -552,9 +554,10 @@ class Gateway:
     ) -> _T:
         endpoint = attempt.endpoint
         assert endpoint is not None
+        assert attempt.choice is not None
         args = (
             endpoint.url + UPSTREAM_PATHS[call.parsed.endpoint],
-            self._upstream_body(call, endpoint),
+            self._upstream_body(call, endpoint, attempt.choice),
             self._upstream_headers(call, endpoint),
         )
         if endpoint.provider:  # a provider's API is never called before the answer
@@ -795,13 +798,14 @@ class Gateway:
 NO_DEADLINE_MS = 60_000
 
 
-def queue_priority(call: Call) -> int:
-    """The priority a deadline-ordered backend queue gets for this request: its first
-    deadline on the wall clock, in ms (`Request.queue_priority`); without one, the
+def queue_priority(call: Call, choice: Choice) -> int:
+    """The priority a deadline-ordered backend queue gets for this request on the
+    backend of `choice`: its first deadline on the wall clock, in ms, never before the
+    first token predicted there (`Request.queue_priority`); without a deadline, the
     tier's default TTFT (what its latency objective counts)."""
     arrived_ms = (time.time() - (time.perf_counter() - call.started)) * 1000.0
     default = limits.of(call.key).default_ttft_ms or NO_DEADLINE_MS
-    return call.parsed.route.queue_priority(arrived_ms, default)
+    return call.parsed.route.queue_priority(arrived_ms, default, choice.prediction.ttft_ms)
 
 
 def _deadline_s(parsed: Parsed, plan: Plan) -> float:

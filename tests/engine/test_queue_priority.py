@@ -23,3 +23,13 @@ def test_an_earlier_deadline_sorts_first_whenever_it_arrived():
     early = Request(model="m", input_tokens=1, max_output_tokens=1, max_ttft_ms=50.0)
     loose = Request(model="m", input_tokens=1, max_output_tokens=1, max_ttft_ms=1000.0)
     assert early.queue_priority(500.0, 0.0) < loose.queue_priority(0.0, 0.0)
+
+
+def test_a_deadline_nothing_can_meet_queues_at_its_best_first_token_not_before():
+    # Served late (the client allowed it): it cannot jump every tenant's queue by
+    # asking for a first token in a millisecond.
+    r = Request(model="m", input_tokens=1, max_output_tokens=1, max_ttft_ms=1.0,
+                allow_relaxed_deadline=True)  # fmt: skip
+    assert r.queue_priority(1_000.0, 500.0, earliest_ms=180.0) == 1_180
+    met = Request(model="m", input_tokens=1, max_output_tokens=1, max_ttft_ms=200.0)
+    assert met.queue_priority(1_000.0, 500.0, earliest_ms=180.0) == 1_200

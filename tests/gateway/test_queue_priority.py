@@ -101,16 +101,43 @@ def test_a_request_without_a_deadline_queues_by_its_tiers_default_ttft(mesh, api
     assert before + default - 1 <= recorder.bodies[0]["priority"] <= after + default
 
 
+def test_a_streamed_request_carries_its_deadline_too(mesh, api_key, recorder):
+    before = wall_ms()
+    with mesh.stream(api_key, {
+        "model": EIGHT_B, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4,
+        "tesseract": {**HERE, "max_ttft_ms": 3000},
+    }) as response:  # fmt: skip
+        assert response.status_code == 200
+        response.read()
+    after = wall_ms()
+    assert before + 3000 - 1 <= recorder.bodies[0]["priority"] <= after + 3000
+
+
+def test_a_deadline_nothing_can_meet_does_not_jump_the_queue(mesh, api_key, recorder):
+    # Served late, as the client allowed: it queues at its best predicted first token,
+    # not at the millisecond it asked for (which would put it ahead of every tenant).
+    before = wall_ms()
+    response = ask(
+        mesh, api_key, tesseract={**HERE, "max_ttft_ms": 1, "allow_relaxed_deadline": True}
+    )
+    after = wall_ms()
+    predicted = response.json()["tesseract"]["predicted"]["ttft_ms"]
+    assert predicted > 1
+    assert before + predicted - 2 <= recorder.bodies[0]["priority"] <= after + predicted + 1
+
+
 def test_a_clients_own_priority_never_reaches_a_deadline_ordered_queue(mesh, api_key, recorder):
     before = wall_ms()
     ask(mesh, api_key, priority=-(10**15), tesseract={**HERE, "max_ttft_ms": 4000})
     assert recorder.bodies[0]["priority"] >= before + 4000 - 1
 
 
-def test_a_backend_without_priority_scheduling_gets_no_priority_from_us(mesh, api_key, recorder):
+def test_a_backend_without_priority_scheduling_gets_no_priority_not_even_the_clients(
+    mesh, api_key, recorder
+):
     Deployment.objects.filter(model__slug=EIGHT_B).update(priority_scheduling=False)
     from routing.gateway.app import application
 
     application.forget_world()
-    ask(mesh, api_key, tesseract={**HERE, "max_ttft_ms": 4000})
+    ask(mesh, api_key, priority=-(10**15), tesseract={**HERE, "max_ttft_ms": 4000})
     assert "priority" not in recorder.bodies[0]

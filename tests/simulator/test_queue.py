@@ -102,7 +102,9 @@ def test_waiting_requests_are_admitted_lowest_priority_first_then_in_arrival_ord
             tasks = []
             for name, priority in asks:
                 tasks.append(asyncio.create_task(one(client, name, priority)))
+                deadline = time.monotonic() + 30
                 while dep.slots.waiting < len(tasks):
+                    assert time.monotonic() < deadline, "the request did not reach the queue"
                     await asyncio.sleep(0.001)
             dep.slots.resize(1)
             await asyncio.gather(*tasks)
