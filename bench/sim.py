@@ -43,7 +43,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 from backends.livestate import fold, fold_weight
@@ -55,9 +55,6 @@ from .workload import Job, gateway_sites, nearest_gateway
 from .worlds import engine_backends, latency_map
 
 ARRIVE, FINISH = 0, 1
-#: The deadline of a request that sets none, for deadline-ordered queues (the bench's
-#: requests all set one; the gateway uses the tier's default TTFT).
-DEFAULT_DEADLINE_MS = 60_000.0
 EWMA_ALPHA = 0.1
 BLOCK_TOKENS = 512  # Mooncake's hash_ids: one hash per 512-token block
 CACHE_BLOCKS = 8192  # KV-cache blocks a backend keeps (LRU): ~4M tokens
@@ -85,9 +82,9 @@ class _Backend:
     ttft_ms: float = 0.0  # the profile's, at its reference prompt
     busy: int = 0
     transit: int = 0
-    #: requests waiting for a slot: (k, rtt, t0, arrived), in arrival order, or with
-    #: deadline-ordered queues a heap of (priority, arrived, k, rtt, t0)
-    waiting: deque | list = field(default_factory=deque)
+    #: requests waiting for a slot, a heap of (*key, k, rtt, t0, arrived): the key is
+    #: (priority, arrived) with deadline-ordered queues, else (arrived, event seq)
+    waiting: list = field(default_factory=list)
     ewma: float | None = None
     busy_ms: float = 0.0
     cache: OrderedDict | None = None
@@ -174,9 +171,6 @@ def simulate(
     strat = get_strategy(strategy)
     backends = backends_of(world)
     by_deadline = truth is not None and truth.deadline_queues
-    if by_deadline:
-        for b in backends.values():
-            b.waiting = []
     if kv_cache or affinity:
         for b in backends.values():
             b.cache = OrderedDict()
@@ -307,20 +301,19 @@ def simulate(
         heapq.heappush(events, (now + service, seq, FINISH, (b, service, tr.blocks, k)))
 
     def handle(ev) -> None:
-        now, _, kind, data = ev
+        now, ev_seq, kind, data = ev
         if kind == ARRIVE:
             b, k, rtt, t0 = data
             b.transit -= 1
             if b.busy < b.slots:
                 start(b, now, k, rtt, t0)
-            elif by_deadline:
-                priority = jobs[k].request.queue_priority(
-                    t0, DEFAULT_DEADLINE_MS, first_token.pop(k)
-                )
-                heapq.heappush(b.waiting, (priority, now, k, rtt, t0))
-                publish(b)
             else:
-                b.waiting.append((k, rtt, t0, now))
+                if by_deadline:  # the priority the gateway sends, then arrival
+                    priority = jobs[k].request.queue_priority(t0, earliest_ms=first_token.pop(k))
+                    key = (priority, now)
+                else:
+                    key = (now, ev_seq)  # arrival order
+                heapq.heappush(b.waiting, (*key, k, rtt, t0, now))
                 publish(b)
         else:
             b, service, blocks, k = data
@@ -337,10 +330,7 @@ def simulate(
                 while len(b.cache) > CACHE_BLOCKS:
                     b.cache.popitem(last=False)
             if b.waiting:
-                if by_deadline:
-                    _, arrived, k, rtt, t0 = heapq.heappop(b.waiting)
-                else:
-                    k, rtt, t0, arrived = b.waiting.popleft()
+                _, _, k, rtt, t0, arrived = heapq.heappop(b.waiting)
                 start(b, now, k, rtt, t0, now - arrived)
             else:
                 publish(b)

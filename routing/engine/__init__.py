@@ -15,6 +15,7 @@ Modules: `inputs` (the input types), `mesh` (Snapshot and its per-model indexes)
 from .decision import Decision
 from .inputs import (
     DEGRADED_FACTOR,
+    NO_DEADLINE_MS,
     OUT_COOLING,
     OUT_PROVIDER,
     Backend,
@@ -58,6 +59,7 @@ __all__ = [
     "DEGRADED_FACTOR",
     "FINISH_BAND_SHARE",
     "LATE_REACH",
+    "NO_DEADLINE_MS",
     "OUTAGE_CODES",
     "OUT_COOLING",
     "OUT_PROVIDER",

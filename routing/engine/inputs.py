@@ -232,6 +232,11 @@ class LatencyMap:
         return best, best_ms
 
 
+#: A deadline-ordered queue's deadline for a request that sets none and has no default
+#: of its own (`Request.queue_priority`): it waits behind the others for up to a minute.
+NO_DEADLINE_MS = 60_000.0
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """What the caller asks for. Every constraint left as None is no constraint.
@@ -285,7 +290,10 @@ class Request:
             raise ValueError("token counts must be >= 0")
 
     def queue_priority(
-        self, arrived_ms: float, default_deadline_ms: float, earliest_ms: float = 0.0
+        self,
+        arrived_ms: float,
+        default_deadline_ms: float = NO_DEADLINE_MS,
+        earliest_ms: float = 0.0,
     ) -> int:
         """Where this request belongs in a backend's queue that serves the earliest
         deadline first: its first deadline (TTFT, else end-to-end, else

@@ -36,7 +36,15 @@ from redis import exceptions as redis_errors
 from backends import health, livestate, providers
 from backends.snapshot import Endpoint, World
 from billing import limits, metering
-from routing.engine import DEFAULT_STRATEGY, POLICY_CODES, STRATEGIES, Choice, Plan, route
+from routing.engine import (
+    DEFAULT_STRATEGY,
+    NO_DEADLINE_MS,
+    POLICY_CODES,
+    STRATEGIES,
+    Choice,
+    Plan,
+    route,
+)
 from routing.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -791,11 +799,6 @@ class Gateway:
                 "total_tokens": usage.prompt_tokens + usage.completion_tokens,
             }
         yield [_encode(final)]
-
-
-#: The deadline of a request that sets none and whose key has no tier (no limits):
-#: it waits behind every request that has one for up to a minute.
-NO_DEADLINE_MS = 60_000
 
 
 def queue_priority(call: Call, choice: Choice) -> int:
