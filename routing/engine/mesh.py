@@ -15,6 +15,7 @@ dependency beyond the standard library.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -47,6 +48,71 @@ def projected_in_flight(live: float, mine: int, mine_at_read: int, gateways: int
         return max(live, mine)
     share = min(max(mine_at_read / max(live, 1.0), 1.0 / max(gateways, 1)), 1.0)
     return max(live + (mine - mine_at_read) / share, mine, 0.0)
+
+
+#: How far a backend's observed speed may stray from its peers' (the same chip serving
+#: the same model at the same profile) before the engine believes the difference: two
+#: estimates of one speed folded from the measured per-request scatter (the llmperf
+#: requests, log-sd 0.22 of a 70B's TTFT) over the gateway's fold (weight 0.2 a
+#: request) differ by up to ~20% from noise alone (two standard deviations of their
+#: difference). Within it a backend is predicted at its peers' speed; beyond it, at
+#: its own (a slow node, a hot region). bench/README.md, "Peers".
+PEER_BAND = 0.2
+
+
+def peer_speeds(backends: Iterable[Backend]) -> list[tuple[float, float]]:
+    """Each backend's predicted speed: (its TTFT over its profile's, decode tokens/s).
+
+    Observed speeds are averages of a few requests' and scatter as much as the
+    requests do; peers — deployments of one chip and profile — run at one speed, so
+    the median of their observed speeds (each as a ratio to the profile, on the
+    logarithm) is the better estimate of each one's, unless a backend's own departs
+    from it by more than PEER_BAND. A backend not yet observed keeps its profile: a
+    peer that slowed must not slow its unobserved neighbours with it.
+    """
+    backends = list(backends)
+    ttft_logs: dict[tuple, list[float]] = {}
+    decode_logs: dict[tuple, list[float]] = {}
+    keys = []
+    for b in backends:
+        p, s = b.profile, b.state
+        key = (b.chip, p.ttft_ms, p.reference_prompt_tokens, p.prefill_tokens_per_s,
+               p.decode_tokens_per_s)  # fmt: skip
+        keys.append(key)
+        if s.observed_ttft_ms and p.ttft_ms > 0:
+            ttft_logs.setdefault(key, []).append(math.log(s.observed_ttft_ms / p.ttft_ms))
+        if s.observed_decode_tokens_per_s and p.decode_tokens_per_s > 0:
+            decode_logs.setdefault(key, []).append(
+                math.log(s.observed_decode_tokens_per_s / p.decode_tokens_per_s)
+            )
+    peers_ttft = {k: math.exp(statistics.median(v)) for k, v in ttft_logs.items()}
+    peers_decode = {k: math.exp(statistics.median(v)) for k, v in decode_logs.items()}
+    out = []
+    for b, key in zip(backends, keys, strict=True):
+        p, s = b.profile, b.state
+        ttft = s.observed_ttft_ms / p.ttft_ms if s.observed_ttft_ms and p.ttft_ms > 0 else None
+        speed = (
+            s.observed_decode_tokens_per_s / p.decode_tokens_per_s
+            if s.observed_decode_tokens_per_s and p.decode_tokens_per_s > 0
+            else None
+        )
+        out.append(
+            (
+                _believed(ttft, peers_ttft.get(key)),
+                p.decode_tokens_per_s * _believed(speed, peers_decode.get(key)),
+            )
+        )
+    return out
+
+
+def _believed(own: float | None, peers: float | None) -> float:
+    """A backend's ratio to its profile: its peers' where its own is within PEER_BAND
+    of theirs, else its own; 1 (the profile) while it has none."""
+    if own is None:
+        return 1.0
+    if peers is not None and 1.0 / (1.0 + PEER_BAND) < own / peers < 1.0 + PEER_BAND:
+        return peers
+    return own
 
 
 class ModelIndex:
@@ -99,10 +165,8 @@ class ModelIndex:
         self.n = len(self.backends)
         f = np.array
         health_factor, base, per_in, per_out, obs, mean, code = [], [], [], [], [], [], []
-        for b in self.backends:
+        for b, (ratio, decode) in zip(self.backends, peer_speeds(self.backends), strict=True):
             p, s = b.profile, b.state
-            ratio = s.observed_ttft_ms / p.ttft_ms if s.observed_ttft_ms and p.ttft_ms > 0 else 1.0
-            decode = s.observed_decode_tokens_per_s or p.decode_tokens_per_s
             health_factor.append(DEGRADED_FACTOR if s.health is Health.DEGRADED else 1.0)
             base.append(p.ttft_floor_ms * ratio)
             per_in.append(1000.0 * ratio / p.prefill_tokens_per_s)

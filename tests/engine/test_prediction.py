@@ -1,8 +1,11 @@
 """Each term of the prediction: network, queue, prefill, decode, health."""
 
+from dataclasses import replace
+
 import pytest
 
 from routing.engine import Health, Profile, Request, Snapshot, route
+from routing.engine.mesh import PEER_BAND, peer_speeds
 from tests.engine.mini_world import PROFILE, make_backend, make_snapshot
 
 
@@ -151,3 +154,50 @@ def test_a_base_read_is_taken_once_while_it_is_the_same_read_and_a_new_read_at_o
 def _queues_a(snap):
     req = Request(model="m-70b", input_tokens=1000, max_output_tokens=10, client_region="paris")
     return route(snap, req).primary.prediction.queue_ms
+
+
+# -- peers: one chip and profile, one speed ---------------------------------------------
+
+
+def ttft_ratios(*backends):
+    return [round(ratio, 6) for ratio, _ in peer_speeds(backends)]
+
+
+def test_peers_whose_observed_speeds_differ_by_noise_are_predicted_at_their_median():
+    # 105 ms is the profile's TTFT; these three observed 10% apart, within PEER_BAND.
+    a, b, c = (make_backend(n, observed_ttft_ms=ms) for n, ms in
+               (("a", 100.0), ("b", 110.0), ("c", 120.0)))  # fmt: skip
+    assert ttft_ratios(a, b, c) == [round(110 / 105, 6)] * 3
+    # and a route between two of them goes by distance, not by the noise
+    near = make_backend("near", "paris", observed_ttft_ms=126.0)
+    far = make_backend("far", "frankfurt", observed_ttft_ms=110.0)
+    plan = route(make_snapshot(near, far), Request(model="m-70b", input_tokens=1000,
+                 max_output_tokens=10, client_region="paris"))  # fmt: skip
+    assert plan.primary.backend_id == "near"
+
+
+def test_a_backend_slower_than_its_peers_by_more_than_the_band_keeps_its_own_speed():
+    slow = make_backend("slow", observed_ttft_ms=105.0 * (1 + PEER_BAND) * 1.3)
+    peers = [make_backend(n, observed_ttft_ms=105.0) for n in "abc"]
+    assert ttft_ratios(slow, *peers) == [round((1 + PEER_BAND) * 1.3, 6), 1.0, 1.0, 1.0]
+
+
+def test_a_backend_not_yet_observed_keeps_its_profile_whatever_its_peers_saw():
+    # One peer slowed: its unobserved neighbour is not predicted slow with it.
+    fresh = make_backend("fresh")
+    seen = make_backend("seen", observed_ttft_ms=210.0, observed_decode_tokens_per_s=50.0)
+    assert peer_speeds([fresh, seen]) == [(1.0, PROFILE.decode_tokens_per_s), (2.0, 50.0)]
+
+
+def test_another_chip_or_another_profile_is_not_a_peer():
+    other_chip = replace(make_backend("tpu", observed_ttft_ms=126.0), chip="tpu")
+    other_profile = make_backend("big", profile=replace(PROFILE, ttft_ms=210.0))
+    gpu = make_backend("gpu", observed_ttft_ms=105.0)
+    assert ttft_ratios(other_chip, other_profile, gpu) == [1.2, 1.0, 1.0]
+
+
+def test_without_any_observation_the_profile_is_the_prediction():
+    assert peer_speeds([make_backend("a"), make_backend("b")]) == [
+        (1.0, PROFILE.decode_tokens_per_s),
+        (1.0, PROFILE.decode_tokens_per_s),
+    ]
