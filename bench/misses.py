@@ -46,18 +46,10 @@ from routing.engine import STRATEGIES
 CAUSES = ("queue", "queue and compute", "compute", "network")
 
 
-def first_deadline_ms(outcome: Outcome) -> float | None:
-    r = outcome.job.request
-    return r.max_ttft_ms if r.max_ttft_ms is not None else r.max_latency_ms
-
-
 def in_time_without_wait(outcome: Outcome) -> bool:
     """Whether the request would have met its SLA had it not waited for a slot."""
-    r = outcome.job.request
-    ttft, e2e = outcome.ttft_ms - outcome.wait_ms, outcome.e2e_ms - outcome.wait_ms
-    return (r.max_ttft_ms is None or ttft <= r.max_ttft_ms) and (
-        r.max_latency_ms is None or e2e <= r.max_latency_ms
-    )
+    wait = outcome.wait_ms
+    return outcome.job.request.met_by(outcome.ttft_ms - wait, outcome.e2e_ms - wait)
 
 
 def cause(outcome: Outcome, backend_in_time: bool) -> str:
@@ -101,7 +93,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for k, o in enumerate(outcomes):
             if not (mask[k] and o.job.oracle_ok):
                 continue
-            group = (o.job.request.model, first_deadline_ms(o))
+            group = (o.job.request.model, o.job.request.first_deadline_ms)
             feasible[group] += 1
             if o.met:
                 continue

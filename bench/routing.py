@@ -193,10 +193,7 @@ def in_time_at(world: WorldSpec, truth: Truth, k: int, job: Job, slug: str) -> t
     d = world.deployments[slug]
     prefill, decode = truth.on_profile(slug, k, d.profile, r.input_tokens, r.max_output_tokens)
     ttft = world.rtt_ms(job.client, world.clusters[d.cluster].region) + job.access_ms + prefill
-    ok = (r.max_ttft_ms is None or ttft <= r.max_ttft_ms) and (
-        r.max_latency_ms is None or ttft + decode <= r.max_latency_ms
-    )
-    return ok, prefill + decode
+    return r.met_by(ttft, ttft + decode), prefill + decode
 
 
 def mark_oracle_and_physics(world: WorldSpec, jobs: list[Job]) -> None:
@@ -235,9 +232,7 @@ def mark_oracle_and_physics(world: WorldSpec, jobs: list[Job]) -> None:
         base, per_in, per_out = fastest.get(r.model, (math.inf,) * 3)
         ttft = floor + base + r.input_tokens * per_in
         total = ttft + r.max_output_tokens * per_out
-        job.physics_ok = (r.max_ttft_ms is None or ttft <= r.max_ttft_ms) and (
-            r.max_latency_ms is None or total <= r.max_latency_ms
-        )
+        job.physics_ok = r.met_by(ttft, total)
 
 
 # --------------------------------------------------------------------------- load

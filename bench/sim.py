@@ -401,11 +401,8 @@ def simulate(
         makespan = ev[0]
         handle(ev)
     for o in outcomes:
-        r = o.job.request
         if o.backend is not None:
-            o.met = (r.max_ttft_ms is None or o.ttft_ms <= r.max_ttft_ms) and (
-                r.max_latency_ms is None or o.e2e_ms <= r.max_latency_ms
-            )
+            o.met = o.job.request.met_by(o.ttft_ms, o.e2e_ms)
     return outcomes, backends, makespan
 
 

@@ -289,6 +289,18 @@ class Request:
         if self.input_tokens < 0 or self.max_output_tokens < 0:
             raise ValueError("token counts must be >= 0")
 
+    @property
+    def first_deadline_ms(self) -> float | None:
+        """The deadline that comes first: the first token's, else the whole answer's."""
+        return self.max_ttft_ms if self.max_ttft_ms is not None else self.max_latency_ms
+
+    def met_by(self, ttft_ms: float, total_ms: float) -> bool:
+        """Whether a first token at `ttft_ms` and a whole answer at `total_ms` meet
+        every deadline this request sets."""
+        return (self.max_ttft_ms is None or ttft_ms <= self.max_ttft_ms) and (
+            self.max_latency_ms is None or total_ms <= self.max_latency_ms
+        )
+
     def queue_priority(
         self,
         arrived_ms: float,
@@ -307,10 +319,7 @@ class Request:
         meets (served late, as the client allowed) does not put it ahead of every
         other tenant's requests; it keeps the place of its best first token.
         """
-        if self.max_ttft_ms is not None:
-            deadline = self.max_ttft_ms
-        elif self.max_latency_ms is not None:
-            deadline = self.max_latency_ms
-        else:
+        deadline = self.first_deadline_ms
+        if deadline is None:
             deadline = default_deadline_ms
         return int(arrived_ms + max(deadline, earliest_ms))

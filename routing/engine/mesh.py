@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -60,7 +60,7 @@ def projected_in_flight(live: float, mine: int, mine_at_read: int, gateways: int
 PEER_BAND = 0.2
 
 
-def peer_speeds(backends: Iterable[Backend]) -> list[tuple[float, float]]:
+def peer_speeds(backends: Sequence[Backend]) -> list[tuple[float, float]]:
     """Each backend's predicted speed: (its TTFT over its profile's, decode tokens/s).
 
     Observed speeds are averages of a few requests' and scatter as much as the
@@ -70,39 +70,34 @@ def peer_speeds(backends: Iterable[Backend]) -> list[tuple[float, float]]:
     from it by more than PEER_BAND. A backend not yet observed keeps its profile: a
     peer that slowed must not slow its unobserved neighbours with it.
     """
-    backends = list(backends)
+    own = []  # (peer group, TTFT ratio, decode ratio), a ratio None where not observed
     ttft_logs: dict[tuple, list[float]] = {}
     decode_logs: dict[tuple, list[float]] = {}
-    keys = []
     for b in backends:
         p, s = b.profile, b.state
         key = (b.chip, p.ttft_ms, p.reference_prompt_tokens, p.prefill_tokens_per_s,
                p.decode_tokens_per_s)  # fmt: skip
-        keys.append(key)
-        if s.observed_ttft_ms and p.ttft_ms > 0:
-            ttft_logs.setdefault(key, []).append(math.log(s.observed_ttft_ms / p.ttft_ms))
-        if s.observed_decode_tokens_per_s and p.decode_tokens_per_s > 0:
-            decode_logs.setdefault(key, []).append(
-                math.log(s.observed_decode_tokens_per_s / p.decode_tokens_per_s)
-            )
+        ttft = _ratio(s.observed_ttft_ms, p.ttft_ms)
+        speed = _ratio(s.observed_decode_tokens_per_s, p.decode_tokens_per_s)
+        own.append((key, ttft, speed))
+        if ttft is not None:
+            ttft_logs.setdefault(key, []).append(math.log(ttft))
+        if speed is not None:
+            decode_logs.setdefault(key, []).append(math.log(speed))
     peers_ttft = {k: math.exp(statistics.median(v)) for k, v in ttft_logs.items()}
     peers_decode = {k: math.exp(statistics.median(v)) for k, v in decode_logs.items()}
-    out = []
-    for b, key in zip(backends, keys, strict=True):
-        p, s = b.profile, b.state
-        ttft = s.observed_ttft_ms / p.ttft_ms if s.observed_ttft_ms and p.ttft_ms > 0 else None
-        speed = (
-            s.observed_decode_tokens_per_s / p.decode_tokens_per_s
-            if s.observed_decode_tokens_per_s and p.decode_tokens_per_s > 0
-            else None
+    return [
+        (
+            _believed(ttft, peers_ttft.get(key)),
+            b.profile.decode_tokens_per_s * _believed(speed, peers_decode.get(key)),
         )
-        out.append(
-            (
-                _believed(ttft, peers_ttft.get(key)),
-                p.decode_tokens_per_s * _believed(speed, peers_decode.get(key)),
-            )
-        )
-    return out
+        for b, (key, ttft, speed) in zip(backends, own, strict=True)
+    ]
+
+
+def _ratio(observed: float | None, profile: float) -> float | None:
+    """An observed speed over its profile's (None: not observed)."""
+    return observed / profile if observed and profile > 0 else None
 
 
 def _believed(own: float | None, peers: float | None) -> float:

@@ -167,7 +167,7 @@ class Deadline(Strategy):
         if r.prefer_cost_over_latency:
             price = d.price[cand]
             return self._by_keys(cand, total, short, price, d.rtt[cand], total, load, need=d.need)
-        deadline = r.max_ttft_ms if r.max_ttft_ms is not None else r.max_latency_ms
+        deadline = r.first_deadline_ms
         if deadline is None:
             return self._by_keys(cand, total, total, d.rtt[cand], load, d.price[cand], need=d.need)
         decode = d.decode[cand]
