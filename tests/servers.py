@@ -1,4 +1,10 @@
-"""Real servers on loopback for integration tests: uvicorn in a background thread."""
+"""Real servers on loopback for integration tests: uvicorn in a background thread.
+
+They run the standard asyncio loop, not uvloop: a suite starts and stops dozens of
+these in threads of one process, and uvloop's loop, closed in a thread while another
+thread's work was finishing, segfaulted the whole run (as in uvloop's open issue #706).
+The servers Tesseract deploys run uvloop in each process's main thread.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,13 @@ import uvicorn
 def serve(app: Any) -> Iterator[str]:
     """Serve an ASGI app on a free loopback port for the block; yields its base URL."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, lifespan="off", log_level="critical", access_log=False
+        app,
+        host="127.0.0.1",
+        port=0,
+        loop="asyncio",
+        lifespan="off",
+        log_level="critical",
+        access_log=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
