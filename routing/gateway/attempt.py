@@ -5,7 +5,6 @@ response headers, the `tesseract` field and the one usage record (`Attempt`)."""
 from __future__ import annotations
 
 import functools
-import secrets
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -83,7 +82,7 @@ class Call:
     key: ResolvedKey
     parsed: Parsed
     started: float = field(default_factory=time.perf_counter)
-    request_id: str = field(default_factory=lambda: f"req_{secrets.token_hex(12)}")
+    request_id: str = field(default_factory=lambda: f"req_{observability.random_hex(12)}")
     trace: observability.Trace = field(default_factory=observability.Trace.start)
 
     @property

@@ -305,6 +305,31 @@ def test_a_well_formed_traceparent_is_continued_whatever_its_version_and_flags()
     assert unsampled.upstream_headers()["traceparent"].endswith("-00")
 
 
+def test_trace_span_and_request_ids_are_hex_of_their_length_and_do_not_repeat():
+    ids = [observability.random_hex(8) for _ in range(10_000)]
+    assert all(re.fullmatch(r"[0-9a-f]{16}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+    trace = Trace.start()
+    assert re.fullmatch(r"[0-9a-f]{32}", trace.trace_id)
+    assert re.fullmatch(r"[0-9a-f]{16}", trace.span_id)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_worker_draws_other_ids_than_the_process_it_was_forked_from():
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.write(write, "".join(observability.random_hex(8) for _ in range(4)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    parent = "".join(observability.random_hex(8) for _ in range(4))
+    assert len(child) == 64
+    assert child != parent
+
+
 def test_two_traceparent_headers_start_a_new_trace():
     trace = Trace.from_headers([(b"traceparent", TRACEPARENT.encode())] * 2)
     assert trace.trace_id != TRACE_ID
