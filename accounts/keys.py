@@ -36,7 +36,7 @@ def _random(n: int) -> str:
 
 
 def digest(plaintext: str, pepper: str) -> str:
-    return hmac.new(pepper.encode(), plaintext.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(pepper.encode(), plaintext.encode(), hashlib.sha256).hex()
 
 
 def generate(pepper: str) -> NewKey:
