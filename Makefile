@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
 .PHONY: install bench-install run test check check-deploy bench bench-routing bench-engine bench-gateway \
-	bench-control bench-limits bench-drain bench-routing-honest clean
+	bench-control bench-limits bench-drain bench-routing-honest bench-inprocess clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,7 +56,7 @@ check-deploy: install
 	$(BIN)/hadolint deploy/Dockerfile
 
 ## All benchmarks (each also has its own target).
-bench: bench-engine bench-routing bench-gateway bench-control
+bench: bench-engine bench-routing bench-gateway bench-inprocess bench-control
 
 bench-routing: bench-install
 	$(BIN)/python -m bench.routing
@@ -73,11 +73,17 @@ bench-engine: bench-install
 bench-gateway: bench-install
 	$(BIN)/python -m bench.gateway
 
-## How fast drains, health changes, load and key revocations reach a running gateway.
+## The gateway's own CPU per request against the ceiling's, ASGI apps called in process
+## (no HTTP server, no load generator: steadier than wrk on a shared machine).
+bench-inprocess: bench-install
+	$(BIN)/python -m bench.inprocess
+	$(BIN)/python -m bench.inprocess --stream
+
 ## What rate limits and budgets cost: one gateway with them on, one off, same run.
 bench-limits: bench-install
 	$(BIN)/python -m bench.limits
 
+## How fast drains, health changes, load and key revocations reach a running gateway.
 bench-control: bench-install
 	$(BIN)/python -m bench.control_signals
 
