@@ -345,7 +345,8 @@ class Observed:
                 if not slow.trials and now - slow.at > 8 * HALF_LIFE_S:
                     del self._slow[backend_id]  # faded out
                 continue
-            factors[backend_id] = (_step(ttft), _step(decode))
+            held = self._factors.get(backend_id, (1.0, 1.0))
+            factors[backend_id] = (_step(ttft, held[0]), _step(decode, held[1]))
         self._refresh_at = now + REFRESH_S if self._slow else math.inf
         if factors == self._factors and self._built is not None and self._built_on is base:
             return self._built
@@ -478,10 +479,20 @@ class Observed:
         return dict(self._factors)
 
 
-def _step(factor: float) -> float:
+def _step(factor: float, held: float = 1.0) -> float:
     """`factor` rounded to a power of STEP: a fading estimate rebuilds the snapshot a
-    handful of times, not at every refresh (a rebuild costs ~50 µs a backend)."""
-    return 1.0 if factor < MIN_FACTOR else STEP ** round(math.log(factor, STEP))
+    handful of times, not at every refresh (a rebuild costs ~50 µs a backend).
+
+    The power laid over already (`held`) stays until `factor` is a whole STEP from it:
+    a saturated gateway's own event loop makes every answer somewhat late, and an
+    estimate wandering about the boundary between two powers rebuilt the snapshot 36
+    times a second (`python -m bench.inprocess --stream`). Below MIN_FACTOR it clears
+    at once, as ever."""
+    if factor < MIN_FACTOR:
+        return 1.0
+    if held > 1.0 and abs(math.log(factor / held, STEP)) < 1.0:
+        return held
+    return STEP ** round(math.log(factor, STEP))
 
 
 def _moved(prior: float, sample: float | None) -> float:

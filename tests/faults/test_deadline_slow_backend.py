@@ -235,6 +235,38 @@ def test_a_request_still_waiting_is_believed_at_once():
     assert (observed.overlay(base).backend("b").state.observed_ttft_ms or 0) >= 50.0 * 3
 
 
+def test_an_estimate_wavering_within_a_step_of_what_was_laid_over_rebuilds_nothing():
+    """A saturated gateway's own event loop makes every answer look somewhat late: the
+    estimate wanders around a boundary between two powers of STEP. Measured in process
+    before this rule: 36 snapshot rebuilds a second. What was laid over stays until
+    the estimate is a whole step away from it; clearing (below MIN_FACTOR) is at once."""
+    from routing.gateway.live import STEP, Observed
+
+    observed = Observed("a", clock=Clock())
+    base = two_backends()
+    observed.sample("b", ttft=2.0, decode=1.0, source=1)
+    observed.sample("b", ttft=2.0, decode=1.0, source=2)
+    laid = observed.overlay(base)
+    assert laid is not base
+    ((ttft, _),) = observed.factors().values()
+    # Samples either side of the boundary next to the laid-over power, never a whole
+    # step from it: the same snapshot every time.
+    for n, seen in enumerate([ttft * STEP**0.6, ttft / STEP**0.6, ttft * STEP**0.7] * 3):
+        observed.sample("b", ttft=seen, decode=1.0, source=3 + n)
+        assert observed.overlay(base) is laid
+        assert observed.factors()["b"][0] == ttft
+    # A whole step slower: laid over.
+    for n in range(4):
+        observed.sample("b", ttft=ttft * STEP**3, decode=1.0, source=20 + n)
+    assert observed.overlay(base) is not laid
+    assert observed.factors()["b"][0] >= ttft * STEP
+    # An estimate below MIN_FACTOR clears at once, as before.
+    for n in range(12):
+        observed.sample("b", ttft=1.0, decode=1.0, source=30 + n)
+    assert observed.overlay(base) is base
+    assert observed.factors() == {}
+
+
 def test_a_faster_sample_never_makes_a_backend_look_faster_than_the_maps_say():
     from routing.gateway.live import Observed
 
