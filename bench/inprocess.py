@@ -121,38 +121,34 @@ async def _drive(args: argparse.Namespace, key: str) -> dict[str, Any]:
     from tesseract_web.asgi import gateway
 
     stream = {"stream": True} if args.stream else {}
+    json_body = [(b"content-type", b"application/json")]
     targets = {
-        "ceiling": (ceiling.app, [(b"content-type", b"application/json")], {**BODY, **stream}),
+        "ceiling": (ceiling.app, json_body, json.dumps({**BODY, **stream}).encode()),
         "tesseract": (
             gateway,
-            [
-                (b"content-type", b"application/json"),
-                (b"authorization", f"Bearer {key}".encode()),
-            ],
-            {**BODY, **stream, "tesseract": {"regions": ["westeurope"]}},
+            [*json_body, (b"authorization", f"Bearer {key}".encode())],
+            json.dumps({**BODY, **stream, "tesseract": {"regions": ["westeurope"]}}).encode(),
         ),
     }
     if args.only:
         targets = {args.only: targets[args.only]}
     path = "/v1/chat/completions"
     for app, headers, body in targets.values():  # warm up: connections, caches, the world
-        await _load(app, path, headers, json.dumps(body).encode(), 500, args.concurrency)
+        await _load(app, path, headers, body, 500, args.concurrency)
     if args.seconds:
         print(f"pid {os.getpid()}: loading {', '.join(targets)} for {args.seconds} s",
               file=sys.stderr, flush=True)  # fmt: skip
         until = time.monotonic() + args.seconds
         while time.monotonic() < until:
             for app, headers, body in targets.values():
-                await _load(app, path, headers, json.dumps(body).encode(), 1000, args.concurrency)
+                await _load(app, path, headers, body, 1000, args.concurrency)
         return {}
     rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
     order = list(targets)
     for r in range(args.rounds):
         for name in order[r % 2 :] + order[: r % 2]:  # alternate who goes first
             app, headers, body = targets[name]
-            cpu, wall = await _load(
-                app, path, headers, json.dumps(body).encode(), args.requests, args.concurrency
-            )
+            cpu, wall = await _load(app, path, headers, body, args.requests, args.concurrency)
             rounds[name].append((cpu / args.requests * 1e6, args.requests / wall))
     return rounds
 

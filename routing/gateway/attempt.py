@@ -136,9 +136,6 @@ class Attempt:
     deferred: Any = None
     #: The admission refused the request (or could not be answered): nothing is metered.
     refused: bool = False
-    _timings: tuple[float, Choice | None, dict[str, float]] | None = field(
-        default=None, repr=False, compare=False
-    )
 
     def limit_headers(self) -> list[tuple[bytes, bytes]]:
         return list(self.ticket.headers) if self.ticket is not None else []
@@ -149,16 +146,11 @@ class Attempt:
         return None if self.first_at is None else (self.first_at - self.call.started) * 1000
 
     def timings(self, end: float) -> dict[str, float]:
-        """Where the time went until `end` (ms). The answer's headers, its `tesseract`
-        object and its usage record all ask for the same `end`: computed once."""
-        memo = self._timings
-        if memo is not None and memo[0] == end and memo[1] is self.choice:
-            return memo[2]
         p = self.choice.prediction if self.choice else None
         upstream_ms = (end - self.sent_at) * 1000 if self.sent_at else 0.0
         net = p.rtt_ms if p else 0.0
         queue = p.queue_ms if p else 0.0
-        t = {
+        return {
             "route": (self.routed_at - self.call.started) * 1000,
             "net": net,
             "queue": queue,
@@ -166,8 +158,6 @@ class Attempt:
             "upstream": upstream_ms,
             "total": (end - self.call.started) * 1000,
         }
-        self._timings = (end, self.choice, t)
-        return t
 
     def sla_met(self, total_ms: float) -> bool:
         r = self.call.parsed.route
