@@ -317,7 +317,7 @@ class Snapshot:
 
     __slots__ = (
         "_by_id", "_by_model", "_client_cache", "_private", "_private_keys", "_private_models",
-        "backends", "gateway_region", "latency", "version",
+        "backends", "gateway_region", "known_regions", "latency", "version",
     )  # fmt: skip
 
     def __init__(
@@ -332,6 +332,12 @@ class Snapshot:
         self.latency = latency
         self.version = version
         self.gateway_region = gateway_region
+        #: every region this world has heard of: its backends' and its latency map's
+        self.known_regions = frozenset(
+            {b.region for b in self.backends}.union(
+                latency.coords, (r for pair in latency.rtt for r in pair)
+            )
+        )
         groups: dict[str, list[Backend]] = {}
         private: dict[tuple[int, str], list[Backend]] = {}
         for b in self.backends:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import logging
 import math
 import re
@@ -43,8 +44,10 @@ from routing.engine import (
     STRATEGIES,
     Choice,
     Plan,
+    Snapshot,
     route,
 )
+from routing.engine import Request as RouteRequest
 from routing.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -129,6 +132,29 @@ def check_strategy(name: str | None) -> str:
 RETRY_AFTER_S = {
     "capacity": 1, "down": 5, "not_loaded": 5, "cooling": 5, "drained": 30, "provider_out": 30,
 }  # fmt: skip
+
+
+def _check_regions(request: RouteRequest, snapshot: Snapshot) -> None:
+    """A region the world has never heard of is a typo, not a policy nothing meets: a 400
+    that names it, alone or beside known ones (a 422 would blame the mesh, and beside a
+    known region it would be ignored without a word)."""
+    known = snapshot.known_regions
+    allowed = request.allowed_regions
+    if allowed is not None and not allowed <= known:
+        raise _unknown_region("tesseract.regions", min(allowed - known), known)
+    if request.client_region is not None and request.client_region not in known:
+        raise _unknown_region("tesseract.client_region", request.client_region, known)
+
+
+def _unknown_region(param: str, name: str, known: frozenset[str]) -> InvalidRequest:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)  # a typo, not a guess
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return InvalidRequest(
+        f"Unknown region {name!r} in {param}{hint}. "
+        "GET /v1/models lists the regions serving each model.",
+        param=param,
+        code="unknown_region",
+    )
 
 
 def infeasible_error(plan: Plan, live: livestate.LiveMaps | None = None) -> TesseractAPIError:
@@ -230,6 +256,7 @@ class Gateway:
         world = await self.holder.get()
         request, session = parsed.route, None
         snapshot = self.holder.snapshot(world)
+        _check_regions(request, snapshot)
         for model in (request.model, *request.fallback_models):  # what the plan may use
             snapshot = self.inflight.apply(snapshot, model, request.org_id, live=world.live)
         session_id = request.session_id

@@ -310,6 +310,22 @@ def estimate_input_tokens(body: _Common) -> int:
     return chars // CHARS_PER_TOKEN + PER_MESSAGE_TOKENS * messages
 
 
+_COUNTRY = re.compile(r"[A-Za-z]{2}")
+_JURISDICTION = re.compile(r"[A-Za-z]{2}|(?i:eea)")
+
+
+def _check_codes(name: str, codes: list[str] | None, form: re.Pattern[str], takes: str) -> None:
+    """A country or jurisdiction not written as a code matches no site: it is a mistake
+    (`Germany` for `DE`), said here rather than as a policy nothing satisfies."""
+    for code in codes or ():
+        if form.fullmatch(code) is None:
+            raise InvalidRequest(
+                f"tesseract.{name} takes {takes} (such as 'DE'), not {code!r}.",
+                param=f"tesseract.{name}",
+                code="invalid_value",
+            )
+
+
 def _lowered(items: list[str] | tuple[str, ...] | None) -> frozenset[str] | None:
     return None if not items else frozenset(i.lower() for i in items)
 
@@ -350,6 +366,8 @@ def parse_body(
     if may_hold_nul:
         _check_no_nul(typed)
     opts = typed.tesseract or TesseractOptions()
+    _check_codes("countries", opts.countries, _COUNTRY, "ISO 3166-1 alpha-2 country codes")
+    _check_codes("jurisdictions", opts.jurisdictions, _JURISDICTION, "EU, EEA or country codes")
     if (opts.client_lat is None) != (opts.client_lon is None):
         raise InvalidRequest(
             "Give both client_lat and client_lon, or neither.", param="tesseract.client_lat"

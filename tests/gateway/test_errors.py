@@ -135,6 +135,53 @@ def test_a_policy_nothing_satisfies_is_a_422(mesh, api_key, usage):
     assert usage() == []
 
 
+@pytest.mark.parametrize(
+    ("tesseract", "param", "named", "suggested"),
+    [
+        ({"regions": ["westeurop"]}, "tesseract.regions", "westeurop", "westeurope"),
+        ({"regions": ["westeurope", "mars-1"]}, "tesseract.regions", "mars-1", None),
+        ({"client_region": "FranceCentrl"}, "tesseract.client_region", "francecentrl",
+         "francecentral"),
+    ],
+    ids=["a typo", "one unknown beside a known one", "an unknown client region"],
+)  # fmt: skip
+def test_a_region_no_one_has_heard_of_is_a_400_that_names_it_not_a_policy_422(
+    mesh, api_key, usage, tesseract, param, named, suggested
+):
+    response = post(mesh, api_key, {**CHAT, "tesseract": tesseract})
+    error = assert_openai_error(response, 400, "unknown_region")
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert repr(named) in error["message"]
+    if suggested is not None:
+        assert f"did you mean {suggested!r}?" in error["message"]
+    assert "GET /v1/models" in error["message"]
+    assert usage() == []
+
+    explained = httpx.post(
+        f"{mesh.gateway_url}/v1/route",
+        headers={"Authorization": f"Bearer {api_key}"},
+        json={**CHAT, "tesseract": tesseract},
+        timeout=10,
+    )
+    assert_openai_error(explained, 400, "unknown_region")
+
+
+def test_a_known_region_that_serves_nothing_of_the_model_is_still_a_policy_422(
+    mesh, api_key, usage
+):
+    serving = set(
+        Region.objects.filter(clusters__deployments__model__slug=EIGHT_B).values_list(
+            "slug", flat=True
+        )
+    )
+    idle = Region.objects.exclude(slug__in=serving).values_list("slug", flat=True).first()
+    assert idle is not None
+    response = post(mesh, api_key, {**CHAT, "tesseract": {"regions": [idle]}})
+    assert_openai_error(response, 422, "policy_unsatisfiable")
+    assert usage() == []
+
+
 def test_no_backend_left_to_route_to_is_a_503(mesh, api_key, usage):
     Cluster.objects.filter(deployments__model__slug=EIGHT_B).update(drained=True)
     from routing.gateway.app import application

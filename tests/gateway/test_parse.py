@@ -103,6 +103,36 @@ def test_requirements_can_ride_in_headers_and_the_body_wins():
     assert parsed.route.prefer_cost_over_latency is True
 
 
+@pytest.mark.parametrize(
+    ("tesseract", "param", "shown"),
+    [
+        ({"countries": ["DE", "Germany"]}, "tesseract.countries", "'Germany'"),
+        ({"countries": ["D"]}, "tesseract.countries", "'D'"),
+        ({"jurisdictions": ["EU", "MARS"]}, "tesseract.jurisdictions", "'MARS'"),
+        ({"jurisdictions": ["E1"]}, "tesseract.jurisdictions", "'E1'"),
+    ],
+)
+def test_countries_and_jurisdictions_must_be_codes_and_the_error_shows_the_bad_one(
+    tesseract, param, shown
+):
+    with pytest.raises(InvalidRequest) as exc:
+        parse("chat.completions", body(tesseract=tesseract), [], key())
+    assert exc.value.param == param
+    assert exc.value.code == "invalid_value"
+    assert shown in exc.value.message
+
+
+def test_country_and_jurisdiction_codes_are_taken_in_any_case():
+    r = parse(
+        "chat.completions",
+        body(tesseract={"countries": ["de", "Fr"], "jurisdictions": ["eea", "us"]}),
+        [(b"x-tesseract-regions", b"westeurope")],
+        key(),
+    ).route
+    assert r.allowed_countries == frozenset({"DE", "FR"})
+    assert r.allowed_jurisdictions == frozenset({"EEA", "US"})
+
+
 def test_key_defaults_apply_only_where_the_request_is_silent():
     k = key(default_regions=("westeurope",), default_compliance=("gdpr",), default_max_ttft_ms=300)
     silent = parse("chat.completions", body(), [], k).route
