@@ -84,8 +84,10 @@ def test_one_socket_serves_requests_in_turn_and_a_key_can_ride_in_the_body(mesh,
         (None, "not json", "invalid_json"),
         (None, {"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]},
          "model_not_found"),
+        (None, {"model": EIGHT_B, "messages": [{"role": "user", "content": "x"}],
+                "tesseract": {"regions": ["westeurop"]}}, "unknown_region"),
     ],
-    ids=["no key", "wrong key", "not JSON", "unknown model"],
+    ids=["no key", "wrong key", "not JSON", "unknown model", "unknown region"],
 )  # fmt: skip
 def test_errors_arrive_as_openai_error_frames_and_the_socket_stays_usable(
     mesh, api_key, usage, headers, message, code
