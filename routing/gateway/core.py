@@ -47,7 +47,6 @@ from routing.engine import (
     Snapshot,
     route,
 )
-from routing.engine import Request as RouteRequest
 from routing.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -134,16 +133,16 @@ RETRY_AFTER_S = {
 }  # fmt: skip
 
 
-def _check_regions(request: RouteRequest, snapshot: Snapshot) -> None:
-    """A region the world has never heard of is a typo, not a policy nothing meets: a 400
-    that names it, alone or beside known ones (a 422 would blame the mesh, and beside a
-    known region it would be ignored without a word)."""
-    known = snapshot.known_regions
-    allowed = request.allowed_regions
-    if allowed is not None and not allowed <= known:
-        raise _unknown_region("tesseract.regions", min(allowed - known), known)
-    if request.client_region is not None and request.client_region not in known:
-        raise _unknown_region("tesseract.client_region", request.client_region, known)
+def _check_regions(parsed: Parsed, snapshot: Snapshot) -> None:
+    """A region the world has never heard of, named by the request, is a typo, not a
+    policy nothing meets: a 400 that names it, alone or beside known ones (a 422 would
+    blame the mesh, and beside a known region it would be ignored without a word). A
+    key's default regions were checked when they were set."""
+    unknown = parsed.named_regions - snapshot.known_regions
+    if unknown:
+        name = min(unknown)
+        field = "client_region" if name == parsed.route.client_region else "regions"
+        raise _unknown_region(f"tesseract.{field}", name, snapshot.known_regions)
 
 
 def _unknown_region(param: str, name: str, known: frozenset[str]) -> InvalidRequest:
@@ -256,7 +255,7 @@ class Gateway:
         world = await self.holder.get()
         request, session = parsed.route, None
         snapshot = self.holder.snapshot(world)
-        _check_regions(request, snapshot)
+        _check_regions(parsed, snapshot)
         for model in (request.model, *request.fallback_models):  # what the plan may use
             snapshot = self.inflight.apply(snapshot, model, request.org_id, live=world.live)
         session_id = request.session_id

@@ -141,6 +141,9 @@ class Parsed:
     include_usage: bool  # the client asked for usage in the stream
     route: RouteRequest
     strategy: str | None
+    #: the regions the request itself names (`regions`, `client_region`), not its key's
+    #: defaults: what the gateway holds to the catalog's regions (`Gateway._route`)
+    named_regions: frozenset[str] = frozenset()
 
 
 def decode_json(raw: bytes) -> dict[str, Any]:
@@ -378,6 +381,8 @@ def parse_body(
         input_tokens = typed.input_tokens
     max_output = typed.max_completion_tokens or typed.max_tokens or DEFAULT_MAX_TOKENS
 
+    regions = _lowered(opts.regions)
+    client_region = opts.client_region.lower() if opts.client_region else None
     route_request = RouteRequest(
         model=typed.model,
         input_tokens=input_tokens,
@@ -396,12 +401,12 @@ def parse_body(
         allowed_countries=None
         if not opts.countries
         else frozenset(c.upper() for c in opts.countries),
-        allowed_regions=_lowered(opts.regions if opts.regions is not None else key.default_regions),
+        allowed_regions=regions if opts.regions is not None else _lowered(key.default_regions),
         priority=opts.priority or 3,
         prefer_cost_over_latency=bool(opts.prefer_cost_over_latency),
         max_price_per_mtok=opts.max_price,
         session_id=opts.session_id,
-        client_region=opts.client_region.lower() if opts.client_region else None,
+        client_region=client_region,
         client_lat=opts.client_lat,
         client_lon=opts.client_lon,
         fallback_models=tuple(opts.fallback_models or ()),
@@ -418,4 +423,5 @@ def parse_body(
         include_usage=include_usage,
         route=route_request,
         strategy=opts.strategy,
+        named_regions=(regions or frozenset()) | ({client_region} if client_region else set()),
     )

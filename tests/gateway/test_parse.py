@@ -133,6 +133,18 @@ def test_country_and_jurisdiction_codes_are_taken_in_any_case():
     assert r.allowed_jurisdictions == frozenset({"EEA", "US"})
 
 
+def test_only_the_regions_a_request_names_are_held_to_the_catalog_not_its_keys_defaults():
+    k = key(default_regions=("westeurope", "a-region-since-removed"))
+    assert parse("chat.completions", body(), [], k).named_regions == frozenset()
+    named = parse(
+        "chat.completions",
+        body(tesseract={"regions": ["WestEurope"], "client_region": "FranceCentral"}),
+        [],
+        k,
+    ).named_regions
+    assert named == frozenset({"westeurope", "francecentral"})
+
+
 def test_key_defaults_apply_only_where_the_request_is_silent():
     k = key(default_regions=("westeurope",), default_compliance=("gdpr",), default_max_ttft_ms=300)
     silent = parse("chat.completions", body(), [], k).route
