@@ -20,7 +20,7 @@ from billing.models import UsageEvent
 from routing.engine import route
 from routing.errors import TesseractAPIError
 from routing.gateway.core import check_strategy
-from routing.gateway.parse import parse_body
+from routing.gateway.parse import check_regions, parse_body
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +59,13 @@ def _world() -> World:
 
 def dry_run(body: dict[str, Any], *, world: World | None = None) -> dict[str, Any]:
     """The plan for `body` (a `/v1/route` body) as `/v1/route` answers it."""
+    world = world or _world()
     try:
         parsed = parse_body("route", body, [], _NO_KEY)
         strategy = check_strategy(parsed.strategy)
+        check_regions(parsed, world.snapshot)
     except TesseractAPIError as exc:
         raise ExplainError(exc.message) from None
-    world = world or _world()
     plan = route(world.snapshot, parsed.route, strategy)
     result = plan.to_dict()
     result["ranked"] = [c for c in [result["primary"], *result["fallbacks"]] if c]

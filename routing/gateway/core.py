@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import logging
 import math
 import re
@@ -44,7 +43,6 @@ from routing.engine import (
     STRATEGIES,
     Choice,
     Plan,
-    Snapshot,
     route,
 )
 from routing.errors import (
@@ -61,7 +59,7 @@ from routing.gateway import affinity, observability
 from routing.gateway.admission import Admission
 from routing.gateway.attempt import Attempt, Call, Frame, Head, attempt_budget
 from routing.gateway.live import InFlight, WorldHolder
-from routing.gateway.parse import Parsed
+from routing.gateway.parse import Parsed, check_regions
 from routing.gateway.upstream import (
     StreamGuard,
     Upstream,
@@ -131,29 +129,6 @@ def check_strategy(name: str | None) -> str:
 RETRY_AFTER_S = {
     "capacity": 1, "down": 5, "not_loaded": 5, "cooling": 5, "drained": 30, "provider_out": 30,
 }  # fmt: skip
-
-
-def _check_regions(parsed: Parsed, snapshot: Snapshot) -> None:
-    """A region the world has never heard of, named by the request, is a typo, not a
-    policy nothing meets: a 400 that names it, alone or beside known ones (a 422 would
-    blame the mesh, and beside a known region it would be ignored without a word). A
-    key's default regions were checked when they were set."""
-    unknown = parsed.named_regions - snapshot.known_regions
-    if unknown:
-        name = min(unknown)
-        field = "client_region" if name == parsed.route.client_region else "regions"
-        raise _unknown_region(f"tesseract.{field}", name, snapshot.known_regions)
-
-
-def _unknown_region(param: str, name: str, known: frozenset[str]) -> InvalidRequest:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)  # a typo, not a guess
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return InvalidRequest(
-        f"Unknown region {name!r} in {param}{hint}. "
-        "GET /v1/models lists the regions serving each model.",
-        param=param,
-        code="unknown_region",
-    )
 
 
 def infeasible_error(plan: Plan, live: livestate.LiveMaps | None = None) -> TesseractAPIError:
@@ -255,7 +230,7 @@ class Gateway:
         world = await self.holder.get()
         request, session = parsed.route, None
         snapshot = self.holder.snapshot(world)
-        _check_regions(parsed, snapshot)
+        check_regions(parsed, snapshot)
         for model in (request.model, *request.fallback_models):  # what the plan may use
             snapshot = self.inflight.apply(snapshot, model, request.org_id, live=world.live)
         session_id = request.session_id

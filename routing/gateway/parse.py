@@ -16,6 +16,7 @@ usage row) can fail on what the door let in.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,8 +26,10 @@ import msgspec
 import numpy as np
 
 from accounts.keycache import ResolvedKey
+from backends.models import Certification
 from billing.models import UsageEvent
 from routing.engine import Request as RouteRequest
+from routing.engine import Snapshot
 from routing.errors import InvalidRequest, PayloadTooLarge
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -317,6 +320,23 @@ _COUNTRY = re.compile(r"[A-Za-z]{2}")
 _JURISDICTION = re.compile(r"[A-Za-z]{2}|(?i:eea)")
 
 
+_CERTIFICATIONS = frozenset(Certification.values)
+
+
+def _check_compliance(tags: list[str] | None) -> None:
+    """A compliance tag Tesseract has no word for (clusters and regions hold only
+    `Certification`'s) can never be met: a typo or a wish, said as such, not as a policy
+    the mesh fails. A key's defaults were checked when they were set."""
+    for tag in tags or ():
+        if tag.lower() not in _CERTIFICATIONS:
+            raise InvalidRequest(
+                f"Unknown compliance tag {tag!r}: Tesseract's are "
+                f"{', '.join(sorted(_CERTIFICATIONS))}.",
+                param="tesseract.compliance",
+                code="invalid_value",
+            )
+
+
 def _check_codes(name: str, codes: list[str] | None, form: re.Pattern[str], takes: str) -> None:
     """A country or jurisdiction not written as a code matches no site: it is a mistake
     (`Germany` for `DE`), said here rather than as a policy nothing satisfies."""
@@ -369,6 +389,7 @@ def parse_body(
     if may_hold_nul:
         _check_no_nul(typed)
     opts = typed.tesseract or TesseractOptions()
+    _check_compliance(opts.compliance)
     _check_codes("countries", opts.countries, _COUNTRY, "ISO 3166-1 alpha-2 country codes")
     _check_codes("jurisdictions", opts.jurisdictions, _JURISDICTION, "EU, EEA or country codes")
     if (opts.client_lat is None) != (opts.client_lon is None):
@@ -424,4 +445,27 @@ def parse_body(
         route=route_request,
         strategy=opts.strategy,
         named_regions=(regions or frozenset()) | ({client_region} if client_region else set()),
+    )
+
+
+def check_regions(parsed: Parsed, snapshot: Snapshot) -> None:
+    """A region the world has never heard of, named by the request, is a typo, not a
+    policy nothing meets: a 400 that names it, alone or beside known ones (a 422 would
+    blame the mesh, and beside a known region it would be ignored without a word). A
+    key's default regions were checked when they were set."""
+    unknown = parsed.named_regions - snapshot.known_regions
+    if unknown:
+        name = min(unknown)
+        field = "client_region" if name == parsed.route.client_region else "regions"
+        raise _unknown_region(f"tesseract.{field}", name, snapshot.known_regions)
+
+
+def _unknown_region(param: str, name: str, known: frozenset[str]) -> InvalidRequest:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)  # a typo, not a guess
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return InvalidRequest(
+        f"Unknown region {name!r} in {param}{hint}. "
+        "GET /v1/models lists the regions serving each model.",
+        param=param,
+        code="unknown_region",
     )

@@ -371,6 +371,16 @@ def test_a_bad_explainer_request_is_a_clear_error(alice, acme):
     assert response.status_code == 400
 
 
+def test_the_explainer_says_a_region_it_does_not_know_by_name_as_the_gateway_does(alice, acme):
+    from backends.demo import demo_world_load
+
+    demo_world_load()
+    query = "model=llama-3.1-8b-instruct&client_region=westeurop"
+    response = login(alice).get(f"/orgs/{acme.slug}/explain/?{query}")
+    assert response.status_code == 400
+    assert "did you mean &#x27;westeurope&#x27;?" in response.content.decode()
+
+
 QUERY_LIMITS = {
     "": 16,
     "usage/": 16,

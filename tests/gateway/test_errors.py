@@ -224,16 +224,26 @@ def test_a_region_whose_only_backends_are_drained_is_a_503_with_retry_after_not_
     assert "in northeurope is out" in explained["infeasible"]["detail"]
 
 
-def test_a_compliance_nobody_has_is_a_422_even_while_every_backend_is_drained(mesh, api_key, usage):
+def test_a_policy_nobody_meets_is_a_422_even_while_every_backend_is_drained(mesh, api_key, usage):
     Cluster.objects.filter(deployments__model__slug=EIGHT_B).update(drained=True)
     from routing.gateway.app import application
 
     application.forget_world()
-    body = {**CHAT, "tesseract": {"compliance": ["fedramp-high"]}}
+    body = {**CHAT, "tesseract": {"compliance": ["hipaa"], "jurisdictions": ["EU"]}}
     response = post(mesh, api_key, body)
-    error = assert_openai_error(response, 422, "policy_unsatisfiable")
-    assert "fedramp-high" in error["message"]
+    assert_openai_error(response, 422, "policy_unsatisfiable")
     assert "retry-after" not in response.headers
+    assert usage() == []
+
+
+def test_a_compliance_tag_tesseract_has_no_word_for_is_a_400_that_lists_its_own(
+    mesh, api_key, usage
+):
+    body = {**CHAT, "tesseract": {"compliance": ["gdpr", "fedramp-high"]}}
+    error = assert_openai_error(post(mesh, api_key, body), 400, "invalid_value")
+    assert error["param"] == "tesseract.compliance"
+    assert "'fedramp-high'" in error["message"]
+    assert "gdpr, hipaa, iso27001, soc2" in error["message"]
     assert usage() == []
 
 
