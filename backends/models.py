@@ -8,6 +8,8 @@ it from the real data in `backends/data/`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -34,6 +36,12 @@ class Certification(models.TextChoices):
     GDPR = "gdpr", "GDPR"
     SOC2 = "soc2", "SOC 2"
     ISO27001 = "iso27001", "ISO 27001"
+
+
+def unknown_certifications(tags: Iterable[str]) -> list[str]:
+    """The tags among `tags` that are not `Certification`'s, sorted: what a cluster,
+    a key's defaults and a request may name is held to one list."""
+    return sorted(set(tags) - set(Certification.values))
 
 
 class Region(models.Model):

@@ -23,6 +23,7 @@ from backends.models import (
     Owner,
     Provider,
     Region,
+    unknown_certifications,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def private_slug(org: Tenant, name: str) -> str:
 
 
 def _certifications(tags: list[str]) -> list[str]:
-    unknown = sorted(set(tags) - set(Certification.values))
+    unknown = unknown_certifications(tags)
     if unknown:
         raise PrivateClusterError(
             f"Unknown certification(s): {', '.join(unknown)}; "

@@ -59,10 +59,10 @@ def _world() -> World:
 
 def dry_run(body: dict[str, Any], *, world: World | None = None) -> dict[str, Any]:
     """The plan for `body` (a `/v1/route` body) as `/v1/route` answers it."""
-    world = world or _world()
     try:
         parsed = parse_body("route", body, [], _NO_KEY)
         strategy = check_strategy(parsed.strategy)
+        world = world or _world()  # read only for a request that parsed
         check_regions(parsed, world.snapshot)
     except TesseractAPIError as exc:
         raise ExplainError(exc.message) from None

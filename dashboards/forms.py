@@ -6,7 +6,14 @@ from typing import Any
 from django import forms
 
 from accounts.models import DEFAULT_SCOPES, ApiKey, Role, Scope
-from backends.models import AIModel, Certification, Chip, Provider, Region
+from backends.models import (
+    AIModel,
+    Certification,
+    Chip,
+    Provider,
+    Region,
+    unknown_certifications,
+)
 from billing.models import SlaTier, UsageEvent
 from dashboards.usage import LogFilters
 
@@ -73,10 +80,8 @@ class ApiKeyCreateForm(ApiKeyLimitsForm):
         return slugs
 
     def clean_default_compliance(self) -> list[str]:
-        from backends.models import Certification
-
         tags = self._split(self.cleaned_data["default_compliance"])
-        unknown = sorted(set(tags) - set(Certification.values))
+        unknown = unknown_certifications(tags)
         if unknown:
             raise forms.ValidationError(f"Unknown certifications: {', '.join(unknown)}")
         return tags

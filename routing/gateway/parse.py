@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 
 from accounts.keycache import ResolvedKey
-from backends.models import Certification
+from backends.models import Certification, unknown_certifications
 from billing.models import UsageEvent
 from routing.engine import Request as RouteRequest
 from routing.engine import Snapshot
@@ -320,21 +320,19 @@ _COUNTRY = re.compile(r"[A-Za-z]{2}")
 _JURISDICTION = re.compile(r"[A-Za-z]{2}|(?i:eea)")
 
 
-_CERTIFICATIONS = frozenset(Certification.values)
-
-
 def _check_compliance(tags: list[str] | None) -> None:
     """A compliance tag Tesseract has no word for (clusters and regions hold only
     `Certification`'s) can never be met: a typo or a wish, said as such, not as a policy
     the mesh fails. A key's defaults were checked when they were set."""
-    for tag in tags or ():
-        if tag.lower() not in _CERTIFICATIONS:
-            raise InvalidRequest(
-                f"Unknown compliance tag {tag!r}: Tesseract's are "
-                f"{', '.join(sorted(_CERTIFICATIONS))}.",
-                param="tesseract.compliance",
-                code="invalid_value",
-            )
+    if not tags or not (unknown := unknown_certifications(t.lower() for t in tags)):
+        return
+    tag = next(t for t in tags if t.lower() in unknown)
+    raise InvalidRequest(
+        f"Unknown compliance tag {tag!r}: Tesseract's are "
+        f"{', '.join(sorted(Certification.values))}.",
+        param="tesseract.compliance",
+        code="invalid_value",
+    )
 
 
 def _check_codes(name: str, codes: list[str] | None, form: re.Pattern[str], takes: str) -> None:
