@@ -8,6 +8,7 @@ sends `/v1/` here and everything else to Django.
 
     POST /v1/chat/completions   POST /v1/completions     (SSE when "stream": true)
     GET  /v1/models             POST /v1/route            (the dry run)
+    GET  /v1/models/{model}
     GET  /metrics               Prometheus (`observability`; no API key, an optional token)
 """
 
@@ -32,6 +33,7 @@ from accounts.services import LAST_USED_RESOLUTION, api_key_touch
 from routing.errors import (
     AuthenticationFailed,
     InvalidRequest,
+    ModelNotFound,
     PayloadTooLarge,
     PermissionDenied,
     RouteNotFound,
@@ -63,6 +65,7 @@ _REJECTIONS = {
     "expired": "This API key has expired.",
 }
 _JSON = b"application/json"
+MODEL_PATH = "/v1/models/"
 
 
 async def read_body(receive: Receive) -> bytes:
@@ -211,6 +214,8 @@ class GatewayApp:
         response = _Response(send)
         try:
             route = self.routes.get(path)
+            if route is None and path.startswith(MODEL_PATH) and len(path) > len(MODEL_PATH):
+                route = ("GET", self.model)
             if route is None:
                 raise RouteNotFound(f"Unknown endpoint {scope['method']} {scope['path']}.")
             method, handler = route
@@ -342,6 +347,21 @@ class GatewayApp:
         await send({"type": "http.response.body", "body": body})
 
     async def models(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        objects = await self._model_objects(scope)
+        data = [objects[model] for model in sorted(objects)]
+        await send_json(send, 200, msgspec.json.encode({"object": "list", "data": data}))
+
+    async def model(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        """GET /v1/models/{model} (the SDKs' `models.retrieve`): one entry of the list."""
+        model = scope["path"].rstrip("/").removeprefix(MODEL_PATH)
+        found = (await self._model_objects(scope)).get(model)
+        if found is None:
+            raise ModelNotFound(f"The model '{model}' does not exist or is not served.")
+        await send_json(send, 200, msgspec.json.encode(found))
+
+    async def _model_objects(self, scope: Scope_) -> dict[str, dict[str, Any]]:
+        """The models this key may call, by id, as OpenAI's model objects with where
+        Tesseract serves them: within the key's default regions and compliance."""
         key = await self.auth.authenticate(scope["headers"], Scope.READ)
         world = await self.gateway.holder.get()
         allowed = set(key.default_regions)
@@ -352,22 +372,20 @@ class GatewayApp:
         for e in world.endpoints_for(key.org_id):
             if (not allowed or e.region in allowed) and required <= set(e.certifications):
                 places.setdefault(e.model, set()).add((e.region, e.chip, e.org_id is not None))
-        data = []
-        for model in sorted(places):
-            data.append(
-                {
-                    "id": model,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "tesseract",
-                    "tesseract": {
-                        "regions": sorted({r for r, _, _ in places[model]}),
-                        "chips": sorted({c for _, c, _ in places[model]}),
-                        "private_regions": sorted({r for r, _, p in places[model] if p}),
-                    },
-                }
-            )
-        await send_json(send, 200, msgspec.json.encode({"object": "list", "data": data}))
+        return {
+            model: {
+                "id": model,
+                "object": "model",
+                "created": 0,
+                "owned_by": "tesseract",
+                "tesseract": {
+                    "regions": sorted({r for r, _, _ in where}),
+                    "chips": sorted({c for _, c, _ in where}),
+                    "private_regions": sorted({r for r, _, p in where if p}),
+                },
+            }
+            for model, where in places.items()
+        }
 
 
 class _Response:

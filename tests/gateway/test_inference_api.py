@@ -6,6 +6,7 @@ import json
 
 import httpx
 import openai
+import pytest
 
 from accounts.models import ApiKey
 
@@ -100,6 +101,17 @@ def test_models_lists_what_the_key_may_use_and_where(mesh, api_key):
     models = {m.id: m for m in client(mesh, api_key).models.list()}
     assert set(models) == {EIGHT_B, SEVENTY_B, "llama-3.1-405b-instruct"}
     assert "westeurope" in models[SEVENTY_B].model_extra["tesseract"]["regions"]
+
+
+def test_the_sdk_retrieves_one_model_and_an_unknown_one_is_model_not_found(mesh, api_key):
+    sdk = client(mesh, api_key)
+    model = sdk.models.retrieve(SEVENTY_B)
+    listed = next(m for m in sdk.models.list() if m.id == SEVENTY_B)
+    assert model.model_dump() == listed.model_dump()
+    with pytest.raises(openai.NotFoundError) as caught:
+        sdk.models.retrieve("gpt-4o")
+    assert caught.value.code == "model_not_found"
+    assert "'gpt-4o'" in caught.value.message
 
 
 def test_models_honour_the_keys_default_regions(mesh, api_key):

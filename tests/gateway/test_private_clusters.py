@@ -230,6 +230,17 @@ def test_charlie_sees_no_trace_of_alices_cluster_in_models_or_route_plans(mesh, 
     assert charlies[private["model"]]["tesseract"]["private_regions"] == []
     assert set(charlies) == set(alices) - {SECRET_MODEL}
 
+    def retrieve(key: str, model: str) -> httpx.Response:
+        return httpx.get(
+            f"{mesh.gateway_url}/v1/models/{model}", headers={"Authorization": f"Bearer {key}"}
+        )
+
+    assert retrieve(cast["alice"].key, SECRET_MODEL).json() == alices[SECRET_MODEL]
+    hidden = retrieve(cast["charlie"].key, SECRET_MODEL)
+    nothing = retrieve(cast["charlie"].key, "x")
+    assert hidden.status_code == nothing.status_code == 404
+    assert hidden.json() == json.loads(nothing.text.replace("'x'", f"'{SECRET_MODEL}'"))
+
     def plan(key: str, model: str) -> httpx.Response:
         return httpx.post(
             f"{mesh.gateway_url}/v1/route",
