@@ -519,6 +519,16 @@ class Admission:
         status = verdict.status
         if status in (limits.RPM_ORG, limits.RPM_KEY, limits.TPM_ORG, limits.TPM_KEY):
             whose = "organization" if status in (limits.RPM_ORG, limits.TPM_ORG) else "API key"
+            tpm = lim.org_tpm if status == limits.TPM_ORG else lim.key_tpm
+            if status in (limits.TPM_ORG, limits.TPM_KEY) and tpm is not None and tokens > tpm:
+                # No window will ever hold it: waiting would not help, so say what would.
+                too_large = RateLimited(
+                    f"This request is too large for this {whose}'s limit of {tpm} tokens per "
+                    f"minute: it counts {tokens} (its input and max_tokens). Retrying will "
+                    "not help; reduce the input or max_tokens, or ask for a higher limit."
+                )
+                too_large.extra_headers = headers + _NO_RETRY
+                raise too_large
             if status in (limits.RPM_ORG, limits.RPM_KEY):
                 what = f"requests per minute ({verdict.requests_limit})"
             else:

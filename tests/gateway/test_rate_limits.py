@@ -86,12 +86,36 @@ def test_tokens_per_minute_count_max_tokens_and_refuse_what_would_exceed_them(me
     _, key, plaintext = org_key
     key_limits_set(api_key=key, tokens_per_minute=30)
     client = sdk(mesh, plaintext)
-    first = client.chat.completions.with_raw_response.create(**ASK)  # ~5 in + 4 out
-    assert int(first.headers["x-ratelimit-remaining-tokens"]) < 30
+    first = client.chat.completions.with_raw_response.create(**ASK)  # its input + 4 out
+    counted = 30 - int(first.headers["x-ratelimit-remaining-tokens"])
+    assert counted > ASK["max_tokens"]
+    whole_window = 30 - (counted - ASK["max_tokens"])  # with the same input: 30 tokens
     with pytest.raises(openai.RateLimitError) as caught:
-        client.chat.completions.create(**{**ASK, "max_tokens": 40})
+        client.chat.completions.create(**{**ASK, "max_tokens": whole_window})
     assert caught.value.code == "rate_limit_exceeded"
     assert "tokens per minute (30" in caught.value.message
+    assert "retry-after" in caught.value.response.headers
+
+
+def test_a_request_larger_than_a_whole_minute_of_tokens_says_so_and_the_sdk_does_not_retry_it(
+    mesh, org_key, usage
+):
+    _, key, plaintext = org_key
+    key_limits_set(api_key=key, tokens_per_minute=30)
+    client = openai.OpenAI(api_key=plaintext, base_url=f"{mesh.gateway_url}/v1", max_retries=2)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(**{**ASK, "max_tokens": 400})
+    error = caught.value
+    assert error.code == "rate_limit_exceeded"
+    assert "too large for this API key's limit of 30 tokens per minute" in error.message
+    assert "reduce" in error.message
+    assert error.response.headers["x-should-retry"] == "false"
+    assert "retry-after" not in error.response.headers
+    assert error.response.headers["x-ratelimit-limit-tokens"] == "30"
+    assert error.response.headers["x-ratelimit-remaining-tokens"] == "30"  # nothing counted
+    assert usage() == []
+    served = client.chat.completions.with_raw_response.create(**ASK)  # one that fits still does
+    assert int(served.headers["x-ratelimit-remaining-tokens"]) < 30
 
 
 def _gateway_app(*, fresh_s: float | None = None) -> GatewayApp:
