@@ -22,6 +22,10 @@ def _admin_login(request: HttpRequest, extra_context: object = None) -> HttpResp
 
 admin.site.login = _admin_login  # type: ignore[method-assign]
 
+# Under /api/ a missing page or a crash answers in the API's JSON error shape.
+handler404 = "billing.api.errors.page_not_found"
+handler500 = "billing.api.errors.server_error"
+
 urlpatterns = [
     path("health", dashboard_views.health, name="health"),
     path("admin/", admin.site.urls),

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.urls import Resolver404, resolve
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
+
+API_PREFIX = "/api/"
 
 _TYPES = {
     400: "invalid_request_error",
@@ -58,3 +62,40 @@ def handler(exc: Exception, context: dict[str, Any]) -> Response | None:
         }
     }
     return response
+
+
+# --------------------------------------------------------------------------- outside DRF
+
+
+def _body(message: str, type_: str, code: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """Django's 404 (`handler404`): under /api/, the API's error shape, naming a
+    trailing slash when the path without it is an endpoint (the API's paths end
+    without one); elsewhere the site's page."""
+    path = request.path
+    if not path.startswith(API_PREFIX):
+        return defaults.page_not_found(request, exception)
+    message = f"Unknown endpoint {request.method} {path}."
+    if path.endswith("/") and _resolves(path.rstrip("/")):
+        message += f" Did you mean {path.rstrip('/')}? The API's paths end without a slash."
+    return JsonResponse(_body(message, "not_found_error", "unknown_url"), status=404)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """Django's 500 (`handler500`; the error is logged by Django): under /api/, the
+    API's error shape; elsewhere the site's page."""
+    if not request.path.startswith(API_PREFIX):
+        return defaults.server_error(request)
+    body = _body("Internal error; it has been logged.", "api_error", "internal_error")
+    return JsonResponse(body, status=500)
+
+
+def _resolves(path: str) -> bool:
+    try:
+        resolve(path)
+    except Resolver404:
+        return False
+    return True

@@ -92,6 +92,37 @@ def test_errors_have_one_shape(alice, acme):
     assert wrong.json()["error"]["code"] == "authentication_failed"
 
 
+def test_an_unknown_api_url_answers_in_the_error_shape_and_names_a_trailing_slash(
+    manage_key, client
+):
+    slashed = bearer(manage_key).get("/api/v1/org/")
+    assert slashed.status_code == 404
+    assert slashed["content-type"] == "application/json"
+    error = slashed.json()["error"]
+    assert error["code"] == "unknown_url"
+    assert error["type"] == "not_found_error"
+    assert "Did you mean /api/v1/org?" in error["message"]
+    nowhere = bearer(manage_key).post("/api/v2/anything")
+    assert nowhere.status_code == 404
+    assert nowhere.json()["error"]["message"] == "Unknown endpoint POST /api/v2/anything."
+    page = client.get("/no-such-page")  # outside the API: the site's page, as before
+    assert page.status_code == 404
+    assert page["content-type"].startswith("text/html")
+
+
+def test_a_crash_under_the_api_answers_in_the_error_shape():
+    from django.test import RequestFactory
+
+    from billing.api.errors import server_error
+
+    crashed = server_error(RequestFactory().get("/api/v1/usage"))
+    assert crashed.status_code == 500
+    body = msgspec.json.decode(crashed.content)
+    assert body["error"]["type"] == "api_error"
+    assert body["error"]["code"] == "internal_error"
+    assert server_error(RequestFactory().get("/orgs/x/")).status_code == 500  # the page
+
+
 def test_a_key_without_the_manage_scope_is_refused(acme):
     plain = account_services.api_key_create(org=acme, name="inference").plaintext
     assert "manage" not in ApiKey.objects.get(name="inference").scopes  # never by default
