@@ -39,6 +39,15 @@ class UsageCursor(pagination.CursorPagination):
     page_size_query_param = "limit"
     max_page_size = 1000
 
+    def decode_cursor(self, request: Request) -> pagination.Cursor | None:
+        """A cursor this API did not give is a bad request (DRF's default: a 404)."""
+        try:
+            return super().decode_cursor(request)
+        except exceptions.NotFound:
+            raise exceptions.ValidationError(
+                {self.cursor_query_param: "Not a cursor this API gave (use a page's next)."}
+            ) from None
+
 
 # --------------------------------------------------------------------------- organization
 
@@ -146,9 +155,12 @@ USAGE_FILTERS = [
 def _moment(value: str | None, name: str) -> datetime | None:
     if not value:
         return None
-    moment = parse_datetime(value)
+    try:  # None: not the format; ValueError: the format, but no such day or time
+        moment = parse_datetime(value)
+        day = parse_date(value) if moment is None else None
+    except ValueError as exc:
+        raise exceptions.ValidationError({name: f"{value!r} is not a valid date: {exc}."}) from None
     if moment is None:
-        day = parse_date(value)
         if day is None:
             raise exceptions.ValidationError({name: "Expected an ISO date or datetime."})
         moment = datetime.combine(day, time.min)

@@ -188,6 +188,20 @@ def test_usage_filters_paginate_by_cursor_and_aggregate_by_day(alice, acme, acme
     assert client.get("/api/v1/usage", {"start": "yesterday"}).json()["error"]["param"] == "start"
 
 
+@pytest.mark.parametrize("path", ["/api/v1/usage", "/api/v1/usage/daily"])
+def test_a_date_that_does_not_exist_or_a_bad_cursor_is_a_400_that_names_it(alice, acme, path):
+    client = login(alice)
+    for param, value in (("start", "2026-13-01"), ("end", "2026-02-30T10:00:00")):
+        bad = client.get(path, {param: value})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["param"] == param
+        assert value in bad.json()["error"]["message"]
+    if path == "/api/v1/usage":
+        cursor = client.get(path, {"cursor": "garbage"})
+        assert cursor.status_code == 400
+        assert cursor.json()["error"]["param"] == "cursor"
+
+
 def test_invoices_list_detail_and_pdf(alice, acme, acme_usage, manage_key):
     subscriptions.tier_change(
         org=acme, tier=SlaTier.objects.get(slug="pro"), at=MARCH - timedelta(days=1)
