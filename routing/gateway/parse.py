@@ -57,6 +57,17 @@ Tokens = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Model = Annotated[str, msgspec.Meta(min_length=1, max_length=MODEL_MAX_LENGTH)]
 SessionId = Annotated[str, msgspec.Meta(min_length=1, max_length=SESSION_ID_MAX_LENGTH)]
+TokenId = Annotated[int, msgspec.Meta(ge=0)]
+#: OpenAI's four shapes of a completion's prompt: a string, a list of strings, a list
+#: of token ids, a list of such lists; one shape at a time (`_check_prompt`): msgspec's
+#: unions take one array type, so the list's items are typed as any of the three.
+Prompt = (
+    str
+    | Annotated[
+        list[str | TokenId | Annotated[list[TokenId], msgspec.Meta(min_length=1)]],
+        msgspec.Meta(min_length=1),
+    ]
+)
 
 
 class TesseractOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -105,14 +116,14 @@ class ChatBody(_Common):
 
 
 class CompletionBody(_Common):
-    prompt: str | list[str] = ""
+    prompt: Prompt = ""
 
 
 class RouteBody(_Common):
     """`/v1/route` takes either shape; `input_tokens` may replace the prompt."""
 
     messages: list[Message] | None = None
-    prompt: str | list[str] | None = None
+    prompt: Prompt | None = None
     input_tokens: Annotated[int, msgspec.Meta(ge=0, le=100_000_000)] | None = None
 
 
@@ -290,6 +301,26 @@ def _weight(text: str) -> int:
     return len(text) + 3 * extra // 2
 
 
+def _prompt_tokens(prompt: Any) -> tuple[int, int]:
+    """(characters weighed as text, token ids counted) of a completion's prompt."""
+    if isinstance(prompt, list) and prompt:
+        if isinstance(prompt[0], int):
+            return 0, len(prompt)
+        if isinstance(prompt[0], list):
+            return 0, sum(len(ids) for ids in prompt)
+    return _text_tokens(prompt), 0
+
+
+def _check_prompt(prompt: Any) -> None:
+    if isinstance(prompt, list) and len({type(p) for p in prompt}) > 1:
+        raise InvalidRequest(
+            "prompt takes a string, a list of strings, a list of token ids or a list of "
+            "such lists, one shape at a time.",
+            param="prompt",
+            code="invalid_value",
+        )
+
+
 def _text_tokens(value: Any) -> int:
     if value is None:
         return 0
@@ -307,13 +338,15 @@ def _text_tokens(value: Any) -> int:
 
 
 def estimate_input_tokens(body: _Common) -> int:
-    chars, messages = 0, 0
+    """Estimated from text (`CHARS_PER_TOKEN`); a prompt of token ids is counted."""
+    chars, messages, ids = 0, 0, 0
     if isinstance(body, (ChatBody, RouteBody)) and body.messages:
         messages = len(body.messages)
         chars += sum(_text_tokens(m.content) for m in body.messages)
     if isinstance(body, (CompletionBody, RouteBody)):
-        chars += _text_tokens(body.prompt)
-    return chars // CHARS_PER_TOKEN + PER_MESSAGE_TOKENS * messages
+        text, ids = _prompt_tokens(body.prompt)
+        chars += text
+    return chars // CHARS_PER_TOKEN + PER_MESSAGE_TOKENS * messages + ids
 
 
 _COUNTRY = re.compile(r"[A-Za-z]{2}")
@@ -386,6 +419,8 @@ def parse_body(
         raise _validation_error(exc) from None
     if may_hold_nul:
         _check_no_nul(typed)
+    if isinstance(typed, (CompletionBody, RouteBody)):
+        _check_prompt(typed.prompt)
     opts = typed.tesseract or TesseractOptions()
     _check_compliance(opts.compliance)
     _check_codes("countries", opts.countries, _COUNTRY, "ISO 3166-1 alpha-2 country codes")

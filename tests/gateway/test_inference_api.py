@@ -97,6 +97,15 @@ def test_the_completions_endpoint_works_too(mesh, api_key, usage):
     assert len(usage()) == 1
 
 
+def test_a_prompt_of_token_ids_is_served_and_metered_by_the_backends_count(mesh, api_key, usage):
+    completion = client(mesh, api_key).completions.create(
+        model=EIGHT_B, prompt=[791, 4062, 14198] * 100, max_tokens=4
+    )
+    assert completion.usage.prompt_tokens == 300
+    (event,) = usage()
+    assert event.input_tokens == 300
+
+
 def test_models_lists_what_the_key_may_use_and_where(mesh, api_key):
     models = {m.id: m for m in client(mesh, api_key).models.list()}
     assert set(models) == {EIGHT_B, SEVENTY_B, "llama-3.1-405b-instruct"}

@@ -217,6 +217,27 @@ def test_the_route_dry_run_accepts_a_token_count_instead_of_a_prompt():
     assert parse("route", raw, [], key()).route.input_tokens == 2000
 
 
+def _completion(prompt) -> bytes:
+    return msgspec.json.encode({"model": "llama-3.1-8b-instruct", "prompt": prompt})
+
+
+def test_a_prompt_of_token_ids_counts_its_tokens_exactly_as_openai_takes_it():
+    assert parse("completions", _completion([1, 2, 3] * 100), [], key()).route.input_tokens == 300
+    batch = _completion([[5] * 40, [6] * 60])  # a batch of two prompts: both are prefilled
+    assert parse("completions", batch, [], key()).route.input_tokens == 100
+    text = parse("completions", _completion("hi " * 40), [], key()).route.input_tokens
+    assert text == 120 // 4
+
+
+@pytest.mark.parametrize(
+    "prompt", [["a", 1], [[1], 2], [-1, 2], [[1, "a"]], [True], [1.5], [[]], []]
+)
+def test_a_prompt_mixing_shapes_or_with_a_negative_token_is_refused(prompt):
+    with pytest.raises(InvalidRequest) as exc:
+        parse("completions", _completion(prompt), [], key())
+    assert exc.value.param == "prompt"
+
+
 # -- what reaches the usage row must fit it ------------------------------------------------
 
 
