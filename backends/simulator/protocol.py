@@ -102,6 +102,15 @@ class GenerationRequest:
     priority: int = 0
 
 
+def _token_ids(value: Any) -> bool:
+    """A non-empty list of ints (OpenAI's prompt of token ids; a bool is not one)."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(p, int) and not isinstance(p, bool) for p in value)
+    )
+
+
 def _text_of(content: Any, param: str) -> str:
     if content is None or isinstance(content, str):
         return content or ""
@@ -191,13 +200,16 @@ def parse_request(raw: bytes, *, chat: bool, context_length: int) -> GenerationR
             if len(prompt) != 1:
                 raise invalid("the simulator takes exactly one prompt", param="prompt")
             texts = prompt
-        elif isinstance(prompt, list) and all(
-            isinstance(p, int) and not isinstance(p, bool) for p in prompt
-        ):
+        elif _token_ids(prompt):
             texts = ["x" * (CHARS_PER_TOKEN * len(prompt))]  # already token ids
+        elif isinstance(prompt, list) and all(_token_ids(p) for p in prompt):
+            if len(prompt) != 1:
+                raise invalid("the simulator takes exactly one prompt", param="prompt")
+            texts = ["x" * (CHARS_PER_TOKEN * len(prompt[0]))]
         else:
             raise invalid(
-                "'prompt' must be a string or a list of strings",
+                "'prompt' must be a string, a list of strings, a list of token ids or a "
+                "list of such lists",
                 param="prompt",
                 code="invalid_type",
             )

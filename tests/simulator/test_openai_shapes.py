@@ -122,6 +122,20 @@ def test_prompt_tokens_count_four_characters_of_every_message(app):
     assert post(app, URL, body).json()["usage"]["prompt_tokens"] == 5  # ceil(17 / 4)
 
 
+def test_a_prompt_of_token_ids_counts_them_and_a_batch_of_several_is_refused(app):
+    url = f"/d/{EASTUS_70B}/v1/completions"
+
+    def usage(prompt):
+        return post(app, url, {"model": MODEL_70B, "prompt": prompt, "max_tokens": 1})
+
+    assert usage([7] * 30).json()["usage"]["prompt_tokens"] == 30
+    assert usage([[7] * 12]).json()["usage"]["prompt_tokens"] == 12
+    batch = usage([[7], [8]])
+    assert batch.status_code == 400
+    assert batch.json()["error"]["message"] == "the simulator takes exactly one prompt"
+    assert "token ids" in usage([True]).json()["error"]["message"]
+
+
 def test_text_completions_are_served_streamed_and_not(app):
     url = f"/d/{EASTUS_70B}/v1/completions"
     whole = post(app, url, {"model": MODEL_70B, "prompt": "abcdefgh", "max_tokens": 2}).json()
