@@ -40,13 +40,18 @@ class UsageCursor(pagination.CursorPagination):
     max_page_size = 1000
 
     def decode_cursor(self, request: Request) -> pagination.Cursor | None:
-        """A cursor this API did not give is a bad request (DRF's default: a 404)."""
+        """A cursor this API did not give is a bad request (DRF's default: a 404; and
+        a well-formed one holding no time reached the database)."""
         try:
-            return super().decode_cursor(request)
-        except exceptions.NotFound:
+            cursor = super().decode_cursor(request)
+            position = cursor.position if cursor is not None else None
+            if position is not None and parse_datetime(str(position)) is None:
+                raise ValueError(position)
+        except (exceptions.NotFound, ValueError):
             raise exceptions.ValidationError(
                 {self.cursor_query_param: "Not a cursor this API gave (use a page's next)."}
             ) from None
+        return cursor
 
 
 # --------------------------------------------------------------------------- organization

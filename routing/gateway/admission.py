@@ -304,6 +304,7 @@ class Admission:
         if not self.enabled:
             return None
         r = call.parsed.route
+        output_tokens = r.max_output_tokens * call.parsed.completions
         now = time.time()
         worst = self.tariffs.worst(
             world.endpoints,
@@ -312,10 +313,10 @@ class Admission:
             now,
             now + deadline_s + RECORD_SLACK_S,
             input_tokens=r.input_tokens,
-            output_tokens=r.max_output_tokens,
+            output_tokens=output_tokens,
         )
         month = limits.month_at(now)
-        tokens, reserve = r.input_tokens + r.max_output_tokens, limits.nano_up(worst)
+        tokens, reserve = r.input_tokens + output_tokens, limits.nano_up(worst)
         return Ask(
             keys=limits.redis_keys(org_id=key.org_id, key_id=key.id, month=month),
             args=limits.admit_args(lim, tokens=tokens, reserve_nano=reserve),
@@ -437,7 +438,7 @@ class Admission:
             if verdict.status in (limits.SEED_ORG, limits.SEED_KEY):
                 raise RuntimeError(f"the spend counters of {served.keys[2]} vanished twice")
         try:
-            return await self._ticket(served, verdict)
+            return await self._ticket(served, verdict, served=True)
         except (RateLimited, BudgetExceeded):
             observability.deferral_refused()
             raise
@@ -506,9 +507,10 @@ class Admission:
         )
         await limits.seed(self.redis, ask.keys, org_nano=org_nano, key_nano=key_nano)
 
-    async def _ticket(self, ask: Ask, verdict: limits.Verdict) -> Ticket:
+    async def _ticket(self, ask: Ask, verdict: limits.Verdict, *, served: bool = False) -> Ticket:
         """The ticket for the script's answer (seeding and asking again if the month's
-        counter is missing), or the refusal it says raised."""
+        counter is missing), or the refusal it says raised. `served`: the admission of
+        a deferred request, counting what it used rather than what it might."""
         if verdict.status in (limits.SEED_ORG, limits.SEED_KEY):
             await self._seed(ask)
             verdict = await self.scripts.admit_verdict(ask.keys, ask.args)
@@ -518,17 +520,21 @@ class Admission:
         headers = limits.headers(verdict)
         status = verdict.status
         if status in (limits.RPM_ORG, limits.RPM_KEY, limits.TPM_ORG, limits.TPM_KEY):
-            whose = "organization" if status in (limits.RPM_ORG, limits.TPM_ORG) else "API key"
-            tpm = lim.org_tpm if status == limits.TPM_ORG else lim.key_tpm
-            if status in (limits.TPM_ORG, limits.TPM_KEY) and tpm is not None and tokens > tpm:
-                # No window will ever hold it: waiting would not help, so say what would.
+            tpms = [(t, w) for t, w in ((lim.key_tpm, "API key"), (lim.org_tpm, "organization"))
+                    if t is not None]  # fmt: skip
+            if not served and tpms and tokens > min(tpms)[0]:
+                # No window will ever hold it, whichever limit spoke first: waiting would
+                # not help, so say what would.
+                tpm, owner = min(tpms)
                 too_large = RateLimited(
-                    f"This request is too large for this {whose}'s limit of {tpm} tokens per "
-                    f"minute: it counts {tokens} (its input and max_tokens). Retrying will "
-                    "not help; reduce the input or max_tokens, or ask for a higher limit."
+                    f"This request is too large for this {owner}'s limit of {tpm} tokens "
+                    f"per minute: it counts {tokens} (its input, and max_tokens for each "
+                    "completion it asks for). Retrying will not help; reduce the input, "
+                    "max_tokens or n, or ask for a higher limit."
                 )
                 too_large.extra_headers = headers + _NO_RETRY
                 raise too_large
+            whose = "organization" if status in (limits.RPM_ORG, limits.TPM_ORG) else "API key"
             if status in (limits.RPM_ORG, limits.RPM_KEY):
                 what = f"requests per minute ({verdict.requests_limit})"
             else:

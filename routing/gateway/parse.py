@@ -57,7 +57,7 @@ Tokens = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Model = Annotated[str, msgspec.Meta(min_length=1, max_length=MODEL_MAX_LENGTH)]
 SessionId = Annotated[str, msgspec.Meta(min_length=1, max_length=SESSION_ID_MAX_LENGTH)]
-TokenId = Annotated[int, msgspec.Meta(ge=0)]
+TokenId = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 #: OpenAI's four shapes of a completion's prompt: a string, a list of strings, a list
 #: of token ids, a list of such lists; one shape at a time (`_check_prompt`): msgspec's
 #: unions take one array type, so the list's items are typed as any of the three.
@@ -105,6 +105,7 @@ class _Common(msgspec.Struct):
     stream: bool = False
     max_tokens: Tokens | None = None
     max_completion_tokens: Tokens | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None  # OpenAI's bounds
     stream_options: StreamOptions | None = None
     tesseract: TesseractOptions | None = None
 
@@ -117,6 +118,7 @@ class ChatBody(_Common):
 
 class CompletionBody(_Common):
     prompt: Prompt = ""
+    best_of: Annotated[int, msgspec.Meta(ge=1, le=20)] | None = None
 
 
 class RouteBody(_Common):
@@ -158,6 +160,10 @@ class Parsed:
     #: the regions the request itself names (`regions`, `client_region`), not its key's
     #: defaults: what the gateway holds to the catalog's regions (`Gateway._route`)
     named_regions: frozenset[str] = frozenset()
+    #: how many completions of up to max_tokens it may generate: n (or best_of, all
+    #: generated and billed) for each prompt of a batch; what limits and budgets reserve
+    #: output for (routing predicts one: they decode side by side)
+    completions: int = 1
 
 
 def decode_json(raw: bytes) -> dict[str, Any]:
@@ -478,7 +484,16 @@ def parse_body(
         route=route_request,
         strategy=opts.strategy,
         named_regions=(regions or frozenset()) | ({client_region} if client_region else set()),
+        completions=_completions(typed),
     )
+
+
+def _completions(typed: _Common) -> int:
+    """`Parsed.completions`: n or best_of, whichever is more, for each prompt."""
+    each = max(typed.n or 1, getattr(typed, "best_of", None) or 1)
+    prompt = getattr(typed, "prompt", None)
+    batch = len(prompt) if isinstance(prompt, list) and not isinstance(prompt[0], int) else 1
+    return each * batch
 
 
 def check_regions(parsed: Parsed, snapshot: Snapshot) -> None:

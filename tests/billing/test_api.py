@@ -3,6 +3,7 @@ error shape, cursor pagination, an OpenAPI schema."""
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -112,15 +113,20 @@ def test_an_unknown_api_url_answers_in_the_error_shape_and_names_a_trailing_slas
 
 def test_a_crash_under_the_api_answers_in_the_error_shape():
     from django.test import RequestFactory
+    from django.urls import get_resolver
 
-    from billing.api.errors import server_error
+    from billing.api.errors import page_not_found, server_error
 
+    assert get_resolver().resolve_error_handler(500) is server_error  # what Django calls
+    assert get_resolver().resolve_error_handler(404) is page_not_found
     crashed = server_error(RequestFactory().get("/api/v1/usage"))
     assert crashed.status_code == 500
     body = msgspec.json.decode(crashed.content)
     assert body["error"]["type"] == "api_error"
     assert body["error"]["code"] == "internal_error"
-    assert server_error(RequestFactory().get("/orgs/x/")).status_code == 500  # the page
+    page = server_error(RequestFactory().get("/orgs/x/"))  # outside the API: the page
+    assert page.status_code == 500
+    assert page["content-type"].startswith("text/html")
 
 
 def test_a_key_without_the_manage_scope_is_refused(acme):
@@ -197,9 +203,11 @@ def test_a_date_that_does_not_exist_or_a_bad_cursor_is_a_400_that_names_it(alice
         assert bad.json()["error"]["param"] == param
         assert value in bad.json()["error"]["message"]
     if path == "/api/v1/usage":
-        cursor = client.get(path, {"cursor": "garbage"})
-        assert cursor.status_code == 400
-        assert cursor.json()["error"]["param"] == "cursor"
+        forged = base64.b64encode(b"p=not-a-date").decode()  # DRF's form, a bad position
+        for cursor in ("garbage", forged):
+            bad = client.get(path, {"cursor": cursor})
+            assert bad.status_code == 400
+            assert bad.json()["error"]["param"] == "cursor"
 
 
 def test_invoices_list_detail_and_pdf(alice, acme, acme_usage, manage_key):

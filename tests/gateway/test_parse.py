@@ -238,6 +238,31 @@ def test_a_prompt_mixing_shapes_or_with_a_negative_token_is_refused(prompt):
     assert exc.value.param == "prompt"
 
 
+@pytest.mark.parametrize(
+    ("extra", "completions"),
+    [
+        ({}, 1),
+        ({"n": 3}, 3),
+        ({"prompt": ["a", "b", "c"], "n": 2}, 6),
+        ({"prompt": [[1], [2]], "best_of": 5, "n": 2}, 10),
+        ({"prompt": [1, 2, 3], "best_of": 4}, 4),
+    ],
+)
+def test_limits_reserve_output_for_every_completion_a_request_may_generate(extra, completions):
+    raw = msgspec.json.encode({"model": "llama-3.1-8b-instruct", "prompt": "hi", **extra})
+    assert parse("completions", raw, [], key()).completions == completions
+
+
+@pytest.mark.parametrize(
+    "extra", [{"n": 0}, {"n": 129}, {"best_of": 21}, {"prompt": [2**31]}, {"n": "2"}]
+)
+def test_n_best_of_and_token_ids_are_held_to_openais_bounds(extra):
+    raw = msgspec.json.encode({"model": "llama-3.1-8b-instruct", "prompt": "hi", **extra})
+    with pytest.raises(InvalidRequest) as exc:
+        parse("completions", raw, [], key())
+    assert exc.value.param == next(iter(extra))
+
+
 # -- what reaches the usage row must fit it ------------------------------------------------
 
 

@@ -102,9 +102,16 @@ def test_a_request_larger_than_a_whole_minute_of_tokens_says_so_and_the_sdk_does
 ):
     _, key, plaintext = org_key
     key_limits_set(api_key=key, tokens_per_minute=30)
-    client = openai.OpenAI(api_key=plaintext, base_url=f"{mesh.gateway_url}/v1", max_retries=2)
+    sent: list[httpx.Request] = []
+    client = openai.OpenAI(
+        api_key=plaintext,
+        base_url=f"{mesh.gateway_url}/v1",
+        max_retries=2,
+        http_client=httpx.Client(event_hooks={"request": [sent.append]}),
+    )
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(**{**ASK, "max_tokens": 400})
+    assert len(sent) == 1  # not retried
     error = caught.value
     assert error.code == "rate_limit_exceeded"
     assert "too large for this API key's limit of 30 tokens per minute" in error.message
@@ -114,8 +121,18 @@ def test_a_request_larger_than_a_whole_minute_of_tokens_says_so_and_the_sdk_does
     assert error.response.headers["x-ratelimit-limit-tokens"] == "30"
     assert error.response.headers["x-ratelimit-remaining-tokens"] == "30"  # nothing counted
     assert usage() == []
-    served = client.chat.completions.with_raw_response.create(**ASK)  # one that fits still does
+    # Each of n completions may take max_tokens: four of 8 do not fit where one does.
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(**{**ASK, "max_tokens": 8, "n": 4})
+    assert "too large" in caught.value.message
+    served = client.chat.completions.with_raw_response.create(**{**ASK, "max_tokens": 8})
     assert int(served.headers["x-ratelimit-remaining-tokens"]) < 30
+    # The tighter limit decides, whichever refused first: the key's requests per minute
+    # run out, and a request larger than the key's minute is still said to be too large.
+    key_limits_set(api_key=key, tokens_per_minute=30, requests_per_minute=1)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(**{**ASK, "max_tokens": 400})
+    assert "too large for this API key's limit of 30" in caught.value.message
 
 
 def _gateway_app(*, fresh_s: float | None = None) -> GatewayApp:
