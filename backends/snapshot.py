@@ -103,6 +103,9 @@ class Endpoint:
     #: first, from the one in force when the world was read: what
     #: `billing.rating.PriceBook` charges instead of cost × margin
     list_prices: tuple[tuple[float, rating.Price], ...] = ()
+    #: its model's context window in tokens (0: unknown): the most a request that sets
+    #: no max_tokens may generate here, which its budget reservation covers
+    context_length: int = 0
 
     def __post_init__(self) -> None:
         if not self.upstream_model:
@@ -332,6 +335,7 @@ def load_world() -> World:
             country=b.country,
             org_id=b.org_id,
             list_prices=tuple(listed.get(d.model.slug, ())),
+            context_length=d.model.context_length,
         )
         for d, b in zip(deployments, backends, strict=True)
     }

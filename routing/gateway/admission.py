@@ -181,6 +181,21 @@ class _Tariffs:
         return self._entry(self._book(endpoints, lim), endpoints, lim, backend_id, at)[0]
 
 
+def _unbounded_output(
+    endpoints: Mapping[str, Endpoint], backend_ids: Iterable[str], input_tokens: int, default: int
+) -> int:
+    """What a request that sets no max_tokens may generate on these backends: up to its
+    model's context less its input on the longest of them (the backend decides, not our
+    default: a server generates until the end of its window); the default where the
+    catalog knows no context."""
+    most = default
+    for backend_id in backend_ids:
+        room = endpoints[backend_id].context_length - input_tokens
+        if room > most:
+            most = room
+    return most
+
+
 #: the tariff in force; the list prices scheduled after it (start, tariff); from; until
 _Entry = tuple[limits.Tariff, tuple[tuple[float, limits.Tariff], ...], float, float]
 
@@ -198,6 +213,7 @@ class Ask:
     org_id: int
     key_id: int
     world: World
+    max_tokens_given: bool = True  # else its reserve covers the model's whole context
 
 
 class Pending:
@@ -303,17 +319,26 @@ class Admission:
             raise error
         if not self.enabled:
             return None
-        r = call.parsed.route
-        output_tokens = r.max_output_tokens * call.parsed.completions
+        r, parsed = call.parsed.route, call.parsed
+        backend_ids = [c.backend_id for c in plan.choices]
+        # Rate limits count max_tokens (or the default) for each completion; the budget
+        # reserves what the backend may really generate (its context, without max_tokens).
+        output_tokens = r.max_output_tokens * parsed.completions
+        reserved_output = output_tokens
+        if not parsed.max_tokens_given:
+            most = _unbounded_output(
+                world.endpoints, backend_ids, r.input_tokens, r.max_output_tokens
+            )
+            reserved_output = most * parsed.completions
         now = time.time()
         worst = self.tariffs.worst(
             world.endpoints,
             lim,
-            [c.backend_id for c in plan.choices],
+            backend_ids,
             now,
             now + deadline_s + RECORD_SLACK_S,
             input_tokens=r.input_tokens,
-            output_tokens=output_tokens,
+            output_tokens=reserved_output,
         )
         month = limits.month_at(now)
         tokens, reserve = r.input_tokens + output_tokens, limits.nano_up(worst)
@@ -327,6 +352,7 @@ class Admission:
             org_id=key.org_id,
             key_id=key.id,
             world=world,
+            max_tokens_given=parsed.max_tokens_given,
         )
 
     async def ask(self, ask: Ask) -> Ticket:
@@ -554,8 +580,13 @@ class Admission:
             )
             _, reset = limits.month_bounds(ask.month)
             worst_usd = limits.from_nano(reserve)
+            unbounded = "" if ask.max_tokens_given else (
+                " (it sets no max_tokens, so as much output as the model's context "
+                "allows is reserved; set max_tokens to reserve less)"
+            )  # fmt: skip
             budget_error = BudgetExceeded(
-                f"This request could cost up to ${worst_usd:.6f}, which does not fit the "
+                f"This request could cost up to ${worst_usd:.6f}{unbounded}, which does "
+                "not fit the "
                 f"{'organization' if org_budget else 'API key'}'s monthly budget: "
                 f"cap ${cap:.2f}, spent (and reserved) ${spent:.6f} this month. "
                 f"The budget resets on {reset:%Y-%m-%d} 00:00 UTC; an owner can raise it.",

@@ -164,6 +164,9 @@ class Parsed:
     #: generated and billed) for each prompt of a batch; what limits and budgets reserve
     #: output for (routing predicts one: they decode side by side)
     completions: int = 1
+    #: the client set max_tokens (or max_completion_tokens); else the route's
+    #: max_output_tokens is the default, and the backend may generate to its context
+    max_tokens_given: bool = True
 
 
 def decode_json(raw: bytes) -> dict[str, Any]:
@@ -485,6 +488,7 @@ def parse_body(
         strategy=opts.strategy,
         named_regions=(regions or frozenset()) | ({client_region} if client_region else set()),
         completions=_completions(typed),
+        max_tokens_given=typed.max_completion_tokens is not None or typed.max_tokens is not None,
     )
 
 

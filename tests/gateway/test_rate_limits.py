@@ -278,6 +278,32 @@ def test_a_key_budget_is_its_own_cap_below_the_org_s(mesh, org_key):
     assert ApiKeyLimits.objects.get(api_key=key).monthly_budget_usd == Decimal("0.01")
 
 
+def test_without_max_tokens_the_budget_reserves_what_the_backend_may_generate(mesh, org_key):
+    # A server that is given no max_tokens generates to the end of its context, not to
+    # our default: the reservation covers that, so the cap holds, and the refusal says
+    # how to reserve less.
+    _, key, plaintext = org_key
+    Deployment.objects.filter(model__slug=EIGHT_B).update(
+        price_input_per_mtok=0, price_output_per_mtok=1000
+    )
+    from routing.gateway.app import application
+
+    application.forget_world()
+    key_limits_set(api_key=key, monthly_budget_usd=Decimal("1.00"))  # Free: 5.2 m$ for 4
+    client = sdk(mesh, plaintext)
+    unbounded = {k: v for k, v in ASK.items() if k != "max_tokens"}
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(**unbounded)
+    assert caught.value.code == "insufficient_quota"
+    assert "it sets no max_tokens" in caught.value.message
+    assert "set max_tokens to reserve less" in caught.value.message
+    client.chat.completions.create(**ASK)  # with max_tokens: its own worst case fits
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(**{**ASK, "max_tokens": 400, "n": 4})
+    assert caught.value.code == "insufficient_quota"  # $2.08 for four of 400: over $1
+    assert "max_tokens" not in caught.value.message.split("which does not fit")[0]
+
+
 def test_a_suspended_org_gets_403_and_a_paid_invoice_restores_it_at_once(mesh, org_key, usage):
     org, _, plaintext = org_key
     client = sdk(mesh, plaintext)
