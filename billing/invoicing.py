@@ -17,7 +17,8 @@ An invoice covers one calendar month in UTC, `[1st 00:00, next 1st 00:00)`, and 
     `sla_met`) or, when they asked none, whose first token came within the tier's
     `default_ttft_ms`, over all completed requests;
   - availability: requests not failed by Tesseract over completed + failed requests
-    (a request the client cancelled counts for neither);
+    (a request the client cancelled, or one the backend refused as malformed, the
+    client's error, counts for neither);
 * tax (zero for now, a field for later) and the total.
 
 Closing is idempotent: an invoice is unique per organization and month, created only

@@ -54,6 +54,9 @@ class UsageEvent(models.Model):
         OK = "ok", "Completed"
         ERROR = "error", "Failed upstream"
         CANCELLED = "cancelled", "Client disconnected"
+        #: the backend refused the request itself as malformed (a 4xx other than a
+        #: provider's 401/403/404/429): the client's error, not a failure of ours
+        REJECTED = "rejected", "Refused as malformed"
 
     request_id = models.CharField(max_length=64, db_index=True)
     org = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="usage_events")

@@ -226,7 +226,7 @@ class Attempt:
             source = "estimated"
             input_tokens = r.input_tokens if input_tokens is None else input_tokens
             output_tokens = self.counted_chunks if output_tokens is None else output_tokens
-        if self.status == "error" and self.first_at is None:
+        if self.status in ("error", "rejected") and self.first_at is None:
             input_tokens = output_tokens = 0  # nothing was served: nothing is billed
         return metering.UsageRecord(
             request_id=call.request_id,

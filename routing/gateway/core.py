@@ -663,8 +663,9 @@ class Gateway:
 
     async def _rejected(self, attempt: Attempt, exc: UpstreamRejected) -> list[Head | bytes]:
         """The backend refused the request itself (a 4xx): relay its answer in OpenAI's
-        shape, naming the catalog's model, with no failover."""
-        attempt.status = "error"
+        shape, naming the catalog's model, with no failover. The client's error: metered
+        as `rejected` (nothing served, not counted against our availability)."""
+        attempt.status = "rejected"
         await self._publish(attempt, time.perf_counter())
         headers = [(b"content-type", b"application/json"), *attempt.limit_headers()]
         assert attempt.endpoint is not None

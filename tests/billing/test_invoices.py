@@ -285,6 +285,29 @@ def test_closing_a_month_twice_changes_nothing(orgs, closed_march):
     assert InvoiceLine.objects.count() == lines
 
 
+def test_a_request_the_backend_refused_as_malformed_is_not_our_failure(acme):
+    # A client's own error (a 4xx from the backend: a prompt past the context, a bad
+    # parameter) must not lower the availability it is credited for: else bad requests
+    # would buy SLA credits.
+    demo_world_load()
+    deployment = Deployment.objects.select_related("model").order_by("slug").first()
+    at = MARCH + timedelta(days=3)
+    ok = [usage(acme, at=at, deployment=deployment) for _ in range(4)]
+    refused = [
+        usage(acme, at=at, deployment=deployment, status="rejected", input_tokens=0,
+              output_tokens=0, ttft_ms=None, sla_met=None)
+        for _ in range(6)
+    ]  # fmt: skip
+    failed = usage(acme, at=at, deployment=deployment, status="error", input_tokens=0,
+                   output_tokens=0, ttft_ms=None, sla_met=None)  # fmt: skip
+    record(*ok, *refused, failed)
+    tier = invoicing.tier_at(acme, APRIL)
+    measured = {a.objective: a for a in invoicing.attainment(acme, MARCH, APRIL, tier)}
+    assert (measured["availability"].met, measured["availability"].eligible) == (4, 5)
+    assert (measured["latency"].met, measured["latency"].eligible) == (4, 4)
+    assert UsageEvent.objects.filter(status="rejected").count() == 6
+
+
 def test_a_month_with_nothing_to_bill_gets_no_invoice(acme):
     invoice, created = invoicing.invoice_close_month(org=acme, year=2026, month=1)
     assert (invoice, created) == (None, False)

@@ -106,6 +106,20 @@ def test_a_prompt_of_token_ids_is_served_and_metered_by_the_backends_count(mesh,
     assert event.input_tokens == 300
 
 
+def test_a_request_the_backend_refuses_as_malformed_is_relayed_and_metered_as_rejected(
+    mesh, api_key, usage
+):
+    with pytest.raises(openai.BadRequestError) as caught:  # past the model's context
+        client(mesh, api_key).chat.completions.create(
+            model=EIGHT_B, messages=[{"role": "user", "content": "hi"}], max_tokens=900_000
+        )
+    assert caught.value.code == "context_length_exceeded"
+    (event,) = usage()
+    assert event.status == "rejected"  # the client's error, not a failure of ours
+    assert event.get_status_display() == "Refused as malformed"
+    assert (event.input_tokens, event.output_tokens, event.charge_usd) == (0, 0, 0)
+
+
 def test_models_lists_what_the_key_may_use_and_where(mesh, api_key):
     models = {m.id: m for m in client(mesh, api_key).models.list()}
     assert set(models) == {EIGHT_B, SEVENTY_B, "llama-3.1-405b-instruct"}
