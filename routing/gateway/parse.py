@@ -494,8 +494,11 @@ def parse_body(
 
 def _completions(typed: _Common) -> int:
     """`Parsed.completions`: n or best_of, whichever is more, for each prompt."""
-    each = max(typed.n or 1, getattr(typed, "best_of", None) or 1)
-    prompt = getattr(typed, "prompt", None)
+    each = typed.n or 1
+    if not isinstance(typed, CompletionBody):
+        return each  # a chat has one conversation; the dry run reserves nothing
+    each = max(each, typed.best_of or 1)
+    prompt = typed.prompt
     batch = len(prompt) if isinstance(prompt, list) and not isinstance(prompt[0], int) else 1
     return each * batch
 
