@@ -47,28 +47,20 @@ def handler(exc: Exception, context: dict[str, Any]) -> Response | None:
         code = codes if isinstance(codes, str) else _first(codes)[0]
     else:
         message, param, code = "Error.", None, "error"
-    http = response.status_code
-    response.data = {
-        "error": {
-            "message": message,
-            "type": _TYPES.get(
-                http,
-                "api_error"
-                if http >= status.HTTP_500_INTERNAL_SERVER_ERROR
-                else "invalid_request_error",
-            ),
-            "param": param,
-            "code": code,
-        }
-    }
+    response.data = _body(response.status_code, message, code, param)
     return response
 
 
+def _body(http: int, message: str, code: str, param: str | None = None) -> dict[str, Any]:
+    """The one error shape, its type named by the HTTP status."""
+    fallback = (
+        "api_error" if http >= status.HTTP_500_INTERNAL_SERVER_ERROR else "invalid_request_error"
+    )
+    type_ = _TYPES.get(http, fallback)
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
 # --------------------------------------------------------------------------- outside DRF
-
-
-def _body(message: str, type_: str, code: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
 
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
@@ -81,7 +73,7 @@ def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     message = f"Unknown endpoint {request.method} {path}."
     if path.endswith("/") and _resolves(path.rstrip("/")):
         message += f" Did you mean {path.rstrip('/')}? The API's paths end without a slash."
-    return JsonResponse(_body(message, "not_found_error", "unknown_url"), status=404)
+    return JsonResponse(_body(404, message, "unknown_url"), status=404)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
@@ -89,7 +81,7 @@ def server_error(request: HttpRequest) -> HttpResponse:
     API's error shape; elsewhere the site's page."""
     if not request.path.startswith(API_PREFIX):
         return defaults.server_error(request)
-    body = _body("Internal error; it has been logged.", "api_error", "internal_error")
+    body = _body(500, "Internal error; it has been logged.", "internal_error")
     return JsonResponse(body, status=500)
 
 
