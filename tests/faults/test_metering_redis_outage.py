@@ -172,6 +172,11 @@ def backend_prompt_tokens(site: Site) -> int:
     return sum(d.metrics.prompt_tokens for d in site.simulator.deployments.values())
 
 
+def backend_in_flight(site: Site) -> int:
+    """Requests a backend holds now, computing or queued for a slot."""
+    return sum(d.slots.running + d.slots.waiting for d in site.simulator.deployments.values())
+
+
 def wait_for(predicate, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -212,6 +217,9 @@ def test_a_redis_crash_loses_no_usage_doubles_none_and_refuses_new_work_with_a_5
         ]
         for event in started[::2]:
             assert event.wait(30), "a stream did not start"
+        # Every request has passed admission (or deferred it) and is at a backend: a
+        # crash during a whole answer's admission would be a refusal before service.
+        wait_for(lambda: backend_in_flight(site) == in_flight)
         redis_server.crash()
         results = [f.result() for f in across]
         deferred = deferrals() - deferrals_before
