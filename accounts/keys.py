@@ -20,6 +20,8 @@ SECRET_LEN = 32
 KEY_LEN = len(KEY_PREFIX) + LOOKUP_LEN + SECRET_LEN
 _ALPHABET = string.ascii_lowercase + string.digits
 _ALPHABET_SET = frozenset(_ALPHABET)
+#: A key's shape in words, for the error that a malformed one gets.
+SHAPE = f"{KEY_PREFIX} followed by {LOOKUP_LEN + SECRET_LEN} lowercase letters and digits"
 
 
 @dataclass(frozen=True, slots=True)

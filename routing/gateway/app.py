@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 from django.conf import settings
 
-from accounts import autopipe
+from accounts import autopipe, keys
 from accounts.keycache import KeyCache, KeyRejected, ResolvedKey, default_cache
 from accounts.models import Scope
 from accounts.services import LAST_USED_RESOLUTION, api_key_touch
@@ -59,7 +59,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _REJECTIONS = {
-    "malformed": "The API key is malformed; Tesseract keys start with tsk_.",
+    "malformed": f"The API key is malformed: a Tesseract key is {keys.SHAPE}.",
     "unknown": "Incorrect API key provided.",
     "revoked": "This API key has been revoked.",
     "expired": "This API key has expired.",

@@ -106,6 +106,15 @@ def test_a_missing_or_wrong_key_is_a_401(mesh, api_key, usage, key, code):
     assert usage() == []
 
 
+@pytest.mark.parametrize("key", ["tsk_notakey", "tsk_" + "A" * 40, "sk-openai-style"])
+def test_a_malformed_key_is_told_what_a_key_looks_like(mesh, api_key, usage, key):
+    error = assert_openai_error(post(mesh, key, CHAT), 401, "invalid_api_key")
+    assert error["message"] == (
+        "The API key is malformed: a Tesseract key is tsk_ followed by 40 lowercase "
+        "letters and digits."
+    )
+
+
 def test_a_revoked_key_stops_working_at_once(mesh, api_key, usage):
     assert post(mesh, api_key, CHAT).status_code == 200  # cached in the gateway now
     services.api_key_revoke(api_key=ApiKey.objects.get())
