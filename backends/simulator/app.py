@@ -404,10 +404,10 @@ class Simulator:
             metrics.finished("error")
             raise _injected_error()
         metrics.prompt_tokens += req.prompt_tokens
-        n = req.max_tokens
+        tokens = req.max_tokens
         stall_after = dep.fault.stall_after_tokens
-        if stall_after is not None and stall_after < n:
-            metrics.generation_tokens += stall_after
+        if stall_after is not None and stall_after < tokens:
+            metrics.generation_tokens += stall_after * req.n
             if req.stream:
                 writer = ChunkWriter(req, model=dep.model_id, created=int(time.time()))
                 await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
@@ -415,8 +415,8 @@ class Simulator:
                 await send({"type": "http.response.body", "body": body, "more_body": True})
             await asyncio.get_running_loop().create_future()  # until the client gives up
         abort_after = dep.fault.error_after_tokens
-        if abort_after is not None and abort_after < n:
-            metrics.generation_tokens += abort_after
+        if abort_after is not None and abort_after < tokens:
+            metrics.generation_tokens += abort_after * req.n
             metrics.finished("abort")
             if not req.stream:
                 raise _injected_error(after=abort_after)
@@ -425,14 +425,14 @@ class Simulator:
             body = writer.start() + writer.tokens(abort_after)
             await send({"type": "http.response.body", "body": body, "more_body": True})
             raise MidStreamAbort(f"injected: stream dropped after {abort_after} tokens")
-        metrics.generation_tokens += n
+        metrics.generation_tokens += tokens * req.n
         metrics.ttft.observe(0.0)
         metrics.e2e.observe(0.0)
         metrics.finished(finish_reason(req))
         if req.stream:
             writer = ChunkWriter(req, model=dep.model_id, created=int(time.time()))
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-            body = writer.start() + writer.tokens(n) + writer.finish()
+            body = writer.start() + writer.tokens(tokens) + writer.finish()
             await send({"type": "http.response.body", "body": body})
         else:
             await _respond(
@@ -533,7 +533,7 @@ class Simulator:
             metrics.finished("abort")  # the client went away
             raise
         finally:
-            metrics.generation_tokens += writer.sent if writer is not None else generated
+            metrics.generation_tokens += (writer.sent if writer is not None else generated) * req.n
             free()
 
     async def _until_disconnect(self, receive: Receive, work: Awaitable[Any]) -> None:

@@ -98,6 +98,8 @@ class GenerationRequest:
     stream: bool
     include_usage: bool
     seed: int
+    #: how many choices to generate, side by side in one slot (OpenAI's `n`)
+    n: int = 1
     #: its place in the queue (vLLM's `priority`: lower first, ties in arrival order)
     priority: int = 0
 
@@ -143,6 +145,18 @@ def _int_field(body: dict, name: str) -> int | None:
     if value < 1:
         raise invalid(f"'{name}' must be at least 1", param=name)
     return value
+
+
+def _sampling_field(body: dict, name: str, low: float, high: float, *, open_low: bool) -> None:
+    """A sampling parameter in vLLM's bounds (`SamplingParams`); its value is not used."""
+    value = body.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise invalid(f"'{name}' must be a number", param=name, code="invalid_type")
+    if not ((value > low if open_low else value >= low) and value <= high):  # NaN fails too
+        bound = f"in ({low:g}, {high:g}]" if open_low else f"at least {low:g}"
+        raise invalid(f"'{name}' must be {bound}", param=name)
 
 
 def parse_request(raw: bytes, *, chat: bool, context_length: int) -> GenerationRequest:
@@ -239,9 +253,9 @@ def parse_request(raw: bytes, *, chat: bool, context_length: int) -> GenerationR
                 "'stream_options' is only allowed when 'stream' is true", param="stream_options"
             )
         include_usage = bool(options.get("include_usage", False))
-    n = body.get("n", 1)
-    if n not in (1, None):
-        raise invalid("the simulator only generates n=1 choice", param="n")
+    n = _int_field(body, "n") or 1
+    _sampling_field(body, "temperature", 0, math.inf, open_low=False)
+    _sampling_field(body, "top_p", 0, 1, open_low=True)
 
     prompt_tokens = count_tokens(chars)
     if prompt_tokens + max_tokens > context_length:
@@ -268,6 +282,7 @@ def parse_request(raw: bytes, *, chat: bool, context_length: int) -> GenerationR
         stream=stream,
         include_usage=include_usage,
         seed=seed,
+        n=n,
         priority=priority,
     )
 
@@ -280,7 +295,14 @@ def token_index(seed: int, i: int) -> int:
     return (seed + 7 * i) % len(WORDS)
 
 
-def usage(req: GenerationRequest, completion_tokens: int) -> dict[str, int]:
+def choice_seed(req: GenerationRequest, index: int) -> int:
+    """Choice `index`'s seed: the request's for the first, a hash of it for the others."""
+    return req.seed if index == 0 else zlib.crc32(index.to_bytes(4, "little"), req.seed)
+
+
+def usage(req: GenerationRequest, tokens_each: int) -> dict[str, int]:
+    """The usage of `tokens_each` tokens generated for each of the request's choices."""
+    completion_tokens = tokens_each * req.n
     return {
         "prompt_tokens": req.prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -298,18 +320,18 @@ def new_id(chat: bool) -> str:
 
 def completion_body(req: GenerationRequest, *, model: str, created: int) -> bytes:
     """A whole non-streamed `chat.completion` or `text_completion`."""
-    text = "".join(WORDS[token_index(req.seed, i)] for i in range(req.max_tokens))
-    if req.chat:
-        choice: dict[str, Any] = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None,
-            "finish_reason": finish_reason(req),
-        }
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(req)}
-        obj = "text_completion"
+    choices = []
+    for index in range(req.n):
+        seed = choice_seed(req, index)
+        text = "".join(WORDS[token_index(seed, i)] for i in range(req.max_tokens))
+        choice: dict[str, Any] = {"index": index}
+        if req.chat:
+            choice["message"] = {"role": "assistant", "content": text, "refusal": None}
+        else:
+            choice["text"] = text
+        choice |= {"logprobs": None, "finish_reason": finish_reason(req)}
+        choices.append(choice)
+    obj = "chat.completion" if req.chat else "text_completion"
     return _dumps(
         {
             "id": new_id(req.chat),
@@ -317,7 +339,7 @@ def completion_body(req: GenerationRequest, *, model: str, created: int) -> byte
             "created": created,
             "model": model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": [choice],
+            "choices": choices,
             "usage": usage(req, req.max_tokens),
         }
     )
@@ -328,14 +350,17 @@ class ChunkWriter:
 
     Every event is `data: {json}\\n\\n`; the stream ends with `data: [DONE]\\n\\n`. With
     `include_usage`, every chunk carries `"usage": null` and a last chunk with empty
-    `choices` carries the usage, as OpenAI does.
+    `choices` carries the usage, as OpenAI does. With n choices, each chunk carries one
+    choice, and each step has a chunk for every choice in order of index, as vLLM sends.
+    `sent` counts the steps, the tokens of each choice.
     """
 
-    __slots__ = ("_head", "_tail", "_tail_usage", "req", "sent")
+    __slots__ = ("_head", "_seeds", "_tail", "req", "sent")
 
     def __init__(self, req: GenerationRequest, *, model: str, created: int) -> None:
         self.req = req
         self.sent = 0
+        self._seeds = [choice_seed(req, index) for index in range(req.n)]
         head = {
             "id": new_id(req.chat),
             "object": "chat.completion.chunk" if req.chat else "text_completion",
@@ -347,10 +372,10 @@ class ChunkWriter:
         self._head = b"data: " + _dumps(head)[:-1]
         self._tail = b"}\n\n" if not req.include_usage else b',"usage":null}\n\n'
 
-    def _choice(self, inner: bytes, reason: bytes = b"null") -> bytes:
+    def _choice(self, index: int, inner: bytes, reason: bytes = b"null") -> bytes:
         return (
             self._head
-            + b',"choices":[{"index":0,'
+            + b',"choices":[{"index":%d,' % index
             + inner
             + b',"logprobs":null,"finish_reason":'
             + reason
@@ -361,25 +386,27 @@ class ChunkWriter:
     def start(self) -> bytes:
         """The opening chunk: chat streams announce the assistant role first."""
         if self.req.chat:
-            return self._choice(b'"delta":{"role":"assistant","content":""}')
+            role = b'"delta":{"role":"assistant","content":""}'
+            return b"".join(self._choice(index, role) for index in range(self.req.n))
         return b""
 
     def tokens(self, count: int) -> bytes:
-        """The next `count` tokens, one chunk each."""
+        """The next `count` tokens of every choice, one chunk each."""
         key = b'"delta":{"content":' if self.req.chat else b'"text":'
         close = b"}" if self.req.chat else b""
-        seed, start = self.req.seed, self.sent
+        start = self.sent
         self.sent += count
         return b"".join(
-            self._choice(key + _WORDS_JSON[token_index(seed, i)] + close)
+            self._choice(index, key + _WORDS_JSON[token_index(seed, i)] + close)
             for i in range(start, start + count)
+            for index, seed in enumerate(self._seeds)
         )
 
     def finish(self) -> bytes:
         """The closing chunk(s) and `[DONE]`."""
         reason = b'"' + finish_reason(self.req).encode() + b'"'
         inner = b'"delta":{}' if self.req.chat else b'"text":""'
-        out = self._choice(inner, reason)
+        out = b"".join(self._choice(index, inner, reason) for index in range(self.req.n))
         if self.req.include_usage:
             out += (
                 self._head

@@ -89,6 +89,25 @@ def test_a_stream_without_include_usage_gets_no_usage_chunk_but_is_still_metered
     assert event.output_tokens == 5
 
 
+def test_n_choices_come_back_whole_and_streamed_and_every_token_is_billed(mesh, api_key, usage):
+    sdk = client(mesh, api_key)
+    ask = {"model": EIGHT_B, "messages": [{"role": "user", "content": "two"}], "max_tokens": 5}
+    whole = sdk.chat.completions.create(**ask, n=2)
+    assert [c.index for c in whole.choices] == [0, 1]
+    assert whole.usage.completion_tokens == 10
+    chunks = list(sdk.chat.completions.create(**ask, n=3, stream=True))  # no usage asked
+    texts = ["".join(c.choices[0].delta.content or "" for c in chunks if c.choices and
+                     c.choices[0].index == i) for i in range(3)]  # fmt: skip
+    assert all(len(text.split()) == 5 for text in texts)
+    assert texts[:2] == [c.message.content for c in whole.choices]
+
+    first, second = sorted(usage(), key=lambda e: e.created_at)
+    assert (first.output_tokens, first.usage_source) == (10, "upstream")
+    assert (second.output_tokens, second.usage_source) == (15, "upstream")
+    assert first.cost_usd > 0
+    assert second.cost_usd > 0
+
+
 def test_the_completions_endpoint_works_too(mesh, api_key, usage):
     completion = client(mesh, api_key).completions.create(
         model=EIGHT_B, prompt="Once upon a time", max_tokens=4

@@ -338,10 +338,10 @@ def test_a_server_that_ignores_include_usage_is_metered_by_estimate(mesh, api_ke
 
 def test_a_providers_400_about_the_request_is_relayed_in_openais_shape(mesh, api_key, seen):
     attach(mesh, [GROQ], error_style="tgi")
-    response = seen.keep(post(mesh, api_key, {**ASK, "n": 2}))
+    response = seen.keep(post(mesh, api_key, {**ASK, "temperature": -1}))
     assert response.status_code == 400
     error = response.json()["error"]
-    assert error["message"] == "the simulator only generates n=1 choice"
+    assert error["message"] == "'temperature' must be at least 0"
     assert error["type"] == "invalid_request_error"
     assert error["code"] == "invalid_value"
     seen.assert_no_secret(mesh)

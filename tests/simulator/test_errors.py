@@ -62,7 +62,13 @@ def test_a_malformed_request_gets_an_openai_error(app, body, status, code, param
         ("max_completion_tokens", 1.5, "invalid_type"),
         ("stream", "yes", "invalid_type"),
         ("stream_options", {"include_usage": True}, "invalid_value"),  # without stream
-        ("n", 2, "invalid_value"),
+        ("n", 0, "invalid_value"),
+        ("n", "two", "invalid_type"),
+        ("temperature", -0.5, "invalid_value"),
+        ("temperature", "hot", "invalid_type"),
+        ("top_p", 0, "invalid_value"),
+        ("top_p", 1.5, "invalid_value"),
+        ("top_p", True, "invalid_type"),
     ],
 )
 def test_a_field_of_the_wrong_type_or_value_is_a_400_naming_it(app, field, value, code):

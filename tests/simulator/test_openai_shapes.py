@@ -136,6 +136,39 @@ def test_a_prompt_of_token_ids_counts_them_and_a_batch_of_several_is_refused(app
     assert "token ids" in usage([True]).json()["error"]["message"]
 
 
+def test_n_choices_are_generated_side_by_side_and_all_counted(app):
+    body = post(app, URL, chat(max_tokens=4, n=3)).json()
+
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    texts = [c["message"]["content"] for c in body["choices"]]
+    assert len(set(texts)) == 3  # three samples, not one copied
+    assert all(len(t.split()) == 4 for t in texts)
+    assert {c["finish_reason"] for c in body["choices"]} == {"length"}
+    assert body["usage"]["completion_tokens"] == 12
+    alone = post(app, URL, chat(max_tokens=4)).json()["choices"][0]["message"]["content"]
+    assert texts[0] == alone  # the first choice is the answer n=1 gets
+
+
+def test_a_stream_of_n_choices_interleaves_them_by_index_and_counts_them_all(app):
+    options = {"include_usage": True}
+    r = post(app, URL, chat(max_tokens=3, n=2, seed=5, stream=True, stream_options=options))
+    chunks = sse_events(r.text)[:-1]
+    whole = post(app, URL, chat(max_tokens=3, n=2, seed=5)).json()
+
+    by_index: dict[int, list[dict]] = {0: [], 1: []}
+    for chunk in chunks[:-1]:
+        (choice,) = chunk["choices"]
+        by_index[choice["index"]].append(choice)
+    for index, choices in by_index.items():
+        assert choices[0]["delta"] == {"role": "assistant", "content": ""}
+        text = "".join(c["delta"].get("content", "") for c in choices)
+        assert text == whole["choices"][index]["message"]["content"]
+        assert [c["finish_reason"] for c in choices][-1] == "length"
+        assert len(choices) == 5  # the role, three tokens, the finish
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == 6
+
+
 def test_text_completions_are_served_streamed_and_not(app):
     url = f"/d/{EASTUS_70B}/v1/completions"
     whole = post(app, url, {"model": MODEL_70B, "prompt": "abcdefgh", "max_tokens": 2}).json()
@@ -150,6 +183,9 @@ def test_text_completions_are_served_streamed_and_not(app):
     assert {c["object"] for c in events[:-1]} == {"text_completion"}
     assert len(events) == DEFAULT_MAX_TOKENS + 2  # tokens, the finish chunk, [DONE]
     assert events[-2]["choices"][0]["finish_reason"] == "stop"
+    two = post(app, url, {"model": MODEL_70B, "prompt": "abcdefgh", "max_tokens": 2, "n": 2})
+    assert [c["index"] for c in two.json()["choices"]] == [0, 1]
+    assert two.json()["usage"]["completion_tokens"] == 4
 
 
 def test_models_lists_the_model_the_deployment_serves(app):

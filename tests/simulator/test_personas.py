@@ -85,14 +85,14 @@ def test_a_persona_that_wants_a_key_guards_its_metrics_with_it_too(world):
     [
         (
             "tgi",
-            {"error": "the simulator only generates n=1 choice", "error_type": "invalid_value"},
+            {"error": "'temperature' must be at least 0", "error_type": "invalid_value"},
         ),
-        ("plain", {"error": "the simulator only generates n=1 choice"}),
+        ("plain", {"error": "'temperature' must be at least 0"}),
     ],
 )
 def test_errors_come_in_the_personas_style(world, style, body):
     app = Simulator(world, time_scale=0)
-    _, bad = calls(app, persona(error_style=style), ("POST", CHAT, chat(OWN, n=2), {}))
+    _, bad = calls(app, persona(error_style=style), ("POST", CHAT, chat(OWN, temperature=-1), {}))
     assert bad.status_code == 400
     assert bad.json() == body
 
