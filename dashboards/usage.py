@@ -26,6 +26,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from accounts.models import Organization
+from accounts.params import whole_number
 from billing import rollup
 from billing.models import UsageDay, UsageEvent
 
@@ -301,7 +302,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         when = datetime.fromisoformat(stamp)
         if when.tzinfo is None:
             raise ValueError("naive")
-        return when, int(pk)
+        row = whole_number(pk)
+        if row is None:
+            raise ValueError(pk)
+        return when, row
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise Http404("No such page.") from None
 

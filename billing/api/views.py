@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 from accounts import selectors as account_selectors
 from accounts import services as account_services
 from accounts.models import GRANT_MANAGE_SCOPE, ApiKey, Scope
+from accounts.params import whole_number
 from billing import pdf, selectors, subscriptions
 from billing.api import serializers as s
 from billing.api.auth import ManageKeyAuthentication, require
@@ -38,6 +39,17 @@ class UsageCursor(pagination.CursorPagination):
     page_size = 100
     page_size_query_param = "limit"
     max_page_size = 1000
+
+    def get_page_size(self, request: Request) -> int:
+        """`limit` if given, 1 to 1000; anything else is a 400 (DRF's default: ignore it)."""
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        size = whole_number(raw, self.max_page_size)
+        if size is None:
+            message = f"Expected a whole number from 1 to {self.max_page_size}."
+            raise exceptions.ValidationError({self.page_size_query_param: message})
+        return size
 
     def decode_cursor(self, request: Request) -> pagination.Cursor | None:
         """A cursor this API did not give is a bad request (DRF's default: a 404; and
@@ -188,9 +200,10 @@ def _usage(request: Request) -> QuerySet[Any]:
     if q.get("region"):
         rows = rows.filter(region=q["region"])
     if q.get("key"):
-        if not q["key"].isdigit():
+        key_id = whole_number(q["key"])
+        if key_id is None:
             raise exceptions.ValidationError({"key": "Expected a key id."})
-        rows = rows.filter(api_key_id=int(q["key"]))
+        rows = rows.filter(api_key_id=key_id)
     return rows
 
 

@@ -210,6 +210,22 @@ def test_a_date_that_does_not_exist_or_a_bad_cursor_is_a_400_that_names_it(alice
             assert bad.json()["error"]["param"] == "cursor"
 
 
+@pytest.mark.parametrize("key", ["abc", "\u00b2", "9" * 30, "-1"])
+def test_a_key_filter_that_is_not_a_key_id_is_a_400(alice, acme, key):
+    bad = login(alice).get("/api/v1/usage", {"key": key})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "key"
+
+
+@pytest.mark.parametrize("limit", ["abc", "0", "-3", "1001", "2.5", "", "\u00b2"])
+def test_a_page_size_outside_1_to_1000_is_a_400_not_a_silent_default(alice, acme, limit):
+    bad = login(alice).get("/api/v1/usage", {"limit": limit})
+    assert bad.status_code == 400
+    error = bad.json()["error"]
+    assert error["param"] == "limit"
+    assert error["message"] == "Expected a whole number from 1 to 1000."
+
+
 def test_invoices_list_detail_and_pdf(alice, acme, acme_usage, manage_key):
     subscriptions.tier_change(
         org=acme, tier=SlaTier.objects.get(slug="pro"), at=MARCH - timedelta(days=1)

@@ -5,6 +5,7 @@ alice owns Acme, bob is her developer, charlie owns Globex and must see none of 
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import re
@@ -202,8 +203,18 @@ def test_the_request_log_pages_by_cursor_without_gaps_or_repeats(alice, acme, mo
     assert len(seen) == len(set(seen)) == 8
 
 
-def test_a_forged_cursor_is_a_404_not_a_500(alice, acme):
-    response = login(alice).get(f"/orgs/{acme.slug}/requests/?cursor=!!not-base64")
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,  # not base64 at all
+        b"2026-03-01T00:00:00+00:00|" + b"9" * 30,  # an id past any column
+        b"2026-03-01T00:00:00+00:00|\xc2\xb2",  # a digit int() reads, not an id
+        b"2026-03-01T00:00:00+00:00|-4",
+    ],
+)
+def test_a_forged_cursor_is_a_404_not_a_500(alice, acme, raw):
+    cursor = "!!not-base64" if raw is None else base64.urlsafe_b64encode(raw).decode()
+    response = login(alice).get(f"/orgs/{acme.slug}/requests/", {"cursor": cursor})
     assert response.status_code == 404
 
 
