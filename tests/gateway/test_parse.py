@@ -201,8 +201,10 @@ def test_an_oversized_body_is_413():
 
 def test_an_unknown_tesseract_header_is_refused():
     with pytest.raises(InvalidRequest) as exc:
-        parse("chat.completions", body(), [(b"x-tesseract-colour", b"blue")], key())
+        parse("chat.completions", body(), [(b"x-tesseract-font-colour", b"blue")], key())
     assert exc.value.code == "unknown_parameter"
+    assert exc.value.param == "X-Tesseract-Font-Colour"  # named as the other headers are
+    assert str(exc.value) == "Unknown header X-Tesseract-Font-Colour."
 
 
 def test_coordinates_come_in_pairs():
