@@ -5,21 +5,28 @@ When `REDIS_URL` is not set, settings call `start()`: it launches a private
 needs nothing installed) on a free loopback port, keeping nothing on disk, and
 exports `REDIS_URL` so every process started from this one — the Celery worker and
 beat that `make run` spawns — shares it. The server dies with the process that
-started it. Production always sets `REDIS_URL`.
+started it: at exit, or by the kernel's parent-death signal if that process is killed
+outright (on Linux). Production always sets `REDIS_URL`.
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 START_TIMEOUT_S = 10.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 _process: subprocess.Popen[bytes] | None = None
 
@@ -52,6 +59,18 @@ def _stop(proc: subprocess.Popen[bytes], workdir: Path) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _death_signal() -> Callable[[], None] | None:
+    """What the child runs before exec so that it is SIGKILLed when its parent dies,
+    however (Linux's PR_SET_PDEATHSIG, which survives exec): a starter killed outright
+    never runs its `atexit`. The signal comes when the *thread* that forked ends, so only
+    the main thread, whose end is the process's, asks for it. libc is looked up here, in
+    the parent: the child only makes the call."""
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def start() -> str:
     """Start (once per process) an embedded Redis and return its URL."""
     global _process
@@ -76,6 +95,7 @@ def start() -> str:
             # Its own session: Ctrl-C on `make run` reaches the workers, which finish
             # their tasks against this Redis; it is stopped last, at exit.
             start_new_session=True,
+            preexec_fn=_death_signal(),
         )  # fmt: skip
         atexit.register(_stop, _process, workdir)
         _wait_until_listening(port, _process)
