@@ -127,7 +127,8 @@ class Tally:
 
     def call(self, site: Site, key: str, *, stream: bool, max_tokens: int = 8,
              started: threading.Event | None = None) -> int:  # fmt: skip
-        body = chat(f"count me {time.monotonic_ns()}", max_tokens=max_tokens, stream=stream)
+        # (every prompt the same length, so every request's prompt tokens are the same)
+        body = chat(f"count me {time.monotonic_ns():020d}", max_tokens=max_tokens, stream=stream)
         with httpx.stream(
             "POST",
             f"{site.url}/v1/chat/completions",
@@ -172,11 +173,6 @@ def backend_prompt_tokens(site: Site) -> int:
     return sum(d.metrics.prompt_tokens for d in site.simulator.deployments.values())
 
 
-def backend_in_flight(site: Site) -> int:
-    """Requests a backend holds now, computing or queued for a slot."""
-    return sum(d.slots.running + d.slots.waiting for d in site.simulator.deployments.values())
-
-
 def wait_for(predicate, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -194,15 +190,20 @@ def test_a_redis_crash_loses_no_usage_doubles_none_and_refuses_new_work_with_a_5
     tally = Tally()
 
     # Before: Redis is up, everything is served.
+    tokens_start = backend_prompt_tokens(site)
     with ThreadPoolExecutor(10) as pool:
         before = list(pool.map(lambda i: tally.call(site, key, stream=i % 2 == 0), range(20)))
     assert before == [200] * 20
+    prompt_tokens, rest = divmod(backend_prompt_tokens(site) - tokens_start, 20)
+    assert rest == 0  # every request's prompt, the same length
+    assert prompt_tokens > 0
 
     # Across the crash: long answers, streamed and whole, are being generated when
     # Redis dies; they finish during the outage and must still be billed.
     in_flight = 10
     started = [threading.Event() for _ in range(in_flight)]
     deferrals_before = deferrals()
+    tokens_across = backend_prompt_tokens(site)
     with ThreadPoolExecutor(in_flight) as pool:
         across = [
             pool.submit(
@@ -217,9 +218,11 @@ def test_a_redis_crash_loses_no_usage_doubles_none_and_refuses_new_work_with_a_5
         ]
         for event in started[::2]:
             assert event.wait(30), "a stream did not start"
-        # Every request has passed admission (or deferred it) and is at a backend: a
-        # crash during a whole answer's admission would be a refusal before service.
-        wait_for(lambda: backend_in_flight(site) == in_flight)
+        # Every request has passed admission (or deferred it) and reached a backend's
+        # slot: a crash during a whole answer's admission would be a refusal before
+        # service. (A request that has already finished still counted its prompt.)
+        arrived = in_flight * prompt_tokens
+        wait_for(lambda: backend_prompt_tokens(site) - tokens_across == arrived)
         redis_server.crash()
         results = [f.result() for f in across]
         deferred = deferrals() - deferrals_before
