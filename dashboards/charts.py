@@ -238,21 +238,27 @@ def world_map(points: Sequence[MapPoint], *, land_href: str, title: str) -> Safe
 
 
 def _nice(value: float) -> float:
-    """The next 'round' number at or above value (1, 2, 2.5, 5 × 10^k)."""
+    """The next 'round' number at or above value (1, 2, 4, 5 × 10^k): its quarters, the
+    axis's ticks, need at most three significant digits (2.5 × 10^k would need four)."""
     if value <= 0:
         return 1.0
     exp = math.floor(math.log10(value))
-    for m in (1, 2, 2.5, 5, 10):
+    for m in (1, 2, 4, 5, 10):
         if m * 10**exp >= value:
             return float(m * 10**exp)
     return float(10 ** (exp + 1))
 
 
 def _short(value: float) -> str:
-    if abs(value) >= 1_000_000:
-        return _fmt(value / 1_000_000) + "M"
-    if abs(value) >= 1_000:
-        return _fmt(value / 1_000) + "k"
-    if abs(value) < 1 and value:
-        return f"{value:.2g}"
-    return _fmt(value)
+    """A tick's value to three significant digits (all a tick of `_nice` has), with a k
+    or M for thousands or millions, in plain decimals, never rounded to fewer."""
+    suffix = ""
+    for size, name in ((1_000_000, "M"), (1_000, "k")):
+        if abs(value) >= size:
+            value, suffix = value / size, name
+            break
+    if not value:
+        return "0"
+    decimals = max(0, 2 - math.floor(math.log10(abs(value))))
+    text = f"{value:.{decimals}f}"
+    return (text.rstrip("0").rstrip(".") if decimals else text) + suffix
