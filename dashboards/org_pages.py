@@ -34,6 +34,7 @@ from dashboards.forms import (
     TierForm,
 )
 from dashboards.scoping import nav_context, org_view
+from dashboards.templatetags.money import usd
 
 PERIODS = (("7", "7 days"), ("30", "30 days"), ("90", "90 days"))
 
@@ -96,8 +97,8 @@ def overview(request: HttpRequest, membership: Membership) -> HttpResponse:
         },
         {
             "label": "Spend this month",
-            "value": f"${month.spend:,.2f}",
-            "note": f"of ${cap:,.2f} budget" if cap is not None else "no budget set",
+            "value": usd(month.spend),
+            "note": f"of {usd(cap)} budget" if cap is not None else "no budget set",
             "meter": (float(month.spend / cap) if cap else None),
             "spark": spark("spend", "Spend"),
         },

@@ -79,7 +79,7 @@ def test_the_pages_read_the_same_numbers_from_the_rollup_as_from_the_events(alic
     )
     assert after.spend == Decimal("7.00")
     page = login(alice).get(f"/orgs/{acme.slug}/usage/?period=7").content.decode()
-    assert "7.0000" in page
+    assert "$7.00" in page
 
 
 def _record(org, request_id: str, created_at: datetime, **changes) -> metering.UsageRecord:

@@ -1,0 +1,31 @@
+"""`{{ amount|usd }}`: an amount of US dollars as the pages show it.
+
+From a cent up, to the cent with thousands separated ($1,234.50). Under a cent, to
+three significant digits ($0.000432): a month of test traffic costs fractions of a
+cent, and $0.00 would say that it cost nothing. The exact figure (a request's charge
+to the nano-dollar) is shown where it is asked for, on the request's own page.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django import template
+
+register = template.Library()
+
+CENT = Decimal("0.01")
+
+
+@register.filter
+def usd(amount: Decimal | float | int | None) -> str:
+    if amount is None:
+        return "—"
+    value = Decimal(str(amount)) if isinstance(amount, float) else Decimal(amount)
+    sign, size = ("-" if value < 0 else ""), abs(value)
+    if not size or size >= CENT:
+        return f"{sign}${size:,.2f}"
+    # Three significant digits: the first digit's place, then two more.
+    places = 2 - size.adjusted()
+    text = f"{size:.{places}f}"
+    return f"{sign}${text.rstrip('0')}"

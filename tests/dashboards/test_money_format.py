@@ -1,0 +1,28 @@
+"""Amounts of money on the pages: cents where there are cents, and a spend under a cent
+shown as what it is, never as $0.00."""
+
+from decimal import Decimal
+
+import pytest
+
+from dashboards.templatetags.money import usd
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [
+        (Decimal("0"), "$0.00"),
+        (Decimal("1234.5"), "$1,234.50"),
+        (Decimal("0.01"), "$0.01"),
+        (Decimal("0.0149"), "$0.01"),
+        (Decimal("0.000432118"), "$0.000432"),
+        (Decimal("0.0000120"), "$0.000012"),
+        (Decimal("0.0099999"), "$0.01"),  # rounds up to a cent
+        (Decimal("-2.5"), "-$2.50"),
+        (Decimal("-0.00031"), "-$0.00031"),
+        (0.25, "$0.25"),
+        (None, "—"),
+    ],
+)
+def test_an_amount_shows_cents_or_its_first_three_digits_under_a_cent(amount, shown):
+    assert usd(amount) == shown
