@@ -117,6 +117,13 @@ class UpstreamRejected(Exception):
         self.body = body
 
 
+#: How long an idle connection to a backend stays in the pool: under the 5 s after which
+#: uvicorn (vLLM's, SGLang's and the simulator's server) closes one, so that no request
+#: is written into a connection closing under it (a reset, a needless failover, and a
+#: failure counted against a healthy backend). Busy backends keep their connections.
+UPSTREAM_KEEPALIVE_S = 4.0
+
+
 class Upstream:
     """A process-wide aiohttp session, created in the running event loop on first use."""
 
@@ -128,7 +135,9 @@ class Upstream:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    limit=self._connections, ttl_dns_cache=300, keepalive_timeout=30
+                    limit=self._connections,
+                    ttl_dns_cache=300,
+                    keepalive_timeout=UPSTREAM_KEEPALIVE_S,
                 ),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
