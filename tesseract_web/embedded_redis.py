@@ -64,11 +64,19 @@ def _death_signal() -> Callable[[], None] | None:
     however (Linux's PR_SET_PDEATHSIG, which survives exec): a starter killed outright
     never runs its `atexit`. The signal comes when the *thread* that forked ends, so only
     the main thread, whose end is the process's, asks for it. libc is looked up here, in
-    the parent: the child only makes the call."""
+    the parent: the child only makes the call, then checks that its parent still lives
+    (a parent gone before the call sends no signal)."""
     if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the signal was asked for
+            os._exit(1)
+
+    return arm
 
 
 def start() -> str:

@@ -43,7 +43,18 @@ def gone(client: redis.Redis, timeout_s: float = 30.0) -> bool:
     return False
 
 
-@pytest.mark.parametrize("ending", ["exit", "SIGKILL"])
+@pytest.mark.parametrize(
+    "ending",
+    [
+        "exit",
+        pytest.param(
+            "SIGKILL",
+            marks=pytest.mark.skipif(
+                sys.platform != "linux", reason="the parent-death signal is Linux's"
+            ),
+        ),
+    ],
+)
 def test_the_embedded_redis_dies_with_its_starter_however_it_ends(ending):
     starter, client = started_redis()
     if ending == "exit":

@@ -478,16 +478,16 @@ class Simulator:
         writer: ChunkWriter | None = None
         try:
             metrics.prompt_tokens += req.prompt_tokens
-            n = req.max_tokens
+            tokens = req.max_tokens
             abort_after = dep.fault.error_after_tokens
-            if abort_after is not None and abort_after >= n:
+            if abort_after is not None and abort_after >= tokens:
                 abort_after = None
             stall_after = dep.fault.stall_after_tokens
-            if stall_after is not None and stall_after >= n:
+            if stall_after is not None and stall_after >= tokens:
                 stall_after = None
             if stall_after is not None:
                 abort_after = None
-            produced = n if abort_after is None else abort_after
+            produced = tokens if abort_after is None else abort_after
             if stall_after is not None:
                 produced = stall_after
             interval = dep.token_interval_s * scale

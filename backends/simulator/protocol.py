@@ -17,6 +17,8 @@ from typing import Any
 
 SYSTEM_FINGERPRINT = "tesseract-simulator"
 DEFAULT_MAX_TOKENS = 16
+#: The most choices a request may ask for (OpenAI's bound on `n`).
+MAX_CHOICES = 128
 #: Approximate tokenizer: one token per 4 characters of text (rounded up), the usual
 #: rule of thumb for English with a BPE vocabulary. Real token counting is not needed.
 CHARS_PER_TOKEN = 4
@@ -254,6 +256,8 @@ def parse_request(raw: bytes, *, chat: bool, context_length: int) -> GenerationR
             )
         include_usage = bool(options.get("include_usage", False))
     n = _int_field(body, "n") or 1
+    if n > MAX_CHOICES:
+        raise invalid(f"'n' must be at most {MAX_CHOICES}", param="n")
     _sampling_field(body, "temperature", 0, math.inf, open_low=False)
     _sampling_field(body, "top_p", 0, 1, open_low=True)
 
@@ -296,8 +300,9 @@ def token_index(seed: int, i: int) -> int:
 
 
 def choice_seed(req: GenerationRequest, index: int) -> int:
-    """Choice `index`'s seed: the request's for the first, a hash of it for the others."""
-    return req.seed if index == 0 else zlib.crc32(index.to_bytes(4, "little"), req.seed)
+    """Choice `index`'s seed: the request's, moved by the index, so that the first is
+    the answer n=1 gets and no two of the first len(WORDS) say the same words."""
+    return req.seed + index
 
 
 def usage(req: GenerationRequest, tokens_each: int) -> dict[str, int]:

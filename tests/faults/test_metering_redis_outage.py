@@ -220,10 +220,12 @@ def test_a_redis_crash_loses_no_usage_doubles_none_and_refuses_new_work_with_a_5
             assert event.wait(30), "a stream did not start"
         # Every request has passed admission (or deferred it) and reached a backend's
         # slot: a crash during a whole answer's admission would be a refusal before
-        # service. (A request that has already finished still counted its prompt.)
+        # service. (A request that has already finished still counted its prompt; one
+        # the gateway gave up on and sent elsewhere counted it twice.)
         arrived = in_flight * prompt_tokens
-        wait_for(lambda: backend_prompt_tokens(site) - tokens_across == arrived)
+        wait_for(lambda: backend_prompt_tokens(site) - tokens_across >= arrived)
         redis_server.crash()
+        still_running = sum(not f.done() for f in across)
         results = [f.result() for f in across]
         deferred = deferrals() - deferrals_before
     # Whole answers deferred to be admitted with their record cannot be: a 503, unbilled.
@@ -253,6 +255,7 @@ def test_a_redis_crash_loses_no_usage_doubles_none_and_refuses_new_work_with_a_5
     doubled = len(recorded) - len(set(recorded))
     extra = set(recorded) - set(tally.served)
     print(  # the numbers for the record (pytest -s)
+        f"{still_running} of {in_flight} still running at the crash; "
         f"served {len(tally.served)}, refused with 503 {tally.refused}, "
         f"usage rows {len(recorded)}, lost {len(lost)}, doubled {doubled}, unexpected {len(extra)}"
     )

@@ -63,6 +63,8 @@ def test_a_malformed_request_gets_an_openai_error(app, body, status, code, param
         ("stream", "yes", "invalid_type"),
         ("stream_options", {"include_usage": True}, "invalid_value"),  # without stream
         ("n", 0, "invalid_value"),
+        ("n", 129, "invalid_value"),
+        ("n", 2**40, "invalid_value"),
         ("n", "two", "invalid_type"),
         ("temperature", -0.5, "invalid_value"),
         ("temperature", "hot", "invalid_type"),

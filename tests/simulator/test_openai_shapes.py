@@ -142,6 +142,9 @@ def test_n_choices_are_generated_side_by_side_and_all_counted(app):
     assert [c["index"] for c in body["choices"]] == [0, 1, 2]
     texts = [c["message"]["content"] for c in body["choices"]]
     assert len(set(texts)) == 3  # three samples, not one copied
+    for content in ("a", "b", "c", "d", "e"):  # whatever the prompt
+        many = post(app, URL, chat(content=content, max_tokens=3, n=40)).json()["choices"]
+        assert len({c["message"]["content"] for c in many}) == 40
     assert all(len(t.split()) == 4 for t in texts)
     assert {c["finish_reason"] for c in body["choices"]} == {"length"}
     assert body["usage"]["completion_tokens"] == 12
