@@ -24,7 +24,11 @@ class ApiKeyLimitsForm(forms.Form):
     requests_per_minute = forms.IntegerField(required=False, min_value=1)
     tokens_per_minute = forms.IntegerField(required=False, min_value=1)
     monthly_budget_usd = forms.DecimalField(
-        required=False, min_value=Decimal(0), max_digits=14, decimal_places=2
+        label="Monthly budget (USD)",
+        required=False,
+        min_value=Decimal(0),
+        max_digits=14,
+        decimal_places=2,
     )
 
 
@@ -52,8 +56,12 @@ class ApiKeyCreateForm(ApiKeyLimitsForm):
     default_compliance = forms.CharField(
         required=False, help_text="Comma-separated certifications, e.g. hipaa, gdpr."
     )
-    default_max_latency_ms = forms.IntegerField(required=False, min_value=1)
-    default_max_ttft_ms = forms.IntegerField(required=False, min_value=1)
+    default_max_latency_ms = forms.IntegerField(
+        label="Default max latency (ms)", required=False, min_value=1
+    )
+    default_max_ttft_ms = forms.IntegerField(
+        label="Default max TTFT (ms)", required=False, min_value=1
+    )
     # ... and, inherited, the key's own limits (requests/min, tokens/min, budget).
 
     def __init__(self, *args: Any, can_grant_manage: bool = False, **kwargs: Any) -> None:
@@ -94,6 +102,7 @@ class InvitationForm(forms.Form):
 
 class BudgetForm(forms.Form):
     monthly_budget_usd = forms.DecimalField(
+        label="Monthly budget (USD)",
         required=False,
         min_value=Decimal(0),
         max_digits=14,
