@@ -8,6 +8,10 @@ from __future__ import annotations
 
 #: The largest id a row can have (a 64-bit signed primary key).
 MAX_ID = 2**63 - 1
+#: The most a count or a limit kept in a `PositiveIntegerField` can be on every database
+#: (PostgreSQL's `integer`): a form or serializer field bounded by it refuses the rest
+#: as a 400, where the database would have refused it as a 500.
+MAX_COUNT = 2**31 - 1
 
 
 def whole_number(raw: str, high: int = MAX_ID) -> int | None:

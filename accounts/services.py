@@ -32,7 +32,12 @@ BACKUP_CODE_COUNT = 10
 
 
 class AccountsError(Exception):
-    """A write was refused; the message is safe to show to the user."""
+    """A write was refused; the message is safe to show to the user, and `field` names
+    the input at fault where one is (an API answers with it as the error's param)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 # --------------------------------------------------------------------------- orgs
@@ -196,11 +201,13 @@ def api_key_create(
     scopes = [str(s) for s in DEFAULT_SCOPES] if scopes is None else scopes
     unknown = set(scopes) - set(Scope.values)
     if unknown or not scopes:
-        raise AccountsError(f"scopes must be a non-empty subset of {sorted(Scope.values)}")
+        raise AccountsError(
+            f"scopes must be a non-empty subset of {sorted(Scope.values)}", field="scopes"
+        )
     if not name.strip():
-        raise AccountsError("A key needs a name.")
+        raise AccountsError("A key needs a name.", field="name")
     if expires_at is not None and expires_at <= timezone.now():
-        raise AccountsError("The expiry must be in the future.")
+        raise AccountsError("The expiry must be in the future.", field="expires_at")
     new = keys.generate(settings.API_KEY_PEPPER)
     with transaction.atomic():
         api_key = ApiKey.objects.create(

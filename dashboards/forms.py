@@ -6,6 +6,7 @@ from typing import Any
 from django import forms
 
 from accounts.models import DEFAULT_SCOPES, ApiKey, Role, Scope
+from accounts.params import MAX_COUNT
 from backends.models import (
     AIModel,
     Certification,
@@ -21,8 +22,8 @@ from dashboards.usage import LogFilters
 class ApiKeyLimitsForm(forms.Form):
     """A key's own limits, tighter than the organization's; empty: the org's."""
 
-    requests_per_minute = forms.IntegerField(required=False, min_value=1)
-    tokens_per_minute = forms.IntegerField(required=False, min_value=1)
+    requests_per_minute = forms.IntegerField(required=False, min_value=1, max_value=MAX_COUNT)
+    tokens_per_minute = forms.IntegerField(required=False, min_value=1, max_value=MAX_COUNT)
     monthly_budget_usd = forms.DecimalField(
         label="Monthly budget (USD)",
         required=False,
@@ -57,10 +58,10 @@ class ApiKeyCreateForm(ApiKeyLimitsForm):
         required=False, help_text="Comma-separated certifications, e.g. hipaa, gdpr."
     )
     default_max_latency_ms = forms.IntegerField(
-        label="Default max latency (ms)", required=False, min_value=1
+        label="Default max latency (ms)", required=False, min_value=1, max_value=MAX_COUNT
     )
     default_max_ttft_ms = forms.IntegerField(
-        label="Default max TTFT (ms)", required=False, min_value=1
+        label="Default max TTFT (ms)", required=False, min_value=1, max_value=MAX_COUNT
     )
     # ... and, inherited, the key's own limits (requests/min, tokens/min, budget).
 

@@ -4,6 +4,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from accounts.models import ApiKey, Scope
+from accounts.params import MAX_COUNT
 from billing.models import BillingAccount, Invoice, InvoiceLine, SlaTier, UsageEvent
 
 
@@ -45,8 +46,12 @@ class BudgetSerializer(serializers.Serializer):
 
 
 class KeyLimitsSerializer(serializers.Serializer):
-    requests_per_minute = serializers.IntegerField(min_value=1, allow_null=True, required=False)
-    tokens_per_minute = serializers.IntegerField(min_value=1, allow_null=True, required=False)
+    requests_per_minute = serializers.IntegerField(
+        min_value=1, max_value=MAX_COUNT, allow_null=True, required=False
+    )
+    tokens_per_minute = serializers.IntegerField(
+        min_value=1, max_value=MAX_COUNT, allow_null=True, required=False
+    )
     monthly_budget_usd = serializers.DecimalField(
         max_digits=14, decimal_places=2, min_value=0, allow_null=True, required=False
     )

@@ -125,7 +125,9 @@ class KeyListView(ManagementView):
                 expires_at=body.validated_data.get("expires_at"),
             )
         except account_services.AccountsError as exc:
-            raise exceptions.ValidationError(str(exc)) from exc
+            raise exceptions.ValidationError(
+                {exc.field: str(exc)} if exc.field else str(exc)
+            ) from exc
         data = dict(s.KeySerializer(issued.api_key).data)
         data["secret"] = issued.plaintext  # shown once
         return Response(data, status=201)

@@ -161,6 +161,32 @@ def test_keys_are_created_with_a_one_time_secret_revoked_and_limited(alice, acme
     assert revoked.json()["active"] is False
 
 
+def test_a_limit_past_what_a_counter_holds_or_an_expiry_in_the_past_is_a_400_naming_it(alice, acme):
+    client = login(alice)
+    past = client.post(
+        "/api/v1/keys",
+        {"name": "old", "expires_at": "1999-01-01T00:00:00Z"},
+        content_type="application/json",
+    )
+    assert past.status_code == 400
+    assert past.json()["error"]["param"] == "expires_at"
+    key_id = client.post("/api/v1/keys", {"name": "ci"}, content_type="application/json").json()[
+        "id"
+    ]
+    for field in ("requests_per_minute", "tokens_per_minute"):
+        huge = client.put(
+            f"/api/v1/keys/{key_id}/limits", {field: 2**31}, content_type="application/json"
+        )
+        assert huge.status_code == 400
+        assert huge.json()["error"]["param"] == field
+    most = client.put(
+        f"/api/v1/keys/{key_id}/limits",
+        {"requests_per_minute": 2**31 - 1},
+        content_type="application/json",
+    )
+    assert most.json()["limits"]["requests_per_minute"] == 2**31 - 1
+
+
 def test_only_owners_create_manage_keys(bob, acme):
     response = login(bob).post(
         "/api/v1/keys", {"name": "x", "scopes": ["manage"]}, content_type="application/json"

@@ -293,6 +293,19 @@ def test_a_key_is_revealed_once_with_a_copy_button_and_its_limits(alice, acme):
     assert plaintext not in login(alice).get(f"/orgs/{acme.slug}/keys/").content.decode()
 
 
+@pytest.mark.parametrize(
+    "field",
+    ["requests_per_minute", "tokens_per_minute", "default_max_latency_ms", "default_max_ttft_ms"],
+)
+def test_a_key_with_a_number_past_what_its_column_holds_is_refused_on_the_form(alice, acme, field):
+    response = login(alice).post(
+        f"/orgs/{acme.slug}/keys/", {"name": "laptop", "scopes": ["inference"], field: 2**31}
+    )
+    assert response.status_code == 400
+    assert field in response.context["form"].errors
+    assert not ApiKey.objects.filter(name="laptop").exists()
+
+
 def test_a_key_s_limits_can_be_changed_and_bad_input_changes_nothing(alice, acme):
     key = services.api_key_create(org=acme, name="ci").api_key
     client = login(alice)
