@@ -207,7 +207,7 @@ class PrivateClusterForm(forms.Form):
     name = forms.CharField(max_length=100)
     region = forms.ModelChoiceField(queryset=Region.objects.order_by("name"), to_field_name="slug")
     chip = forms.ModelChoiceField(queryset=Chip.objects.order_by("name"), to_field_name="slug")
-    accelerators = forms.IntegerField(min_value=1)
+    accelerators = forms.IntegerField(min_value=1, max_value=MAX_COUNT)
     certifications = forms.MultipleChoiceField(
         choices=Certification.choices, required=False, widget=forms.CheckboxSelectMultiple
     )
@@ -231,8 +231,8 @@ class PrivateDeploymentForm(forms.Form):
     provider_model_id = forms.CharField(
         required=False, max_length=200, help_text="The server's own name for the model."
     )
-    concurrency_slots = forms.IntegerField(min_value=1)
+    concurrency_slots = forms.IntegerField(min_value=1, max_value=MAX_COUNT)
     ttft_ms = forms.FloatField(min_value=0.001)
-    reference_prompt_tokens = forms.IntegerField(min_value=1, initial=1000)
+    reference_prompt_tokens = forms.IntegerField(min_value=1, max_value=MAX_COUNT, initial=1000)
     prefill_tokens_per_s = forms.FloatField(min_value=0.001)
     decode_tokens_per_s = forms.FloatField(min_value=0.001)

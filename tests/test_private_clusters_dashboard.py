@@ -55,6 +55,24 @@ def test_bad_input_is_a_400_that_changes_nothing(world, alice, acme):
     assert not Cluster.objects.filter(organization=acme).exists()
 
 
+def test_counts_past_what_their_columns_hold_are_a_400_that_changes_nothing(world, alice, acme):
+    client = login(alice)
+    assert register(client, acme, accelerators=2**31).status_code == 400
+    assert not Cluster.objects.filter(organization=acme).exists()
+    assert register(client, acme).status_code == 302
+    cluster = Cluster.objects.get(organization=acme)
+    model = Deployment.objects.values_list("model__slug", flat=True).first()
+    good = {
+        "model": model, "endpoint_url": "https://gpu.acme.example/v1", "concurrency_slots": 8,
+        "ttft_ms": 150, "reference_prompt_tokens": 1000, "prefill_tokens_per_s": 9000,
+        "decode_tokens_per_s": 70,
+    }  # fmt: skip
+    url = f"/orgs/{acme.slug}/clusters/{cluster.slug}/deployments/"
+    for field in ("concurrency_slots", "reference_prompt_tokens"):
+        assert client.post(url, good | {field: 2**31}).status_code == 400
+    assert not Deployment.objects.filter(cluster=cluster).exists()
+
+
 def test_a_teammate_sees_the_clusters_but_only_owners_change_them(world, alice, bob, acme):
     register(login(alice), acme)
     cluster = Cluster.objects.get(organization=acme)
