@@ -395,7 +395,7 @@ def keys(request: HttpRequest, membership: Membership) -> HttpResponse:
             org=membership.org, created_by=membership.user, **data
         )
     except account_services.AccountsError as exc:
-        form.add_error(None, str(exc))
+        form.add_error(exc.field if exc.field in form.fields else None, str(exc))
         return _keys_page(request, membership, form, status=400)
     if any(v is not None for v in limits.values()):
         subscriptions.key_limits_set(api_key=issued.api_key, **limits)

@@ -105,7 +105,7 @@ def invitation_create(request: HttpRequest, membership: Membership) -> HttpRespo
             invited_by=membership.user,
         )
     except services.AccountsError as exc:
-        form.add_error(None, str(exc))
+        form.add_error(exc.field if exc.field in form.fields else None, str(exc))
         return _members_page(request, membership, form, status=400)
     link = request.build_absolute_uri(
         reverse("accounts:invitation_accept", kwargs={"token": issued.token})

@@ -306,6 +306,16 @@ def test_a_key_with_a_number_past_what_its_column_holds_is_refused_on_the_form(a
     assert not ApiKey.objects.filter(name="laptop").exists()
 
 
+def test_a_key_expiring_in_the_past_is_refused_beside_its_field(alice, acme):
+    response = login(alice).post(
+        f"/orgs/{acme.slug}/keys/",
+        {"name": "old", "scopes": ["inference"], "expires_at": "1999-01-01T00:00"},
+    )
+    assert response.status_code == 400
+    assert response.context["form"].errors["expires_at"] == ["The expiry must be in the future."]
+    assert not ApiKey.objects.filter(name="old").exists()
+
+
 def test_a_key_s_limits_can_be_changed_and_bad_input_changes_nothing(alice, acme):
     key = services.api_key_create(org=acme, name="ci").api_key
     client = login(alice)
