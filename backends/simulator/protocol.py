@@ -149,16 +149,12 @@ def _int_field(body: dict, name: str) -> int | None:
     return value
 
 
-def _sampling_field(body: dict, name: str, low: float, high: float, *, open_low: bool) -> None:
-    """A sampling parameter in vLLM's bounds (`SamplingParams`); its value is not used."""
+def _number_field(body: dict, name: str) -> float | None:
+    """A sampling parameter, read only to be checked against vLLM's `SamplingParams`."""
     value = body.get(name)
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise invalid(f"'{name}' must be a number", param=name, code="invalid_type")
-    if not ((value > low if open_low else value >= low) and value <= high):  # NaN fails too
-        bound = f"in ({low:g}, {high:g}]" if open_low else f"at least {low:g}"
-        raise invalid(f"'{name}' must be {bound}", param=name)
+    return value
 
 
 def parse_request(raw: bytes, *, chat: bool, context_length: int) -> GenerationRequest:
@@ -258,8 +254,12 @@ def parse_request(raw: bytes, *, chat: bool, context_length: int) -> GenerationR
     n = _int_field(body, "n") or 1
     if n > MAX_CHOICES:
         raise invalid(f"'n' must be at most {MAX_CHOICES}", param="n")
-    _sampling_field(body, "temperature", 0, math.inf, open_low=False)
-    _sampling_field(body, "top_p", 0, 1, open_low=True)
+    temperature = _number_field(body, "temperature")
+    if temperature is not None and not temperature >= 0:  # NaN fails too
+        raise invalid("'temperature' must be at least 0", param="temperature")
+    top_p = _number_field(body, "top_p")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise invalid("'top_p' must be in (0, 1]", param="top_p")
 
     prompt_tokens = count_tokens(chars)
     if prompt_tokens + max_tokens > context_length:

@@ -249,12 +249,13 @@ def _header_options(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, Any]:
         key = name[12:].decode("latin-1").lower().replace("-", "_")
         text = value.decode("latin-1").strip()
         field = TesseractOptions.__struct_fields__
-        header = _header_name(key)
         if key not in field:
+            header = _header_name(key)
             raise InvalidRequest(
                 f"Unknown header {header}.", param=header, code="unknown_parameter"
             )
         if "\x00" in text:
+            header = _header_name(key)
             raise InvalidRequest(
                 f"{header} may not contain a NUL character.", param=header, code="invalid_value"
             )
