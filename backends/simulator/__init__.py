@@ -55,7 +55,8 @@ Timing model (every duration below is multiplied by the time scale, and by
    alone would have produced it). Health probes sleep one RTT and report the time
    scale they slept at, so a prober can divide the wall time it measured by it
    (`backends.probes` does).
-2. Queue: at most `concurrency_slots` requests compute at once; the rest wait
+2. Queue: at most `concurrency_slots` sequences compute at once (a request for `n`
+   choices is `n` of them, as in vLLM, at most all the slots); the rest wait
    (`vllm:num_requests_waiting`), the lowest `priority` first and in arrival order
    among equals, as vLLM's `--scheduling-policy priority` orders them (a request that
    sends none has priority 0); past `max_waiting` (4 × slots) a request gets 503.

@@ -462,7 +462,7 @@ class Simulator:
                 code="overloaded",
                 retry_after=1,
             )
-        await slots.acquire(req.priority)
+        held = await slots.acquire(req.priority, req.n)
         admitted = loop.time()
         # The slot is held while the chip computes, not while the last bytes travel
         # back: a timer frees it when the last token is computed.
@@ -472,7 +472,7 @@ class Simulator:
             nonlocal lease_done
             if not lease_done:
                 lease_done = True
-                slots.release()
+                slots.release(held)
 
         generated = 0
         writer: ChunkWriter | None = None

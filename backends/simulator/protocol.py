@@ -100,7 +100,7 @@ class GenerationRequest:
     stream: bool
     include_usage: bool
     seed: int
-    #: how many choices to generate, side by side in one slot (OpenAI's `n`)
+    #: how many choices to generate, one sequence (and slot) each (OpenAI's `n`)
     n: int = 1
     #: its place in the queue (vLLM's `priority`: lower first, ties in arrival order)
     priority: int = 0

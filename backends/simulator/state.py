@@ -28,42 +28,52 @@ class Slots:
     Waiting requests are admitted lowest `priority` first, in arrival order among
     equals, as vLLM's priority scheduling does (without its preemption of running
     requests); a request that gives none (0) waits in arrival order with the others.
-    The capacity can change at run time; when it shrinks below the running count,
-    nobody is admitted until enough requests finish.
+    A request takes one slot per sequence it computes (`count`, OpenAI's `n`), as vLLM
+    runs each choice as a sequence of its own within `max_num_seqs`, and both gauges
+    count sequences; a request for more than there are slots takes them all (vLLM
+    would run its sequences a few at a time). The head of the queue waits until its
+    sequences fit: a smaller request behind it does not overtake it. The capacity can
+    change at run time; when it shrinks below the running count, nobody is admitted
+    until enough requests finish.
     """
 
-    __slots__ = ("_arrivals", "_waiters", "capacity", "running")
+    __slots__ = ("_arrivals", "_waiters", "capacity", "running", "waiting")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
+        #: sequences computing, and sequences waiting for a slot
         self.running = 0
-        #: a heap of (priority, arrival, future)
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self.waiting = 0
+        #: a heap of (priority, arrival, sequences, future)
+        self._waiters: list[tuple[int, int, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
-    async def acquire(self, priority: int = 0) -> None:
-        if self.running < self.capacity and not self._waiters:
-            self.running += 1
-            return
+    async def acquire(self, priority: int = 0, count: int = 1) -> int:
+        """Wait for `count` slots (at most all of them); return how many were taken,
+        which the caller gives back to `release`."""
+        count = max(1, min(count, self.capacity))
+        if self.running + count <= self.capacity and not self._waiters:
+            self.running += count
+            return count
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (priority, next(self._arrivals), fut)
+        entry = (priority, next(self._arrivals), count, fut)
         heapq.heappush(self._waiters, entry)
+        self.waiting += count
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self.release()  # admitted and cancelled in the same tick: give it back
+                self.release(count)  # admitted and cancelled in the same tick: give it back
             elif entry in self._waiters:
                 self._waiters.remove(entry)
                 heapq.heapify(self._waiters)
+                self.waiting -= count
+                self._wake()  # it may have held back smaller requests behind it
             raise
+        return count
 
-    def release(self) -> None:
-        self.running -= 1
+    def release(self, count: int = 1) -> None:
+        self.running -= count
         self._wake()
 
     def resize(self, capacity: int) -> None:
@@ -71,11 +81,21 @@ class Slots:
         self._wake()
 
     def _wake(self) -> None:
-        while self._waiters and self.running < self.capacity:
-            _, _, fut = heapq.heappop(self._waiters)
-            if not fut.done():
-                self.running += 1
-                fut.set_result(None)
+        while self._waiters:
+            _, _, count, fut = self._waiters[0]
+            if fut.done():  # its waiter is gone (the cancel above removes it, too)
+                heapq.heappop(self._waiters)
+                self.waiting -= count
+                continue
+            # A request queued for more slots than the capacity has shrunk to goes in
+            # once nothing runs, as one that asks for more than there are does.
+            fits = self.running + count <= self.capacity
+            if not (fits or (self.running == 0 and self.capacity > 0)):
+                return
+            heapq.heappop(self._waiters)
+            self.waiting -= count
+            self.running += count
+            fut.set_result(None)
 
 
 @dataclass(slots=True)

@@ -174,3 +174,54 @@ def test_a_client_that_disconnects_frees_its_slot(world):
     assert dep.slots.waiting == 0
     assert dep.metrics.requests["abort"] == 2
     assert dep.metrics.generation_tokens >= 3  # what the stream had sent, then the 2 tokens
+
+
+def test_a_request_for_n_choices_holds_n_slots_as_vllm_schedules_n_sequences(world):
+    """vLLM runs each of a request's `n` choices as its own sequence in the batch, so
+    they count against `max_num_seqs` and in its running and waiting gauges."""
+    app = Simulator(world, time_scale=1.0)
+    dep = app.deployments[WESTEUROPE_8B]
+
+    async def go():
+        async with asgi_client(app) as client:
+            dep.slots.resize(4)
+            three = asyncio.create_task(
+                client.post(CHAT, json=chat(MODEL_8B, max_tokens=2000, n=3))
+            )
+            deadline = time.monotonic() + 30
+            while dep.slots.running < 3:
+                assert time.monotonic() < deadline, "the first request was not admitted"
+                await asyncio.sleep(0.001)
+            two = asyncio.create_task(client.post(CHAT, json=chat(MODEL_8B, max_tokens=2, n=2)))
+            while dep.slots.waiting < 2:
+                assert time.monotonic() < deadline, "the second request did not wait"
+                await asyncio.sleep(0.001)
+            metrics = (await client.get(f"{BASE}/metrics")).text
+            assert not two.done()  # one slot is free, but it asked for two
+            dep.slots.resize(5)
+            second = await two
+            three.cancel()
+            return second, metrics
+
+    second, metrics = run(go())
+    assert second.status_code == 200
+    assert len(second.json()["choices"]) == 2
+    assert gauge(metrics, "vllm:num_requests_running") == 3
+    assert gauge(metrics, "vllm:num_requests_waiting") == 2
+    assert dep.slots.waiting == 0
+
+
+def test_a_request_for_more_choices_than_there_are_slots_takes_them_all_and_is_served(world):
+    app = Simulator(world, time_scale=1.0)
+    dep = app.deployments[WESTEUROPE_8B]
+
+    async def go():
+        async with asgi_client(app) as client:
+            await client.post(f"{BASE}/control", json={"concurrency_slots": 2})
+            r = await client.post(CHAT, json=chat(MODEL_8B, max_tokens=2, n=5))
+            return r
+
+    r = run(go())
+    assert r.status_code == 200
+    assert len(r.json()["choices"]) == 5
+    assert dep.slots.running == 0
