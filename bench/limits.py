@@ -437,7 +437,9 @@ async def python_path(redis_url: str, n: int, rounds: int = 5) -> float:
 
     from backends.snapshot import Endpoint
     from billing import limits
+    from routing.engine import Request as RouteRequest
     from routing.gateway.admission import Admission
+    from routing.gateway.parse import Parsed
 
     endpoints = {
         f"b{i}": Endpoint(
@@ -458,7 +460,16 @@ async def python_path(redis_url: str, n: int, rounds: int = 5) -> float:
     lim = limits.Limits("pro", 600, 10**6, None, None, Decimal(500), None, Decimal(20))
     call = SimpleNamespace(
         key=SimpleNamespace(id=4, org_id=3, limits=lim),
-        parsed=SimpleNamespace(route=SimpleNamespace(input_tokens=120, max_output_tokens=256)),
+        # the gateway's own parsed request: a stand-in would drift from what it reads
+        parsed=Parsed(
+            endpoint="chat/completions",
+            body={},
+            model="m",
+            stream=False,
+            include_usage=False,
+            route=RouteRequest(model="m", input_tokens=120, max_output_tokens=256),
+            strategy=None,
+        ),
     )
     world: Any = SimpleNamespace(endpoints=endpoints)
     plan: Any = SimpleNamespace(choices=[SimpleNamespace(backend_id=b) for b in endpoints])

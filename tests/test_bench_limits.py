@@ -36,3 +36,14 @@ def test_a_wider_level_gives_a_wider_interval():
 
 def test_the_same_rounds_always_give_the_same_interval():
     assert median_interval(ROUNDS) == median_interval(list(ROUNDS))
+
+
+def test_the_in_process_admission_path_runs_against_the_gateway_as_it_is():
+    """The micro-benchmark hands `Admission` a stand-in for a parsed request: it must
+    keep up with what `Admission.prepare` reads (it once lacked `completions`)."""
+    import asyncio
+
+    from bench.limits import python_path
+
+    # Redis's answers are given at once (`_Answered`); the URL is never dialled.
+    assert asyncio.run(python_path("redis://127.0.0.1:1/0", n=3, rounds=1)) > 0
