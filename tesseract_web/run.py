@@ -11,7 +11,8 @@ of sign-ins (password hashing) cannot slow inference.
 A child that dies is restarted after a back-off that doubles (1 s, 2 s, … 30 s) and
 resets once the child has stayed up for a while; each restart is logged, and a child
 that crashes again and again in a short window is reported loudly. Ctrl-C or SIGTERM
-stops the children, then the embedded Redis.
+stops the children, stores the usage they metered after the last drain, then stops
+the embedded Redis.
 """
 
 from __future__ import annotations
@@ -289,8 +290,31 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     supervisor.run()
     supervisor.stop()
+    usage_left_over_store()
     print("Tesseract stopped.")
     return 0
+
+
+def usage_left_over_store() -> None:
+    """Store what the gateway metered after the last scheduled drain: the embedded
+    Redis keeps nothing on disk and goes with this process. Every child has stopped,
+    so records a worker read and never acknowledged are claimed at once. A Redis of
+    its own (`REDIS_URL`) keeps them for the next drain if this one cannot reach it."""
+    from django.conf import settings
+
+    from accounts import redis_client
+    from billing.services import usage_events_drain
+
+    try:
+        client = redis_client.connect(settings.REDIS_URL)
+        stored = 0
+        while moved := usage_events_drain(client=client, claim_idle_ms=0):
+            stored += moved
+    except Exception as exc:
+        print(f"Usage left in Redis was not stored: {exc!r}", file=sys.stderr, flush=True)
+        return
+    if stored:
+        print(f"Stored the last {stored} usage records.", flush=True)
 
 
 if __name__ == "__main__":

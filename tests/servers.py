@@ -8,6 +8,7 @@ The servers Tesseract deploys run uvloop in each process's main thread.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
+
+
+def free_port() -> int:
+    """A loopback port free right now (for a server started in another process)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @contextmanager

@@ -25,6 +25,7 @@ import yaml
 from django.conf import settings
 
 from tesseract_web.run import stop_processes
+from tests.servers import free_port
 from tests.workers import database_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,12 +34,6 @@ STARTED = ("gateway", "web", "worker-health", "worker-placement", "worker-billin
 #: Generous: on a loaded 2-core machine a worker takes a while to start, and each
 #: `celery inspect ping` is a Python start plus a broadcast round trip.
 HEALTHY_WITHIN_S = 300
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import stripe
 
+from tests.servers import free_port
+
 SECRET_KEY = "sk_test_tesseract"
 
 _RUN = """
@@ -34,12 +35,6 @@ resources.Store.dump_to_disk = lambda self: None  # no shared /tmp pickle
 from localstripe.server import app
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
