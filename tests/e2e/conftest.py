@@ -10,7 +10,9 @@ skipped, with the reason in the skip and a line at the end of the run.
 `Browser.look(name)` runs axe-core (vendored, `vendor/axe-core`) in the page, in
 light and in dark (`prefers-color-scheme`), and writes a screenshot of each to
 `screenshots/<name>-light.png` and `-dark.png`; `Browser.assert_accessible()` fails
-on any serious or critical violation seen.
+on any serious or critical violation seen, and `Browser.assert_fits()` on a table
+that has to be scrolled sideways to be read in the 1280-pixel window (a column,
+or a button, out of sight).
 
 Timeouts are generous and every wait is on a condition: the suite must pass beside a
 CPU hog (`make test-under-load`).
@@ -178,6 +180,8 @@ class Browser:
     site: Site
     violations: list[str] = field(default_factory=list)
     looked_at: list[str] = field(default_factory=list)
+    #: pages with a scrolling box wider than the window shows, and by how many pixels
+    sideways: list[str] = field(default_factory=list)
 
     def visit(self, path: str) -> Any:
         response = self.page.goto(self.site.web_url + path, wait_until="load")
@@ -194,6 +198,8 @@ class Browser:
             SCREENSHOTS.mkdir(exist_ok=True)
             self.page.screenshot(path=str(SCREENSHOTS / f"{name}-{scheme}.png"), full_page=True)
         self.page.emulate_media(color_scheme="light")
+        hidden = self.page.evaluate(_HIDDEN_SIDEWAYS)
+        self.sideways.extend(f"{name}: {box} hides {px} px" for box, px in hidden)
         self.looked_at.append(name)
 
     def assert_accessible(self) -> None:
@@ -202,6 +208,21 @@ class Browser:
             self.violations
         )
 
+    def assert_fits(self) -> None:
+        assert self.looked_at, "no page was checked"
+        assert not self.sideways, "tables scrolled sideways at 1280 px:\n" + "\n".join(
+            self.sideways
+        )
+
+
+#: Each `.scroll` box (a table's) whose content is wider than the box: (what it holds,
+#: the pixels out of sight).
+_HIDDEN_SIDEWAYS = """() => [...document.querySelectorAll('.scroll')]
+  .filter(box => box.scrollWidth > box.clientWidth + 1)
+  .map(box => [
+    (box.querySelector('caption, th') || box).textContent.trim().slice(0, 40),
+    box.scrollWidth - box.clientWidth,
+  ])"""
 
 _AXE_RUN = """async () => {
   const result = await axe.run(document, {resultTypes: ["violations"]});

@@ -245,6 +245,7 @@ def first_hour(browser: Browser) -> None:
     browser.visit(f"/orgs/{org_slug}/invoices/")
     browser.look("invoices")
     browser.assert_accessible()
+    browser.assert_fits()
 
 
 def test_a_lost_phone_is_answered_with_a_backup_code_and_a_forgotten_password_by_mail(browser):
@@ -282,3 +283,4 @@ def lost_phone_and_password(browser: Browser) -> None:
     page.get_by_role("button", name="Verify").click()
     expect_overview(page)
     browser.assert_accessible()
+    browser.assert_fits()

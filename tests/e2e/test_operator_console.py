@@ -36,6 +36,7 @@ def test_an_operator_signs_in_with_a_code_and_sees_the_live_console(browser):
         browser.visit("/admin/")  # Django's own pages: opened, not judged
         expect(page.get_by_role("heading", name="Site administration")).to_be_visible()
         browser.assert_accessible()
+        browser.assert_fits()
 
     browser(console)
 
@@ -112,6 +113,7 @@ def test_a_deployment_drained_from_the_console_shows_live_and_the_next_requests_
             browser.visit(f"/console/{name}/")
             browser.look(f"console-{name}")
         browser.assert_accessible()
+        browser.assert_fits()
 
     def in_region(slug: str) -> str:
         return in_thread(
