@@ -17,6 +17,7 @@ from backends.models import (
 )
 from billing.models import SlaTier, UsageEvent
 from dashboards.usage import LogFilters
+from routing.gateway.parse import MAX_INPUT_TOKENS, MAX_MS, MAX_TOKENS, MODEL_MAX_LENGTH
 
 
 class ApiKeyLimitsForm(forms.Form):
@@ -170,14 +171,20 @@ def _csv(value: str) -> list[str]:
 class ExplainForm(forms.Form):
     """A `/v1/route` body, as a form."""
 
-    model = forms.CharField(max_length=80, initial="llama-3.3-70b-instruct")
-    max_ttft_ms = forms.IntegerField(required=False, min_value=1, label="Deadline (TTFT, ms)")
-    max_latency_ms = forms.IntegerField(required=False, min_value=1, label="Total latency (ms)")
+    model = forms.CharField(max_length=MODEL_MAX_LENGTH, initial="llama-3.3-70b-instruct")
+    max_ttft_ms = forms.IntegerField(
+        required=False, min_value=1, max_value=MAX_MS, label="Deadline (TTFT, ms)"
+    )
+    max_latency_ms = forms.IntegerField(
+        required=False, min_value=1, max_value=MAX_MS, label="Total latency (ms)"
+    )
     compliance = forms.CharField(required=False, help_text="Comma-separated, e.g. hipaa, gdpr.")
     jurisdictions = forms.CharField(required=False, help_text="Comma-separated, e.g. EU, US.")
     client_region = forms.CharField(required=False, max_length=40, help_text="e.g. francecentral")
-    input_tokens = forms.IntegerField(required=False, min_value=1, initial=500)
-    max_tokens = forms.IntegerField(required=False, min_value=1, initial=200)
+    input_tokens = forms.IntegerField(
+        required=False, min_value=1, max_value=MAX_INPUT_TOKENS, initial=500
+    )
+    max_tokens = forms.IntegerField(required=False, min_value=1, max_value=MAX_TOKENS, initial=200)
 
     def route_body(self) -> dict[str, Any]:
         d = self.cleaned_data

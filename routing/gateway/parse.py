@@ -41,6 +41,10 @@ MODEL_MAX_LENGTH = UsageEvent._meta.get_field("model").max_length or 80
 SESSION_ID_MAX_LENGTH = 200  # backends.SessionMove.session_id
 #: The longest deadline a request may ask for (a day): finite, so it can be stored.
 MAX_MS = 86_400_000
+#: The most output tokens a request may ask for, and the most prompt tokens a dry run
+#: may name without a prompt (`RouteBody.input_tokens`).
+MAX_TOKENS = 1_000_000
+MAX_INPUT_TOKENS = 100_000_000
 DEFAULT_MAX_TOKENS = 256
 #: Prompt tokens are estimated at ~4 characters a token (the usual rule of thumb for
 #: English with BPE tokenizers), for routing and for what limits and budgets reserve;
@@ -53,7 +57,7 @@ PER_MESSAGE_TOKENS = 4
 
 Millis = Annotated[float, msgspec.Meta(gt=0, le=MAX_MS)]
 Price = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
-Tokens = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+Tokens = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS)]
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Model = Annotated[str, msgspec.Meta(min_length=1, max_length=MODEL_MAX_LENGTH)]
 SessionId = Annotated[str, msgspec.Meta(min_length=1, max_length=SESSION_ID_MAX_LENGTH)]
@@ -126,7 +130,7 @@ class RouteBody(_Common):
 
     messages: list[Message] | None = None
     prompt: Prompt | None = None
-    input_tokens: Annotated[int, msgspec.Meta(ge=0, le=100_000_000)] | None = None
+    input_tokens: Annotated[int, msgspec.Meta(ge=0, le=MAX_INPUT_TOKENS)] | None = None
 
 
 #: How JSON writes a NUL character (the only way: a raw control byte is invalid JSON).

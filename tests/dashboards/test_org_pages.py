@@ -415,6 +415,28 @@ def test_the_explainer_says_a_region_it_does_not_know_by_name_as_the_gateway_doe
     assert "did you mean &#x27;westeurope&#x27;?" in response.content.decode()
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "bound"),
+    [
+        ("max_ttft_ms", 10**23, "86400000"),
+        ("max_latency_ms", 86_400_001, "86400000"),
+        ("input_tokens", 10**23, "100000000"),
+        ("max_tokens", 1_000_001, "1000000"),
+    ],
+)
+def test_an_explainer_number_past_what_the_gateway_takes_is_refused_beside_its_field(
+    alice, acme, field, value, bound
+):
+    """The form holds the dry run's own bounds: the error says the bound under the
+    field, in the form's words, not a JSON path from the gateway's parser."""
+    response = login(alice).get(f"/orgs/{acme.slug}/explain/?model=x&{field}={value}")
+    assert response.status_code == 400
+    form = response.context["form"]
+    assert list(form.errors) == [field]
+    assert bound in form.errors[field][0]
+    assert "$.tesseract" not in response.content.decode()
+
+
 QUERY_LIMITS = {
     "": 16,
     "usage/": 16,
