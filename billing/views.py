@@ -21,11 +21,18 @@ def _billing_member(request: HttpRequest, org_slug: str) -> Membership:
     )
 
 
+def _shell(membership: Membership) -> dict[str, object]:
+    """What the organization's page layout needs (`dashboards/org/_layout.html`): the
+    invoices are the Billing section of its navigation."""
+    return {"org": membership.org, "membership": membership, "active": "billing"}
+
+
 @login_required
 def invoice_list(request: HttpRequest, org_slug: str) -> HttpResponse:
-    org = _billing_member(request, org_slug).org
+    membership = _billing_member(request, org_slug)
+    org = membership.org
     context = {
-        "org": org,
+        **_shell(membership),
         "account": selectors.billing_account(org=org),
         "invoices": selectors.invoice_list(org=org),
         "stripe_enabled": bool(settings.STRIPE_SECRET_KEY),
@@ -35,9 +42,13 @@ def invoice_list(request: HttpRequest, org_slug: str) -> HttpResponse:
 
 @login_required
 def invoice_detail(request: HttpRequest, org_slug: str, number: str) -> HttpResponse:
-    org = _billing_member(request, org_slug).org
-    invoice = selectors.access_invoice(org=org, number=number)
-    context = {"org": org, "invoice": invoice, "lines": selectors.invoice_lines(invoice=invoice)}
+    membership = _billing_member(request, org_slug)
+    invoice = selectors.access_invoice(org=membership.org, number=number)
+    context = {
+        **_shell(membership),
+        "invoice": invoice,
+        "lines": selectors.invoice_lines(invoice=invoice),
+    }
     return render(request, "billing/invoice_detail.html", context)
 
 

@@ -28,6 +28,7 @@ from django.utils import timezone
 from accounts.models import Organization
 from accounts.params import whole_number
 from billing import rollup
+from billing.limits import NANO
 from billing.models import UsageDay, UsageEvent
 
 PAGE_SIZE = 50
@@ -374,16 +375,16 @@ def month_to_date(org: Organization, now: datetime | None = None) -> Totals:
 
 
 def projected_month(spend: Decimal, now: datetime | None = None) -> Decimal:
-    """Spend so far extrapolated linearly over the whole month."""
+    """Spend so far extrapolated linearly over the whole month, to the nano-dollar
+    (as charges are kept): a month of test traffic projects to a fraction of a cent,
+    which the pages show as such (`usd`), not as $0.00."""
     now = (now or timezone.now()).astimezone(UTC)
     start = month_start(now)
     nxt = (start + timedelta(days=32)).replace(day=1)
     elapsed = (now - start).total_seconds()
     if elapsed <= 0:
         return spend
-    return (spend * Decimal((nxt - start).total_seconds()) / Decimal(elapsed)).quantize(
-        Decimal("0.01")
-    )
+    return (spend * Decimal((nxt - start).total_seconds()) / Decimal(elapsed)).quantize(NANO)
 
 
 def series(days: Iterable[Day], attribute: str) -> list[float | None]:

@@ -354,6 +354,25 @@ def test_an_owner_sees_the_invoice_as_html_and_as_a_pdf(alice, acme, acme_invoic
     assert pdf.content.startswith(b"%PDF-")
 
 
+def test_the_invoice_pages_keep_the_organization_s_navigation_with_billing_current(
+    alice, acme, acme_invoice
+):
+    client = login(alice)
+    for path in ("invoices/", f"invoices/{acme_invoice.number}/"):
+        page = client.get(f"/orgs/{acme.slug}/{path}").content.decode()
+        assert f'<nav class="org-nav" aria-label="{acme.name}">' in page
+        billing = f'href="/orgs/{acme.slug}/billing/" aria-current="page"'
+        assert billing in page, path
+
+
+def test_token_counts_on_an_invoice_are_grouped_by_thousands(alice, acme, acme_invoice):
+    line = acme_invoice.lines.filter(kind="usage").first()
+    line.input_tokens = 123_456_789
+    line.save(update_fields=["input_tokens"])
+    page = login(alice).get(f"/orgs/{acme.slug}/invoices/{acme_invoice.number}/")
+    assert "123,456,789" in page.content.decode()
+
+
 def test_a_teammate_without_billing_rights_and_another_tenant_get_404(
     bob, charlie, acme, globex, acme_invoice
 ):
