@@ -431,9 +431,9 @@ def key_limits(request: HttpRequest, membership: Membership, key_id: int) -> Htt
                 "monthly_budget_usd": current.monthly_budget_usd,
             }
         form, status = ApiKeyLimitsForm(initial=initial), 200
-    return _page(
-        request, membership, "keys", "key_limits.html", {"key": key, "form": form}, status=status
-    )
+    account = billing_selectors.billing_account(org=membership.org)
+    context = {"key": key, "form": form, "account": account}
+    return _page(request, membership, "keys", "key_limits.html", context, status=status)
 
 
 # --------------------------------------------------------------------------- billing

@@ -330,6 +330,21 @@ def test_a_key_s_limits_can_be_changed_and_bad_input_changes_nothing(alice, acme
     assert limits.tokens_per_minute == 1000
 
 
+def test_a_key_s_limits_page_says_what_the_organization_s_are(alice, acme):
+    """A key's own limits only tighten the organization's: the page says what those
+    are, so an empty field's meaning is on the page."""
+    from billing.selectors import billing_account
+
+    account = billing_account(org=acme)
+    account.monthly_budget_usd = Decimal("2500")
+    account.save(update_fields=["monthly_budget_usd"])
+    key = services.api_key_create(org=acme, name="ci").api_key
+    page = login(alice).get(f"/orgs/{acme.slug}/keys/{key.pk}/limits/").content.decode()
+    rpm, tpm = account.tier.requests_per_minute, account.tier.tokens_per_minute
+    assert f"{rpm:,} requests and {tpm:,} tokens per minute" in page
+    assert "$2,500.00 a month" in page
+
+
 def test_charlie_cannot_set_limits_on_acme_s_key(charlie, globex, acme):
     key = services.api_key_create(org=acme, name="ci").api_key
     url = f"/orgs/{globex.slug}/keys/{key.pk}/limits/"
