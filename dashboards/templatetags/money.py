@@ -29,3 +29,14 @@ def usd(amount: Decimal | float | int | None) -> str:
     places = 2 - size.adjusted()
     text = f"{size:.{places}f}"
     return f"{sign}${text.rstrip('0')}"
+
+
+@register.filter
+def usd_exact(amount: Decimal | None) -> str:
+    """Every digit the amount has and no trailing zero: a request's charge to the
+    nano-dollar ($0.000001234), a unit price as stored ($3.9 per 1M tokens)."""
+    if amount is None:
+        return "—"
+    value = Decimal(amount)
+    sign = "-" if value < 0 else ""
+    return f"{sign}${abs(value).normalize():f}"

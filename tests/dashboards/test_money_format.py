@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from dashboards.templatetags.money import usd
+from dashboards.templatetags.money import usd, usd_exact
 
 
 @pytest.mark.parametrize(
@@ -26,3 +26,18 @@ from dashboards.templatetags.money import usd
 )
 def test_an_amount_shows_cents_or_its_first_three_digits_under_a_cent(amount, shown):
     assert usd(amount) == shown
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [
+        (Decimal("0.000001234"), "$0.000001234"),  # a charge, to the nano-dollar
+        (Decimal("9.10000E-7"), "$0.00000091"),
+        (Decimal("3.900000"), "$3.9"),  # a unit price as stored
+        (Decimal("12"), "$12"),
+        (Decimal("-0.5"), "-$0.5"),
+        (None, "—"),
+    ],
+)
+def test_an_exact_amount_shows_every_digit_it_has_and_no_more(amount, shown):
+    assert usd_exact(amount) == shown

@@ -602,3 +602,9 @@ def test_an_admin_cannot_touch_an_owner_and_a_developer_cannot_manage_members(
     url = f"/orgs/{globex.slug}/members/{alices.pk}/role/"
     assert login(charlie).post(url, {"role": "viewer"}).status_code == 404
     assert Membership.objects.filter(pk=alices.pk, role=Role.OWNER).exists()
+
+
+def test_a_request_s_page_shows_its_charge_to_the_nano_dollar(alice, acme):
+    e = event(acme, charge_usd=Decimal("0.000001234"))
+    page = login(alice).get(f"/orgs/{acme.slug}/requests/{e.request_id}/").content.decode()
+    assert "$0.000001234" in page
