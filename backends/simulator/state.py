@@ -37,16 +37,19 @@ class Slots:
     until enough requests finish.
     """
 
-    __slots__ = ("_arrivals", "_waiters", "capacity", "running", "waiting")
+    __slots__ = ("_arrivals", "_waiters", "capacity", "running")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        #: sequences computing, and sequences waiting for a slot
-        self.running = 0
-        self.waiting = 0
+        self.running = 0  # sequences computing
         #: a heap of (priority, arrival, sequences, future)
         self._waiters: list[tuple[int, int, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        """Sequences waiting for a slot."""
+        return sum(count for _, _, count, _ in self._waiters)
 
     async def acquire(self, priority: int = 0, count: int = 1) -> int:
         """Wait for `count` slots (at most all of them); return how many were taken,
@@ -58,7 +61,6 @@ class Slots:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (priority, next(self._arrivals), count, fut)
         heapq.heappush(self._waiters, entry)
-        self.waiting += count
         try:
             await fut
         except asyncio.CancelledError:
@@ -67,7 +69,6 @@ class Slots:
             elif entry in self._waiters:
                 self._waiters.remove(entry)
                 heapq.heapify(self._waiters)
-                self.waiting -= count
                 self._wake()  # it may have held back smaller requests behind it
             raise
         return count
@@ -85,7 +86,6 @@ class Slots:
             _, _, count, fut = self._waiters[0]
             if fut.done():  # its waiter is gone (the cancel above removes it, too)
                 heapq.heappop(self._waiters)
-                self.waiting -= count
                 continue
             # A request queued for more slots than the capacity has shrunk to goes in
             # once nothing runs, as one that asks for more than there are does.
@@ -93,7 +93,6 @@ class Slots:
             if not (fits or (self.running == 0 and self.capacity > 0)):
                 return
             heapq.heappop(self._waiters)
-            self.waiting -= count
             self.running += count
             fut.set_result(None)
 
