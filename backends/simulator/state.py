@@ -61,6 +61,7 @@ class Slots:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (priority, next(self._arrivals), count, fut)
         heapq.heappush(self._waiters, entry)
+        self._wake()  # it may sort ahead of a head that waits for more than is free
         try:
             await fut
         except asyncio.CancelledError:

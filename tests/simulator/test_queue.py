@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import httpx
@@ -225,3 +226,33 @@ def test_a_request_for_more_choices_than_there_are_slots_takes_them_all_and_is_s
     assert r.status_code == 200
     assert len(r.json()["choices"]) == 5
     assert dep.slots.running == 0
+
+
+def test_a_request_that_fits_goes_ahead_of_a_larger_one_it_outranks_at_once(world):
+    """Head-of-line blocking holds smaller requests *behind* a large head of the queue;
+    a newcomer that sorts ahead of it and fits takes a free slot when it arrives."""
+    app = Simulator(world, time_scale=1.0)
+    dep = app.deployments[WESTEUROPE_8B]
+    slots = dep.slots
+
+    async def go():
+        slots.resize(4)
+        running = [await slots.acquire(0, 1) for _ in range(3)]  # 1 slot free
+        big = asyncio.create_task(slots.acquire(5, 2))  # waits for 2
+        await asyncio.sleep(0)
+        urgent = asyncio.create_task(slots.acquire(1, 1))  # sorts ahead of it, fits
+        await asyncio.sleep(0)
+        admitted = urgent.done()
+        big.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await big
+        for n in running:
+            slots.release(n)
+        if admitted:
+            slots.release(await urgent)
+        else:
+            urgent.cancel()
+        return admitted
+
+    assert run(go())
+    assert (slots.running, slots.waiting) == (0, 0)
