@@ -289,6 +289,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     supervisor.run()
+    # A second Ctrl-C stops at once, whatever is left to do.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     supervisor.stop()
     usage_left_over_store()
     print("Tesseract stopped.")
@@ -299,14 +301,19 @@ def usage_left_over_store() -> None:
     """Store what the gateway metered after the last scheduled drain: the embedded
     Redis keeps nothing on disk and goes with this process. Every child has stopped,
     so records a worker read and never acknowledged are claimed at once. A Redis of
-    its own (`REDIS_URL`) keeps them for the next drain if this one cannot reach it."""
+    its own (`REDIS_URL`) keeps them for the next drain if this one cannot reach it.
+    A Redis that does not answer within seconds is given up on, never waited for."""
     from django.conf import settings
+    from django.db import close_old_connections
 
     from accounts import redis_client
     from billing.services import usage_events_drain
 
+    close_old_connections()  # the connection opened at start-up may be long stale
     try:
-        client = redis_client.connect(settings.REDIS_URL)
+        client = redis_client.connect(
+            settings.REDIS_URL, socket_connect_timeout=2.0, socket_timeout=10.0
+        )
         stored = 0
         while moved := usage_events_drain(client=client, claim_idle_ms=0):
             stored += moved

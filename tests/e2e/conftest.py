@@ -215,14 +215,24 @@ class Browser:
         )
 
 
-#: Each `.scroll` box (a table's) whose content is wider than the box: (what it holds,
-#: the pixels out of sight).
-_HIDDEN_SIDEWAYS = """() => [...document.querySelectorAll('.scroll')]
-  .filter(box => box.scrollWidth > box.clientWidth + 1)
-  .map(box => [
-    (box.querySelector('caption, th') || box).textContent.trim().slice(0, 40),
-    box.scrollWidth - box.clientWidth,
-  ])"""
+#: Each table's scrolling box (`.scroll`, the console's `.table-scroll`) whose content is
+#: wider than the box, and the page itself if it is wider than the window: (what it
+#: holds, the pixels out of sight). A box that declares itself a sideways-scrolling
+#: region (`role="region"`, focusable, labelled: the latency heat-map) is meant to.
+_HIDDEN_SIDEWAYS = """() => {
+  const boxes = [...document.querySelectorAll('.scroll, .table-scroll')]
+    .filter(box => box.getAttribute('role') !== 'region')
+    .filter(box => box.scrollWidth > box.clientWidth + 1)
+    .map(box => [
+      (box.querySelector('caption, th') || box).textContent.trim().slice(0, 40),
+      box.scrollWidth - box.clientWidth,
+    ]);
+  const page = document.documentElement;
+  if (page.scrollWidth > page.clientWidth + 1)
+    boxes.push(['the page', page.scrollWidth - page.clientWidth]);
+  return boxes;
+}"""
+
 
 _AXE_RUN = """async () => {
   const result = await axe.run(document, {resultTypes: ["violations"]});

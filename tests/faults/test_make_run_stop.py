@@ -5,6 +5,7 @@ defaults in a temporary folder, called with the official `openai` SDK."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ import openai
 from tests.servers import free_port
 
 REQUESTS = 16
+ROOT = Path(__file__).resolve().parents[2]
 #: Settings that would point `make run` away from its embedded defaults.
 NOT_INHERITED = ("DATABASE_URL", "REDIS_URL", "STRIPE_", "TESSERACT_", "DJANGO_SETTINGS_MODULE")
 
@@ -56,7 +58,8 @@ def test_usage_metered_in_the_last_moment_before_ctrl_c_is_stored_exactly_once(t
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
-        start_new_session=True,
+        cwd=ROOT,
+        start_new_session=True,  # its own process group, as a terminal gives it
     )
     try:
         key = wait_for(lambda: api_key(var), "make run printed no API key")
@@ -80,16 +83,19 @@ def test_usage_metered_in_the_last_moment_before_ctrl_c_is_stored_exactly_once(t
         wait_for(answers, "the gateway did not answer")
         with ThreadPoolExecutor(8) as pool:
             ids = list(pool.map(ask, range(REQUESTS)))
-        # Ctrl-C at once: the drain that Celery beat schedules every second has not
-        # come round for most of them.
-        run.send_signal(signal.SIGINT)
+        # Ctrl-C at once, to the whole group as a terminal sends it: the drain that
+        # Celery beat schedules every second has not come round for most of them.
+        os.killpg(run.pid, signal.SIGINT)
         assert run.wait(timeout=120) == 0
     finally:
         if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
+            run.kill()
             run.wait()
+        with contextlib.suppress(ProcessLookupError):  # nothing it started outlives it
+            os.killpg(run.pid, signal.SIGKILL)
         log.seek(0)
         output = log.read()
+        log.close()
 
     assert "Tesseract stopped." in output, output[-3000:]
     with sqlite3.connect(var / "tesseract.sqlite3") as db:
