@@ -215,12 +215,12 @@ class Browser:
         )
 
 
-#: Each table's scrolling box (`.scroll`, the console's `.table-scroll`) whose content is
-#: wider than the box, and the page itself if it is wider than the window: (what it
-#: holds, the pixels out of sight). A box that declares itself a sideways-scrolling
-#: region (`role="region"`, focusable, labelled: the latency heat-map) is meant to.
+#: Each table's scrolling box (`.scroll`) whose content is wider than the box, and the
+#: page itself if it is wider than the window: (what it holds, the pixels out of sight).
+#: A box that declares itself a sideways-scrolling region (`role="region"`, focusable,
+#: labelled: the latency heat-map) is meant to.
 _HIDDEN_SIDEWAYS = """() => {
-  const boxes = [...document.querySelectorAll('.scroll, .table-scroll')]
+  const boxes = [...document.querySelectorAll('.scroll')]
     .filter(box => box.getAttribute('role') !== 'region')
     .filter(box => box.scrollWidth > box.clientWidth + 1)
     .map(box => [

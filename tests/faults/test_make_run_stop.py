@@ -88,11 +88,9 @@ def test_usage_metered_in_the_last_moment_before_ctrl_c_is_stored_exactly_once(t
         os.killpg(run.pid, signal.SIGINT)
         assert run.wait(timeout=120) == 0
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
         with contextlib.suppress(ProcessLookupError):  # nothing it started outlives it
             os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
         log.seek(0)
         output = log.read()
         log.close()
