@@ -21,7 +21,7 @@ CENT = Decimal("0.01")
 def usd(amount: Decimal | float | int | None) -> str:
     if amount is None:
         return "—"
-    value = Decimal(str(amount)) if isinstance(amount, float) else Decimal(amount)
+    value = _decimal(amount)
     sign, size = ("-" if value < 0 else ""), abs(value)
     if not size or size >= CENT:
         return f"{sign}${size:,.2f}"
@@ -32,11 +32,17 @@ def usd(amount: Decimal | float | int | None) -> str:
 
 
 @register.filter
-def usd_exact(amount: Decimal | None) -> str:
+def usd_exact(amount: Decimal | float | int | None) -> str:
     """Every digit the amount has and no trailing zero: a request's charge to the
-    nano-dollar ($0.000001234), a unit price as stored ($3.9 per 1M tokens)."""
+    nano-dollar ($0.000001234), a unit price as stored ($3.9 per 1M tokens); thousands
+    separated as `usd` does."""
     if amount is None:
         return "—"
-    value = Decimal(amount)
+    value = _decimal(amount)
     sign = "-" if value < 0 else ""
-    return f"{sign}${abs(value).normalize():f}"
+    return f"{sign}${abs(value).normalize():,f}"
+
+
+def _decimal(amount: Decimal | float | int) -> Decimal:
+    """A float as it reads (0.1), not as its binary expansion."""
+    return Decimal(str(amount)) if isinstance(amount, float) else Decimal(amount)

@@ -35,7 +35,11 @@ def test_an_amount_shows_cents_or_its_first_three_digits_under_a_cent(amount, sh
         (Decimal("9.10000E-7"), "$0.00000091"),
         (Decimal("3.900000"), "$3.9"),  # a unit price as stored
         (Decimal("12"), "$12"),
+        (Decimal("1200"), "$1,200"),  # normalize() gives 1.2E+3; shown in full
+        (Decimal("1234.5670"), "$1,234.567"),  # thousands separated, as `usd` does
         (Decimal("-0.5"), "-$0.5"),
+        (Decimal("-0"), "$0"),
+        (0.1, "$0.1"),  # a float as it reads, not its binary expansion
         (None, "—"),
     ],
 )
