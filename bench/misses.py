@@ -8,8 +8,9 @@ Takes `bench.routing`'s options (the same world, trace, mix and truth; `--strate
 `deadline` by default) and, for each load, sorts every measured request the honest
 oracle can serve in time but the strategy did not into one cause:
 
-* **queue**: it waited for a slot at its backend and would have been in time without
-  the wait. Who waits is the backends' queue order; where, the router's choice.
+* **queue**: it waited for a slot at its backend (or held at the gateway, which waits
+  for one there) and would have been in time without the wait. Who waits is the
+  backends' queue order; where, the router's choice.
 * **queue and compute**: it waited, and its backend was too slow for it even without
   the wait.
 * **compute**: it did not wait, and its backend is late for it even at the pair's
@@ -47,15 +48,16 @@ CAUSES = ("queue", "queue and compute", "compute", "network")
 
 
 def in_time_without_wait(outcome: Outcome) -> bool:
-    """Whether the request would have met its SLA had it not waited for a slot."""
-    wait = outcome.wait_ms
+    """Whether the request would have met its SLA had it not waited (held at the
+    gateway, or for a slot at its backend)."""
+    wait = outcome.waited_ms
     return outcome.job.request.met_by(outcome.ttft_ms - wait, outcome.e2e_ms - wait)
 
 
 def cause(outcome: Outcome, backend_in_time: bool) -> str:
     """A missed request's cause (`CAUSES`); `backend_in_time`: whether its backend
     meets its SLA at the pair's median round trip with no queue (`in_time_at`)."""
-    if outcome.wait_ms > 0:
+    if outcome.waited_ms > 0:
         return "queue" if in_time_without_wait(outcome) else "queue and compute"
     return "network" if backend_in_time else "compute"
 
@@ -65,9 +67,9 @@ def slack_ms(outcome: Outcome) -> float:
     (its first deadline less its first token or whole answer, the wait taken off)."""
     r = outcome.job.request
     if r.max_ttft_ms is not None:
-        return r.max_ttft_ms - (outcome.ttft_ms - outcome.wait_ms)
+        return r.max_ttft_ms - (outcome.ttft_ms - outcome.waited_ms)
     assert r.max_latency_ms is not None
-    return r.max_latency_ms - (outcome.e2e_ms - outcome.wait_ms)
+    return r.max_latency_ms - (outcome.e2e_ms - outcome.waited_ms)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             why = cause(o, here)
             missed[group][why] += 1
             if why == "queue":
-                waits[group].append((o.wait_ms, slack_ms(o)))
+                waits[group].append((o.waited_ms, slack_ms(o)))
         for group in sorted(feasible, key=lambda g: (g[0], g[1] or float("inf"))):
             counts = missed[group]
             pairs = waits[group]

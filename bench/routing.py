@@ -406,6 +406,11 @@ def summarize(world, outcomes, backends, mask, rho, strategy, arrivals_s) -> dic
             if oracle
             else math.nan
         ),
+        "held_share": (
+            sum(o.held_ms > 0.0 for o in oracle if o.backend is not None) / len(oracle)
+            if oracle
+            else math.nan
+        ),
         "hard_share": len(hard) / n,
         "hard_met": sum(o.met for o in hard) / len(hard) if hard else math.nan,
         "hard_ttft_p90_ms": pct([o.ttft_ms for o in hard], 0.9),
@@ -452,6 +457,7 @@ HONEST_COLUMNS = [
     ("lateness_p99_ms", "late p99 ms", "{:.0f}"),
     ("missed_ttft_p90_ms", "missed TTFT p90 ms", "{:.0f}"),
     ("queued_share", "queued", "{:.1%}"),
+    ("held_share", "held", "{:.1%}"),
     ("hard_share", "hard share", "{:.1%}"),
     ("hard_met", "hard met", "{:.1%}"),
     ("hard_ttft_p90_ms", "hard TTFT p90 ms", "{:.0f}"),
@@ -794,7 +800,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f" {WARMUP:.0%} of each model's arrival span. `hard`: served requests the oracle"
             " cannot serve in time (left out of `met / oracle-feasible`). `late`: how far"
             " past its deadline a request answered (0 in time). `queued`: oracle-feasible"
-            " requests that waited for a slot at their backend. `window / service`: the"
+            " requests that waited for a slot at their backend, `held`: that the gateway"
+            " held before sending them (`Plan.hold_ms`). `window / service`: the"
             " measured window over the mean service time, `window / read`: over the live"
             " maps' refresh period, the smallest over models. Each gateway projects"
             " everyone's in-flight counts from its own sends since the last read"

@@ -2,7 +2,9 @@
 
 Model of one request (times in ms, from its arrival at the gateway):
 
-    decide (engine, on a snapshot with the live counters of that instant)
+    decide (engine, on a snapshot with the live counters of that instant); a plan
+       that holds the request (`Plan.hold_ms`) decides again that much later, its
+       deadlines shorter by the time held, as the gateway does
     -> travel half the round trip to the backend
     -> wait for a free slot (`concurrency_slots` run at once; in arrival order, or
        with `truth.deadline_queues` the earliest deadline first)
@@ -54,7 +56,7 @@ from .truth import Truth
 from .workload import Job, gateway_sites, nearest_gateway
 from .worlds import engine_backends, latency_map
 
-ARRIVE, FINISH = 0, 1
+ARRIVE, FINISH, RETRY = 0, 1, 2  # RETRY: a request the gateway held is routed again
 EWMA_ALPHA = 0.1
 BLOCK_TOKENS = 512  # Mooncake's hash_ids: one hash per 512-token block
 CACHE_BLOCKS = 8192  # KV-cache blocks a backend keeps (LRU): ~4M tokens
@@ -105,6 +107,12 @@ class Outcome:
     cached_tokens: int = 0
     service_ms: float = 0.0  # time holding a slot
     wait_ms: float = 0.0  # time waiting for a slot at the backend
+    held_ms: float = 0.0  # time held at the gateway before it was sent (`Plan.hold_ms`)
+
+    @property
+    def waited_ms(self) -> float:
+        """All the time it waited: held at the gateway, then queued at its backend."""
+        return self.held_ms + self.wait_ms
 
 
 def backends_of(world: WorldSpec) -> dict[str, _Backend]:
@@ -302,7 +310,9 @@ def simulate(
 
     def handle(ev) -> None:
         now, ev_seq, kind, data = ev
-        if kind == ARRIVE:
+        if kind == RETRY:
+            decide(now=now, k=data[0], t0=data[1], fallback=data[2])
+        elif kind == ARRIVE:
             b, k, rtt, t0 = data
             b.transit -= 1
             if b.busy < b.slots:
@@ -335,12 +345,13 @@ def simulate(
             else:
                 publish(b)
 
-    for k in order:
-        now = arrivals_s[k] * 1000.0
-        while events and events[0][0] <= now:
-            handle(heapq.heappop(events))
+    def decide(k: int, now: float, t0: float, fallback=None) -> None:
+        """Route job `k` at `now` (it arrived at `t0`): send it, or hold it and decide
+        again when the plan says (`Plan.hold_ms`), as the gateway does. `fallback`: the
+        plan that held it, taken if routing again finds nothing."""
+        nonlocal seq
         job = jobs[k]
-        req = job.request
+        req = job.request if now == t0 else job.request.held_for(now - t0)
         models = (req.model, *req.fallback_models)
         if affinity and job.trace.blocks:
             req = _with_affinity(req, job, backends, owner)
@@ -375,17 +386,25 @@ def simulate(
         if job.gateway is not None:
             snap = snap.at_gateway(job.gateway)  # no location: routed from its gateway
         plan = route(snap, req, strat, max_fallbacks=0)
-        o = outcomes[k]
         if plan.primary is None:
-            continue
+            plan = fallback
+            if plan is None:
+                return
+        elif plan.hold_ms > 0:
+            seq += 1
+            heapq.heappush(events, (now + plan.hold_ms, seq, RETRY, (k, t0, plan)))
+            return
+        o = outcomes[k]
         b = backends[plan.primary.backend_id]
         o.backend = b.id
         o.degraded = plan.status == "degraded"
+        o.held_ms = now - t0
         if truth is not None:
             pred = plan.primary.prediction
-            predicted[k] = (pred.rtt_ms, pred.queue_ms)
+            # The gateway times the backend from when it sent the request.
+            predicted[k] = (pred.rtt_ms, pred.queue_ms + o.held_ms)
             if by_deadline:
-                first_token[k] = pred.ttft_ms
+                first_token[k] = o.held_ms + pred.ttft_ms
             gateway_of[k] = gw
             mine[b.id] = mine.get(b.id, 0) + 1
         tr = job.trace
@@ -394,7 +413,13 @@ def simulate(
         b.transit += 1
         publish(b)
         seq += 1
-        heapq.heappush(events, (now + rtt / 2, seq, ARRIVE, (b, k, rtt, now)))
+        heapq.heappush(events, (now + rtt / 2, seq, ARRIVE, (b, k, rtt, t0)))
+
+    for k in order:
+        now = arrivals_s[k] * 1000.0
+        while events and events[0][0] <= now:
+            handle(heapq.heappop(events))
+        decide(k, now, now)
     makespan = 0.0
     while events:
         ev = heapq.heappop(events)

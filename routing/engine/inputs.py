@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, SupportsFloat, SupportsInt
 
 #: Light in optical fibre covers about 200,000 km/s, i.e. 200 km per millisecond.
@@ -259,6 +259,8 @@ class Request:
       tried in order; then `allow_relaxed_deadline` (serve a policy-allowed backend
       late rather than refuse; which one is the strategy's late rule, `deadline`'s the
       nearest). Compliance and residency are never relaxed.
+    * `held_ms`: how long the gateway has already held the request before this
+      decision (`held_for`); its deadlines are what is left of them.
     """
 
     model: str
@@ -282,6 +284,7 @@ class Request:
     fallback_models: tuple[str, ...] = ()
     allow_relaxed_deadline: bool = False
     org_id: int | None = None
+    held_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.priority <= 5:
@@ -293,6 +296,20 @@ class Request:
     def first_deadline_ms(self) -> float | None:
         """The deadline that comes first: the first token's, else the whole answer's."""
         return self.max_ttft_ms if self.max_ttft_ms is not None else self.max_latency_ms
+
+    def held_for(self, ms: float) -> Request:
+        """The same request after the gateway held it `ms` longer: every deadline it
+        sets is `ms` shorter (they count from its arrival), `held_ms` `ms` longer."""
+
+        def less(deadline: float | None) -> float | None:
+            return None if deadline is None else deadline - ms
+
+        return replace(
+            self,
+            max_ttft_ms=less(self.max_ttft_ms),
+            max_latency_ms=less(self.max_latency_ms),
+            held_ms=self.held_ms + ms,
+        )
 
     def met_by(self, ttft_ms: float, total_ms: float) -> bool:
         """Whether a first token at `ttft_ms` and a whole answer at `total_ms` meet
@@ -310,16 +327,17 @@ class Request:
         """Where this request belongs in a backend's queue that serves the earliest
         deadline first: its first deadline (TTFT, else end-to-end, else
         `default_deadline_ms`), never earlier than `earliest_ms` (its backend's
-        predicted TTFT), as an absolute time in ms on the clock of `arrived_ms`.
+        predicted TTFT) after it left the gateway, as an absolute time in ms on the
+        clock of `arrived_ms` (its arrival at the gateway).
 
         Lower is sooner, as vLLM's priority scheduling (`--scheduling-policy priority`)
         orders its waiting requests (ties: arrival). With the gateway's wall clock in
         ms, requests from every gateway compare on one scale. The floor: a request
         cannot claim more urgency than its first token can have, so a deadline nothing
         meets (served late, as the client allowed) does not put it ahead of every
-        other tenant's requests; it keeps the place of its best first token.
+        other tenant's requests; it keeps the place of its best first token. A request
+        the gateway held keeps the deadline it arrived with (`held_ms` restores it).
         """
         deadline = self.first_deadline_ms
-        if deadline is None:
-            deadline = default_deadline_ms
-        return int(arrived_ms + max(deadline, earliest_ms))
+        deadline = default_deadline_ms if deadline is None else deadline + self.held_ms
+        return int(arrived_ms + max(deadline, self.held_ms + earliest_ms))

@@ -159,7 +159,9 @@ class Plan:
     """Primary, ordered fallbacks, and the reason each other candidate lost.
 
     `status` is "ok", "degraded" or "infeasible". `exclusions` are computed on first
-    access (a decision must not pay for 500 sentences nobody reads).
+    access (a decision must not pay for 500 sentences nobody reads). `hold_ms` > 0:
+    the strategy would rather the gateway held the request that long and routed it
+    again than send it now (`Strategy.hold_ms`); the primary is where it goes if not.
     """
 
     __slots__ = (
@@ -168,6 +170,7 @@ class Plan:
         "considered",
         "degraded",
         "fallbacks",
+        "hold_ms",
         "infeasible",
         "model",
         "primary",
@@ -189,6 +192,7 @@ class Plan:
         degraded: Degradation | None = None,
         infeasible: Infeasibility | None = None,
         explain: Callable[[], tuple[Exclusion, ...]] | None = None,
+        hold_ms: float = 0.0,
     ) -> None:
         self.status = status
         self.strategy = strategy
@@ -199,6 +203,7 @@ class Plan:
         self.considered = considered
         self.degraded = degraded
         self.infeasible = infeasible
+        self.hold_ms = hold_ms
         self._explain = explain
         self._exclusions: tuple[Exclusion, ...] | None = None
 
@@ -229,6 +234,7 @@ class Plan:
             "model": self.model,
             "snapshot_version": self.snapshot_version,
             "considered": self.considered,
+            "hold_ms": self.hold_ms,
             "primary": None if self.primary is None else self.primary.to_dict(),
             "fallbacks": [c.to_dict() for c in self.fallbacks],
             "degraded": None if self.degraded is None else self.degraded.to_dict(),

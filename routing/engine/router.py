@@ -143,6 +143,7 @@ def _plan_for(
         fallbacks=choices[1:],
         considered=idx.n,
         explain=explain,
+        hold_ms=strat.hold_ms(d, int(order[0])) if sla else 0.0,
     )
     return plan, None, None
 

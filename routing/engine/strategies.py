@@ -50,6 +50,17 @@ LATE_REACH = (2.0, 5.0)
 #: queues and peer speeds it measured +0.04-0.09 point at every load of both honest
 #: worlds (bench/README.md, "Peers").
 SAFETY_SHARE = 0.4
+#: `deadline` holds a request at the gateway, rather than send it to a nearly full
+#: backend (SPREAD_WHEN_FREE, after spreading), in steps of HOLD_STEP_MS, routing it
+#: again after each, while its deadline less the step is still at least HOLD_LOOSE
+#: times the first token (else the whole answer) predicted there; a request with no
+#: deadline for at most HOLD_CAP_MS in all. A loose request sent into a full mesh
+#: takes a slot a tight one, arriving in the next few ms, would have needed; held a
+#: little, it goes when a slot frees and still has time to spare (bench/README.md,
+#: "Holding loose requests at the gateway").
+HOLD_STEP_MS = 25.0
+HOLD_LOOSE = 4.0
+HOLD_CAP_MS = 500.0
 
 
 class Strategy:
@@ -59,6 +70,11 @@ class Strategy:
 
     def rank(self, d: Decision, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
+
+    def hold_ms(self, d: Decision, top: int) -> float:
+        """How long the gateway should hold the request and route it again rather
+        than send it now to `top` (the winner's position); 0: send it."""
+        return 0.0
 
     @staticmethod
     def _by_keys(
@@ -105,6 +121,10 @@ class Deadline(Strategy):
        the nearest that have more than SPREAD_WHEN_FREE of their slots free; a
        candidate out of reach or nearly full comes after them, one both after that;
        ties to the nearest, a session's affinity backend, the earlier finish.
+    6. When the winner is still nearly full and the request is loose (its deadline,
+       less HOLD_STEP_MS, at least HOLD_LOOSE times the first token predicted there;
+       with no deadline, held under HOLD_CAP_MS so far), the plan asks the gateway to
+       hold it HOLD_STEP_MS and route it again (`Plan.hold_ms`).
     With `prefer_cost_over_latency`, the cheapest candidate meeting the SLA with
     margin wins (with no deadline, the cheapest); at one price the nearest, then the
     earlier finish, the less loaded.
@@ -132,7 +152,10 @@ class Deadline(Strategy):
     margin: every candidate is then near its deadline, and the least loaded one is
     often the one it barely reaches (a neighbouring region's, predicted a few ms inside
     the deadline), where the scatter misses about half the time, while the nearly
-    full one's queue, if it has one, is in its prediction already.
+    full one's queue, if it has one, is in its prediction already. Why hold a loose
+    request: the bursts of a full mesh are shorter than its slack; sent at once it
+    takes a slot the next tight request needed, held a few tens of ms it finds one
+    free (bench/README.md, "Holding loose requests at the gateway").
     """
 
     name = "deadline"
@@ -181,6 +204,20 @@ class Deadline(Strategy):
         # Spread: the same groups (margin, band), the least loaded first; a queue shows
         # in the predicted finish, the tie-break (`load` stops at a full backend).
         return self._by_keys(cand, total, first, load, total, need=d.need)
+
+    def hold_ms(self, d, top):
+        """HOLD_STEP_MS while the winner is nearly full and the request loose enough
+        (the constants' comment); never for a late request."""
+        if d.late or not _nearly_full(d.idx, top):
+            return 0.0
+        r = d.request
+        if r.max_ttft_ms is not None:
+            slack, predicted = r.max_ttft_ms, float(d.ttft[top])
+        elif r.max_latency_ms is not None:
+            slack, predicted = r.max_latency_ms, float(d.total[top])
+        else:
+            return HOLD_STEP_MS if r.held_ms + HOLD_STEP_MS <= HOLD_CAP_MS else 0.0
+        return HOLD_STEP_MS if slack - HOLD_STEP_MS >= HOLD_LOOSE * predicted else 0.0
 
 
 def _nearly_full(idx: ModelIndex, at: int | np.ndarray) -> Any:

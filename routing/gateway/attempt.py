@@ -114,6 +114,8 @@ class Attempt:
     endpoint: Endpoint | None = None
     attempts: int = 0
     routed_at: float = 0.0
+    #: how long the gateway held the request before its plan (`Plan.hold_ms`), ms
+    held_ms: float = 0.0
     sent_at: float = 0.0
     first_at: float | None = None
     #: when the backend's answer was complete (the last chunk of a stream)
@@ -150,10 +152,12 @@ class Attempt:
         upstream_ms = (end - self.sent_at) * 1000 if self.sent_at else 0.0
         net = p.rtt_ms if p else 0.0
         queue = p.queue_ms if p else 0.0
+        # Held at the gateway is waiting, as in a queue: the time to the first token
+        # less the network and this is the backend's (`backends.resources.observation`).
         return {
-            "route": (self.routed_at - self.call.started) * 1000,
+            "route": (self.routed_at - self.call.started) * 1000 - self.held_ms,
             "net": net,
-            "queue": queue,
+            "queue": self.held_ms + queue,
             "compute": max(upstream_ms - net - queue, 0.0),
             "upstream": upstream_ms,
             "total": (end - self.call.started) * 1000,

@@ -43,6 +43,7 @@ from routing.engine import (
     STRATEGIES,
     Choice,
     Plan,
+    Request,
     route,
 )
 from routing.errors import (
@@ -225,10 +226,15 @@ class Gateway:
         return world, plan
 
     async def _route(
-        self, parsed: Parsed, strategy: str | None, org_id: int | None
+        self,
+        parsed: Parsed,
+        strategy: str | None,
+        org_id: int | None,
+        request: Request | None = None,
     ) -> tuple[World, Plan, _Session | None]:
+        """Plan `request` (the parsed one by default) on the world of this instant."""
         world = await self.holder.get()
-        request, session = parsed.route, None
+        request, session = request or parsed.route, None
         snapshot = self.holder.snapshot(world)
         check_regions(parsed, snapshot)
         for model in (request.model, *request.fallback_models):  # what the plan may use
@@ -253,6 +259,27 @@ class Gateway:
 
             session.move_reason = affinity.stay_if_possible(plan, held, rank_holder)
         return world, plan, session
+
+    async def _route_in_time(self, call: Call) -> tuple[World, Plan, _Session | None, float]:
+        """Plan the call; while the plan asks to hold it (`Plan.hold_ms`: a loose
+        deadline, and the backend it would take nearly full), wait that long and plan
+        it again, its deadlines shorter by the time since it arrived. If a plan made
+        after a hold finds nothing, the one that held it is served. Also returns the
+        time held, ms."""
+        parsed, org_id = call.parsed, call.key.org_id
+        world, plan, session = await self._route(parsed, None, org_id)
+        if not plan.hold_ms:
+            return world, plan, session, 0.0
+        held_from = time.perf_counter()
+        with observability.holding(plan.model):
+            while plan.hold_ms:
+                await asyncio.sleep(plan.hold_ms / 1000.0)
+                since_ms = (time.perf_counter() - call.started) * 1000.0
+                again = await self._route(parsed, None, org_id, parsed.route.held_for(since_ms))
+                if not again[1].ok:
+                    break
+                world, plan, session = again
+        return world, plan, session, (time.perf_counter() - held_from) * 1000.0
 
     def _served(self, session: _Session | None, attempt: Attempt) -> None:
         """Remember where the session's context now lives; record a move."""
@@ -423,7 +450,7 @@ class Gateway:
         parsed = call.parsed
         self.running += 1  # until it ends, however it ends
         try:
-            world, plan, session = await self._route(parsed, None, call.key.org_id)
+            world, plan, session, held_ms = await self._route_in_time(call)
             observability.plan_made(plan)
             if not plan.ok:
                 raise infeasible_error(plan, world.live)
@@ -452,6 +479,7 @@ class Gateway:
             call=call,
             plan=plan,
             routed_at=time.perf_counter(),
+            held_ms=held_ms,
             ticket=ticket,
             pending=pending,
             deferred=deferred,
@@ -806,11 +834,14 @@ class Gateway:
 def queue_priority(call: Call, choice: Choice) -> int:
     """The priority a deadline-ordered backend queue gets for this request on the
     backend of `choice`: its first deadline on the wall clock, in ms, never before the
-    first token predicted there (`Request.queue_priority`); without a deadline, the
+    first token predicted there from now (`Request.queue_priority`: a request held
+    at the gateway keeps the deadline it arrived with); without a deadline, the
     tier's default TTFT (what its latency objective counts)."""
-    arrived_ms = (time.time() - (time.perf_counter() - call.started)) * 1000.0
+    since_ms = (time.perf_counter() - call.started) * 1000.0
+    arrived_ms = time.time() * 1000.0 - since_ms
     default = limits.of(call.key).default_ttft_ms or NO_DEADLINE_MS
-    return call.parsed.route.queue_priority(arrived_ms, default, choice.prediction.ttft_ms)
+    earliest_ms = since_ms + choice.prediction.ttft_ms
+    return call.parsed.route.queue_priority(arrived_ms, default, earliest_ms)
 
 
 def _deadline_s(parsed: Parsed, plan: Plan) -> float:

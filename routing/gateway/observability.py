@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import hmac
 import logging
 import os
@@ -59,6 +60,7 @@ from prometheus_client import (
     GC_COLLECTOR,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     ProcessCollector,
 )
@@ -160,6 +162,22 @@ DEFERRALS_REFUSED = Counter(
     registry=REGISTRY,
 )
 
+HELD = Gauge(
+    "tesseract_gateway_requests_held",
+    "Requests this process holds now before routing them again: a loose deadline, "
+    "and the backend it would take nearly full (the plan's hold_ms).",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+HOLD_DURATION = Histogram(
+    "tesseract_gateway_hold_seconds",
+    "How long held requests waited at the gateway before they were sent (or gave "
+    "up), by the model of their plan.",
+    ("model",),
+    buckets=(0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5),
+    registry=REGISTRY,
+)
+
 _FAILOVER_REASONS = {
     "UpstreamTimeout": "timeout",
     "UpstreamConnectError": "connect",
@@ -198,6 +216,18 @@ def plan_made(plan: Plan) -> None:
     if child is None:
         child = _decision_series[key] = ROUTING_DECISIONS.labels(*key)
     child.inc()
+
+
+@contextlib.contextmanager
+def holding(model: str) -> Iterator[None]:
+    """Count a request as held (`HELD`) while the block runs, then its time held."""
+    HELD.inc()
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        HELD.dec()
+        HOLD_DURATION.labels(model).observe(time.perf_counter() - start)
 
 
 def failed_over(endpoint: Any, exc: BaseException) -> None:

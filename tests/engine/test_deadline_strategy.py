@@ -7,6 +7,9 @@ import pytest
 
 from routing.engine import (
     FINISH_BAND_SHARE,
+    HOLD_CAP_MS,
+    HOLD_LOOSE,
+    HOLD_STEP_MS,
     LATE_REACH,
     SAFETY_SHARE,
     SPREAD_WHEN_FREE,
@@ -331,3 +334,70 @@ def test_a_late_request_that_prefers_cost_goes_to_the_nearest_not_the_cheapest()
     late = route(snap, req)
     assert late.status == "degraded"
     assert late.primary.backend_id == "near-pricey"
+
+
+# --------------------------------------------------------------------------- holding
+# paris alone, 95 of 100 slots busy (nearly full), predicted TTFT 106 ms from a Paris
+# client: a deadline of at least HOLD_LOOSE × 106 + HOLD_STEP_MS (449 ms) is loose.
+
+
+def _nearly_full_paris(*others):
+    return make_snapshot(make_backend("paris", slots=100, in_flight=95), *others)
+
+
+def test_a_loose_request_is_held_rather_than_sent_to_a_nearly_full_backend():
+    plan = route(_nearly_full_paris(), Request(**BASE, max_ttft_ms=1000))
+    assert plan.hold_ms == HOLD_STEP_MS
+    assert plan.primary.backend_id == "paris"  # where it goes if the gateway cannot hold
+    assert plan.to_dict()["hold_ms"] == HOLD_STEP_MS
+
+
+def test_a_tight_request_goes_at_once_to_the_nearly_full_backend():
+    plan = route(_nearly_full_paris(), Request(**BASE, max_ttft_ms=300))
+    assert plan.primary.prediction.ttft_ms * HOLD_LOOSE + HOLD_STEP_MS > 300
+    assert plan.hold_ms == 0.0
+
+
+def test_a_loose_request_that_can_spread_to_a_backend_with_room_is_not_held():
+    plan = route(_nearly_full_paris(make_backend("frankfurt", "frankfurt", slots=100)),
+                 Request(**BASE, max_ttft_ms=1000))  # fmt: skip
+    assert plan.primary.backend_id == "frankfurt"
+    assert plan.hold_ms == 0.0
+
+
+def test_a_loose_request_is_not_held_while_its_backend_has_room():
+    snap = make_snapshot(make_backend("paris", slots=100, in_flight=80))
+    assert route(snap, Request(**BASE, max_ttft_ms=1000)).hold_ms == 0.0
+
+
+def test_holding_spends_the_deadline_until_what_is_left_is_no_longer_loose():
+    loose = Request(**BASE, max_ttft_ms=1000)
+    assert route(_nearly_full_paris(), loose.held_for(500)).hold_ms == HOLD_STEP_MS  # 500 left
+    assert route(_nearly_full_paris(), loose.held_for(600)).hold_ms == 0.0  # 400 left
+
+
+def test_a_request_without_a_deadline_is_held_at_most_the_cap_in_all():
+    free = Request(**BASE)
+    assert route(_nearly_full_paris(), free).hold_ms == HOLD_STEP_MS
+    at_cap = HOLD_CAP_MS - HOLD_STEP_MS
+    assert route(_nearly_full_paris(), free.held_for(at_cap)).hold_ms == HOLD_STEP_MS
+    assert route(_nearly_full_paris(), free.held_for(at_cap + 1)).hold_ms == 0.0
+
+
+def test_a_late_request_is_never_held():
+    # Nothing meets 100 ms: the answer is late already, and waiting makes it later.
+    late = route(_nearly_full_paris(),
+                 Request(**BASE, max_ttft_ms=100, allow_relaxed_deadline=True))  # fmt: skip
+    assert late.status == "degraded"
+    assert late.hold_ms == 0.0
+
+
+def test_the_baselines_never_hold():
+    for name in ("fastest_feasible", "nearest_feasible", "nearest", "least_loaded"):
+        assert route(_nearly_full_paris(), Request(**BASE, max_ttft_ms=1000), name).hold_ms == 0
+
+
+def test_a_held_request_counts_its_deadlines_from_its_arrival():
+    r = Request(**BASE, max_ttft_ms=1000, max_latency_ms=3000).held_for(100).held_for(50)
+    assert (r.max_ttft_ms, r.max_latency_ms, r.held_ms) == (850, 2850, 150)
+    assert Request(**BASE).held_for(100).first_deadline_ms is None

@@ -33,3 +33,13 @@ def test_a_deadline_nothing_can_meet_queues_at_its_best_first_token_not_before()
     assert r.queue_priority(1_000.0, 500.0, earliest_ms=180.0) == 1_180
     met = Request(model="m", input_tokens=1, max_output_tokens=1, max_ttft_ms=200.0)
     assert met.queue_priority(1_000.0, 500.0, earliest_ms=180.0) == 1_200
+
+
+def test_a_request_the_gateway_held_keeps_the_deadline_it_arrived_with():
+    r = Request(model="m", input_tokens=1, max_output_tokens=1, max_ttft_ms=1000.0)
+    assert r.held_for(100).queue_priority(1_000.0, earliest_ms=150.0) == 2_000
+
+
+def test_a_held_request_queues_no_earlier_than_its_first_token_after_the_hold():
+    r = Request(model="m", input_tokens=1, max_output_tokens=1, max_ttft_ms=200.0)
+    assert r.held_for(100).queue_priority(1_000.0, earliest_ms=180.0) == 1_280
