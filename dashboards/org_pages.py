@@ -21,8 +21,8 @@ from accounts import selectors as account_selectors
 from accounts import services as account_services
 from accounts.models import GRANT_MANAGE_SCOPE, Membership
 from backends.models import Region
+from billing import pdf, subscriptions
 from billing import selectors as billing_selectors
-from billing import subscriptions
 from billing.models import ApiKeyLimits, SlaTier
 from dashboards import charts, explain, usage
 from dashboards.forms import (
@@ -487,6 +487,33 @@ def billing(request: HttpRequest, membership: Membership) -> HttpResponse:
         },
         status=status,
     )
+
+
+@org_view("manage_billing")
+def invoice_list(request: HttpRequest, membership: Membership) -> HttpResponse:
+    org = membership.org
+    context = {
+        "account": billing_selectors.billing_account(org=org),
+        "invoices": billing_selectors.invoice_list(org=org),
+        "stripe_enabled": bool(settings.STRIPE_SECRET_KEY),
+    }
+    return _page(request, membership, "billing", "invoice_list.html", context)
+
+
+@org_view("manage_billing")
+def invoice_detail(request: HttpRequest, membership: Membership, number: str) -> HttpResponse:
+    invoice = billing_selectors.access_invoice(org=membership.org, number=number)
+    context = {"invoice": invoice, "lines": billing_selectors.invoice_lines(invoice=invoice)}
+    return _page(request, membership, "billing", "invoice_detail.html", context)
+
+
+@org_view("manage_billing")
+def invoice_pdf(request: HttpRequest, membership: Membership, number: str) -> HttpResponse:
+    invoice = billing_selectors.access_invoice(org=membership.org, number=number)
+    body = pdf.invoice_pdf(invoice, billing_selectors.invoice_lines(invoice=invoice))
+    response = HttpResponse(body, content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="{invoice.number}.pdf"'
+    return response
 
 
 # ------------------------------------------------------------------------ quick start

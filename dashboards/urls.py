@@ -61,5 +61,12 @@ urlpatterns = [
         name="member_remove",
     ),
     path("orgs/<slug:org_slug>/billing/", org_pages.billing, name="billing"),
+    path("orgs/<slug:org_slug>/invoices/", org_pages.invoice_list, name="invoices"),
+    path("orgs/<slug:org_slug>/invoices/<str:number>/", org_pages.invoice_detail, name="invoice"),
+    path(
+        "orgs/<slug:org_slug>/invoices/<str:number>/pdf",
+        org_pages.invoice_pdf,
+        name="invoice_pdf",
+    ),
     path("orgs/<slug:org_slug>/quickstart/", org_pages.quickstart, name="quickstart"),
 ]
