@@ -13,11 +13,14 @@ T = TypeVar("T")
 PATIENCE_S = 60.0
 
 
-def eventually(predicate: Callable[[], T], timeout_s: float = PATIENCE_S) -> T:
-    """`predicate()`'s first truthy value, polled every 10 ms; fails after `timeout_s`."""
+def eventually(
+    predicate: Callable[[], T], timeout_s: float = PATIENCE_S, interval_s: float = 0.01
+) -> T:
+    """`predicate()`'s first truthy value, asked every `interval_s`; fails after
+    `timeout_s`."""
     started = time.monotonic()
     while not (got := predicate()):
         if time.monotonic() - started > timeout_s:
             raise AssertionError(f"did not happen within {timeout_s:g} s")
-        time.sleep(0.01)
+        time.sleep(interval_s)
     return got

@@ -3,7 +3,6 @@ lacks a call, the SDK's recorded request checked at the HTTP boundary)."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -17,6 +16,7 @@ from billing import invoicing, stripe_client, stripe_sync, subscriptions
 from billing.models import BillingAccount, Invoice, SlaTier, StripeEvent, StripeSyncRecord
 from tests.billing.money import record, usage
 from tests.billing.stripe_server import SECRET_KEY, Recorder, localstripe
+from tests.waiting import eventually
 
 MARCH = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -209,14 +209,6 @@ def test_the_subscription_follows_the_org_s_tier(acme, stripe_on, localstripe_ur
 # --------------------------------------------------------------------------- end to end
 
 
-def _wait_for(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.2)
-
-
 def _default_card(url: str, customer: str, magic: str) -> None:
     auth = (SECRET_KEY, "")
     pm = httpx.post(
@@ -259,7 +251,7 @@ def test_stripe_s_signed_payment_webhook_reaches_a_live_server_and_restores_a_su
         f"{localstripe_url}/v1/invoices/{acme_march.stripe_invoice_id}/pay", auth=(SECRET_KEY, "")
     )
     assert paid.json()["status"] == "paid"
-    _wait_for(lambda: Invoice.objects.get(pk=acme_march.pk).status == Invoice.Status.PAID)
+    eventually(lambda: Invoice.objects.get(pk=acme_march.pk).status == Invoice.Status.PAID)
     account.refresh_from_db()
     assert (account.payment_failed_at, account.suspended_at) == (None, None)
     [event] = StripeEvent.objects.filter(type="invoice.payment_succeeded")

@@ -4,7 +4,6 @@ and counts nothing twice: the next worker claims what the dead one had read."""
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -16,6 +15,7 @@ from billing import metering
 from billing.models import UsageEvent
 from billing.tasks import drain_usage
 from tests.billing.test_usage_metering import record
+from tests.waiting import eventually
 from tests.workers import Workers
 
 RECORDS = 3000
@@ -31,14 +31,6 @@ def workers(transactional_db, monkeypatch) -> Iterator[Workers]:
     redis.Redis.from_url(settings.REDIS_URL).delete(w.stream)
 
 
-def wait_for(predicate, timeout: float = 60.0, step: float = 0.005) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(step)
-
-
 def test_a_worker_killed_mid_drain_loses_nothing_and_counts_nothing_twice(workers, acme):
     client = redis.Redis.from_url(settings.REDIS_URL)
     ids = [uuid.uuid4().hex for _ in range(RECORDS)]
@@ -49,7 +41,7 @@ def test_a_worker_killed_mid_drain_loses_nothing_and_counts_nothing_twice(worker
 
     first = workers.start()
     workers.send(drain_usage, batch=BATCH)
-    wait_for(lambda: UsageEvent.objects.exists())
+    eventually(UsageEvent.objects.exists, interval_s=0.005)  # kill it mid-drain
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     recorded_at_kill = UsageEvent.objects.count()
@@ -64,7 +56,7 @@ def test_a_worker_killed_mid_drain_loses_nothing_and_counts_nothing_twice(worker
         workers.send(drain_usage, batch=BATCH, claim_idle_ms=0)
         return False
 
-    wait_for(drained, step=0.5)
+    eventually(drained, interval_s=0.5)
 
     assert UsageEvent.objects.count() == RECORDS
     assert set(UsageEvent.objects.values_list("request_id", flat=True)) == set(ids)

@@ -34,6 +34,7 @@ from backends.tasks.resources import fold_observed_speeds
 from billing.models import UsageEvent
 from routing.engine import Profile
 from tests import leaks
+from tests.waiting import eventually
 
 #: 1 ms from the gateway (westeurope); 8B: 128 slots, 288 tokens/s, 14 s cold start;
 #: 70B: 17 ms TTFT floor (50 ms at the 480-token reference prompt), 58.6 tokens/s.
@@ -124,13 +125,6 @@ def record(client: redis.Redis, slug: str) -> livestate.DeploymentLive:
     return msgspec.structs.replace(livestate.deployment_get(client, slug), updated_at=0.0)
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
-
-
 # --------------------------------------------------------------------------- scraping
 
 
@@ -142,7 +136,7 @@ def two_running_three_waiting(m: Mesh, slug: str) -> Iterator[None]:
     with ThreadPoolExecutor(5) as pool:
         # 800 tokens hold a slot 2.8 s: time for all five to arrive on a busy machine.
         calls = [pool.submit(m.chat, slug, max_tokens=800) for _ in range(5)]
-        wait_until(lambda: (slots.running, slots.waiting) == (2, 3))
+        eventually(lambda: (slots.running, slots.waiting) == (2, 3))
         yield
         m.control(slug, concurrency_slots=8)  # let the queue through
         for call in calls:

@@ -42,6 +42,7 @@ from tests.faults.metering_gateway import (
     simulator_server,  # noqa: F401 (a fixture)
     site_for,
 )
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="needs redis-server on PATH"
@@ -173,13 +174,6 @@ def backend_prompt_tokens(site: Site) -> int:
     return sum(d.metrics.prompt_tokens for d in site.simulator.deployments.values())
 
 
-def wait_for(predicate, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_a_redis_crash_loses_no_usage_doubles_none_and_refuses_new_work_with_a_503(
     site, redis_server, spool_dir, served
 ):
@@ -223,7 +217,7 @@ def test_a_redis_crash_loses_no_usage_doubles_none_and_refuses_new_work_with_a_5
         # service. (A request that has already finished still counted its prompt; one
         # the gateway gave up on and sent elsewhere counted it twice.)
         arrived = in_flight * prompt_tokens
-        wait_for(lambda: backend_prompt_tokens(site) - tokens_across >= arrived)
+        eventually(lambda: backend_prompt_tokens(site) - tokens_across >= arrived)
         redis_server.crash()
         still_running = sum(not f.done() for f in across)
         results = [f.result() for f in across]
@@ -234,7 +228,7 @@ def test_a_redis_crash_loses_no_usage_doubles_none_and_refuses_new_work_with_a_5
     assert all(results[i] == 200 for i in range(0, in_flight, 2))  # the streams
 
     # During: usage cannot be recorded; new requests are refused before any backend.
-    wait_for(lambda: not publisher.available)
+    eventually(lambda: not publisher.available)
     tokens_before = backend_prompt_tokens(site)
     during = [tally.call(site, key, stream=i % 2 == 0) for i in range(20)]
     assert during == [503] * 20
@@ -243,7 +237,7 @@ def test_a_redis_crash_loses_no_usage_doubles_none_and_refuses_new_work_with_a_5
 
     # After: Redis restarts on its data; the spool is replayed; service resumes.
     redis_server.start()
-    wait_for(lambda: publisher.available)
+    eventually(lambda: publisher.available)
     assert all(p.stat().st_size == 0 for p in spool_dir.iterdir())
     with ThreadPoolExecutor(10) as pool:
         after = list(pool.map(lambda i: tally.call(site, key, stream=i % 2 == 0), range(20)))

@@ -4,7 +4,6 @@ the kill switch and session affinity, against the real simulator and a real Redi
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
@@ -13,6 +12,7 @@ from django.conf import settings
 
 from backends import health
 from backends.models import Deployment, HealthEvent
+from tests.waiting import eventually
 
 EIGHT_B = "llama-3.1-8b-instruct"
 ASK = {"model": EIGHT_B, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
@@ -42,17 +42,6 @@ def chat(mesh, key: str, body: dict | None = None) -> httpx.Response:
         headers={"Authorization": f"Bearer {key}"},
         json=body or ASK,
     )
-
-
-def eventually(predicate, timeout_s: float = 60.0) -> float:
-    """Seconds until `predicate()` held (fails after `timeout_s`: generous, since a busy
-    machine may take seconds over what takes milliseconds on an idle one)."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError("did not happen in time")
-        time.sleep(0.01)
-    return time.monotonic() - started
 
 
 # --------------------------------------------------------------------------- hysteresis

@@ -22,6 +22,7 @@ from backends import health, livestate, providers
 from backends.models import Deployment, Provider
 from backends.presets import PRESETS
 from tests import leaks
+from tests.waiting import eventually
 
 SEVENTY = "llama-3.3-70b-instruct"
 GROQ = f"swedencentral-groq-groq-lpu--{SEVENTY}"
@@ -97,14 +98,6 @@ def primary(mesh, key: str) -> str | None:
 def planned(mesh, key: str) -> list[str]:
     plan = post(mesh, key, ASK, "route").json()
     return [c["backend_id"] for c in [plan["primary"], *plan["fallbacks"]] if c]
-
-
-def eventually(predicate, timeout_s: float = 60.0) -> None:
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError("did not happen in time")
-        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -30,17 +30,10 @@ from routing.gateway.core import Gateway
 from routing.gateway.live import WorldHolder
 from routing.gateway.upstream import Upstream
 from tests.servers import serve
+from tests.waiting import eventually
 
 EIGHT_B = "llama-3.1-8b-instruct"
 ASK = {"model": EIGHT_B, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-
-
-def eventually(predicate, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("did not happen in time")
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -500,7 +493,7 @@ def test_a_client_that_hangs_up_beside_its_overlapped_admission_leaves_nothing_r
             events[:] = usage()
             return len(events) == 2
 
-        eventually(both_recorded, timeout_s=30)
+        eventually(both_recorded)
     assert [e.status for e in events] == ["ok", "cancelled"]
     assert events[1].output_tokens == 0
     month = limits.month_of(timezone.now())

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from backends.simulator import Simulator
+from tests.waiting import eventually
 
 from .helpers import MODEL_8B, WESTEUROPE_8B, asgi_client, chat, run, serve
 
@@ -146,13 +147,6 @@ def test_past_max_waiting_a_request_is_turned_away_with_503(world):
     assert refused.json()["error"]["code"] == "overloaded"
 
 
-def wait_for(predicate, timeout=2.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 def test_a_client_that_disconnects_frees_its_slot(world):
     app = Simulator(world, time_scale=1.0)
     dep = app.deployments[WESTEUROPE_8B]
@@ -163,11 +157,12 @@ def test_a_client_that_disconnects_frees_its_slot(world):
             lines = r.iter_lines()  # kept: a dropped iterator closes the connection
             next(lines)
             assert dep.slots.running == 1
-        wait_for(lambda: dep.slots.running == 0)
+        # Well before the answer would end by itself (35 s): the hang-up freed it.
+        eventually(lambda: dep.slots.running == 0, timeout_s=20)
         # ... and a whole answer the client stops waiting for.
         with pytest.raises(httpx.ReadTimeout):
             client.post(CHAT, json=chat(MODEL_8B, max_tokens=10_000), timeout=0.1)
-        wait_for(lambda: dep.slots.running == 0)
+        eventually(lambda: dep.slots.running == 0, timeout_s=20)
 
         r = client.post(CHAT, json=chat(MODEL_8B, max_tokens=2), timeout=1)
 
