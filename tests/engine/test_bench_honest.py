@@ -8,6 +8,7 @@ from bench.sim import simulate
 from bench.truth import SMALL_OVER_LARGE_TTFT, Truth, load_scatter, make_truth
 from bench.workload import ACCESS_INFLATION, Mix, make_jobs
 from bench.worlds import engine_snapshot
+from routing.engine import HOLD_STEP_MS
 
 
 def _world_and_jobs(n=300, **mix):
@@ -212,3 +213,27 @@ def test_deadline_ordered_queues_let_the_loose_deadlines_do_the_waiting():
     assert edf[0] < fifo[0]
     assert edf[1] > fifo[1]
     assert edf[2] >= fifo[2]
+
+
+def test_the_simulated_gateway_holds_loose_requests_while_every_backend_is_nearly_full():
+    # 450 405B requests at once on its 384 slots, each with a minute for its answer
+    # (the mix's "none"): once the backends are nearly full the rest wait at the
+    # gateway, routed again every 25 ms, then go, still in time; spaced out, nobody
+    # waits. A strategy that never holds (`fastest_feasible`) queues them at the
+    # backends instead.
+    world, jobs = _world_and_jobs(450, cities=True, ttft_classes={None: 1.0},
+                                  model_share={"llama-3.1-405b-instruct": 1.0})  # fmt: skip
+    n = len(jobs)
+    truth = Truth([1.0] * n, [1.0] * n, {})
+    snapshot = engine_snapshot(world)
+    burst, _, _ = simulate(world, snapshot, jobs, [0.0] * n, "deadline", truth=truth)
+    held = [o for o in burst if o.held_ms > 0]
+    assert held
+    assert all(o.held_ms % HOLD_STEP_MS == 0 for o in held)
+    assert all(o.ttft_ms > o.held_ms and o.met for o in held)  # timed from the arrival
+    spaced, _, _ = simulate(world, snapshot, jobs, [60.0 * k for k in range(n)], "deadline",
+                            truth=truth)  # fmt: skip
+    assert not any(o.held_ms for o in spaced)
+    never, _, _ = simulate(world, snapshot, jobs, [0.0] * n, "fastest_feasible", truth=truth)
+    assert not any(o.held_ms for o in never)
+    assert any(o.wait_ms for o in never)
