@@ -39,6 +39,13 @@ import functools
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+#: An asyncio client's pool of one server: a burst of commands past its size waits
+#: (up to `timeout` s) for a connection to come back. redis-py's default pool raises
+#: "Too many connections" instead, a ConnectionError the gateway would take for Redis
+#: being down (a cold burst of requests, each reloading a script Redis had lost, refused
+#: every tenant for a moment). The hot path's commands share one connection anyway
+#: (`accounts.autopipe`); the pool serves the rest.
+POOL = {"max_connections": 100, "timeout": 10.0}
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
 
@@ -146,7 +153,10 @@ def _build(url: str, options: dict[str, Any], *, aio: bool) -> Any:
             # ConnectionError, whatever its kind.
             raise redis.exceptions.ConnectionError(str(exc)) from exc
     if aio:
-        return redis.asyncio.Redis.from_url(url, **_c_packing(scheme), **options)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url, **{**POOL, **_c_packing(scheme), **options}
+        )
+        return redis.asyncio.Redis.from_pool(pool)
     return redis.Redis.from_url(url, **options)
 
 

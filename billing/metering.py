@@ -348,6 +348,7 @@ class Publisher:
                 type(exc).__name__,
                 exc,
                 self.spool.path,
+                exc_info=exc,
             )
         self._watch()
 

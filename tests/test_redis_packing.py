@@ -44,3 +44,20 @@ def test_a_pipeline_through_c_packing_connections_round_trips():
             await client.aclose()
 
     assert asyncio.run(go()) == [True, "värde".encode(), 1]
+
+
+def test_a_burst_of_more_commands_than_the_pool_has_connections_waits_its_turn():
+    # redis-py's asyncio pool raises "Too many connections" past its size (100 by
+    # default), which the gateway would take for Redis being down: 124 requests at
+    # once, each loading a script Redis had lost, refused every tenant for a moment.
+    # Ours waits for a connection to come back instead.
+    async def go():
+        client = connect_async(settings.REDIS_URL, max_connections=2)
+        try:
+            return await asyncio.gather(
+                *(client.blpop([f"packing:empty:{n}"], timeout=0.05) for n in range(8))
+            )
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go()) == [None] * 8
