@@ -392,7 +392,14 @@ class Gateway:
 
     async def _publish_admitted(self, attempt: Attempt, end: float) -> None:
         """A deferred request (`Admission.defer`), served: admitted and metered in one
-        atomic step, or refused (raised, nothing metered)."""
+        atomic step, or refused (raised, nothing metered).
+
+        Redis lost before it answered: the script may have run (the record is in the
+        stream) or not. The answer is given and the record spooled, as for any request
+        that ends during an outage: the drain stores a request id once, so a record the
+        script did append is not counted twice, and a client is never billed for an
+        answer it did not get. (It was deferred only with a tenth of every limit and
+        cap to spare, so admitting it unchecked cannot overrun them.)"""
         ask, attempt.deferred = attempt.deferred, None
         attempt.published = True  # one try, whatever it answers: exactly one record
         record = attempt.record(end)
@@ -401,8 +408,9 @@ class Gateway:
             attempt.ticket = await self.admission.admit_served(
                 ask, record, attempt.endpoint, world.endpoints if world else None
             )
-        except _REDIS_DOWN as exc:  # not answered: nothing is served either
-            raise self._metering_lost(exc) from exc
+        except _REDIS_DOWN as exc:
+            self.usage.report_down(exc)
+            await self.usage.publish(record)  # to the spool: the publisher is down now
         observability.request_finished(call=attempt.call, plan=attempt.plan, record=record)
 
     def _passive(
