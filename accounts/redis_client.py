@@ -42,7 +42,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 #: An asyncio client's pool of one server: a burst of commands past its size waits
 #: (up to `timeout` s) for a connection to come back. redis-py's default pool raises
 #: "Too many connections" instead, a ConnectionError the gateway would take for Redis
-#: being down (a cold burst of requests, each reloading a script Redis had lost, refused
+#: being down (seen once in `make run`: 124 requests at once on a fresh Redis refused
 #: every tenant for a moment). The hot path's commands share one connection anyway
 #: (`accounts.autopipe`); the pool serves the rest.
 POOL = {"max_connections": 100, "timeout": 10.0}
