@@ -366,6 +366,7 @@ def tenants(request: HttpRequest) -> HttpResponse:
         "dashboards:console_tenants",
         tenants=console_data.tenant_rows(),
         month=console_data.month_start(),
+        stripe_enabled=bool(settings.STRIPE_SECRET_KEY),
     )
 
 

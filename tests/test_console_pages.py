@@ -414,6 +414,19 @@ def test_the_tenants_page_shows_tier_usage_spend_limits_and_suspension(
     assert "payment failed" in globex_row
 
 
+def test_the_tenants_page_says_whether_billing_runs_through_stripe_or_local_only(
+    world, oscar, settings
+):
+    settings.STRIPE_SECRET_KEY = ""
+    local = verified(oscar).get("/console/tenants/").content.decode()
+    assert "<strong>local-only</strong>" in local
+    assert "nothing is charged" in local
+    settings.STRIPE_SECRET_KEY = "sk_test_123"
+    stripe = verified(oscar).get("/console/tenants/").content.decode()
+    assert "through Stripe" in stripe
+    assert "local-only" not in stripe
+
+
 def test_the_tenants_page_needs_the_same_queries_however_many_tenants(world, oscar, charlie):
     client = verified(oscar)
 

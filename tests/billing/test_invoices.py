@@ -23,6 +23,7 @@ import time_machine
 from django.core.management import call_command
 
 from accounts import services as account_services
+from accounts.models import Membership, Role
 from backends.demo import demo_world_load
 from backends.models import Deployment
 from billing import invoicing, money_tasks, subscriptions
@@ -373,9 +374,11 @@ def test_token_counts_on_an_invoice_are_grouped_by_thousands(alice, acme, acme_i
     assert "123,456,789" in page.content.decode()
 
 
+@pytest.mark.parametrize("role", [Role.ADMIN, Role.DEVELOPER, Role.VIEWER])
 def test_a_teammate_without_billing_rights_and_another_tenant_get_404(
-    bob, charlie, acme, globex, acme_invoice
+    bob, charlie, acme, globex, acme_invoice, role
 ):
+    Membership.objects.filter(org=acme, user=bob).update(role=role)
     for user in (bob, charlie):
         client = login(user)
         assert client.get(f"/orgs/{acme.slug}/invoices/").status_code == 404

@@ -63,3 +63,53 @@ def test_an_owner_budget_overrides_the_tier_cap_and_none_restores_it(acme):
 
 def test_tier_history_is_scoped_to_its_tenant(acme, globex):
     assert {c.org for c in TierChange.objects.for_org(globex)} == {globex}
+
+
+def _operator_in_the_admin():
+    """A superuser signed in and past the second factor, as the admin requires."""
+    from django_otp import DEVICE_ID_SESSION_KEY
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    from accounts.models import User
+    from tests.conftest import PASSWORD, login
+
+    ops = User.objects.create_superuser("ops@example.com", PASSWORD)
+    device = TOTPDevice.objects.create(user=ops, name="phone", confirmed=True)
+    client = login(ops)
+    session = client.session
+    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+    session.save()
+    return client
+
+
+def test_an_operator_edits_a_tier_in_the_admin_and_its_organizations_get_the_new_limit(acme):
+    from django.forms.models import model_to_dict
+
+    client = _operator_in_the_admin()
+    free = SlaTier.objects.get(slug="free")
+    form = {k: "" if v is None else v for k, v in model_to_dict(free).items()}
+    form.pop("stripe_plan_id", None)
+    form["requests_per_minute"] = 7
+    response = client.post(f"/admin/billing/slatier/{free.pk}/change/", form)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert selectors.billing_account(org=acme).tier.requests_per_minute == 7
+    form["requests_per_minute"] = -1  # refused by the form, nothing changes
+    refused = client.post(f"/admin/billing/slatier/{free.pk}/change/", form)
+    assert refused.status_code == 200
+    assert SlaTier.objects.get(pk=free.pk).requests_per_minute == 7
+
+
+def test_operators_read_every_webhook_and_stripe_push_outcome_in_the_admin(acme):
+    from billing.models import StripeEvent, StripeSyncRecord
+
+    StripeEvent.objects.create(
+        event_id="evt_123", type="invoice.payment_failed", org=acme, outcome="dunning started"
+    )
+    StripeSyncRecord.objects.create(org=acme, action="push_invoice", outcome="retried")
+    client = _operator_in_the_admin()
+    events = client.get("/admin/billing/stripeevent/").content.decode()
+    assert "evt_123" in events
+    assert "dunning started" in events
+    pushes = client.get("/admin/billing/stripesyncrecord/").content.decode()
+    assert "push_invoice" in pushes
+    assert "retried" in pushes

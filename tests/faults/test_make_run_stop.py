@@ -96,6 +96,8 @@ def test_usage_metered_in_the_last_moment_before_ctrl_c_is_stored_exactly_once(t
         log.close()
 
     assert "Tesseract stopped." in output, output[-3000:]
+    # No Stripe key in its environment: it says billing is local-only.
+    assert "Billing     local-only (no STRIPE_SECRET_KEY)" in output, output[-3000:]
     with sqlite3.connect(var / "tesseract.sqlite3") as db:
         stored = [r for (r,) in db.execute("SELECT request_id FROM billing_usageevent")]
     assert len(set(ids)) == REQUESTS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -73,6 +74,35 @@ def test_the_sdk_sees_rate_limit_error_with_its_code_and_headers_and_nothing_is_
     assert 1 <= int(error.response.headers["retry-after"]) <= 60
     assert "requests per minute (3)" in error.message
     assert len(usage()) == 3  # the refused request was never metered
+
+
+RATE_LIMIT_HEADERS = [
+    f"x-ratelimit-{what}-{unit}"
+    for unit in ("requests", "tokens")
+    for what in ("limit", "remaining", "reset")
+]
+
+
+def test_completions_and_streams_carry_the_same_six_headers_and_share_one_limit(
+    mesh, org_key, usage
+):
+    _, key, plaintext = org_key
+    key_limits_set(api_key=key, requests_per_minute=5)
+    client = sdk(mesh, plaintext)
+    chat = client.chat.completions.with_raw_response.create(**ASK)
+    legacy = client.completions.with_raw_response.create(
+        model=ASK["model"], prompt="Say hello", max_tokens=4
+    )
+    with client.chat.completions.with_streaming_response.create(**ASK, stream=True) as stream:
+        streamed = dict(stream.headers)
+        assert any(line.startswith("data:") for line in stream.iter_lines())
+    answers = [dict(chat.headers), dict(legacy.headers), streamed]
+    for headers in answers:
+        assert all(name in headers for name in RATE_LIMIT_HEADERS), headers
+    remaining = [h["x-ratelimit-remaining-requests"] for h in answers]
+    if remaining != ["4", "3", "2"]:
+        pytest.skip("the minute turned during the test")
+    assert len(usage()) == 3
 
 
 def test_tokens_per_minute_count_max_tokens_and_refuse_what_would_exceed_them(mesh, org_key):
@@ -184,6 +214,10 @@ def test_a_budget_holds_across_gateways_under_hundreds_of_concurrent_requests(me
     message = refused[0].json()["error"]["message"]
     assert "cap $1.00" in message
     assert "resets on" in message
+    # The month's spend it names is why this one did not fit.
+    spent = re.search(r"spent \(and reserved\) \$([0-9.]+) this month", message)
+    assert spent, message
+    assert Decimal("1.00") - per_request < Decimal(spent[1]) <= Decimal("1.00")
     events = usage()
     assert len(events) == fits
     stored = sum((e.charge_usd for e in events), Decimal(0))

@@ -75,10 +75,12 @@ NO_REFRESH = {
 }
 #: a model only the catalog test adds (and removes again)
 NEW_MODEL = "propagation-test-1b"
-BOB_RPM = 7
-BUDGET_USD = Decimal("0.05")
-#: 0.05 $ at 4.48 m$ a request (4 output tokens at 1000 $/Mtok, 12% margin)
-BUDGET_FITS = 11
+#: Hundreds of requests at once across the two processes: 3 x BOB_RPM for bob's key,
+#: 2 x BUDGET_FITS for alice's budget.
+BOB_RPM = 97
+BUDGET_USD = Decimal("0.50")
+#: 0.50 $ at 4.48 m$ a request (4 output tokens at 1000 $/Mtok, 12% margin)
+BUDGET_FITS = 111
 #: how long a process may take to start, or the beat to come round, on a busy machine
 PATIENCE_S = 180.0
 
