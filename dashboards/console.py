@@ -43,6 +43,7 @@ from backends.models import (
 )
 from backends.placement import recommendation_apply, recommendation_dismiss
 from backends.services import KINDS, drain_by_slug
+from billing import stripe_client
 from dashboards import console_data
 
 FAULTS = ("none", "slow", "error", "down", "hang")
@@ -366,7 +367,7 @@ def tenants(request: HttpRequest) -> HttpResponse:
         "dashboards:console_tenants",
         tenants=console_data.tenant_rows(),
         month=console_data.month_start(),
-        stripe_enabled=bool(settings.STRIPE_SECRET_KEY),
+        stripe_enabled=stripe_client.enabled(),
     )
 
 

@@ -21,7 +21,7 @@ from accounts import selectors as account_selectors
 from accounts import services as account_services
 from accounts.models import GRANT_MANAGE_SCOPE, Membership
 from backends.models import Region
-from billing import pdf, subscriptions
+from billing import pdf, stripe_client, subscriptions
 from billing import selectors as billing_selectors
 from billing.models import ApiKeyLimits, SlaTier
 from dashboards import charts, explain, usage
@@ -483,7 +483,7 @@ def billing(request: HttpRequest, membership: Membership) -> HttpResponse:
             "invoices": billing_selectors.invoice_list(org=org),
             "tier_form": tier_form,
             "budget_form": budget_form,
-            "stripe_enabled": bool(settings.STRIPE_SECRET_KEY),
+            "stripe_enabled": stripe_client.enabled(),
         },
         status=status,
     )
@@ -495,7 +495,7 @@ def invoice_list(request: HttpRequest, membership: Membership) -> HttpResponse:
     context = {
         "account": billing_selectors.billing_account(org=org),
         "invoices": billing_selectors.invoice_list(org=org),
-        "stripe_enabled": bool(settings.STRIPE_SECRET_KEY),
+        "stripe_enabled": stripe_client.enabled(),
     }
     return _page(request, membership, "billing", "invoice_list.html", context)
 

@@ -9,13 +9,12 @@ import redis
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
-from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import User
 from backends import health
 from backends.demo import demo_world_load
-from tests.conftest import PASSWORD, login
+from tests.conftest import PASSWORD, login, verified
 
 SLUG = "westeurope-tesseract-nvidia-h100--llama-3.1-8b-instruct"
 
@@ -29,11 +28,7 @@ def world(db):
 
 
 def socket_headers(user: User, *, verify: bool) -> list[tuple[bytes, bytes]]:
-    client = login(user)
-    if verify:
-        session = client.session
-        session[DEVICE_ID_SESSION_KEY] = TOTPDevice.objects.get(user=user).persistent_id
-        session.save()
+    client = verified(user) if verify else login(user)
     cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
     return [
         (b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie}".encode()),

@@ -6,9 +6,8 @@ import pytest
 import redis
 from django.conf import settings
 from django.db import connection
-from django.test import Client, RequestFactory
+from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
-from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts import services as account_services
@@ -16,7 +15,7 @@ from accounts.models import OperatorAction, User
 from backends import health, livestate
 from backends.demo import demo_world_load
 from backends.models import Cluster, Deployment, LatencyProbe, PlacementAction, Region
-from tests.conftest import PASSWORD, login
+from tests.conftest import PASSWORD, login, verified
 from tests.test_console import simulated_world as _simulated_world
 
 simulated_world = _simulated_world  # the demo world on a real simulator (a fixture)
@@ -45,15 +44,6 @@ def oscar(db) -> User:
     user = User.objects.create_user("oscar@example.com", PASSWORD, name="Oscar", is_staff=True)
     TOTPDevice.objects.create(user=user, name="phone", confirmed=True)
     return user
-
-
-def verified(user: User) -> Client:
-    """Signed in and past the second factor, as `django_otp.login` leaves a session."""
-    client = login(user)
-    session = client.session
-    session[DEVICE_ID_SESSION_KEY] = TOTPDevice.objects.get(user=user).persistent_id
-    session.save()
-    return client
 
 
 # --------------------------------------------------------------------------- permissions

@@ -67,19 +67,14 @@ def test_tier_history_is_scoped_to_its_tenant(acme, globex):
 
 def _operator_in_the_admin():
     """A superuser signed in and past the second factor, as the admin requires."""
-    from django_otp import DEVICE_ID_SESSION_KEY
     from django_otp.plugins.otp_totp.models import TOTPDevice
 
     from accounts.models import User
-    from tests.conftest import PASSWORD, login
+    from tests.conftest import PASSWORD, verified
 
     ops = User.objects.create_superuser("ops@example.com", PASSWORD)
-    device = TOTPDevice.objects.create(user=ops, name="phone", confirmed=True)
-    client = login(ops)
-    session = client.session
-    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
-    session.save()
-    return client
+    TOTPDevice.objects.create(user=ops, name="phone", confirmed=True)
+    return verified(ops)
 
 
 def test_an_operator_edits_a_tier_in_the_admin_and_its_organizations_get_the_new_limit(acme):
