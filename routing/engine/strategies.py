@@ -37,12 +37,15 @@ FINISH_BAND_SHARE = 0.5
 #: decides; above it requests leave a backend that still had room (bench/README.md).
 SPREAD_WHEN_FREE = 0.1
 #: How far a late request (nothing meets its deadline) reaches beyond the nearest
-#: candidate for an earlier first token: at most this factor times the nearest's round
-#: trip plus these milliseconds. Its answer is late anyway, and the earliest first
-#: token keeps the lateness smallest; staying near keeps the late requests (a third of
-#: the honest benchmark's) off the quick backends of other regions, whose slots serve
-#: requests still in time there (bench/README.md, "Late requests").
-LATE_REACH = (2.0, 5.0)
+#: candidate for an earlier first token: this share of the first token predicted at
+#: the nearest, at least LATE_REACH_MIN_MS more round trip. Its answer is late anyway,
+#: and the earliest first token keeps the lateness smallest. A request that waits long
+#: for its first token (a big model's) may cross to a neighbouring region that answers
+#: sooner; one that would answer soon stays near, off the quick backends of other
+#: regions, whose slots serve requests still in time there (bench/README.md, "Late
+#: requests" and "How far a late request may go").
+LATE_REACH_SHARE = 0.15
+LATE_REACH_MIN_MS = 5.0
 #: A candidate meets the deadline "with margin" when its prediction leaves this share
 #: of the deadline unused: predictions are medians, service times scatter around them
 #: and the network jitters. `deadline` ranks candidates with margin first. 40%, not the
@@ -117,9 +120,10 @@ class Deadline(Strategy):
     4. A request with no deadline at all is served by the earliest predicted finish:
        there is nothing to trade speed against.
     5. A late request (the plan relaxes its deadline because nothing can meet it) goes
-       to the earliest predicted first token among the candidates within LATE_REACH of
-       the nearest that have more than SPREAD_WHEN_FREE of their slots free; a
-       candidate out of reach or nearly full comes after them, one both after that;
+       to the earliest predicted first token among the candidates within its reach
+       (LATE_REACH_SHARE of the first token predicted at the nearest) that have more
+       than SPREAD_WHEN_FREE of their slots free; a candidate out of reach or nearly
+       full comes after them, one both after that;
        ties to the nearest, a session's affinity backend, the earlier finish.
     6. When the winner is still nearly full and the request is loose (its deadline,
        less HOLD_STEP_MS, at least HOLD_LOOSE times the first token predicted there;
@@ -170,8 +174,9 @@ class Deadline(Strategy):
         affinity = (cand != held).astype(float) if held is not None else idx.zeros[cand]
         if d.late:
             rtt = d.rtt[cand]
-            factor, extra_ms = LATE_REACH
-            far = rtt > factor * float(rtt.min()) + extra_ms
+            near = int(np.argmin(rtt))
+            own_wait = LATE_REACH_SHARE * float(d.ttft[cand][near])
+            far = rtt > float(rtt[near]) + max(LATE_REACH_MIN_MS, own_wait)
             aside = far.astype(float) + _nearly_full(idx, cand)
             return self._by_keys(
                 cand,

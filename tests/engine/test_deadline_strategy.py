@@ -10,7 +10,8 @@ from routing.engine import (
     HOLD_CAP_MS,
     HOLD_LOOSE,
     HOLD_STEP_MS,
-    LATE_REACH,
+    LATE_REACH_MIN_MS,
+    LATE_REACH_SHARE,
     SAFETY_SHARE,
     SPREAD_WHEN_FREE,
     LatencyMap,
@@ -261,7 +262,8 @@ def test_margin_counts_on_both_deadlines_when_both_are_set():
 def test_a_late_request_does_not_cross_an_ocean_for_a_backend_with_room():
     # Nothing meets 100 ms (paris: 106). The request accepts a late answer. Paris is
     # nearly full and Virginia idle, but 80 ms away: out of a late request's reach
-    # (LATE_REACH), and its first token would come later. Paris serves it.
+    # (LATE_REACH_SHARE of Paris's 106 ms), and its first token would come later.
+    # Paris serves it.
     snap = make_snapshot(
         make_backend("paris", slots=100, in_flight=95),
         make_backend("virginia", "virginia", slots=100),
@@ -297,12 +299,12 @@ def test_a_late_request_leaves_a_nearly_full_backend_for_one_as_near_with_room()
 
 
 def test_a_late_request_reaches_a_little_farther_than_the_nearest_for_a_quicker_backend():
-    # The client is 5 ms from its Paris backend and 10 ms from Frankfurt's: within
-    # twice the nearest's round trip plus LATE_REACH's few ms. Frankfurt prefills twice
-    # as fast and answers first; 80 ms away in Virginia an idle one as quick does not.
+    # The client is 5 ms from its Paris backend and 10 ms from Frankfurt's: within the
+    # nearest's round trip plus LATE_REACH_SHARE of the first token predicted there
+    # (about 115 ms). Frankfurt prefills twice as fast and answers first; 80 ms away in
+    # Virginia an idle one as quick does not.
     quick_start = Profile(55.0, 1000, 20_000.0, 100.0, 1.0, 2.0)
-    factor, extra_ms = LATE_REACH
-    assert 5.0 < 10.0 <= factor * 5.0 + extra_ms < 80.0
+    assert 10.0 <= 5.0 + LATE_REACH_SHARE * 115.0 < 80.0
     latency = LatencyMap(
         rtt={("paris", "frankfurt"): 10.0, ("paris", "virginia"): 80.0},
         intra_region_ms=5.0,
@@ -318,6 +320,41 @@ def test_a_late_request_reaches_a_little_farther_than_the_nearest_for_a_quicker_
     )
     late = route(snap, Request(**BASE, max_ttft_ms=50, allow_relaxed_deadline=True))
     assert late.primary.backend_id == "frankfurt"
+
+
+def test_a_late_request_with_a_long_first_token_crosses_to_a_neighbour_that_answers_sooner():
+    # A big model prefills slowly in Paris (about 1 s to the first token) and twice as
+    # fast in Virginia, 80 ms away. Nothing meets 200 ms. The request's own wait is
+    # what sets its reach (LATE_REACH_SHARE of the first token predicted at the
+    # nearest), so it crosses: its first token comes some 400 ms sooner.
+    slow = Profile(1000.0, 1000, 1_000.0, 100.0, 1.0, 2.0)
+    quick = Profile(500.0, 1000, 2_000.0, 100.0, 1.0, 2.0)
+    assert 1.0 + LATE_REACH_SHARE * 1000.0 > 80.0
+    snap = make_snapshot(
+        make_backend("paris", profile=slow), make_backend("virginia", "virginia", profile=quick)
+    )
+    late = route(snap, Request(**BASE, max_ttft_ms=200, allow_relaxed_deadline=True))
+    assert late.status == "degraded"
+    assert late.primary.backend_id == "virginia"
+
+
+def test_a_late_request_with_a_short_first_token_stays_by_the_nearest():
+    # A small model answers in about 40 ms in Paris; 10 ms away in Frankfurt a backend
+    # prefills three times as fast. The request asked for 20 ms, which nothing meets.
+    # Frankfurt's first token would come sooner, but 10 ms is beyond this request's
+    # reach (LATE_REACH_MIN_MS, more than a share of its 40 ms): it stays, and leaves
+    # Frankfurt's quick slots to the requests still in time there.
+    small = Profile(40.0, 1000, 25_000.0, 100.0, 1.0, 2.0)
+    quicker = Profile(12.0, 1000, 100_000.0, 100.0, 1.0, 2.0)
+    assert 1.0 + max(LATE_REACH_MIN_MS, LATE_REACH_SHARE * 41.0) < 10.0
+    snap = make_snapshot(
+        make_backend("paris", profile=small),
+        make_backend("frankfurt", "frankfurt", profile=quicker),
+    )
+    late = route(snap, Request(**BASE, max_ttft_ms=20, allow_relaxed_deadline=True))
+    assert late.status == "degraded"
+    assert late.primary.backend_id == "paris"
+    assert late.fallbacks[0].prediction.ttft_ms < late.primary.prediction.ttft_ms
 
 
 def test_a_late_request_that_prefers_cost_goes_to_the_nearest_not_the_cheapest():
