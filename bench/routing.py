@@ -42,7 +42,7 @@ from backends.world import (
 )
 from bench import notes
 from bench.worlds import ROOT, engine_snapshot
-from routing.engine import STRATEGIES, get_strategy, route
+from routing.engine import LATE_QUEUE_FACTOR, STRATEGIES, get_strategy, route
 
 from .sim import simulate
 from .traces import load_trace, looped
@@ -808,7 +808,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             " (`routing.engine.projected_in_flight`). Backends take their waiting requests"
             + (
                 " earliest deadline first (the priority the gateway sends,"
-                " `Request.queue_priority`)."
+                " `Request.queue_priority`; a request predicted late there at"
+                f" {LATE_QUEUE_FACTOR:g}x its predicted first token)."
                 if truth.deadline_queues
                 else " in arrival order."
             ),

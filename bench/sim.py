@@ -190,7 +190,9 @@ def simulate(
     outcomes = [Outcome(j) for j in jobs]
     order = sorted(range(len(jobs)), key=lambda k: arrivals_s[k])
     predicted: dict[int, tuple[float, float]] = {}  # job -> the plan's (rtt, queue)
-    first_token: dict[int, float] = {}  # job -> the plan's TTFT (deadline-ordered queues)
+    #: job -> when the plan sent it, its predicted TTFT there, and whether that is late
+    #: (deadline-ordered queues: `Request.queue_priority`, as the gateway sends it)
+    first_token: dict[int, tuple[float, float, bool]] = {}
     seen = load  # what the engine routes on: the true counters, or the live map's
     own: dict[str, dict[str, int]] = {}  # gateway -> backend -> sent, not finished
     gateway_of: dict[int, str] = {}  # job -> the gateway that sent it
@@ -319,7 +321,10 @@ def simulate(
                 start(b, now, k, rtt, t0)
             else:
                 if by_deadline:  # the priority the gateway sends, then arrival
-                    priority = jobs[k].request.queue_priority(t0, earliest_ms=first_token.pop(k))
+                    sent, ttft, late = first_token.pop(k)
+                    priority = jobs[k].request.queue_priority(
+                        t0, sent_ms=sent, first_token_ms=ttft, late=late
+                    )
                     key = (priority, now)
                 else:
                     key = (now, ev_seq)  # arrival order
@@ -404,7 +409,7 @@ def simulate(
             # The gateway times the backend from when it sent the request.
             predicted[k] = (pred.rtt_ms, pred.queue_ms + o.held_ms)
             if by_deadline:
-                first_token[k] = o.held_ms + pred.ttft_ms
+                first_token[k] = (o.held_ms, pred.ttft_ms, not plan.primary.meets_sla)
             gateway_of[k] = gw
             mine[b.id] = mine.get(b.id, 0) + 1
         tr = job.trace

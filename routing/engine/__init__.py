@@ -15,6 +15,7 @@ Modules: `inputs` (the input types), `mesh` (Snapshot and its per-model indexes)
 from .decision import Decision
 from .inputs import (
     DEGRADED_FACTOR,
+    LATE_QUEUE_FACTOR,
     NO_DEADLINE_MS,
     OUT_COOLING,
     OUT_PROVIDER,
@@ -65,6 +66,7 @@ __all__ = [
     "HOLD_CAP_MS",
     "HOLD_LOOSE",
     "HOLD_STEP_MS",
+    "LATE_QUEUE_FACTOR",
     "LATE_REACH_MIN_MS",
     "LATE_REACH_SHARE",
     "NO_DEADLINE_MS",

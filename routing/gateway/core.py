@@ -842,14 +842,16 @@ class Gateway:
 def queue_priority(call: Call, choice: Choice) -> int:
     """The priority a deadline-ordered backend queue gets for this request on the
     backend of `choice`: its first deadline on the wall clock, in ms, never before the
-    first token predicted there from now (`Request.queue_priority`: a request held
-    at the gateway keeps the deadline it arrived with); without a deadline, the
-    tier's default TTFT (what its latency objective counts)."""
+    first token predicted there from now, and further back where that backend is
+    predicted late (`Request.queue_priority`: a request held at the gateway keeps the
+    deadline it arrived with); without a deadline, the tier's default TTFT (what its
+    latency objective counts)."""
     since_ms = (time.perf_counter() - call.started) * 1000.0
     arrived_ms = time.time() * 1000.0 - since_ms
     default = limits.of(call.key).default_ttft_ms or NO_DEADLINE_MS
-    earliest_ms = since_ms + choice.prediction.ttft_ms
-    return call.parsed.route.queue_priority(arrived_ms, default, earliest_ms)
+    return call.parsed.route.queue_priority(
+        arrived_ms, default, since_ms, choice.prediction.ttft_ms, late=not choice.meets_sla
+    )
 
 
 def _deadline_s(parsed: Parsed, plan: Plan) -> float:
