@@ -3,7 +3,8 @@
 * `tesseract_web.asgi:gateway` — the inference gateway: `/v1/*` and `/metrics` (a lean
   ASGI app, no Django request handling on the hot path), the WebSocket `/v1/stream`
   (its Channels consumer), and `/health` for the load balancer. A browser that asks
-  it for anything else is redirected to the web (`TESSERACT_WEB_URL`).
+  it for anything else is redirected to the web (`TESSERACT_WEB_URL`). It loads its
+  world at start-up (ASGI lifespan), before the server takes a request.
 * `tesseract_web.asgi:web` — Django: dashboards, console, admin, management API,
   static files (WhiteNoise). Password hashing and page rendering happen here, so a
   storm of sign-ins cannot slow inference down.
@@ -29,6 +30,7 @@ from django.urls import path  # noqa: E402
 
 from dashboards.live import ConsoleConsumer  # noqa: E402
 from routing.gateway.app import application as gateway_http  # noqa: E402
+from routing.gateway.app import lifespan  # noqa: E402
 from routing.gateway.ws import StreamConsumer  # noqa: E402
 
 
@@ -99,7 +101,19 @@ _console = path(
     AllowedHostsOriginValidator(AuthMiddlewareStack(ConsoleConsumer.as_asgi())),
 )
 
-gateway = ProtocolTypeRouter({"http": gateway_only_http, "websocket": URLRouter([_stream])})
+
+async def gateway_lifespan(scope, receive, send):
+    """The gateway process loads its world before it takes requests."""
+    await lifespan(gateway_http, receive, send)
+
+
+gateway = ProtocolTypeRouter(
+    {
+        "http": gateway_only_http,
+        "websocket": URLRouter([_stream]),
+        "lifespan": gateway_lifespan,
+    }
+)
 web = ProtocolTypeRouter({"http": web_only_http, "websocket": URLRouter([_console])})
 #: Tests and benchmarks only (see the module docstring).
 application = ProtocolTypeRouter(

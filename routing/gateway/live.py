@@ -76,6 +76,9 @@ class WorldHolder:
         self.observed = Observed()
         #: deployment slug → epoch seconds: provider rests this process began (`rest`)
         self._rests: dict[str, float] = {}
+        #: set once the announcements listener has subscribed: a world loaded from then
+        #: on misses no change (`GatewayApp.warm` waits for it)
+        self.listening = asyncio.Event()
 
     async def get(self) -> World:
         world = self._world
@@ -798,6 +801,7 @@ async def listen_for_world_changes(holder: WorldHolder, redis_url: str) -> None:
             async with await redis_client.pubsub_async(client) as pubsub:
                 await pubsub.subscribe(world_channel, live_channel)
                 holder.invalidate()  # changes may have been missed while away
+                holder.listening.set()
                 backoff = 0.1
                 async for message in pubsub.listen():
                     if message["type"] != "message":
